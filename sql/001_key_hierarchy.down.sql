@@ -1,0 +1,2 @@
+DROP TABLE keyring_keys;
+DROP TABLE root_keys;

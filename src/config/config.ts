@@ -1,0 +1,237 @@
+// Configuration: every setting has one NEXUS_* environment variable and one
+// matching --flag (flags win). A missing or malformed value stops the start with
+// a message that names the variable. Nothing here reads secrets; files that hold
+// secrets (database URL, admin password) are read where they are used.
+
+import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import path from "node:path";
+import { isLogLevel, type LogLevel } from "../log/logger.js";
+import { parseSpiffeId, parseTrustDomain } from "../identity/spiffe-id.js";
+
+export type Mode = "serve" | "dev";
+
+export interface ListenAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface NexusConfig {
+  readonly mode: Mode;
+  readonly listen: ListenAddress;
+  readonly connectListen: ListenAddress;
+  readonly healthListen: ListenAddress;
+  readonly trustDomain: string;
+  readonly trustBundleFile: string;
+  readonly certFile: string;
+  readonly keyFile: string;
+  readonly superuserId: string;
+  /** Undefined: start the embedded PostgreSQL in dataDir. */
+  readonly databaseUrl: string | undefined;
+  readonly databaseCaFile: string | undefined;
+  readonly dbPoolMax: number;
+  readonly dataDir: string;
+  readonly logLevel: LogLevel;
+  readonly shutdownGraceMs: number;
+  readonly maxMessageBytes: number;
+  readonly maxConcurrentStreams: number;
+  readonly keepaliveTimeMs: number;
+  readonly adminPasswordFile: string | undefined;
+  readonly maxSecretBytes: number;
+  readonly cleanupIntervalMs: number;
+}
+
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+type Source = Readonly<Record<string, string | undefined>>;
+
+interface Setting<T> {
+  readonly env: string;
+  readonly help: string;
+  readonly parse: (raw: string) => T;
+  readonly serveDefault?: string;
+  readonly devDefault?: string;
+}
+
+const text = (raw: string): string => raw;
+
+export const SETTINGS = {
+  listen: { env: "NEXUS_LISTEN", help: "gRPC mTLS listener", parse: parseListen, serveDefault: "0.0.0.0:8553", devDefault: "127.0.0.1:8553" },
+  connectListen: { env: "NEXUS_CONNECT_LISTEN", help: "Connect/gRPC-Web mTLS listener", parse: parseListen, serveDefault: "0.0.0.0:8554", devDefault: "127.0.0.1:8554" },
+  healthListen: { env: "NEXUS_HEALTH_LISTEN", help: "plaintext gRPC health listener", parse: parseListen, serveDefault: "0.0.0.0:8555", devDefault: "127.0.0.1:8555" },
+  trustDomain: { env: "NEXUS_TRUST_DOMAIN", help: "SPIFFE trust domain", parse: parseTrustDomainSetting, serveDefault: "spike.ist", devDefault: "spike.ist" },
+  trustBundleFile: { env: "NEXUS_TRUST_BUNDLE", help: "PEM bundle of the trust domain's X.509 authorities", parse: text, devDefault: "certs-dev/ca.pem" },
+  certFile: { env: "NEXUS_TLS_CERT", help: "this server's X.509-SVID (PEM chain)", parse: text, devDefault: "certs-dev/nexus.pem" },
+  keyFile: { env: "NEXUS_TLS_KEY", help: "private key of the SVID (PEM)", parse: text, devDefault: "certs-dev/nexus-key.pem" },
+  superuserId: { env: "NEXUS_SUPERUSER_ID", help: "SPIFFE ID of the superuser (default spiffe://<trust domain>/spike/pilot/role/superuser)", parse: parseSpiffeIdSetting },
+  databaseUrl: { env: "NEXUS_DATABASE_URL", help: "postgres:// URL; unset = embedded PostgreSQL", parse: text },
+  databaseUrlFile: { env: "NEXUS_DATABASE_URL_FILE", help: "file holding the database URL (mounted secret)", parse: text },
+  databaseCaFile: { env: "NEXUS_DATABASE_CA_FILE", help: "CA bundle for TLS to PostgreSQL (verify-full)", parse: text },
+  dbPoolMax: { env: "NEXUS_DB_POOL_MAX", help: "maximum PostgreSQL connections", parse: positiveInt, serveDefault: String(Math.max(4, availableParallelism() * 4)), devDefault: "8" },
+  dataDir: { env: "NEXUS_DATA_DIR", help: "folder for the embedded PostgreSQL and dev files", parse: text, serveDefault: ".nexus/data", devDefault: ".nexus/dev" },
+  logLevel: { env: "NEXUS_LOG_LEVEL", help: "debug, info, warn or error", parse: parseLogLevel, serveDefault: "info", devDefault: "info" },
+  shutdownGrace: { env: "NEXUS_SHUTDOWN_GRACE", help: "time in-flight calls get on shutdown (e.g. 10s)", parse: parseDuration, serveDefault: "10s", devDefault: "2s" },
+  maxMessageBytes: { env: "NEXUS_MAX_MESSAGE_BYTES", help: "largest request or response message", parse: positiveInt, serveDefault: String(4 * 1024 * 1024), devDefault: String(4 * 1024 * 1024) },
+  maxConcurrentStreams: { env: "NEXUS_MAX_CONCURRENT_STREAMS", help: "HTTP/2 streams per connection", parse: positiveInt, serveDefault: "256", devDefault: "256" },
+  keepaliveTime: { env: "NEXUS_KEEPALIVE_TIME", help: "HTTP/2 keepalive ping interval", parse: parseDuration, serveDefault: "60s", devDefault: "60s" },
+  adminPasswordFile: { env: "NEXUS_ADMIN_PASSWORD_FILE", help: "unseal at start with the password in this file (automation; see docs)", parse: text },
+  maxSecretBytes: { env: "NEXUS_MAX_SECRET_BYTES", help: "largest encoded secret version", parse: positiveInt, serveDefault: String(64 * 1024), devDefault: String(64 * 1024) },
+  cleanupInterval: { env: "NEXUS_CLEANUP_INTERVAL", help: "how often expired rows are removed", parse: parseDuration, serveDefault: "60s", devDefault: "60s" },
+} satisfies Record<string, Setting<unknown>>;
+
+export type SettingName = keyof typeof SETTINGS;
+
+/** The flag spelling of a setting: NEXUS_DB_POOL_MAX -> --db-pool-max. */
+export function flagName(env: string): string {
+  return "--" + env.replace(/^NEXUS_/, "").toLowerCase().replace(/_/g, "-");
+}
+
+/**
+ * Reads the configuration for a mode from flags (["--listen=…", "--db-pool-max", "8"])
+ * and the environment. `cwd` resolves relative file paths.
+ */
+export function loadConfig(mode: Mode, flags: readonly string[], env: Source = process.env, cwd = process.cwd()): NexusConfig {
+  const given = { ...pickEnv(env), ...parseFlags(flags) };
+  const get = <T>(name: SettingName): T | undefined => {
+    const setting = SETTINGS[name] as Setting<T>;
+    const raw = given[setting.env] ?? (mode === "dev" ? setting.devDefault : setting.serveDefault);
+    if (raw === undefined || raw === "") return undefined;
+    try {
+      return setting.parse(raw);
+    } catch (err) {
+      throw new ConfigError(`${setting.env} (${flagName(setting.env)}): ${(err as Error).message}`);
+    }
+  };
+  const required = <T>(name: SettingName): T => {
+    const value = get<T>(name);
+    if (value === undefined) {
+      const s = SETTINGS[name];
+      throw new ConfigError(`${s.env} (${flagName(s.env)}) is required: ${s.help}`);
+    }
+    return value;
+  };
+  const file = (name: SettingName): string | undefined => {
+    const value = get<string>(name);
+    return value === undefined ? undefined : path.resolve(cwd, value);
+  };
+
+  const trustDomain = required<string>("trustDomain");
+  const superuserId = get<string>("superuserId") ?? `spiffe://${trustDomain}/spike/pilot/role/superuser`;
+  return {
+    mode,
+    listen: required("listen"),
+    connectListen: required("connectListen"),
+    healthListen: required("healthListen"),
+    trustDomain,
+    trustBundleFile: path.resolve(cwd, required<string>("trustBundleFile")),
+    certFile: path.resolve(cwd, required<string>("certFile")),
+    keyFile: path.resolve(cwd, required<string>("keyFile")),
+    superuserId,
+    databaseUrl: readDatabaseUrl(get<string>("databaseUrl"), file("databaseUrlFile")),
+    databaseCaFile: file("databaseCaFile"),
+    dbPoolMax: required("dbPoolMax"),
+    dataDir: path.resolve(cwd, required<string>("dataDir")),
+    logLevel: required("logLevel"),
+    shutdownGraceMs: required("shutdownGrace"),
+    maxMessageBytes: required("maxMessageBytes"),
+    maxConcurrentStreams: required("maxConcurrentStreams"),
+    keepaliveTimeMs: required("keepaliveTime"),
+    adminPasswordFile: file("adminPasswordFile"),
+    maxSecretBytes: required("maxSecretBytes"),
+    cleanupIntervalMs: required("cleanupInterval"),
+  };
+}
+
+function readDatabaseUrl(url: string | undefined, urlFile: string | undefined): string | undefined {
+  if (url !== undefined && urlFile !== undefined) {
+    throw new ConfigError("NEXUS_DATABASE_URL and NEXUS_DATABASE_URL_FILE are both set: choose one");
+  }
+  if (urlFile === undefined) return url;
+  let content: string;
+  try {
+    content = readFileSync(urlFile, "utf8").trim();
+  } catch (err) {
+    throw new ConfigError(`NEXUS_DATABASE_URL_FILE: cannot read ${urlFile}: ${(err as NodeJS.ErrnoException).code ?? "error"}`);
+  }
+  if (content === "") throw new ConfigError(`NEXUS_DATABASE_URL_FILE: ${urlFile} is empty`);
+  return content;
+}
+
+function pickEnv(env: Source): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const s of Object.values(SETTINGS)) {
+    const v = env[s.env];
+    if (v !== undefined) out[s.env] = v;
+  }
+  return out;
+}
+
+function parseFlags(flags: readonly string[]): Record<string, string> {
+  const byFlag = new Map(Object.values(SETTINGS).map((s) => [flagName(s.env), s.env]));
+  const out: Record<string, string> = {};
+  for (let i = 0; i < flags.length; i++) {
+    const arg = flags[i];
+    const eq = arg.indexOf("=");
+    const name = eq === -1 ? arg : arg.slice(0, eq);
+    const env = byFlag.get(name);
+    if (env === undefined) throw new ConfigError(`unknown flag ${name} (see nexus --help)`);
+    let value: string | undefined = eq === -1 ? flags[++i] : arg.slice(eq + 1);
+    if (value === undefined) throw new ConfigError(`${name} needs a value`);
+    value = value.trim();
+    out[env] = value;
+  }
+  return out;
+}
+
+export function parseListen(raw: string): ListenAddress {
+  const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(raw.trim());
+  if (!m) throw new Error(`"${raw}" is not host:port`);
+  const port = Number(m[2]);
+  if (port > 65535) throw new Error(`port ${port} is out of range`);
+  return { host: m[1].replace(/^\[|\]$/g, ""), port };
+}
+
+export function parseDuration(raw: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(raw.trim());
+  if (!m) throw new Error(`"${raw}" is not a duration like 500ms, 10s, 5m or 1h`);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as "ms" | "s" | "m" | "h"];
+  return Math.round(Number(m[1]) * unit);
+}
+
+function positiveInt(raw: string): number {
+  if (!/^\d+$/.test(raw.trim()) || Number(raw) < 1) throw new Error(`"${raw}" is not a positive integer`);
+  return Number(raw);
+}
+
+function parseLogLevel(raw: string): LogLevel {
+  if (!isLogLevel(raw)) throw new Error(`"${raw}" is not one of debug, info, warn, error`);
+  return raw;
+}
+
+function parseTrustDomainSetting(raw: string): string {
+  try {
+    return parseTrustDomain(raw);
+  } catch (err) {
+    throw new Error((err as Error).message);
+  }
+}
+
+function parseSpiffeIdSetting(raw: string): string {
+  try {
+    return parseSpiffeId(raw).toString();
+  } catch (err) {
+    throw new Error((err as Error).message);
+  }
+}
+
+/** Help text for `nexus --help`, generated from the settings table. */
+export function settingsHelp(): string {
+  return Object.values(SETTINGS)
+    .map((s: Setting<unknown>) => {
+      const def = s.serveDefault ? ` [default ${s.serveDefault}]` : "";
+      return `  ${flagName(s.env).padEnd(26)} ${s.env.padEnd(28)} ${s.help}${def}`;
+    })
+    .join("\n");
+}

@@ -1,0 +1,72 @@
+// The PostgreSQL connection pool (porsager/postgres: tagged templates, prepared
+// statements) and the classification of driver errors into NexusErrors. Only the
+// store layer imports this module.
+
+import { readFileSync } from "node:fs";
+import postgres from "postgres";
+import { NexusError } from "../errors/nexus-error.js";
+import type { Logger } from "../log/logger.js";
+
+export type Sql = postgres.Sql<Record<string, never>>;
+
+export interface DatabaseOptions {
+  readonly url: string;
+  readonly caFile?: string;
+  readonly poolMax: number;
+  readonly logger: Logger;
+  readonly applicationName?: string;
+}
+
+export function connectDatabase(opts: DatabaseOptions): Sql {
+  const ssl = opts.caFile === undefined ? undefined : { ca: readFileSync(opts.caFile, "utf8"), rejectUnauthorized: true };
+  return postgres(opts.url, {
+    max: opts.poolMax,
+    prepare: true,
+    // Fail fast when the database is down: callers get UNAVAILABLE and retry.
+    connect_timeout: 3,
+    idle_timeout: 300,
+    max_lifetime: 60 * 60,
+    ...(ssl === undefined ? {} : { ssl }),
+    onnotice: (notice) => opts.logger.debug("postgres notice", { severity: notice.severity, message: notice.message }),
+    connection: { application_name: opts.applicationName ?? "nexus" },
+  }) as unknown as Sql;
+}
+
+// SQLSTATE classes and driver codes that mean "the database is not there right
+// now" rather than "the request is wrong": connection exceptions (08), operator
+// intervention (57: shutdown, cannot connect now), insufficient resources (53).
+const UNAVAILABLE_DRIVER_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENOTFOUND",
+  "EPIPE",
+  "CONNECT_TIMEOUT",
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+]);
+
+export function isDatabaseUnavailable(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code !== "string") return false;
+  if (UNAVAILABLE_DRIVER_CODES.has(code)) return true;
+  return /^(08|57|53)/.test(code) && code !== "57014"; // 57014 = query_canceled
+}
+
+/**
+ * Converts an error thrown by the driver into a NexusError whose message is safe
+ * to send: never the SQL, its parameters or the server's detail text.
+ */
+export function databaseError(err: unknown): NexusError {
+  if (err instanceof NexusError) return err;
+  if (isDatabaseUnavailable(err)) {
+    return new NexusError("unavailable", "the database is unavailable; retry later", { reason: "DATABASE_UNAVAILABLE", cause: err });
+  }
+  const code = (err as { code?: unknown } | null)?.code;
+  if (code === "40001" || code === "40P01") {
+    return new NexusError("aborted", "the write conflicted with a concurrent one; retry", { reason: "CONCURRENT_UPDATE", cause: err });
+  }
+  return new NexusError("internal", "internal database error", { reason: "DATABASE_ERROR", cause: err });
+}

