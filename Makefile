@@ -1,0 +1,64 @@
+# Two commands do everything on a fresh machine with Node and npm:
+#   make run   serve in dev mode on the embedded PostgreSQL
+#   make test  what CI runs: typecheck, lint, buf lint, generated-code freshness, all tests
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+BIN := node_modules/.bin
+MOCHA := $(BIN)/mocha --timeout 60000 --exit
+
+.PHONY: help deps build certs run test typecheck lint buf-lint gen gen-check unit integration e2e system-deps clean
+
+help:
+	@echo "make run    serve in dev mode (embedded PostgreSQL, dev certificates)"
+	@echo "make test   typecheck, lint, buf lint, gen/ freshness, unit, integration and e2e tests"
+	@echo "make gen    regenerate gen/ from proto/"
+	@echo "make certs  (re)create dev certificates in certs-dev/"
+
+# npm ci only when package-lock.json changed since the last install.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+deps: node_modules/.installed
+
+build: deps
+	$(BIN)/tsc -p tsconfig.json
+
+certs: deps
+	node certs-dev/generate.mjs
+
+run: build certs
+	node bin/nexus.js dev
+
+gen: deps
+	$(BIN)/buf generate
+
+# curl is used by the end-to-end tests against the Connect listener.
+system-deps:
+	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+
+typecheck: build
+
+lint: deps
+	$(BIN)/eslint .
+
+buf-lint: deps
+	$(BIN)/buf lint
+
+gen-check: deps
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(BIN)/buf generate -o "$$tmp" && \
+	diff -r "$$tmp/gen" gen >/dev/null || { echo "gen/ is stale: run 'make gen' and commit the result"; diff -r "$$tmp/gen" gen | head -20; exit 1; }
+	@echo "gen/ is fresh"
+
+unit: build
+	$(MOCHA) 'dist/test/unit/**/*.spec.js'
+
+integration: build certs system-deps
+	$(MOCHA) --require dist/test/support/database-hooks.js 'dist/test/integration/**/*.spec.js'
+
+test: typecheck lint buf-lint gen-check certs system-deps
+	$(MOCHA) --require dist/test/support/database-hooks.js 'dist/test/unit/**/*.spec.js' 'dist/test/integration/**/*.spec.js'
+
+clean:
+	rm -rf dist

@@ -1,0 +1,128 @@
+// The `nexus` command: serve (production), dev (what `make run` uses), migrate,
+// and help. Configuration comes from NEXUS_* variables and matching flags.
+
+import path from "node:path";
+import { ConfigError, loadConfig, settingsHelp, type Mode, type NexusConfig } from "../config/config.js";
+import { createLogger, type Logger } from "../log/logger.js";
+import { startNexus } from "../server/nexus-server.js";
+import { connectDatabase } from "../store/database.js";
+import { startEmbeddedPostgres } from "../store/embedded-postgres.js";
+import { loadMigrations, Migrator } from "../store/migrations.js";
+import { NEXUS_VERSION } from "../version.js";
+
+const USAGE = `nexus ${NEXUS_VERSION}: a secrets store for SPIFFE workloads
+
+Usage:
+  nexus serve [flags]            serve in production mode (TLS files and settings from NEXUS_* / flags)
+  nexus dev [flags]              serve with dev certificates (certs-dev/) and an embedded PostgreSQL
+  nexus migrate up|down|status   apply, revert (one step) or show schema migrations
+  nexus --help | --version
+
+Settings (flag, environment variable, meaning):
+${settingsHelp()}
+`;
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === "--help" || command === "-h" || command === "help") {
+    process.stdout.write(USAGE);
+    return command === undefined ? 2 : 0;
+  }
+  if (command === "--version") {
+    process.stdout.write(NEXUS_VERSION + "\n");
+    return 0;
+  }
+  try {
+    switch (command) {
+      case "serve":
+      case "dev":
+        return await serve(command, rest);
+      case "migrate":
+        return await migrate(rest);
+      default:
+        process.stderr.write(`nexus: unknown command "${command}"\n\n${USAGE}`);
+        return 2;
+    }
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`nexus: configuration: ${err.message}\n`);
+      return 2;
+    }
+    process.stderr.write(`nexus: ${(err as Error).message}\n`);
+    return 1;
+  }
+}
+
+async function serve(mode: Mode, flags: readonly string[]): Promise<number> {
+  const config = loadConfig(mode, flags);
+  const logger = createLogger(config.logLevel);
+  const server = await startNexus(config, logger);
+  if (mode === "dev") printDevHelp(config, server.grpcPort, server.connectPort, server.healthPort);
+  await new Promise<void>((resolve) => {
+    let signals = 0;
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (++signals > 1) {
+        logger.warn("second signal; exiting now", { signal });
+        process.exit(1);
+      }
+      logger.info("signal received", { signal });
+      server.shutdown().then(resolve, resolve);
+    };
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
+  });
+  return 0;
+}
+
+async function migrate(args: readonly string[]): Promise<number> {
+  const [action, ...flags] = args;
+  if (action !== "up" && action !== "down" && action !== "status") {
+    process.stderr.write("nexus migrate: say up, down or status\n");
+    return 2;
+  }
+  const config = loadConfig(flags.includes("--dev") ? "dev" : "serve", flags.filter((f) => f !== "--dev"));
+  const logger = createLogger(config.logLevel);
+  await withDatabase(config, logger, async (url) => {
+    const sql = connectDatabase({ url, caFile: config.databaseCaFile, poolMax: 2, logger });
+    try {
+      const migrator = new Migrator(sql, await loadMigrations(), logger);
+      if (action === "up") process.stdout.write(`applied ${await migrator.up()} migration(s)\n`);
+      if (action === "down") process.stdout.write(`reverted ${await migrator.down()} migration(s)\n`);
+      const status = await migrator.status();
+      process.stdout.write(`schema version ${status.current} of ${status.latest}${status.pending.length ? `, pending: ${status.pending.map((m) => `${m.version}_${m.name}`).join(", ")}` : ", up to date"}\n`);
+    } finally {
+      await sql.end({ timeout: 5 });
+    }
+  });
+  return 0;
+}
+
+async function withDatabase(config: NexusConfig, logger: Logger, fn: (url: string) => Promise<void>): Promise<void> {
+  if (config.databaseUrl !== undefined) return fn(config.databaseUrl);
+  const embedded = await startEmbeddedPostgres({ dataDir: config.dataDir, logger });
+  try {
+    await fn(embedded.url);
+  } finally {
+    await embedded.stop();
+  }
+}
+
+function printDevHelp(config: NexusConfig, grpcPort: number, connectPort: number, healthPort: number): void {
+  const rel = (p: string) => path.relative(process.cwd(), p) || p;
+  const certs = path.dirname(rel(config.certFile));
+  const pilot = `--cert ${certs}/pilot.pem --key ${certs}/pilot-key.pem --cacert ${rel(config.trustBundleFile)}`;
+  const lines = [
+    "",
+    "Nexus is serving (dev mode). Try, from this folder:",
+    "",
+    `  npx buf curl --protocol grpc ${pilot} https://localhost:${grpcPort}/spike.nexus.v1.OperatorService/GetStatus`,
+    "",
+    `  curl ${pilot} -H 'content-type: application/json' -d '{}' https://localhost:${connectPort}/spike.nexus.v1.OperatorService/GetStatus`,
+    "",
+    `  npx buf curl --protocol grpc --http2-prior-knowledge http://localhost:${healthPort}/grpc.health.v1.Health/Check`,
+    "",
+    "Stop with Ctrl-C.",
+    "",
+  ];
+  process.stdout.write(lines.join("\n"));
+}

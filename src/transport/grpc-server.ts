@@ -1,0 +1,83 @@
+// The gRPC listener (grpc-js) serving protoc-gen-es messages: service
+// definitions are built from the generated descriptors (toBinary/fromBinary),
+// and every call goes through the CallPipeline.
+
+import { fromBinary, toBinary, type DescMethodUnary, type DescService, type Message } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
+import type { CallPipeline } from "./call-pipeline.js";
+import { methodPath, type ServiceRegistration, type UnaryHandler } from "./call-context.js";
+import { toGrpcError } from "./error-mapping.js";
+
+export interface GrpcLimits {
+  readonly maxMessageBytes: number;
+  readonly maxConcurrentStreams: number;
+  readonly keepaliveTimeMs: number;
+}
+
+export function grpcServerOptions(limits: GrpcLimits): grpc.ServerOptions {
+  return {
+    "grpc.max_receive_message_length": limits.maxMessageBytes,
+    "grpc.max_send_message_length": limits.maxMessageBytes,
+    "grpc.max_concurrent_streams": limits.maxConcurrentStreams,
+    "grpc.keepalive_time_ms": limits.keepaliveTimeMs,
+    "grpc.keepalive_timeout_ms": 20_000,
+    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.http2.min_ping_interval_without_data_ms": 10_000,
+  };
+}
+
+function toBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** A grpc-js service definition for a protobuf-es service descriptor (unary methods). */
+export function grpcServiceDefinition(desc: DescService): grpc.ServiceDefinition {
+  const definition: Record<string, grpc.MethodDefinition<Message, Message>> = {};
+  for (const method of desc.methods) {
+    if (method.methodKind !== "unary") throw new Error(`${method.name}: only unary methods are served`);
+    definition[method.localName] = {
+      path: methodPath(method),
+      requestStream: false,
+      responseStream: false,
+      requestSerialize: (m: Message) => toBuffer(toBinary(method.input, m)),
+      requestDeserialize: (b: Buffer) => fromBinary(method.input, b),
+      responseSerialize: (m: Message) => toBuffer(toBinary(method.output, m)),
+      responseDeserialize: (b: Buffer) => fromBinary(method.output, b),
+      originalName: method.localName,
+    };
+  }
+  return definition as grpc.ServiceDefinition;
+}
+
+export function addServicesToGrpcServer(server: grpc.Server, services: readonly ServiceRegistration[], pipeline: CallPipeline): void {
+  for (const { desc, handlers } of services) {
+    const impl: grpc.UntypedServiceImplementation = {};
+    for (const method of desc.methods as DescMethodUnary[]) {
+      const handler = handlers[method.localName];
+      if (handler === undefined) throw new Error(`no handler for ${methodPath(method)}`);
+      impl[method.localName] = unaryHandler(method, handler, pipeline);
+    }
+    server.addService(grpcServiceDefinition(desc), impl);
+  }
+}
+
+function unaryHandler(method: DescMethodUnary, handler: UnaryHandler<DescMethodUnary>, pipeline: CallPipeline): grpc.handleUnaryCall<Message, Message> {
+  return (call, callback) => {
+    const abort = new AbortController();
+    call.once("cancelled", () => abort.abort());
+    const authorization = call.metadata.get("authorization")[0];
+    const requestId = call.metadata.get("x-request-id")[0];
+    pipeline
+      .unary(method, handler, call.request, {
+        peerCertificate: call.getAuthContext().sslPeerCertificate,
+        authorization: typeof authorization === "string" ? authorization : undefined,
+        requestId: typeof requestId === "string" ? requestId : undefined,
+        signal: abort.signal,
+        transport: "grpc",
+      })
+      .then(
+        (response) => callback(null, response),
+        (err) => callback(toGrpcError(err)),
+      );
+  };
+}
