@@ -211,19 +211,11 @@ function parseLogLevel(raw: string): LogLevel {
 }
 
 function parseTrustDomainSetting(raw: string): string {
-  try {
-    return parseTrustDomain(raw);
-  } catch (err) {
-    throw new Error((err as Error).message);
-  }
+  return parseTrustDomain(raw);
 }
 
 function parseSpiffeIdSetting(raw: string): string {
-  try {
-    return parseSpiffeId(raw).toString();
-  } catch (err) {
-    throw new Error((err as Error).message);
-  }
+  return parseSpiffeId(raw).toString();
 }
 
 /** Help text for `nexus --help`, generated from the settings table. */
