@@ -8,12 +8,19 @@ import type http2 from "node:http2";
 import type { Socket } from "node:net";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { file_spike_nexus_v1_operator } from "../../gen/spike/nexus/v1/operator_pb.js";
+import { file_spike_nexus_v1_secret } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { file_grpc_health_v1_health } from "../../gen/grpc/health/v1/health_pb.js";
 import { SuperuserAccessPolicy } from "../authorization/access-policy.js";
 import type { ListenAddress, NexusConfig } from "../config/config.js";
 import { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
+import { KeyManager } from "../keys/key-manager.js";
+import type { KdfParams } from "../keys/password-kdf.js";
+import { SecretCipher } from "../keys/secret-cipher.js";
 import { operatorService } from "../services/operator-service.js";
+import { secretService } from "../services/secret-service.js";
+import { SecretStore } from "../store/secret-store.js";
+import { unsealAtStart } from "./unseal-at-start.js";
 import { connectDatabase, type Sql } from "../store/database.js";
 import { DatabaseMonitor } from "../store/database-monitor.js";
 import { startEmbeddedPostgres, type EmbeddedPostgres } from "../store/embedded-postgres.js";
@@ -34,6 +41,7 @@ export interface RunningNexus {
   readonly databaseUrl: string;
   readonly certificates: CertificateSource;
   readonly health: HealthReporter;
+  readonly keys: KeyManager;
   /** Stops accepting, lets in-flight calls finish up to the grace period, then closes everything. */
   shutdown(): Promise<void>;
 }
@@ -42,6 +50,9 @@ export interface StartOptions {
   /** Overrides for tests: how often the database is pinged, the certificate debounce. */
   readonly databaseCheckIntervalMs?: number;
   readonly certificateDebounceMs?: number;
+  /** Tests lower the scrypt cost; production always uses the default. */
+  readonly kdfParams?: KdfParams;
+  readonly failedUnsealDelayMs?: number;
 }
 
 export async function startNexus(config: NexusConfig, logger: Logger, options: StartOptions = {}): Promise<RunningNexus> {
@@ -72,11 +83,12 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
     if (applied > 0) logger.info("schema migrated", { applied });
 
     const rootKeys = new RootKeyStore(sql);
+    const keys = new KeyManager(rootKeys, logger, options.kdfParams, options.failedUnsealDelayMs);
+    cleanup.push(() => keys.seal("shutdown"));
+    const secrets = new SecretStore(sql);
     const services = [
-      operatorService({
-        trustDomain: config.trustDomain,
-        state: { initialized: () => rootKeys.isInitialized(), sealed: () => true },
-      }),
+      operatorService({ trustDomain: config.trustDomain, keys, initialized: () => rootKeys.isInitialized() }),
+      secretService({ keys, cipher: new SecretCipher(keys), store: secrets, maxSecretBytes: config.maxSecretBytes }),
     ];
     const pipeline = new CallPipeline(
       new PeerAuthenticator({ trustDomains: [config.trustDomain] }),
@@ -85,15 +97,28 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
     );
 
     const health = new HealthReporter(services.map((s) => s.desc.typeName));
-    const monitor = new DatabaseMonitor(sql, (ok) => health.set(ok ? "SERVING" : "NOT_SERVING"), logger, options.databaseCheckIntervalMs);
+    // Serving means the database answers and this replica holds its keys.
+    const updateHealth = () => health.set(monitor.isHealthy && !keys.sealed ? "SERVING" : "NOT_SERVING");
+    const monitor = new DatabaseMonitor(sql, updateHealth, logger, options.databaseCheckIntervalMs);
+    keys.onSealChange(updateHealth);
     await monitor.check();
     monitor.start();
     cleanup.push(() => monitor.stop());
+    await unsealAtStart(config, keys, rootKeys, logger);
+
+    const expiry = setInterval(() => {
+      secrets.purgeExpired().then(
+        (n) => n > 0 && logger.info("expired secrets removed", { count: n }),
+        (err) => logger.warn("expiry job failed", { err }),
+      );
+    }, config.cleanupIntervalMs);
+    expiry.unref();
+    cleanup.push(() => clearInterval(expiry));
 
     const grpcServer = new grpc.Server(grpcServerOptions(config));
     addServicesToGrpcServer(grpcServer, services, pipeline);
     health.implementation.addToServer(grpcServer);
-    createReflectionService([file_spike_nexus_v1_operator, file_grpc_health_v1_health]).addToServer(grpcServer);
+    createReflectionService([file_spike_nexus_v1_operator, file_spike_nexus_v1_secret, file_grpc_health_v1_health]).addToServer(grpcServer);
     const credentials = grpc.experimental.createCertificateProviderServerCredentials(certificates, certificates, true);
     const grpcPort = await bind(grpcServer, config.listen, credentials);
     cleanup.push(() => grpcServer.forceShutdown());
@@ -137,7 +162,7 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
         logger.info("stopped");
       })());
 
-    return { grpcPort, connectPort, healthPort, databaseUrl, certificates, health, shutdown };
+    return { grpcPort, connectPort, healthPort, databaseUrl, certificates, health, keys, shutdown };
   } catch (err) {
     await undo();
     throw err;

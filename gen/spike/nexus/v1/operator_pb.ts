@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file spike/nexus/v1/operator.proto.
  */
 export const file_spike_nexus_v1_operator: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zcGlrZS9uZXh1cy92MS9vcGVyYXRvci5wcm90bxIOc3Bpa2UubmV4dXMudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCJ5ChFHZXRTdGF0dXNSZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEhMKC2luaXRpYWxpemVkGAIgASgIEg4KBnNlYWxlZBgDIAEoCBIUCgx0cnVzdF9kb21haW4YBCABKAkSGAoQY2FsbGVyX3NwaWZmZV9pZBgFIAEoCTJoCg9PcGVyYXRvclNlcnZpY2USVQoJR2V0U3RhdHVzEiAuc3Bpa2UubmV4dXMudjEuR2V0U3RhdHVzUmVxdWVzdBohLnNwaWtlLm5leHVzLnYxLkdldFN0YXR1c1Jlc3BvbnNlIgOQAgFiBnByb3RvMw");
+  fileDesc("Ch1zcGlrZS9uZXh1cy92MS9vcGVyYXRvci5wcm90bxIOc3Bpa2UubmV4dXMudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCKYAQoRR2V0U3RhdHVzUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoCRITCgtpbml0aWFsaXplZBgCIAEoCBIOCgZzZWFsZWQYAyABKAgSFAoMdHJ1c3RfZG9tYWluGAQgASgJEhgKEGNhbGxlcl9zcGlmZmVfaWQYBSABKAkSHQoVYWN0aXZlX2tleXJpbmdfa2V5X2lkGAYgASgNIisKEUluaXRpYWxpemVSZXF1ZXN0EhYKDmFkbWluX3Bhc3N3b3JkGAEgASgJIkgKEkluaXRpYWxpemVSZXNwb25zZRITCgtyb290X2tleV9pZBgBIAEoDRIdChVhY3RpdmVfa2V5cmluZ19rZXlfaWQYAiABKA0iJwoNVW5zZWFsUmVxdWVzdBIWCg5hZG1pbl9wYXNzd29yZBgBIAEoCSIvCg5VbnNlYWxSZXNwb25zZRIdChVhY3RpdmVfa2V5cmluZ19rZXlfaWQYASABKA0iDQoLU2VhbFJlcXVlc3QiDgoMU2VhbFJlc3BvbnNlMskCCg9PcGVyYXRvclNlcnZpY2USUwoKSW5pdGlhbGl6ZRIhLnNwaWtlLm5leHVzLnYxLkluaXRpYWxpemVSZXF1ZXN0GiIuc3Bpa2UubmV4dXMudjEuSW5pdGlhbGl6ZVJlc3BvbnNlEkcKBlVuc2VhbBIdLnNwaWtlLm5leHVzLnYxLlVuc2VhbFJlcXVlc3QaHi5zcGlrZS5uZXh1cy52MS5VbnNlYWxSZXNwb25zZRJBCgRTZWFsEhsuc3Bpa2UubmV4dXMudjEuU2VhbFJlcXVlc3QaHC5zcGlrZS5uZXh1cy52MS5TZWFsUmVzcG9uc2USVQoJR2V0U3RhdHVzEiAuc3Bpa2UubmV4dXMudjEuR2V0U3RhdHVzUmVxdWVzdBohLnNwaWtlLm5leHVzLnYxLkdldFN0YXR1c1Jlc3BvbnNlIgOQAgFiBnByb3RvMw");
 
 /**
  * GetStatusRequest has no fields.
@@ -67,6 +67,13 @@ export type GetStatusResponse = Message<"spike.nexus.v1.GetStatusResponse"> & {
    * @generated from field: string caller_spiffe_id = 5;
    */
   callerSpiffeId: string;
+
+  /**
+   * The id of the keyring key that wraps new data keys; 0 while sealed.
+   *
+   * @generated from field: uint32 active_keyring_key_id = 6;
+   */
+  activeKeyringKeyId: number;
 };
 
 /**
@@ -77,12 +84,167 @@ export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE_
   messageDesc(file_spike_nexus_v1_operator, 1);
 
 /**
+ * InitializeRequest carries the admin password that will protect the root key.
+ *
+ * @generated from message spike.nexus.v1.InitializeRequest
+ */
+export type InitializeRequest = Message<"spike.nexus.v1.InitializeRequest"> & {
+  /**
+   * At least 12 characters. Never stored; only a key derived from it unlocks the root key.
+   *
+   * @generated from field: string admin_password = 1;
+   */
+  adminPassword: string;
+};
+
+/**
+ * Describes the message spike.nexus.v1.InitializeRequest.
+ * Use `create(InitializeRequestSchema)` to create a new message.
+ */
+export const InitializeRequestSchema: GenMessage<InitializeRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 2);
+
+/**
+ * InitializeResponse reports the keys created.
+ *
+ * @generated from message spike.nexus.v1.InitializeResponse
+ */
+export type InitializeResponse = Message<"spike.nexus.v1.InitializeResponse"> & {
+  /**
+   * The id of the root key created.
+   *
+   * @generated from field: uint32 root_key_id = 1;
+   */
+  rootKeyId: number;
+
+  /**
+   * The id of the active keyring key.
+   *
+   * @generated from field: uint32 active_keyring_key_id = 2;
+   */
+  activeKeyringKeyId: number;
+};
+
+/**
+ * Describes the message spike.nexus.v1.InitializeResponse.
+ * Use `create(InitializeResponseSchema)` to create a new message.
+ */
+export const InitializeResponseSchema: GenMessage<InitializeResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 3);
+
+/**
+ * UnsealRequest carries the admin password.
+ *
+ * @generated from message spike.nexus.v1.UnsealRequest
+ */
+export type UnsealRequest = Message<"spike.nexus.v1.UnsealRequest"> & {
+  /**
+   * The admin password set by Initialize.
+   *
+   * @generated from field: string admin_password = 1;
+   */
+  adminPassword: string;
+};
+
+/**
+ * Describes the message spike.nexus.v1.UnsealRequest.
+ * Use `create(UnsealRequestSchema)` to create a new message.
+ */
+export const UnsealRequestSchema: GenMessage<UnsealRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 4);
+
+/**
+ * UnsealResponse reports the state after unsealing.
+ *
+ * @generated from message spike.nexus.v1.UnsealResponse
+ */
+export type UnsealResponse = Message<"spike.nexus.v1.UnsealResponse"> & {
+  /**
+   * The id of the active keyring key.
+   *
+   * @generated from field: uint32 active_keyring_key_id = 1;
+   */
+  activeKeyringKeyId: number;
+};
+
+/**
+ * Describes the message spike.nexus.v1.UnsealResponse.
+ * Use `create(UnsealResponseSchema)` to create a new message.
+ */
+export const UnsealResponseSchema: GenMessage<UnsealResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 5);
+
+/**
+ * SealRequest has no fields.
+ *
+ * @generated from message spike.nexus.v1.SealRequest
+ */
+export type SealRequest = Message<"spike.nexus.v1.SealRequest"> & {
+};
+
+/**
+ * Describes the message spike.nexus.v1.SealRequest.
+ * Use `create(SealRequestSchema)` to create a new message.
+ */
+export const SealRequestSchema: GenMessage<SealRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 6);
+
+/**
+ * SealResponse has no fields.
+ *
+ * @generated from message spike.nexus.v1.SealResponse
+ */
+export type SealResponse = Message<"spike.nexus.v1.SealResponse"> & {
+};
+
+/**
+ * Describes the message spike.nexus.v1.SealResponse.
+ * Use `create(SealResponseSchema)` to create a new message.
+ */
+export const SealResponseSchema: GenMessage<SealResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 7);
+
+/**
  * OperatorService reports and changes the state of a Nexus server: its
  * status, initialization, and seal state.
  *
  * @generated from service spike.nexus.v1.OperatorService
  */
 export const OperatorService: GenService<{
+  /**
+   * Initialize creates the root key and keyring, sealed under the admin
+   * password, and leaves this replica unsealed. Superuser only; a second call
+   * is FAILED_PRECONDITION.
+   *
+   * @generated from rpc spike.nexus.v1.OperatorService.Initialize
+   */
+  initialize: {
+    methodKind: "unary";
+    input: typeof InitializeRequestSchema;
+    output: typeof InitializeResponseSchema;
+  },
+  /**
+   * Unseal derives the key-encryption key from the admin password and loads the
+   * key hierarchy into this replica's memory. A wrong password is
+   * PERMISSION_DENIED.
+   *
+   * @generated from rpc spike.nexus.v1.OperatorService.Unseal
+   */
+  unseal: {
+    methodKind: "unary";
+    input: typeof UnsealRequestSchema;
+    output: typeof UnsealResponseSchema;
+  },
+  /**
+   * Seal drops all key material from this replica's memory.
+   *
+   * @generated from rpc spike.nexus.v1.OperatorService.Seal
+   */
+  seal: {
+    methodKind: "unary";
+    input: typeof SealRequestSchema;
+    output: typeof SealResponseSchema;
+  },
   /**
    * GetStatus reports the server version, its seal state, its trust domain and
    * the caller's own SPIFFE ID. Any valid SVID of the trust domain may call it.

@@ -1,0 +1,116 @@
+// Envelope encryption of secret versions. Each secret has its own data key,
+// wrapped by a keyring key; each version is sealed by the data key. Associated
+// data binds a version to (format, data-key id, secret id, path, version) and a
+// wrapped data key to (secret id, path, keyring key id), so ciphertext moved to
+// another row, version or path fails to open.
+//
+// Unwrapped data keys are cached (bounded, LRU) to keep reads to one round trip
+// and one AES operation; an entry is used only if the wrapped key in the row is
+// byte-identical to the one it came from. Plaintext values are never cached.
+
+import { NexusError } from "../errors/nexus-error.js";
+import { associatedData, newKey, open, seal, sealedKeyId, FORMAT_V1 } from "./aead.js";
+import type { KeyManager } from "./key-manager.js";
+
+export interface DataKeyRef {
+  readonly secretId: string;
+  readonly path: string;
+  readonly dataKeyId: number;
+  readonly keyringKeyId: number;
+  readonly wrappedDataKey: Buffer;
+}
+
+export interface NewDataKey {
+  readonly dataKeyId: number;
+  readonly keyringKeyId: number;
+  readonly wrappedDataKey: Buffer;
+  readonly dataKey: Buffer;
+}
+
+export type SecretData = Record<string, string>;
+
+const FIRST_DATA_KEY_ID = 1;
+
+export class SecretCipher {
+  private readonly cache = new Map<string, { wrapped: Buffer; key: Buffer }>();
+
+  constructor(
+    private readonly keys: KeyManager,
+    private readonly cacheSize = 10_000,
+  ) {
+    keys.onSealChange((sealed) => sealed && this.clear());
+  }
+
+  newDataKey(secretId: string, path: string): NewDataKey {
+    const wrapping = this.keys.activeWrappingKey();
+    const dataKey = newKey();
+    const wrappedDataKey = seal(wrapping.key, wrapping.id, dataKey, dataKeyAad(secretId, path, wrapping.id));
+    this.remember(secretId, wrappedDataKey, dataKey);
+    return { dataKeyId: FIRST_DATA_KEY_ID, keyringKeyId: wrapping.id, wrappedDataKey, dataKey };
+  }
+
+  dataKey(ref: DataKeyRef): Buffer {
+    const cached = this.cache.get(ref.secretId);
+    if (cached && cached.wrapped.equals(ref.wrappedDataKey)) {
+      this.cache.delete(ref.secretId);
+      this.cache.set(ref.secretId, cached);
+      return cached.key;
+    }
+    if (sealedKeyId(ref.wrappedDataKey) !== ref.keyringKeyId) throw integrityFailure();
+    const key = open(this.keys.wrappingKey(ref.keyringKeyId), ref.wrappedDataKey, dataKeyAad(ref.secretId, ref.path, ref.keyringKeyId));
+    this.remember(ref.secretId, ref.wrappedDataKey, key);
+    return key;
+  }
+
+  encryptVersion(ref: Omit<DataKeyRef, "keyringKeyId" | "wrappedDataKey">, dataKey: Buffer, version: number, plaintext: Buffer): Buffer {
+    return seal(dataKey, ref.dataKeyId, plaintext, versionAad(ref.dataKeyId, ref.secretId, ref.path, version));
+  }
+
+  decryptVersion(ref: DataKeyRef, version: number, ciphertext: Buffer): SecretData {
+    if (sealedKeyId(ciphertext) !== ref.dataKeyId) throw integrityFailure();
+    const plaintext = open(this.dataKey(ref), ciphertext, versionAad(ref.dataKeyId, ref.secretId, ref.path, version));
+    try {
+      return JSON.parse(plaintext.toString("utf8")) as SecretData;
+    } finally {
+      plaintext.fill(0);
+    }
+  }
+
+  forget(secretId: string): void {
+    const entry = this.cache.get(secretId);
+    if (entry) {
+      entry.key.fill(0);
+      this.cache.delete(secretId);
+    }
+  }
+
+  private remember(secretId: string, wrapped: Buffer, key: Buffer): void {
+    this.forget(secretId);
+    this.cache.set(secretId, { wrapped: Buffer.from(wrapped), key });
+    if (this.cache.size > this.cacheSize) {
+      const oldest = this.cache.keys().next().value as string;
+      this.forget(oldest);
+    }
+  }
+
+  private clear(): void {
+    for (const entry of this.cache.values()) entry.key.fill(0);
+    this.cache.clear();
+  }
+}
+
+function dataKeyAad(secretId: string, path: string, keyringKeyId: number): Buffer {
+  return associatedData("nexus/v1/data-key", uuidBytes(secretId), path, keyringKeyId);
+}
+
+function versionAad(dataKeyId: number, secretId: string, path: string, version: number): Buffer {
+  return associatedData("nexus/v1/secret-version", FORMAT_V1, dataKeyId, uuidBytes(secretId), path, version);
+}
+
+function uuidBytes(id: string): Buffer {
+  return Buffer.from(id.replace(/-/g, ""), "hex");
+}
+
+function integrityFailure(): NexusError {
+  return new NexusError("internal", "stored data failed its integrity check", { reason: "INTEGRITY_CHECK_FAILED" });
+}

@@ -1,0 +1,106 @@
+// The rules a secret request must meet before anything is read or written:
+// path syntax, data size, version lists, metadata limits and page tokens. Each
+// failure is an INVALID_ARGUMENT (or RESOURCE_EXHAUSTED for size) naming the
+// field and the rule it broke, and never echoing a secret value.
+
+import { NexusError } from "../errors/nexus-error.js";
+
+export const MAX_PATH_LENGTH = 255;
+export const MAX_VERSIONS_LIMIT = 1000;
+export const DEFAULT_MAX_VERSIONS = 10;
+export const MAX_CUSTOM_METADATA_KEYS = 64;
+const MAX_METADATA_KEY_LENGTH = 128;
+const MAX_METADATA_VALUE_LENGTH = 512;
+export const DEFAULT_PAGE_SIZE = 100;
+export const MAX_PAGE_SIZE = 1000;
+const SEGMENT = /^[A-Za-z0-9._-]+$/;
+const PREFIX = /^[A-Za-z0-9._/-]*$/;
+
+export function validatePath(path: string, field = "path"): string {
+  if (path.length === 0) throw NexusError.invalidArgument(field, "must not be empty", "INVALID_PATH");
+  if (path.length > MAX_PATH_LENGTH) throw NexusError.invalidArgument(field, `must be at most ${MAX_PATH_LENGTH} characters`, "INVALID_PATH");
+  if (path.startsWith("/") || path.endsWith("/")) throw NexusError.invalidArgument(field, 'must not start or end with "/"', "INVALID_PATH");
+  for (const segment of path.split("/")) {
+    if (segment === "") throw NexusError.invalidArgument(field, 'must not contain an empty segment ("//")', "INVALID_PATH");
+    if (segment === "." || segment === "..") throw NexusError.invalidArgument(field, 'must not contain a "." or ".." segment', "INVALID_PATH");
+    if (!SEGMENT.test(segment)) throw NexusError.invalidArgument(field, "segments may contain only A-Z, a-z, 0-9, '.', '_' and '-'", "INVALID_PATH");
+  }
+  return path;
+}
+
+export function validatePrefix(prefix: string): string {
+  if (prefix.length > MAX_PATH_LENGTH) throw NexusError.invalidArgument("prefix", `must be at most ${MAX_PATH_LENGTH} characters`, "INVALID_PREFIX");
+  if (!PREFIX.test(prefix)) throw NexusError.invalidArgument("prefix", "may contain only the characters of a path: A-Z, a-z, 0-9, '.', '_', '-' and '/'", "INVALID_PREFIX");
+  return prefix;
+}
+
+/** The encoded form of a version's data, checked for size. */
+export function encodeData(data: Record<string, string>, maxBytes: number): Buffer {
+  const keys = Object.keys(data);
+  if (keys.length === 0) throw NexusError.invalidArgument("data", "must hold at least one key", "EMPTY_DATA");
+  if (keys.some((k) => k.length === 0)) throw NexusError.invalidArgument("data", "keys must not be empty", "INVALID_DATA");
+  const encoded = Buffer.from(JSON.stringify(data), "utf8");
+  if (encoded.length > maxBytes) {
+    encoded.fill(0);
+    throw new NexusError("resource_exhausted", `data: ${encoded.length} bytes encoded exceeds the limit of ${maxBytes}`, { reason: "SECRET_TOO_LARGE" });
+  }
+  return encoded;
+}
+
+export function validateVersions(versions: readonly number[], required: boolean): number[] {
+  if (required && versions.length === 0) throw NexusError.invalidArgument("versions", "name at least one version", "NO_VERSIONS");
+  if (versions.length > MAX_VERSIONS_LIMIT) throw NexusError.invalidArgument("versions", `at most ${MAX_VERSIONS_LIMIT} versions per call`, "TOO_MANY_VERSIONS");
+  if (versions.some((v) => v < 1)) throw NexusError.invalidArgument("versions", "versions are numbered from 1", "INVALID_VERSION");
+  return [...new Set(versions)];
+}
+
+export function validateMaxVersions(n: number): number {
+  if (n < 1 || n > MAX_VERSIONS_LIMIT) throw NexusError.invalidArgument("max_versions", `must be between 1 and ${MAX_VERSIONS_LIMIT}`, "INVALID_MAX_VERSIONS");
+  return n;
+}
+
+export function validateCustomMetadata(metadata: Record<string, string>): Record<string, string> {
+  const entries = Object.entries(metadata);
+  if (entries.length > MAX_CUSTOM_METADATA_KEYS) {
+    throw NexusError.invalidArgument("custom_metadata", `at most ${MAX_CUSTOM_METADATA_KEYS} keys`, "TOO_MANY_METADATA_KEYS");
+  }
+  for (const [k, v] of entries) {
+    if (k.length === 0 || k.length > MAX_METADATA_KEY_LENGTH) throw NexusError.invalidArgument("custom_metadata", `keys must be 1-${MAX_METADATA_KEY_LENGTH} characters`, "INVALID_METADATA");
+    if (v.length > MAX_METADATA_VALUE_LENGTH) throw NexusError.invalidArgument("custom_metadata", `values must be at most ${MAX_METADATA_VALUE_LENGTH} characters`, "INVALID_METADATA");
+  }
+  return metadata;
+}
+
+export function validateFutureTime(date: Date, field: string, now = Date.now()): Date {
+  if (Number.isNaN(date.getTime())) throw NexusError.invalidArgument(field, "is not a valid time", "INVALID_TIME");
+  if (date.getTime() <= now) throw NexusError.invalidArgument(field, "must be in the future", "TIME_IN_PAST");
+  return date;
+}
+
+export function pageSize(requested: number): number {
+  if (requested < 0) throw NexusError.invalidArgument("page_size", "must not be negative", "INVALID_PAGE_SIZE");
+  if (requested > MAX_PAGE_SIZE) throw NexusError.invalidArgument("page_size", `must be at most ${MAX_PAGE_SIZE}`, "INVALID_PAGE_SIZE");
+  return requested === 0 ? DEFAULT_PAGE_SIZE : requested;
+}
+
+// Page tokens are opaque to callers (AIP-158) but carry no secret: the last path
+// returned and the prefix they were issued for, so a token is refused with
+// another prefix.
+export function encodePageToken(prefix: string, lastPath: string): string {
+  return Buffer.from(JSON.stringify({ v: 1, p: prefix, a: lastPath }), "utf8").toString("base64url");
+}
+
+export function decodePageToken(token: string, prefix: string): string {
+  if (token === "") return "";
+  let parsed: { v?: unknown; p?: unknown; a?: unknown };
+  try {
+    parsed = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
+  } catch {
+    throw NexusError.invalidArgument("page_token", "is not a token this server issued", "INVALID_PAGE_TOKEN");
+  }
+  if (parsed.v !== 1 || typeof parsed.a !== "string" || typeof parsed.p !== "string") {
+    throw NexusError.invalidArgument("page_token", "is not a token this server issued", "INVALID_PAGE_TOKEN");
+  }
+  if (parsed.p !== prefix) throw NexusError.invalidArgument("page_token", "was issued for another prefix", "INVALID_PAGE_TOKEN");
+  return validatePath(parsed.a, "page_token");
+}

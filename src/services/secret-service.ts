@@ -1,0 +1,249 @@
+// SecretService: versioned secrets with Vault KV v2 semantics. Handlers guard
+// first (sealed? valid request?), then encrypt or decrypt through keys/ and read
+// or write through store/. Every write is one conditional statement; a put that
+// loses a race is retried with the version the database reported, or ABORTED
+// when the caller asked for check-and-set.
+
+import { randomUUID } from "node:crypto";
+import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { SecretService, type SecretMetadataSchema } from "../../gen/spike/nexus/v1/secret_pb.js";
+import { NexusError } from "../errors/nexus-error.js";
+import { sealedError, type KeyManager } from "../keys/key-manager.js";
+import type { DataKeyRef, SecretCipher } from "../keys/secret-cipher.js";
+import type { SecretMetadataRow, SecretStore } from "../store/secret-store.js";
+import { registerService, type ServiceRegistration } from "../transport/call-context.js";
+import {
+  DEFAULT_MAX_VERSIONS,
+  decodePageToken,
+  encodeData,
+  encodePageToken,
+  pageSize,
+  validateCustomMetadata,
+  validateFutureTime,
+  validateMaxVersions,
+  validatePath,
+  validatePrefix,
+  validateVersions,
+} from "./secret-rules.js";
+
+export interface SecretServiceDeps {
+  readonly keys: KeyManager;
+  readonly cipher: SecretCipher;
+  readonly store: SecretStore;
+  readonly maxSecretBytes: number;
+  /** How many paths' key references a replica remembers for one-round-trip puts. */
+  readonly knownSecretsLimit?: number;
+}
+
+interface KnownSecret extends DataKeyRef {
+  latestVersion: number;
+}
+
+const PUT_ATTEMPTS = 5;
+const UPDATABLE_FIELDS = new Set(["max_versions", "custom_metadata", "expires_at"]);
+
+export function secretService(deps: SecretServiceDeps): ServiceRegistration {
+  const { keys, cipher, store } = deps;
+  const known = new Map<string, KnownSecret>();
+  const knownLimit = deps.knownSecretsLimit ?? 10_000;
+  keys.onSealChange((sealed) => sealed && known.clear());
+
+  const remember = (s: KnownSecret) => {
+    known.delete(s.path);
+    known.set(s.path, s);
+    if (known.size > knownLimit) known.delete(known.keys().next().value as string);
+  };
+
+  const lookup = async (path: string): Promise<KnownSecret | undefined> => {
+    const row = await store.findByPath(path);
+    if (row === undefined) return undefined;
+    if (row.expired) {
+      await store.purgeIfExpired(row.id);
+      cipher.forget(row.id);
+      return undefined;
+    }
+    const s: KnownSecret = { secretId: row.id, path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey, latestVersion: row.latestVersion };
+    remember(s);
+    return s;
+  };
+
+  const requireUnsealed = () => {
+    if (keys.sealed) throw sealedError();
+  };
+
+  return registerService(SecretService, {
+    async putSecret(req, ctx) {
+      requireUnsealed();
+      const path = validatePath(req.path);
+      const expiresAt = req.expiresAt ? validateFutureTime(timestampDate(req.expiresAt), "expires_at") : undefined;
+      const cas = req.cas;
+      const plaintext = encodeData(req.data, deps.maxSecretBytes);
+      try {
+        for (let attempt = 0; attempt < PUT_ATTEMPTS; attempt++) {
+          // A cas of 0 asserts the path is new: ask the database, not the cache.
+          const secret = cas === 0 ? await lookup(path) : (known.get(path) ?? (await lookup(path)));
+          if (secret === undefined) {
+            if (cas !== undefined && cas !== 0) throw casMismatch(path, cas, 0);
+            const id = randomUUID();
+            const dk = cipher.newDataKey(id, path);
+            const ciphertext = cipher.encryptVersion({ secretId: id, path, dataKeyId: dk.dataKeyId }, dk.dataKey, 1, plaintext);
+            const createdAt = await store.insertNew({
+              id, path, maxVersions: DEFAULT_MAX_VERSIONS, dataKeyId: dk.dataKeyId, wrappedDataKey: dk.wrappedDataKey,
+              keyringKeyId: dk.keyringKeyId, expiresAt, ciphertext, createdBy: ctx.caller.toString(),
+            });
+            if (createdAt !== undefined) {
+              remember({ secretId: id, path, dataKeyId: dk.dataKeyId, keyringKeyId: dk.keyringKeyId, wrappedDataKey: dk.wrappedDataKey, latestVersion: 1 });
+              return { version: 1, createdAt: timestampFromDate(createdAt) };
+            }
+            cipher.forget(id);
+            if (cas === 0) throw casMismatch(path, 0, undefined);
+            continue; // created concurrently: write the next version instead
+          }
+          if (cas === 0) throw casMismatch(path, 0, secret.latestVersion);
+          const version = (cas ?? secret.latestVersion) + 1;
+          const ciphertext = cipher.encryptVersion(secret, cipher.dataKey(secret), version, plaintext);
+          const result = await store.appendVersion({ secretId: secret.secretId, version, ciphertext, createdBy: ctx.caller.toString(), expiresAt });
+          if (result.kind === "written") {
+            secret.latestVersion = version;
+            return { version, createdAt: timestampFromDate(result.createdAt) };
+          }
+          known.delete(path);
+          if (result.kind === "gone") continue;
+          if (result.expired) {
+            await store.purgeIfExpired(secret.secretId);
+            cipher.forget(secret.secretId);
+            if (cas !== undefined && cas !== 0) throw casMismatch(path, cas, 0);
+            continue;
+          }
+          if (cas !== undefined) throw casMismatch(path, cas, result.latestVersion);
+          secret.latestVersion = result.latestVersion;
+          remember(secret);
+        }
+        throw new NexusError("aborted", `too many concurrent writes to "${path}"; retry`, { reason: "CONCURRENT_UPDATE" });
+      } finally {
+        plaintext.fill(0);
+      }
+    },
+
+    async getSecret(req) {
+      requireUnsealed();
+      const path = validatePath(req.path);
+      const row = await store.readVersion(path, req.version);
+      if (row === undefined || row.expired) throw notFound(path);
+      if (row.version === null) {
+        throw req.version === 0
+          ? new NexusError("not_found", `secret "${path}" has no current version: every version is deleted or destroyed`, { reason: "NO_CURRENT_VERSION" })
+          : new NexusError("not_found", `version ${req.version} of secret "${path}" does not exist`, { reason: "VERSION_NOT_FOUND" });
+      }
+      if (row.ciphertext === null) throw new NexusError("not_found", `version ${row.version} of secret "${path}" is destroyed`, { reason: "VERSION_DESTROYED" });
+      if (row.deletedAt !== null) throw new NexusError("not_found", `version ${row.version} of secret "${path}" is deleted`, { reason: "VERSION_DELETED" });
+      const data = cipher.decryptVersion(
+        { secretId: row.id, path: row.path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey },
+        row.version,
+        row.ciphertext,
+      );
+      return { path, version: row.version, data, createdAt: timestampFromDate(row.createdAt!) };
+    },
+
+    async listSecrets(req) {
+      requireUnsealed();
+      const prefix = validatePrefix(req.prefix);
+      const size = pageSize(req.pageSize);
+      const after = decodePageToken(req.pageToken, prefix);
+      const paths = await store.listPaths(prefix, after, size + 1);
+      const page = paths.slice(0, size);
+      return { paths: page, nextPageToken: paths.length > size ? encodePageToken(prefix, page[page.length - 1]) : "" };
+    },
+
+    async deleteSecret(req) {
+      requireUnsealed();
+      const path = validatePath(req.path);
+      const versions = await store.changeVersions(path, "delete", validateVersions(req.versions, false));
+      if (versions === undefined) throw notFound(path);
+      return { versions };
+    },
+
+    async undeleteSecret(req) {
+      requireUnsealed();
+      const path = validatePath(req.path);
+      const versions = await store.changeVersions(path, "undelete", validateVersions(req.versions, true));
+      if (versions === undefined) throw notFound(path);
+      return { versions };
+    },
+
+    async destroySecret(req) {
+      requireUnsealed();
+      const path = validatePath(req.path);
+      const versions = await store.changeVersions(path, "destroy", validateVersions(req.versions, true));
+      if (versions === undefined) throw notFound(path);
+      return { versions };
+    },
+
+    async getSecretMetadata(req) {
+      requireUnsealed();
+      const path = validatePath(req.path);
+      const row = await store.metadata(path);
+      if (row === undefined) throw notFound(path);
+      return { metadata: toMetadata(row) };
+    },
+
+    async updateSecretMetadata(req) {
+      requireUnsealed();
+      const path = validatePath(req.path);
+      const fields = req.updateMask?.paths ?? [];
+      if (fields.length === 0) throw NexusError.invalidArgument("update_mask", "name at least one of max_versions, custom_metadata, expires_at", "EMPTY_UPDATE_MASK");
+      for (const f of fields) {
+        if (!UPDATABLE_FIELDS.has(f)) throw NexusError.invalidArgument("update_mask", `"${f}" cannot be updated; use max_versions, custom_metadata or expires_at`, "INVALID_UPDATE_MASK");
+      }
+      const mask = new Set(fields);
+      const row = await store.updateMetadata(path, {
+        maxVersions: mask.has("max_versions") ? validateMaxVersions(req.maxVersions) : undefined,
+        customMetadata: mask.has("custom_metadata") ? validateCustomMetadata(req.customMetadata) : undefined,
+        expiresAt: mask.has("expires_at") ? (req.expiresAt ? validateFutureTime(timestampDate(req.expiresAt), "expires_at") : null) : undefined,
+      });
+      if (row === undefined) throw notFound(path);
+      known.delete(path);
+      return { metadata: toMetadata(row) };
+    },
+
+    async purgeSecret(req) {
+      requireUnsealed();
+      const path = validatePath(req.path);
+      const id = await store.purge(path);
+      if (id === undefined) throw notFound(path);
+      known.delete(path);
+      cipher.forget(id);
+      return {};
+    },
+  });
+}
+
+function notFound(path: string): NexusError {
+  return new NexusError("not_found", `secret "${path}" does not exist`, { reason: "SECRET_NOT_FOUND" });
+}
+
+function casMismatch(path: string, cas: number, latest: number | undefined): NexusError {
+  const actual = latest === undefined ? "it was written concurrently" : latest === 0 ? "it has no versions" : `its latest version is ${latest}`;
+  return new NexusError("aborted", `check-and-set failed for "${path}": cas was ${cas} but ${actual}`, { reason: "CAS_MISMATCH" });
+}
+
+function ts(d: Date | null): Timestamp | undefined {
+  return d === null ? undefined : timestampFromDate(d);
+}
+
+function toMetadata(row: SecretMetadataRow): MessageInitShape<typeof SecretMetadataSchema> {
+  const live = row.versions.filter((v) => v.deletedAt === null && !v.destroyed);
+  return {
+    path: row.path,
+    latestVersion: row.latestVersion,
+    currentVersion: live.length ? live[live.length - 1].version : 0,
+    oldestVersion: row.versions.length ? row.versions[0].version : 0,
+    maxVersions: row.maxVersions,
+    customMetadata: row.customMetadata,
+    createdAt: ts(row.createdAt),
+    updatedAt: ts(row.updatedAt),
+    expiresAt: ts(row.expiresAt),
+    versions: row.versions.map((v) => ({ version: v.version, createdAt: ts(v.createdAt), deletedAt: ts(v.deletedAt), destroyed: v.destroyed, createdBy: v.createdBy })),
+  };
+}

@@ -1,0 +1,330 @@
+// SQL for secrets and their versions. Every write is one statement (one round
+// trip) whose conditions make it safe under concurrency without a process lock:
+// the database settles races, so replicas can share it. Rows hold ciphertext
+// only; this layer never sees a key or a plaintext value.
+
+import { databaseError, type Sql } from "./database.js";
+
+export interface SecretKeyRow {
+  readonly id: string;
+  readonly path: string;
+  readonly latestVersion: number;
+  readonly dataKeyId: number;
+  readonly wrappedDataKey: Buffer;
+  readonly keyringKeyId: number;
+  readonly expired: boolean;
+}
+
+export interface NewSecret {
+  readonly id: string;
+  readonly path: string;
+  readonly maxVersions: number;
+  readonly dataKeyId: number;
+  readonly wrappedDataKey: Buffer;
+  readonly keyringKeyId: number;
+  readonly expiresAt: Date | undefined;
+  readonly ciphertext: Buffer;
+  readonly createdBy: string;
+}
+
+export interface AppendVersion {
+  readonly secretId: string;
+  readonly version: number;
+  readonly ciphertext: Buffer;
+  readonly createdBy: string;
+  readonly expiresAt: Date | undefined;
+}
+
+export type AppendResult =
+  | { readonly kind: "written"; readonly createdAt: Date }
+  | { readonly kind: "conflict"; readonly latestVersion: number; readonly expired: boolean }
+  | { readonly kind: "gone" };
+
+export interface VersionRow extends SecretKeyRow {
+  readonly version: number | null;
+  readonly ciphertext: Buffer | null;
+  readonly createdAt: Date | null;
+  readonly deletedAt: Date | null;
+}
+
+export interface SecretMetadataRow {
+  readonly path: string;
+  readonly latestVersion: number;
+  readonly maxVersions: number;
+  readonly customMetadata: Record<string, string>;
+  readonly createdAt: Date;
+  readonly updatedAt: Date;
+  readonly expiresAt: Date | null;
+  readonly versions: ReadonlyArray<{
+    readonly version: number;
+    readonly createdAt: Date;
+    readonly deletedAt: Date | null;
+    readonly destroyed: boolean;
+    readonly createdBy: string;
+  }>;
+}
+
+export interface MetadataChanges {
+  readonly maxVersions?: number;
+  readonly customMetadata?: Record<string, string>;
+  /** null clears the expiry. */
+  readonly expiresAt?: Date | null;
+}
+
+export type VersionChange = "delete" | "undelete" | "destroy";
+
+/** Sorts after every character a path may contain ([A-Za-z0-9._/-]). */
+const PATH_CEILING = "\u007f";
+
+const LIVE = "(expires_at IS NULL OR expires_at > now())";
+
+export class SecretStore {
+  constructor(private readonly sql: Sql) {}
+
+  async findByPath(path: string): Promise<SecretKeyRow | undefined> {
+    return this.run(async () => {
+      const [row] = await this.sql`
+        SELECT id, path, latest_version, data_key_id, wrapped_data_key, keyring_key_id,
+               (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+        FROM secrets WHERE path = ${path}`;
+      return row ? keyRow(row) : undefined;
+    });
+  }
+
+  /** Creates a secret with version 1; undefined if the path already exists. */
+  async insertNew(s: NewSecret): Promise<Date | undefined> {
+    return this.run(async () => {
+      const [row] = await this.sql`
+        WITH s AS (
+          INSERT INTO secrets (id, path, latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, expires_at)
+          VALUES (${s.id}, ${s.path}, 1, ${s.maxVersions}, ${s.dataKeyId}, ${s.wrappedDataKey}, ${s.keyringKeyId}, ${s.expiresAt ?? null})
+          ON CONFLICT (path) DO NOTHING
+          RETURNING id
+        )
+        INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
+        SELECT id, 1, ${s.ciphertext}, ${s.createdBy} FROM s
+        RETURNING created_at`;
+      return row?.created_at as Date | undefined;
+    });
+  }
+
+  /**
+   * Writes `version` if the secret's latest version is exactly version - 1 and it
+   * has not expired, and prunes versions beyond max_versions, in one statement.
+   */
+  async appendVersion(a: AppendVersion): Promise<AppendResult> {
+    return this.run(async () => {
+      const [row] = await this.sql`
+        WITH cur AS (
+          SELECT latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+          FROM secrets WHERE id = ${a.secretId}
+        ), upd AS (
+          UPDATE secrets
+          SET latest_version = ${a.version}, updated_at = now(), expires_at = coalesce(${a.expiresAt ?? null}::timestamptz, expires_at)
+          WHERE id = ${a.secretId} AND latest_version = ${a.version - 1} AND ${this.sql.unsafe(LIVE)}
+          RETURNING id, max_versions
+        ), ins AS (
+          INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
+          SELECT id, ${a.version}, ${a.ciphertext}, ${a.createdBy} FROM upd
+          RETURNING created_at
+        ), pruned AS (
+          DELETE FROM secret_versions v USING upd
+          WHERE v.secret_id = upd.id AND v.version <= ${a.version} - upd.max_versions
+        )
+        SELECT (SELECT created_at FROM ins) AS created_at, cur.latest_version, cur.expired FROM cur`;
+      if (!row) return { kind: "gone" };
+      if (row.created_at) return { kind: "written", createdAt: row.created_at };
+      return { kind: "conflict", latestVersion: row.latest_version, expired: row.expired };
+    });
+  }
+
+  /** Removes a secret only if it has expired (so a put can reuse its path). */
+  async purgeIfExpired(id: string): Promise<void> {
+    await this.run(() => this.sql`DELETE FROM secrets WHERE id = ${id} AND expires_at <= now()`);
+  }
+
+  /**
+   * The secret and one version: `version` 0 picks the highest version neither
+   * deleted nor destroyed. The version fields are null when no such row exists.
+   */
+  async readVersion(path: string, version: number): Promise<VersionRow | undefined> {
+    return this.run(async () => {
+      const rows =
+        version === 0
+          ? await this.sql`
+              SELECT s.id, s.path, s.latest_version, s.data_key_id, s.wrapped_data_key, s.keyring_key_id,
+                     (s.expires_at IS NOT NULL AND s.expires_at <= now()) AS expired,
+                     v.version, v.ciphertext, v.created_at, v.deleted_at
+              FROM secrets s
+              LEFT JOIN LATERAL (
+                SELECT version, ciphertext, created_at, deleted_at FROM secret_versions
+                WHERE secret_id = s.id AND deleted_at IS NULL AND ciphertext IS NOT NULL
+                ORDER BY version DESC LIMIT 1
+              ) v ON true
+              WHERE s.path = ${path}`
+          : await this.sql`
+              SELECT s.id, s.path, s.latest_version, s.data_key_id, s.wrapped_data_key, s.keyring_key_id,
+                     (s.expires_at IS NOT NULL AND s.expires_at <= now()) AS expired,
+                     v.version, v.ciphertext, v.created_at, v.deleted_at
+              FROM secrets s
+              LEFT JOIN secret_versions v ON v.secret_id = s.id AND v.version = ${version}
+              WHERE s.path = ${path}`;
+      const row = rows[0];
+      if (!row) return undefined;
+      return { ...keyRow(row), version: row.version, ciphertext: row.ciphertext, createdAt: row.created_at, deletedAt: row.deleted_at };
+    });
+  }
+
+  /** Up to `limit` live paths after `after` that start with `prefix`, in byte order. */
+  async listPaths(prefix: string, after: string, limit: number): Promise<string[]> {
+    const upper = prefix === "" ? PATH_CEILING : prefixCeiling(prefix);
+    return this.run(async () => {
+      const rows = await this.sql`
+        SELECT path FROM secrets
+        WHERE path >= ${prefix} AND path < ${upper} AND path > ${after} AND ${this.sql.unsafe(LIVE)}
+        ORDER BY path
+        LIMIT ${limit}`;
+      return rows.map((r) => r.path as string);
+    });
+  }
+
+  /**
+   * Applies a change to versions of a live secret; `versions` empty means the
+   * current version. Returns the versions that changed, or undefined if the
+   * secret does not exist.
+   */
+  async changeVersions(path: string, change: VersionChange, versions: readonly number[]): Promise<number[] | undefined> {
+    return this.run(async () => {
+      const target = versions.length
+        ? this.sql`v.version = ANY(${versions as number[]}::int[])`
+        : this.sql`v.version = (SELECT max(version) FROM secret_versions c WHERE c.secret_id = s.id AND c.deleted_at IS NULL AND c.ciphertext IS NOT NULL)`;
+      const set = {
+        delete: this.sql`deleted_at = now()`,
+        undelete: this.sql`deleted_at = NULL`,
+        destroy: this.sql`ciphertext = NULL`,
+      }[change];
+      const eligible = {
+        delete: this.sql`v.deleted_at IS NULL AND v.ciphertext IS NOT NULL`,
+        undelete: this.sql`v.deleted_at IS NOT NULL AND v.ciphertext IS NOT NULL`,
+        destroy: this.sql`v.ciphertext IS NOT NULL`,
+      }[change];
+      const [row] = await this.sql`
+        WITH s AS (
+          SELECT id FROM secrets WHERE path = ${path} AND ${this.sql.unsafe(LIVE)}
+        ), changed AS (
+          UPDATE secret_versions v SET ${set}
+          FROM s WHERE v.secret_id = s.id AND ${target} AND ${eligible}
+          RETURNING v.version
+        ), touched AS (
+          UPDATE secrets SET updated_at = now() WHERE id = (SELECT id FROM s) AND EXISTS (SELECT 1 FROM changed)
+        )
+        SELECT (SELECT id FROM s) AS id, coalesce((SELECT array_agg(version ORDER BY version) FROM changed), '{}') AS versions`;
+      if (!row.id) return undefined;
+      return row.versions as number[];
+    });
+  }
+
+  async metadata(path: string): Promise<SecretMetadataRow | undefined> {
+    return this.run(async () => {
+      const [row] = await this.sql`
+        SELECT s.path, s.latest_version, s.max_versions, s.custom_metadata, s.created_at, s.updated_at, s.expires_at,
+               coalesce(json_agg(json_build_object(
+                 'version', v.version, 'created_at', v.created_at, 'deleted_at', v.deleted_at,
+                 'destroyed', v.ciphertext IS NULL, 'created_by', v.created_by) ORDER BY v.version)
+                 FILTER (WHERE v.version IS NOT NULL), '[]') AS versions
+        FROM secrets s LEFT JOIN secret_versions v ON v.secret_id = s.id
+        WHERE s.path = ${path} AND ${this.sql.unsafe("(s.expires_at IS NULL OR s.expires_at > now())")}
+        GROUP BY s.id`;
+      return row ? metadataRow(row) : undefined;
+    });
+  }
+
+  /** Sets the given fields (pruning if max_versions shrinks); undefined if the secret does not exist. */
+  async updateMetadata(path: string, changes: MetadataChanges): Promise<SecretMetadataRow | undefined> {
+    return this.run(async () => {
+      const updated = await this.sql.begin(async (tx) => {
+        const [s] = await tx`
+          UPDATE secrets SET
+            max_versions = coalesce(${changes.maxVersions ?? null}::int, max_versions),
+            custom_metadata = coalesce(${changes.customMetadata === undefined ? null : tx.json(changes.customMetadata)}::jsonb, custom_metadata),
+            expires_at = CASE WHEN ${changes.expiresAt !== undefined} THEN ${changes.expiresAt ?? null}::timestamptz ELSE expires_at END,
+            updated_at = now()
+          WHERE path = ${path} AND ${tx.unsafe(LIVE)}
+          RETURNING id, latest_version, max_versions`;
+        if (!s) return false;
+        await tx`DELETE FROM secret_versions WHERE secret_id = ${s.id} AND version <= ${s.latest_version - s.max_versions}`;
+        return true;
+      });
+      return updated ? await this.metadata(path) : undefined;
+    });
+  }
+
+  /** Removes the secret, its versions and metadata; false if it did not exist. */
+  async purge(path: string): Promise<string | undefined> {
+    return this.run(async () => {
+      const [row] = await this.sql`DELETE FROM secrets WHERE path = ${path} RETURNING id`;
+      return row?.id as string | undefined;
+    });
+  }
+
+  /** Deletes expired secrets, a batch at a time; returns how many. */
+  async purgeExpired(batch = 1000): Promise<number> {
+    return this.run(async () => {
+      let total = 0;
+      for (;;) {
+        const rows = await this.sql`
+          DELETE FROM secrets WHERE id IN (
+            SELECT id FROM secrets WHERE expires_at <= now() ORDER BY expires_at LIMIT ${batch} FOR UPDATE SKIP LOCKED
+          ) RETURNING id`;
+        total += rows.length;
+        if (rows.length < batch) return total;
+      }
+    });
+  }
+
+  private async run<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      throw databaseError(err);
+    }
+  }
+}
+
+function keyRow(row: Record<string, unknown>): SecretKeyRow {
+  return {
+    id: row.id as string,
+    path: row.path as string,
+    latestVersion: row.latest_version as number,
+    dataKeyId: row.data_key_id as number,
+    wrappedDataKey: row.wrapped_data_key as Buffer,
+    keyringKeyId: row.keyring_key_id as number,
+    expired: row.expired as boolean,
+  };
+}
+
+function metadataRow(row: Record<string, unknown>): SecretMetadataRow {
+  const versions = row.versions as Array<Record<string, unknown>>;
+  return {
+    path: row.path as string,
+    latestVersion: row.latest_version as number,
+    maxVersions: row.max_versions as number,
+    customMetadata: row.custom_metadata as Record<string, string>,
+    createdAt: row.created_at as Date,
+    updatedAt: row.updated_at as Date,
+    expiresAt: row.expires_at as Date | null,
+    versions: versions.map((v) => ({
+      version: v.version as number,
+      createdAt: new Date(v.created_at as string),
+      deletedAt: v.deleted_at ? new Date(v.deleted_at as string) : null,
+      destroyed: v.destroyed as boolean,
+      createdBy: v.created_by as string,
+    })),
+  };
+}
+
+/** The smallest string greater than every string that starts with `prefix`. */
+function prefixCeiling(prefix: string): string {
+  const last = prefix.charCodeAt(prefix.length - 1);
+  return prefix.slice(0, -1) + String.fromCharCode(last + 1);
+}

@@ -1,0 +1,145 @@
+// Configuration: NEXUS_* variables and matching flags (flags win); a missing or
+// malformed value stops the start with a ConfigError that names the variable.
+
+import { expect } from "chai";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { ConfigError, loadConfig, type Mode } from "../../src/config/config.js";
+
+const CWD = "/srv/nexus";
+
+/** The least a production start needs. */
+const SERVE_ENV = {
+  NEXUS_TRUST_BUNDLE: "/etc/nexus/bundle.pem",
+  NEXUS_TLS_CERT: "/etc/nexus/svid.pem",
+  NEXUS_TLS_KEY: "/etc/nexus/svid_key.pem",
+  NEXUS_DATABASE_URL: "postgres://nexus@db.internal/nexus",
+};
+
+function load(env: Record<string, string | undefined>, flags: string[] = [], mode: Mode = "serve") {
+  return loadConfig(mode, flags, env, CWD);
+}
+
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).to.be.instanceOf(ConfigError);
+    return err as ConfigError;
+  }
+  expect.fail("expected a ConfigError");
+}
+
+describe("loadConfig", () => {
+  describe("refuses a missing or bad value, naming the variable", () => {
+    it("serve mode without NEXUS_TLS_CERT", () => {
+      const err = configError(() => load({ ...SERVE_ENV, NEXUS_TLS_CERT: undefined }));
+      expect(err.message).to.include("NEXUS_TLS_CERT");
+    });
+
+    for (const bad of ["zero", "0", "-1", "2.5"]) {
+      it(`NEXUS_DB_POOL_MAX=${JSON.stringify(bad)}`, () => {
+        const err = configError(() => load({ ...SERVE_ENV, NEXUS_DB_POOL_MAX: bad }));
+        expect(err.message).to.include("NEXUS_DB_POOL_MAX");
+      });
+    }
+
+    for (const bad of ["nohost", "h:99999", ":8553", "127.0.0.1:"]) {
+      it(`NEXUS_LISTEN=${JSON.stringify(bad)}`, () => {
+        const err = configError(() => load({ ...SERVE_ENV, NEXUS_LISTEN: bad }));
+        expect(err.message).to.include("NEXUS_LISTEN");
+      });
+    }
+
+    it('an invalid NEXUS_TRUST_DOMAIN ("Spike.IST")', () => {
+      const err = configError(() => load({ ...SERVE_ENV, NEXUS_TRUST_DOMAIN: "Spike.IST" }));
+      expect(err.message).to.include("NEXUS_TRUST_DOMAIN");
+    });
+
+    it("a bad value given as a flag names the variable and the flag", () => {
+      const err = configError(() => load(SERVE_ENV, ["--db-pool-max=zero"]));
+      expect(err.message).to.include("NEXUS_DB_POOL_MAX").and.include("--db-pool-max");
+    });
+  });
+
+  describe("flags", () => {
+    it("override the environment, as --name=value", () => {
+      const config = load({ ...SERVE_ENV, NEXUS_DB_POOL_MAX: "8" }, ["--db-pool-max=3"]);
+      expect(config.dbPoolMax).to.equal(3);
+    });
+
+    it("override the environment, as --name value (two arguments)", () => {
+      const config = load({ ...SERVE_ENV, NEXUS_LISTEN: "0.0.0.0:9000" }, ["--listen", "127.0.0.1:1"]);
+      expect(config.listen).to.deep.equal({ host: "127.0.0.1", port: 1 });
+    });
+
+    it("an unknown flag is refused, naming it", () => {
+      const err = configError(() => load(SERVE_ENV, ["--no-such-setting=1"]));
+      expect(err.message).to.include("--no-such-setting");
+    });
+
+    it("a flag without its value is refused", () => {
+      const err = configError(() => load(SERVE_ENV, ["--listen"]));
+      expect(err.message).to.include("--listen");
+    });
+  });
+
+  describe("defaults", () => {
+    it("dev mode needs nothing: dev certificates in certs-dev/ and loopback listeners from 8553", () => {
+      const config = load({}, [], "dev");
+      expect(config.certFile).to.equal(path.join(CWD, "certs-dev/nexus.pem"));
+      expect(config.keyFile).to.equal(path.join(CWD, "certs-dev/nexus-key.pem"));
+      expect(config.trustBundleFile).to.equal(path.join(CWD, "certs-dev/ca.pem"));
+      expect(config.listen).to.deep.equal({ host: "127.0.0.1", port: 8553 });
+      expect(config.connectListen).to.deep.equal({ host: "127.0.0.1", port: 8554 });
+      expect(config.healthListen).to.deep.equal({ host: "127.0.0.1", port: 8555 });
+      expect(config.databaseUrl, "no URL: the embedded PostgreSQL").to.equal(undefined);
+    });
+
+    it("serve mode listens on all interfaces, 8553, 8554 and 8555", () => {
+      const config = load(SERVE_ENV);
+      expect(config.listen).to.deep.equal({ host: "0.0.0.0", port: 8553 });
+      expect(config.connectListen).to.deep.equal({ host: "0.0.0.0", port: 8554 });
+      expect(config.healthListen).to.deep.equal({ host: "0.0.0.0", port: 8555 });
+      expect(config.trustDomain).to.equal("spike.ist");
+    });
+
+    it("NEXUS_SUPERUSER_ID derives from NEXUS_TRUST_DOMAIN", () => {
+      const config = load({ ...SERVE_ENV, NEXUS_TRUST_DOMAIN: "example.org" });
+      expect(config.superuserId).to.equal("spiffe://example.org/spike/pilot/role/superuser");
+    });
+
+    it("an explicit NEXUS_SUPERUSER_ID wins over the derived one", () => {
+      const config = load({ ...SERVE_ENV, NEXUS_SUPERUSER_ID: "spiffe://spike.ist/ops/admin" });
+      expect(config.superuserId).to.equal("spiffe://spike.ist/ops/admin");
+    });
+  });
+
+  describe("NEXUS_DATABASE_URL_FILE", () => {
+    let dir: string;
+    before(async () => {
+      dir = await mkdtemp(path.join(tmpdir(), "nexus-config-"));
+    });
+    after(async () => rm(dir, { recursive: true, force: true }));
+
+    it("is read and trimmed", async () => {
+      const file = path.join(dir, "database-url");
+      await writeFile(file, "  postgres://nexus:s3cret@db.internal/nexus\n\n");
+      const config = load({ ...SERVE_ENV, NEXUS_DATABASE_URL: undefined, NEXUS_DATABASE_URL_FILE: file });
+      expect(config.databaseUrl).to.equal("postgres://nexus:s3cret@db.internal/nexus");
+    });
+
+    it("together with NEXUS_DATABASE_URL is refused", async () => {
+      const file = path.join(dir, "database-url-both");
+      await writeFile(file, "postgres://nexus@other/nexus\n");
+      const err = configError(() => load({ ...SERVE_ENV, NEXUS_DATABASE_URL_FILE: file }));
+      expect(err.message).to.include("NEXUS_DATABASE_URL").and.include("NEXUS_DATABASE_URL_FILE");
+    });
+
+    it("that cannot be read is refused, naming the variable", () => {
+      const err = configError(() => load({ ...SERVE_ENV, NEXUS_DATABASE_URL: undefined, NEXUS_DATABASE_URL_FILE: path.join(dir, "missing") }));
+      expect(err.message).to.include("NEXUS_DATABASE_URL_FILE");
+    });
+  });
+});
