@@ -1,34 +1,101 @@
-// The authorization decision, in one place: given who calls and what, allow or
-// refuse. This release's rule (the "superuser seam"): any valid SVID of the trust
-// domain may read its own status; everything else needs the superuser ID. The
-// policy engine replaces this class without touching the transports.
+// The authorization decision, in one place and default deny. Each RPC has one
+// rule:
+//   any        any valid SVID of the trust domain (GetStatus)
+//   superuser  the superuser SVID (Initialize, Unseal, Login: the password is the second factor)
+//   admin      the superuser SVID and a live admin credential (policies, Seal, tokens, audit)
+//   secret     a policy granting READ or WRITE on the request's path, or the superuser
+//   list       a policy granting LIST somewhere; the listing is then filtered per path
+// Policies never grant admin RPCs. While sealed, secret RPCs are refused as
+// sealed for everyone (policies cannot be verified without the integrity key).
 
+import type { DescService, Message } from "@bufbuild/protobuf";
+import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
+import { PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
+import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { NexusError } from "../errors/nexus-error.js";
 import type { SpiffeId } from "../identity/spiffe-id.js";
+import { sealedError, type KeyManager } from "../keys/key-manager.js";
+import type { CredentialRow } from "../store/credential-store.js";
+import type { AdminCredentials } from "./admin-credentials.js";
+import type { Grant } from "./policy.js";
+import type { PolicyEngine } from "./policy-engine.js";
+
+export type Rule = { kind: "any" } | { kind: "superuser" } | { kind: "admin" } | { kind: "secret"; grant: Grant } | { kind: "list" };
 
 export interface AccessRequest {
   readonly caller: SpiffeId;
-  /** Full method path, e.g. "/spike.nexus.v1.OperatorService/GetStatus". */
+  /** Full method path, e.g. "/spike.nexus.v1.SecretService/GetSecret". */
   readonly method: string;
+  readonly request: Message;
+  readonly bearerToken: string | undefined;
+}
+
+export interface AccessGrant {
+  /** For ListSecrets: whether a path may be shown to the caller. */
+  readonly mayList: (path: string) => boolean;
+  /** For admin RPCs: the credential that was presented. */
+  readonly credential?: CredentialRow;
 }
 
 export interface AccessPolicy {
-  /** Throws a permission_denied NexusError when the call is not allowed. */
-  authorize(request: AccessRequest): void;
+  /** Resolves with what the caller may do, or rejects with a NexusError. */
+  authorize(request: AccessRequest): Promise<AccessGrant>;
 }
 
-export class SuperuserAccessPolicy implements AccessPolicy {
-  private readonly superuserId: string;
-  private readonly openMethods: ReadonlySet<string>;
+const ALL: AccessGrant = { mayList: () => true };
+const NONE: AccessGrant = { mayList: () => false };
 
-  constructor(superuserId: string, openMethods: Iterable<string>) {
-    this.superuserId = superuserId;
-    this.openMethods = new Set(openMethods);
-  }
+export const METHOD_RULES: ReadonlyMap<string, Rule> = new Map([
+  ...rules(OperatorService, { getStatus: { kind: "any" }, initialize: { kind: "superuser" }, unseal: { kind: "superuser" }, login: { kind: "superuser" } }, { kind: "admin" }),
+  ...rules(PolicyService, {}, { kind: "admin" }),
+  ...rules(
+    SecretService,
+    {
+      getSecret: { kind: "secret", grant: "read" },
+      getSecretMetadata: { kind: "secret", grant: "read" },
+      listSecrets: { kind: "list" },
+    },
+    { kind: "secret", grant: "write" },
+  ),
+]);
 
-  authorize({ caller, method }: AccessRequest): void {
-    if (this.openMethods.has(method)) return;
-    if (caller.toString() === this.superuserId) return;
-    throw new NexusError("permission_denied", `${caller.toString()} may not call ${method}`, { reason: "NOT_AUTHORIZED" });
+export class AccessController implements AccessPolicy {
+  constructor(
+    private readonly superuserId: string,
+    private readonly policies: PolicyEngine,
+    private readonly credentials: AdminCredentials,
+    private readonly keys: KeyManager,
+  ) {}
+
+  async authorize({ caller, method, request, bearerToken }: AccessRequest): Promise<AccessGrant> {
+    const rule = METHOD_RULES.get(method);
+    const superuser = caller.toString() === this.superuserId;
+    switch (rule?.kind) {
+      case "any":
+        return NONE;
+      case "superuser":
+        if (superuser) return NONE;
+        break;
+      case "admin":
+        if (!superuser) break;
+        if (this.keys.sealed) throw sealedError();
+        return { mayList: NONE.mayList, credential: await this.credentials.verify(bearerToken, caller) };
+      case "secret": {
+        if (this.keys.sealed) throw sealedError();
+        const path = (request as Message & { path?: unknown }).path;
+        if (superuser || (typeof path === "string" && this.policies.allows(caller, rule.grant, path))) return NONE;
+        break;
+      }
+      case "list":
+        if (this.keys.sealed) throw sealedError();
+        if (superuser) return ALL;
+        if (this.policies.holdsAnywhere(caller, "list")) return { mayList: (path) => this.policies.allows(caller, "list", path) };
+        break;
+    }
+    throw new NexusError("permission_denied", `${caller.toString()} may not call ${method}${rule?.kind === "secret" ? " on this path" : ""}`, { reason: "NOT_AUTHORIZED" });
   }
+}
+
+function rules(service: DescService, specific: Record<string, Rule>, otherwise: Rule): Array<[string, Rule]> {
+  return service.methods.map((m) => [`/${service.typeName}/${m.name}`, specific[m.localName] ?? otherwise]);
 }

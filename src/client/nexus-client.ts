@@ -40,7 +40,8 @@ export function grpcNexusClient(address: string, identity: ClientIdentity, chann
   const credentials = grpc.credentials.createSsl(asBuffer(identity.ca), asBuffer(identity.key), asBuffer(identity.cert), {
     checkServerIdentity: authorizeServerId(identity.serverId),
   });
-  const client = new grpc.Client(address, credentials, channelOptions);
+  // SNI must be a name, not an IP; the server is authorized by SPIFFE ID anyway.
+  const client = new grpc.Client(address, credentials, { "grpc.ssl_target_name_override": "localhost", ...channelOptions });
   return {
     call<M extends DescMethodUnary>(method: M, request: MessageInitShape<M["input"]>, options: CallOptions = {}) {
       const metadata = new grpc.Metadata();

@@ -39,6 +39,7 @@ export interface NexusConfig {
   readonly adminPasswordFile: string | undefined;
   readonly maxSecretBytes: number;
   readonly cleanupIntervalMs: number;
+  readonly auditRetentionMs: number;
 }
 
 export class ConfigError extends Error {
@@ -79,6 +80,7 @@ export const SETTINGS = {
   adminPasswordFile: { env: "NEXUS_ADMIN_PASSWORD_FILE", help: "unseal at start with the password in this file (automation; see docs)", parse: text },
   maxSecretBytes: { env: "NEXUS_MAX_SECRET_BYTES", help: "largest encoded secret version", parse: positiveInt, serveDefault: String(64 * 1024), devDefault: String(64 * 1024) },
   cleanupInterval: { env: "NEXUS_CLEANUP_INTERVAL", help: "how often expired rows are removed", parse: parseDuration, serveDefault: "60s", devDefault: "60s" },
+  auditRetention: { env: "NEXUS_AUDIT_RETENTION", help: "how long audit events are kept", parse: parseDuration, serveDefault: "365d", devDefault: "30d" },
 } satisfies Record<string, Setting<unknown>>;
 
 export type SettingName = keyof typeof SETTINGS;
@@ -96,7 +98,9 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
   const given = { ...pickEnv(env), ...parseFlags(flags) };
   const get = <T>(name: SettingName): T | undefined => {
     const setting = SETTINGS[name] as Setting<T>;
-    const raw = given[setting.env] ?? (mode === "dev" ? setting.devDefault : setting.serveDefault);
+    // An empty variable (common in manifests) means "not set": use the default.
+    const explicit = given[setting.env];
+    const raw = explicit !== undefined && explicit !== "" ? explicit : mode === "dev" ? setting.devDefault : setting.serveDefault;
     if (raw === undefined || raw === "") return undefined;
     try {
       return setting.parse(raw);
@@ -141,6 +145,7 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
     adminPasswordFile: file("adminPasswordFile"),
     maxSecretBytes: required("maxSecretBytes"),
     cleanupIntervalMs: required("cleanupInterval"),
+    auditRetentionMs: required("auditRetention"),
   };
 }
 
@@ -194,9 +199,9 @@ export function parseListen(raw: string): ListenAddress {
 }
 
 export function parseDuration(raw: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(raw.trim());
-  if (!m) throw new Error(`"${raw}" is not a duration like 500ms, 10s, 5m or 1h`);
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as "ms" | "s" | "m" | "h"];
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(raw.trim());
+  if (!m) throw new Error(`"${raw}" is not a duration like 500ms, 10s, 5m, 1h or 30d`);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as "ms" | "s" | "m" | "h" | "d"];
   return Math.round(Number(m[1]) * unit);
 }
 

@@ -146,6 +146,21 @@ export class KeyManager {
     }
   }
 
+  /** Checks the admin password without changing the seal state (Login). */
+  async verifyPassword(password: string): Promise<void> {
+    const keys = await this.store.loadActive();
+    if (keys === undefined) throw new NexusError("failed_precondition", "Nexus is not initialized: call Initialize first", { reason: "NOT_INITIALIZED" });
+    const ok = await this.serializedKdf(async () => {
+      const d = await derivePasswordKeys(password, keys.root.kdfSalt, keys.root.kdfParams as KdfParams);
+      const matches = passwordCheckMatches(d.checkKey, keys.root.kdfSalt, keys.root.passwordCheck);
+      d.kek.fill(0);
+      d.checkKey.fill(0);
+      if (!matches) await new Promise((r) => setTimeout(r, this.failedAttemptDelayMs));
+      return matches;
+    });
+    if (!ok) throw new NexusError("permission_denied", "the admin password is not correct", { reason: "WRONG_PASSWORD" });
+  }
+
   /** Overwrites every key in memory with zeros and forgets it. */
   seal(reason = "requested"): void {
     const s = this.state;

@@ -6,11 +6,17 @@
 import * as grpc from "@grpc/grpc-js";
 import type http2 from "node:http2";
 import type { Socket } from "node:net";
-import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { file_spike_nexus_v1_operator } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { file_spike_nexus_v1_secret } from "../../gen/spike/nexus/v1/secret_pb.js";
+import { file_spike_nexus_v1_policy } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { file_grpc_health_v1_health } from "../../gen/grpc/health/v1/health_pb.js";
-import { SuperuserAccessPolicy } from "../authorization/access-policy.js";
+import { AuditLog } from "../audit/audit-log.js";
+import { AuditVerifier } from "../audit/audit-verifier.js";
+import { AccessController } from "../authorization/access-policy.js";
+import { AdminCredentials } from "../authorization/admin-credentials.js";
+import { PasswordAttempts } from "../authorization/password-attempts.js";
+import { PolicyEngine } from "../authorization/policy-engine.js";
+import { PolicySync } from "../authorization/policy-sync.js";
 import type { ListenAddress, NexusConfig } from "../config/config.js";
 import { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
@@ -18,6 +24,11 @@ import { KeyManager } from "../keys/key-manager.js";
 import type { KdfParams } from "../keys/password-kdf.js";
 import { SecretCipher } from "../keys/secret-cipher.js";
 import { operatorService } from "../services/operator-service.js";
+import { policyService } from "../services/policy-service.js";
+import { AuditStore } from "../store/audit-store.js";
+import { CredentialStore } from "../store/credential-store.js";
+import { PolicyStore } from "../store/policy-store.js";
+import { startMaintenance } from "./maintenance.js";
 import { secretService } from "../services/secret-service.js";
 import { SecretStore } from "../store/secret-store.js";
 import { unsealAtStart } from "./unseal-at-start.js";
@@ -27,7 +38,6 @@ import { startEmbeddedPostgres, type EmbeddedPostgres } from "../store/embedded-
 import { loadMigrations, Migrator } from "../store/migrations.js";
 import { RootKeyStore } from "../store/root-key-store.js";
 import { CallPipeline } from "../transport/call-pipeline.js";
-import { methodPath } from "../transport/call-context.js";
 import { CertificateSource } from "../transport/certificate-source.js";
 import { createConnectServer } from "../transport/connect-server.js";
 import { addServicesToGrpcServer, grpcServerOptions } from "../transport/grpc-server.js";
@@ -86,13 +96,36 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
     const keys = new KeyManager(rootKeys, logger, options.kdfParams, options.failedUnsealDelayMs);
     cleanup.push(() => keys.seal("shutdown"));
     const secrets = new SecretStore(sql);
+    const policyStore = new PolicyStore(sql);
+    const credentialStore = new CredentialStore(sql);
+    const auditStore = new AuditStore(sql);
+    const auditLog = new AuditLog(auditStore, keys, logger);
+    cleanup.push(() => auditLog.checkpoint(true).catch((err) => logger.warn("final audit checkpoint not written", { err })));
+    const engine = new PolicyEngine();
+    const policySync = new PolicySync(policyStore, engine, keys, logger);
+    await policySync.start();
+    cleanup.push(() => policySync.stop());
+    const credentials = new AdminCredentials(credentialStore, keys);
+
     const services = [
-      operatorService({ trustDomain: config.trustDomain, keys, initialized: () => rootKeys.isInitialized() }),
+      operatorService({
+        trustDomain: config.trustDomain,
+        keys,
+        initialized: () => rootKeys.isInitialized(),
+        credentials,
+        credentialStore,
+        attempts: new PasswordAttempts(credentialStore),
+        auditStore,
+        auditLog,
+        verifier: new AuditVerifier(auditStore, keys, auditLog),
+      }),
       secretService({ keys, cipher: new SecretCipher(keys), store: secrets, maxSecretBytes: config.maxSecretBytes }),
+      policyService({ store: policyStore, keys, sync: policySync }),
     ];
     const pipeline = new CallPipeline(
       new PeerAuthenticator({ trustDomains: [config.trustDomain] }),
-      new SuperuserAccessPolicy(config.superuserId, [methodPath(OperatorService.method.getStatus)]),
+      new AccessController(config.superuserId, engine, credentials, keys),
+      auditLog,
       logger,
     );
 
@@ -106,21 +139,25 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
     cleanup.push(() => monitor.stop());
     await unsealAtStart(config, keys, rootKeys, logger);
 
-    const expiry = setInterval(() => {
-      secrets.purgeExpired().then(
-        (n) => n > 0 && logger.info("expired secrets removed", { count: n }),
-        (err) => logger.warn("expiry job failed", { err }),
-      );
-    }, config.cleanupIntervalMs);
-    expiry.unref();
-    cleanup.push(() => clearInterval(expiry));
+    cleanup.push(
+      startMaintenance({
+        secrets,
+        credentials: credentialStore,
+        auditStore,
+        auditLog,
+        keys,
+        logger,
+        cleanupIntervalMs: config.cleanupIntervalMs,
+        auditRetentionMs: config.auditRetentionMs,
+      }),
+    );
 
     const grpcServer = new grpc.Server(grpcServerOptions(config));
     addServicesToGrpcServer(grpcServer, services, pipeline);
     health.implementation.addToServer(grpcServer);
-    createReflectionService([file_spike_nexus_v1_operator, file_spike_nexus_v1_secret, file_grpc_health_v1_health]).addToServer(grpcServer);
-    const credentials = grpc.experimental.createCertificateProviderServerCredentials(certificates, certificates, true);
-    const grpcPort = await bind(grpcServer, config.listen, credentials);
+    createReflectionService([file_spike_nexus_v1_operator, file_spike_nexus_v1_secret, file_spike_nexus_v1_policy, file_grpc_health_v1_health]).addToServer(grpcServer);
+    const tlsCredentials = grpc.experimental.createCertificateProviderServerCredentials(certificates, certificates, true);
+    const grpcPort = await bind(grpcServer, config.listen, tlsCredentials);
     cleanup.push(() => grpcServer.forceShutdown());
 
     const healthServer = new grpc.Server(grpcServerOptions(config));

@@ -1,41 +1,202 @@
-// OperatorService: the server's own state. GetStatus tells any valid SVID of the
-// trust domain who it is and whether the server can serve secrets; Initialize,
-// Unseal and Seal drive the key hierarchy (who may call them is decided in
-// authorization/, not here).
+// OperatorService: the server's own state and its administration. GetStatus
+// tells any valid SVID of the trust domain who it is; Initialize, Unseal and
+// Seal drive the key hierarchy; Login/Logout and admin tokens issue the admin
+// credentials; ListAuditEvents and VerifyAuditLog read the audit log. Who may
+// call what is decided in authorization/, not here.
 
-import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { durationMs, timestampDate, timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
+import {
+  AuditOutcome,
+  AuditProblemKind,
+  OperatorService,
+  type AdminTokenSchema,
+  type AuditEventSchema,
+} from "../../gen/spike/nexus/v1/operator_pb.js";
+import type { AuditLog } from "../audit/audit-log.js";
+import type { AuditVerifier, ProblemKind } from "../audit/audit-verifier.js";
+import type { AuditOutcome as Outcome } from "../audit/audit-event.js";
+import type { AdminCredentials } from "../authorization/admin-credentials.js";
+import type { PasswordAttempts } from "../authorization/password-attempts.js";
+import { NexusError } from "../errors/nexus-error.js";
 import type { KeyManager } from "../keys/key-manager.js";
+import type { AuditStore, StoredAuditRow } from "../store/audit-store.js";
+import type { CredentialRow, CredentialStore } from "../store/credential-store.js";
 import { registerService, type ServiceRegistration } from "../transport/call-context.js";
 import { NEXUS_VERSION } from "../version.js";
+import { pageSize } from "./secret-rules.js";
+
+const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
+const SESSION_TTL = { default: HOUR, max: 12 * HOUR };
+const TOKEN_TTL = { default: 30 * DAY, max: 365 * DAY };
+const TOKEN_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 
 export interface OperatorDeps {
   readonly trustDomain: string;
   readonly keys: KeyManager;
   readonly initialized: () => Promise<boolean>;
+  readonly credentials: AdminCredentials;
+  readonly credentialStore: CredentialStore;
+  readonly attempts: PasswordAttempts;
+  readonly auditStore: AuditStore;
+  readonly auditLog: AuditLog;
+  readonly verifier: AuditVerifier;
 }
 
+const OUTCOME_TO_PROTO: Record<Outcome, AuditOutcome> = { ok: AuditOutcome.OK, denied: AuditOutcome.DENIED, error: AuditOutcome.ERROR };
+const OUTCOME_FROM_PROTO: Partial<Record<AuditOutcome, Outcome>> = { [AuditOutcome.OK]: "ok", [AuditOutcome.DENIED]: "denied", [AuditOutcome.ERROR]: "error" };
+const PROBLEM_TO_PROTO: Record<ProblemKind, AuditProblemKind> = {
+  altered: AuditProblemKind.ALTERED,
+  inserted: AuditProblemKind.INSERTED,
+  deleted: AuditProblemKind.DELETED,
+  reordered: AuditProblemKind.REORDERED,
+  duplicated: AuditProblemKind.DUPLICATED,
+};
+
 export function operatorService(deps: OperatorDeps): ServiceRegistration {
+  const { keys, credentials } = deps;
   return registerService(OperatorService, {
     async getStatus(_req, ctx) {
       return {
         version: NEXUS_VERSION,
         initialized: await deps.initialized(),
-        sealed: deps.keys.sealed,
+        sealed: keys.sealed,
         trustDomain: deps.trustDomain,
         callerSpiffeId: ctx.caller.toString(),
-        activeKeyringKeyId: deps.keys.activeKeyringKeyId,
+        activeKeyringKeyId: keys.activeKeyringKeyId,
       };
     },
+
     async initialize(req) {
-      return deps.keys.initialize(req.adminPassword);
+      return keys.initialize(req.adminPassword);
     },
-    async unseal(req) {
-      await deps.keys.unseal(req.adminPassword);
-      return { activeKeyringKeyId: deps.keys.activeKeyringKeyId };
+
+    async unseal(req, ctx) {
+      await deps.attempts.guard(ctx.caller, () => keys.unseal(req.adminPassword));
+      return { activeKeyringKeyId: keys.activeKeyringKeyId };
     },
+
     async seal() {
-      deps.keys.seal();
+      keys.seal();
       return {};
     },
+
+    async login(req, ctx) {
+      if (keys.sealed) throw new NexusError("failed_precondition", "Nexus is sealed: unseal it before logging in", { reason: "SEALED" });
+      const ttl = ttlMs(req.ttl, SESSION_TTL, "ttl");
+      await deps.attempts.guard(ctx.caller, () => keys.verifyPassword(req.adminPassword));
+      const { token, record } = await credentials.issue("session", ctx.caller, ttl, null, ctx.audit.prepare({ ttlSeconds: ttl / 1000 }));
+      ctx.audit.markWritten();
+      return { sessionToken: token, expiresAt: timestampFromDate(record.expiresAt) };
+    },
+
+    async logout(_req, ctx) {
+      if (ctx.access.credential?.kind !== "session") {
+        throw new NexusError("failed_precondition", "Logout ends a session; revoke admin tokens with RevokeAdminToken", { reason: "NOT_A_SESSION" });
+      }
+      if (await credentials.revokeSession(ctx.bearerToken!, ctx.audit.prepare())) ctx.audit.markWritten();
+      return {};
+    },
+
+    async createAdminToken(req, ctx) {
+      if (!TOKEN_NAME.test(req.name)) throw NexusError.invalidArgument("name", "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'", "INVALID_TOKEN_NAME");
+      const ttl = ttlMs(req.ttl, TOKEN_TTL, "ttl");
+      const { token, record } = await credentials.issue("token", ctx.caller, ttl, req.name, ctx.audit.prepare({ name: req.name, ttlSeconds: ttl / 1000 }));
+      ctx.audit.markWritten();
+      return { token, adminToken: adminToken(record) };
+    },
+
+    async listAdminTokens() {
+      return { adminTokens: (await deps.credentialStore.listTokens()).map(adminToken) };
+    },
+
+    async revokeAdminToken(req, ctx) {
+      if (!(await deps.credentialStore.revokeToken(req.name, ctx.audit.prepare({ name: req.name })))) {
+        throw new NexusError("not_found", `no admin token named "${req.name}"`, { reason: "TOKEN_NOT_FOUND" });
+      }
+      ctx.audit.markWritten();
+      return {};
+    },
+
+    async listAuditEvents(req) {
+      const size = pageSize(req.pageSize);
+      const after = req.pageToken === "" ? undefined : decodeAuditToken(req.pageToken);
+      const rows = await deps.auditStore.list(
+        {
+          from: req.startTime ? timestampDate(req.startTime) : undefined,
+          to: req.endTime ? timestampDate(req.endTime) : undefined,
+          caller: req.callerSpiffeId || undefined,
+          pathPrefix: req.pathPrefix || undefined,
+          rpc: req.rpc || undefined,
+          outcome: OUTCOME_FROM_PROTO[req.outcome],
+        },
+        after,
+        size + 1,
+      );
+      const page = rows.slice(0, size);
+      const last = page[page.length - 1];
+      return {
+        events: page.map(auditEvent),
+        nextPageToken: rows.length > size ? Buffer.from(JSON.stringify({ t: last.time.toISOString(), i: last.id })).toString("base64url") : "",
+      };
+    },
+
+    async verifyAuditLog(req) {
+      await deps.auditLog.checkpoint();
+      const report = await deps.verifier.verify({
+        from: req.startTime ? timestampDate(req.startTime) : undefined,
+        to: req.endTime ? timestampDate(req.endTime) : undefined,
+      });
+      return {
+        eventsChecked: BigInt(report.eventsChecked),
+        eventsUnsealed: BigInt(report.eventsAwaitingMac),
+        problems: report.problems.map((p) => ({ kind: PROBLEM_TO_PROTO[p.kind], replicaId: p.replicaId, sequence: BigInt(p.sequence), description: p.description })),
+      };
+    },
   });
+}
+
+function ttlMs(ttl: Duration | undefined, limits: { default: number; max: number }, field: string): number {
+  if (ttl === undefined) return limits.default;
+  const ms = durationMs(ttl);
+  if (ms <= 0 || ms > limits.max) throw NexusError.invalidArgument(field, `must be between 1 s and ${limits.max / HOUR} h`, "INVALID_TTL");
+  return ms;
+}
+
+function adminToken(r: CredentialRow): MessageInitShape<typeof AdminTokenSchema> {
+  return {
+    name: r.name ?? "",
+    createdBy: r.spiffeId,
+    createdAt: timestampFromDate(r.createdAt),
+    expiresAt: timestampFromDate(r.expiresAt),
+    lastActivity: timestampFromDate(r.lastActivity),
+  };
+}
+
+function auditEvent(e: StoredAuditRow): MessageInitShape<typeof AuditEventSchema> {
+  return {
+    replicaId: e.replicaId,
+    sequence: BigInt(e.sequence),
+    time: timestampFromDate(e.time),
+    requestId: e.requestId,
+    callerSpiffeId: e.caller,
+    rpc: e.rpc,
+    path: e.path ?? "",
+    version: e.version ?? 0,
+    outcome: OUTCOME_TO_PROTO[e.outcome],
+    code: e.code,
+    detailJson: JSON.stringify(e.detail),
+  };
+}
+
+function decodeAuditToken(token: string): { time: Date; id: number } {
+  try {
+    const { t, i } = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as { t: string; i: number };
+    const time = new Date(t);
+    if (Number.isNaN(time.getTime()) || !Number.isSafeInteger(i)) throw new Error("bad token");
+    return { time, id: i };
+  } catch {
+    throw NexusError.invalidArgument("page_token", "is not a token this server issued", "INVALID_PAGE_TOKEN");
+  }
 }

@@ -41,6 +41,8 @@ interface KnownSecret extends DataKeyRef {
 }
 
 const PUT_ATTEMPTS = 5;
+/** Rows one ListSecrets call may examine for a caller whose policies hide most paths. */
+const LIST_SCAN_LIMIT = 5000;
 const UPDATABLE_FIELDS = new Set(["max_versions", "custom_metadata", "expires_at"]);
 
 export function secretService(deps: SecretServiceDeps): ServiceRegistration {
@@ -88,11 +90,13 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
             const id = randomUUID();
             const dk = cipher.newDataKey(id, path);
             const ciphertext = cipher.encryptVersion({ secretId: id, path, dataKeyId: dk.dataKeyId }, dk.dataKey, 1, plaintext);
+            ctx.audit.subject(path, 1);
             const createdAt = await store.insertNew({
               id, path, maxVersions: DEFAULT_MAX_VERSIONS, dataKeyId: dk.dataKeyId, wrappedDataKey: dk.wrappedDataKey,
               keyringKeyId: dk.keyringKeyId, expiresAt, ciphertext, createdBy: ctx.caller.toString(),
-            });
+            }, ctx.audit.prepare());
             if (createdAt !== undefined) {
+              ctx.audit.markWritten();
               remember({ secretId: id, path, dataKeyId: dk.dataKeyId, keyringKeyId: dk.keyringKeyId, wrappedDataKey: dk.wrappedDataKey, latestVersion: 1 });
               return { version: 1, createdAt: timestampFromDate(createdAt) };
             }
@@ -103,8 +107,13 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
           if (cas === 0) throw casMismatch(path, 0, secret.latestVersion);
           const version = (cas ?? secret.latestVersion) + 1;
           const ciphertext = cipher.encryptVersion(secret, cipher.dataKey(secret), version, plaintext);
-          const result = await store.appendVersion({ secretId: secret.secretId, version, ciphertext, createdBy: ctx.caller.toString(), expiresAt });
+          ctx.audit.subject(path, version);
+          const result = await store.appendVersion(
+            { secretId: secret.secretId, version, ciphertext, createdBy: ctx.caller.toString(), expiresAt },
+            ctx.audit.prepare(),
+          );
           if (result.kind === "written") {
+            ctx.audit.markWritten();
             secret.latestVersion = version;
             return { version, createdAt: timestampFromDate(result.createdAt) };
           }
@@ -146,37 +155,54 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       return { path, version: row.version, data, createdAt: timestampFromDate(row.createdAt!) };
     },
 
-    async listSecrets(req) {
+    // Only paths the caller may list are returned. The scan is bounded, so a
+    // page can come back short (even empty) with a token to continue from the
+    // last path examined; only an empty token means the end.
+    async listSecrets(req, ctx) {
       requireUnsealed();
       const prefix = validatePrefix(req.prefix);
       const size = pageSize(req.pageSize);
-      const after = decodePageToken(req.pageToken, prefix);
-      const paths = await store.listPaths(prefix, after, size + 1);
-      const page = paths.slice(0, size);
-      return { paths: page, nextPageToken: paths.length > size ? encodePageToken(prefix, page[page.length - 1]) : "" };
+      let after = decodePageToken(req.pageToken, prefix);
+      const page: string[] = [];
+      let scanned = 0;
+      for (;;) {
+        const chunk = await store.listPaths(prefix, after, size + 1);
+        let i = 0;
+        for (; i < chunk.length && page.length < size; i++) {
+          after = chunk[i];
+          scanned++;
+          if (ctx.access.mayList(chunk[i])) page.push(chunk[i]);
+        }
+        const moreRows = i < chunk.length || chunk.length === size + 1;
+        if (!moreRows) return { paths: page, nextPageToken: "" };
+        if (page.length === size || scanned >= LIST_SCAN_LIMIT) return { paths: page, nextPageToken: encodePageToken(prefix, after) };
+      }
     },
 
-    async deleteSecret(req) {
+    async deleteSecret(req, ctx) {
       requireUnsealed();
       const path = validatePath(req.path);
-      const versions = await store.changeVersions(path, "delete", validateVersions(req.versions, false));
+      const versions = await store.changeVersions(path, "delete", validateVersions(req.versions, false), ctx.audit.prepare({ versions: req.versions }));
       if (versions === undefined) throw notFound(path);
+      ctx.audit.markWritten();
       return { versions };
     },
 
-    async undeleteSecret(req) {
+    async undeleteSecret(req, ctx) {
       requireUnsealed();
       const path = validatePath(req.path);
-      const versions = await store.changeVersions(path, "undelete", validateVersions(req.versions, true));
+      const versions = await store.changeVersions(path, "undelete", validateVersions(req.versions, true), ctx.audit.prepare({ versions: req.versions }));
       if (versions === undefined) throw notFound(path);
+      ctx.audit.markWritten();
       return { versions };
     },
 
-    async destroySecret(req) {
+    async destroySecret(req, ctx) {
       requireUnsealed();
       const path = validatePath(req.path);
-      const versions = await store.changeVersions(path, "destroy", validateVersions(req.versions, true));
+      const versions = await store.changeVersions(path, "destroy", validateVersions(req.versions, true), ctx.audit.prepare({ versions: req.versions }));
       if (versions === undefined) throw notFound(path);
+      ctx.audit.markWritten();
       return { versions };
     },
 
@@ -188,7 +214,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       return { metadata: toMetadata(row) };
     },
 
-    async updateSecretMetadata(req) {
+    async updateSecretMetadata(req, ctx) {
       requireUnsealed();
       const path = validatePath(req.path);
       const fields = req.updateMask?.paths ?? [];
@@ -197,21 +223,27 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
         if (!UPDATABLE_FIELDS.has(f)) throw NexusError.invalidArgument("update_mask", `"${f}" cannot be updated; use max_versions, custom_metadata or expires_at`, "INVALID_UPDATE_MASK");
       }
       const mask = new Set(fields);
-      const row = await store.updateMetadata(path, {
-        maxVersions: mask.has("max_versions") ? validateMaxVersions(req.maxVersions) : undefined,
-        customMetadata: mask.has("custom_metadata") ? validateCustomMetadata(req.customMetadata) : undefined,
-        expiresAt: mask.has("expires_at") ? (req.expiresAt ? validateFutureTime(timestampDate(req.expiresAt), "expires_at") : null) : undefined,
-      });
+      const row = await store.updateMetadata(
+        path,
+        {
+          maxVersions: mask.has("max_versions") ? validateMaxVersions(req.maxVersions) : undefined,
+          customMetadata: mask.has("custom_metadata") ? validateCustomMetadata(req.customMetadata) : undefined,
+          expiresAt: mask.has("expires_at") ? (req.expiresAt ? validateFutureTime(timestampDate(req.expiresAt), "expires_at") : null) : undefined,
+        },
+        ctx.audit.prepare({ fields }),
+      );
       if (row === undefined) throw notFound(path);
+      ctx.audit.markWritten();
       known.delete(path);
       return { metadata: toMetadata(row) };
     },
 
-    async purgeSecret(req) {
+    async purgeSecret(req, ctx) {
       requireUnsealed();
       const path = validatePath(req.path);
-      const id = await store.purge(path);
+      const id = await store.purge(path, ctx.audit.prepare());
       if (id === undefined) throw notFound(path);
+      ctx.audit.markWritten();
       known.delete(path);
       cipher.forget(id);
       return {};

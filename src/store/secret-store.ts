@@ -3,6 +3,8 @@
 // the database settles races, so replicas can share it. Rows hold ciphertext
 // only; this layer never sees a key or a plaintext value.
 
+import type { AuditRow } from "../audit/audit-event.js";
+import { auditInsertFragment, insertAuditRow } from "./audit-store.js";
 import { databaseError, type Sql } from "./database.js";
 
 export interface SecretKeyRow {
@@ -91,8 +93,8 @@ export class SecretStore {
     });
   }
 
-  /** Creates a secret with version 1; undefined if the path already exists. */
-  async insertNew(s: NewSecret): Promise<Date | undefined> {
+  /** Creates a secret with version 1 and its audit event; undefined if the path already exists. */
+  async insertNew(s: NewSecret, audit: AuditRow): Promise<Date | undefined> {
     return this.run(async () => {
       const [row] = await this.sql`
         WITH s AS (
@@ -100,6 +102,8 @@ export class SecretStore {
           VALUES (${s.id}, ${s.path}, 1, ${s.maxVersions}, ${s.dataKeyId}, ${s.wrappedDataKey}, ${s.keyringKeyId}, ${s.expiresAt ?? null})
           ON CONFLICT (path) DO NOTHING
           RETURNING id
+        ), a AS (
+          ${auditInsertFragment(this.sql, audit)} FROM s
         )
         INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
         SELECT id, 1, ${s.ciphertext}, ${s.createdBy} FROM s
@@ -112,7 +116,7 @@ export class SecretStore {
    * Writes `version` if the secret's latest version is exactly version - 1 and it
    * has not expired, and prunes versions beyond max_versions, in one statement.
    */
-  async appendVersion(a: AppendVersion): Promise<AppendResult> {
+  async appendVersion(a: AppendVersion, audit: AuditRow): Promise<AppendResult> {
     return this.run(async () => {
       const [row] = await this.sql`
         WITH cur AS (
@@ -130,6 +134,8 @@ export class SecretStore {
         ), pruned AS (
           DELETE FROM secret_versions v USING upd
           WHERE v.secret_id = upd.id AND v.version <= ${a.version} - upd.max_versions
+        ), aud AS (
+          ${auditInsertFragment(this.sql, audit)} FROM upd
         )
         SELECT (SELECT created_at FROM ins) AS created_at, cur.latest_version, cur.expired FROM cur`;
       if (!row) return { kind: "gone" };
@@ -193,7 +199,7 @@ export class SecretStore {
    * current version. Returns the versions that changed, or undefined if the
    * secret does not exist.
    */
-  async changeVersions(path: string, change: VersionChange, versions: readonly number[]): Promise<number[] | undefined> {
+  async changeVersions(path: string, change: VersionChange, versions: readonly number[], audit: AuditRow): Promise<number[] | undefined> {
     return this.run(async () => {
       const target = versions.length
         ? this.sql`v.version = ANY(${versions as number[]}::int[])`
@@ -217,6 +223,8 @@ export class SecretStore {
           RETURNING v.version
         ), touched AS (
           UPDATE secrets SET updated_at = now() WHERE id = (SELECT id FROM s) AND EXISTS (SELECT 1 FROM changed)
+        ), aud AS (
+          ${auditInsertFragment(this.sql, audit)} FROM s
         )
         SELECT (SELECT id FROM s) AS id, coalesce((SELECT array_agg(version ORDER BY version) FROM changed), '{}') AS versions`;
       if (!row.id) return undefined;
@@ -240,7 +248,7 @@ export class SecretStore {
   }
 
   /** Sets the given fields (pruning if max_versions shrinks); undefined if the secret does not exist. */
-  async updateMetadata(path: string, changes: MetadataChanges): Promise<SecretMetadataRow | undefined> {
+  async updateMetadata(path: string, changes: MetadataChanges, audit: AuditRow): Promise<SecretMetadataRow | undefined> {
     return this.run(async () => {
       const updated = await this.sql.begin(async (tx) => {
         const [s] = await tx`
@@ -253,6 +261,7 @@ export class SecretStore {
           RETURNING id, latest_version, max_versions`;
         if (!s) return false;
         await tx`DELETE FROM secret_versions WHERE secret_id = ${s.id} AND version <= ${s.latest_version - s.max_versions}`;
+        await insertAuditRow(tx, audit);
         return true;
       });
       return updated ? await this.metadata(path) : undefined;
@@ -260,9 +269,11 @@ export class SecretStore {
   }
 
   /** Removes the secret, its versions and metadata; false if it did not exist. */
-  async purge(path: string): Promise<string | undefined> {
+  async purge(path: string, audit: AuditRow): Promise<string | undefined> {
     return this.run(async () => {
-      const [row] = await this.sql`DELETE FROM secrets WHERE path = ${path} RETURNING id`;
+      const [row] = await this.sql`
+        WITH d AS (DELETE FROM secrets WHERE path = ${path} RETURNING id), a AS (${auditInsertFragment(this.sql, audit)} FROM d)
+        SELECT id FROM d`;
       return row?.id as string | undefined;
     });
   }

@@ -2,6 +2,8 @@
 // the authenticated caller, the method, a request id, and cancellation.
 
 import type { DescMethod, DescMethodUnary, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
+import type { CallAudit } from "../audit/audit-log.js";
+import type { AccessGrant } from "../authorization/access-policy.js";
 import type { SpiffeId } from "../identity/spiffe-id.js";
 
 export type TransportKind = "grpc" | "connect";
@@ -15,6 +17,10 @@ export interface CallContext {
   /** The token of `authorization: Bearer <token>`, if one was sent. */
   readonly bearerToken: string | undefined;
   readonly transport: TransportKind;
+  /** What authorization decided (ListSecrets filter, the admin credential used). */
+  readonly access: AccessGrant;
+  /** The call's audit record; changes write it in their own transaction. */
+  readonly audit: CallAudit;
 }
 
 export type UnaryHandler<M extends DescMethodUnary> = (

@@ -1,15 +1,17 @@
 // Every RPC on every mTLS listener runs through here, in this order: identify the
-// caller from its X.509-SVID, authorize the call, run the handler, and turn any
-// failure into a NexusError. The transports only translate to and from the wire.
+// caller from its X.509-SVID, authorize the call, run the handler, and record
+// the outcome in the audit log — allowed, denied or failed. A response is
+// returned only after its audit event has committed (fail closed).
 
 import { create, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
 import { randomUUID } from "node:crypto";
+import type { AuditLog } from "../audit/audit-log.js";
 import type { AccessPolicy } from "../authorization/access-policy.js";
 import { NexusError } from "../errors/nexus-error.js";
 import type { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
 import { methodPath, type CallContext, type IncomingCall, type UnaryHandler } from "./call-context.js";
-import { asNexusError } from "./error-mapping.js";
+import { asNexusError, grpcStatusName } from "./error-mapping.js";
 
 const BEARER = /^Bearer\s+(\S+)$/i;
 
@@ -17,6 +19,7 @@ export class CallPipeline {
   constructor(
     private readonly authenticator: PeerAuthenticator,
     private readonly access: AccessPolicy,
+    private readonly audit: AuditLog,
     private readonly logger: Logger,
   ) {}
 
@@ -24,40 +27,43 @@ export class CallPipeline {
   async unary(method: DescMethodUnary, handler: UnaryHandler<DescMethodUnary>, request: Message, call: IncomingCall): Promise<Message> {
     const path = methodPath(method);
     const requestId = validRequestId(call.requestId) ?? randomUUID();
+    const record = this.audit.begin({ requestId, rpc: path, time: new Date() });
+    const subject = request as Message & { path?: unknown; version?: unknown; name?: unknown };
+    record.subject(
+      typeof subject.path === "string" && subject.path !== "" ? subject.path : typeof subject.name === "string" && subject.name !== "" ? subject.name : null,
+      typeof subject.version === "number" && subject.version > 0 ? subject.version : null,
+    );
+    let response: Message;
     try {
       if (call.peerCertificate === undefined) {
         throw new NexusError("unauthenticated", "a client X.509-SVID is required", { reason: "NO_CLIENT_CERTIFICATE" });
       }
       const caller = this.authenticator.authenticate(call.peerCertificate);
-      this.access.authorize({ caller, method: path });
-      const ctx: CallContext = {
-        caller,
-        method: path,
-        requestId,
-        signal: call.signal,
-        bearerToken: bearerToken(call.authorization),
-        transport: call.transport,
-      };
-      const response = await handler(request as never, ctx);
-      return create(method.output, response);
+      record.identify(caller.toString());
+      const bearerToken = bearer(call.authorization);
+      const access = await this.access.authorize({ caller, method: path, request, bearerToken });
+      const ctx: CallContext = { caller, method: path, requestId, signal: call.signal, bearerToken, transport: call.transport, access, audit: record };
+      response = create(method.output, await handler(request as never, ctx));
     } catch (err) {
-      const nexusError = asNexusError(err);
-      if (nexusError.code === "internal") {
-        this.logger.error("call failed", { method: path, requestId, err: nexusError.cause ?? nexusError });
-      } else {
-        this.logger.debug("call refused", { method: path, requestId, code: nexusError.code, reason: nexusError.reason });
-      }
-      throw nexusError;
+      const failure = asNexusError(err);
+      const denied = failure.code === "permission_denied" || failure.code === "unauthenticated";
+      if (failure.code === "internal") this.logger.error("call failed", { method: path, requestId, err: failure.cause ?? failure });
+      else this.logger.debug("call refused", { method: path, requestId, code: failure.code, reason: failure.reason });
+      await record.finish(denied ? "denied" : "error", grpcStatusName(failure.code), { reason: failure.reason }).catch((auditErr) => {
+        this.logger.error("audit event of a failed call not written", { method: path, requestId, err: auditErr });
+      });
+      throw failure;
     }
+    await record.finish("ok", "OK");
+    return response;
   }
 }
 
-function bearerToken(header: string | undefined): string | undefined {
-  if (header === undefined) return undefined;
-  return BEARER.exec(header)?.[1];
+function bearer(header: string | undefined): string | undefined {
+  return header === undefined ? undefined : BEARER.exec(header)?.[1];
 }
 
-// A caller-supplied request id is echoed into logs, so keep it boring.
+// A caller-supplied request id is echoed into logs and the audit log, so keep it boring.
 function validRequestId(id: string | undefined): string | undefined {
   return id !== undefined && /^[A-Za-z0-9._:-]{1,128}$/.test(id) ? id : undefined;
 }

@@ -39,6 +39,11 @@ export function grpcStatusCode(code: ErrorCode): GrpcStatus {
   return CODES[code].grpc;
 }
 
+/** "PERMISSION_DENIED", as the audit log records codes. */
+export function grpcStatusName(code: ErrorCode): string {
+  return code.toUpperCase();
+}
+
 function details(err: NexusError) {
   const out = [create(ErrorInfoSchema, { reason: err.reason, domain: ERROR_DOMAIN })];
   const violations = err.violations.length

@@ -66,7 +66,12 @@ describe("certificate reload", function () {
   }
 
   before(async () => {
-    server = await startTestServer({ logger: createLogger("debug", (line) => logs.push(line)) });
+    server = await startTestServer({
+      logger: createLogger("debug", (line) => logs.push(line)),
+      start: { kdfParams: { alg: "scrypt", N: 1024, r: 8, p: 1 } },
+    });
+    // Initialized and so unsealed: health is SERVING, as on a server in use.
+    await server.nexus.keys.initialize("correct horse battery staple");
     serving = server.pki.nexus;
   });
 

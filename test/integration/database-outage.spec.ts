@@ -24,7 +24,9 @@ describe("database outage under a running server", function () {
 
   before(async () => {
     cluster = await startPrivateCluster();
-    server = await startTestServer({ databaseUrl: cluster.url });
+    server = await startTestServer({ databaseUrl: cluster.url, start: { kdfParams: { alg: "scrypt", N: 1024, r: 8, p: 1 } } });
+    // Health is SERVING only while the database answers and the keys are unsealed.
+    await server.nexus.keys.initialize("correct horse battery staple");
     health = healthClient(`127.0.0.1:${server.nexus.healthPort}`, insecureCredentials());
   });
 

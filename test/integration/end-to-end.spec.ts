@@ -15,6 +15,7 @@ import { freePort } from "../../src/store/embedded-postgres.js";
 import { createTestDatabase } from "../support/test-database.js";
 import { writePkiFiles } from "../support/test-pki.js";
 import { createTestPki, NEXUS_ID, SUPERUSER_ID, TRUST_DOMAIN, type TestPki } from "../support/test-server.js";
+import { eventually } from "../support/wait.js";
 
 const run = promisify(execFile);
 const REPO = fileURLToPath(new URL("../../../", import.meta.url));
@@ -132,19 +133,30 @@ describe("the nexus binary, end to end", function () {
     expect(JSON.parse(stdout)).to.include({ callerSpiffeId: SUPERUSER_ID, trustDomain: TRUST_DOMAIN });
   });
 
-  it("reports SERVING to `buf curl` on the plaintext health port, without a client certificate", async () => {
+  const healthOverPlaintext = async () => {
     const url = `http://localhost:${ports.health}/grpc.health.v1.Health/Check`;
-    const { stdout } = await run(BUF, ["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--schema", path.join(REPO, "proto"), url], {
-      cwd: REPO,
-      timeout: COMMAND_TIMEOUT_MS,
-    });
-    expect(JSON.parse(stdout)).to.deep.equal({ status: "SERVING" });
+    const args = ["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--schema", path.join(REPO, "proto"), url];
+    return JSON.parse((await run(BUF, args, { cwd: REPO, timeout: COMMAND_TIMEOUT_MS })).stdout) as unknown;
+  };
+  const healthOverMtls = async () => {
+    const url = `https://localhost:${ports.grpc}/grpc.health.v1.Health/Check`;
+    return JSON.parse((await run(BUF, ["curl", "--protocol", "grpc", ...pilotTls(), url], { cwd: REPO, timeout: COMMAND_TIMEOUT_MS })).stdout) as unknown;
+  };
+
+  it("while sealed (fresh, not initialized) reports NOT_SERVING to `buf curl` on the plaintext health port, without a client certificate", async () => {
+    expect(await healthOverPlaintext()).to.deep.equal({ status: "NOT_SERVING" });
   });
 
-  it("reports SERVING to `buf curl` on the mTLS gRPC port through reflection", async () => {
-    const url = `https://localhost:${ports.grpc}/grpc.health.v1.Health/Check`;
-    const { stdout } = await run(BUF, ["curl", "--protocol", "grpc", ...pilotTls(), url], { cwd: REPO, timeout: COMMAND_TIMEOUT_MS });
-    expect(JSON.parse(stdout)).to.deep.equal({ status: "SERVING" });
+  it("once initialized over gRPC, reports SERVING to `buf curl` on the plaintext health port and, through reflection, on the mTLS port", async () => {
+    const client = grpcNexusClient(`127.0.0.1:${ports.grpc}`, { cert: pki.superuser.certPem, key: pki.superuser.keyPem, ca: pki.ca.certPem, serverId: NEXUS_ID });
+    try {
+      const result = await client.call(OperatorService.method.initialize, { adminPassword: "correct horse battery staple" }, { deadlineMs: 30_000 });
+      expect(result.code, result.message).to.equal("OK");
+    } finally {
+      client.close();
+    }
+    await eventually(async () => expect(await healthOverPlaintext()).to.deep.equal({ status: "SERVING" }));
+    expect(await healthOverMtls()).to.deep.equal({ status: "SERVING" });
   });
 
   it("on SIGTERM, shuts down, logs \"stopped\" and exits with code 0 within 15 s", async () => {

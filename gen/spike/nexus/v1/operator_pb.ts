@@ -2,15 +2,17 @@
 // @generated from file spike/nexus/v1/operator.proto (package spike.nexus.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file spike/nexus/v1/operator.proto.
  */
 export const file_spike_nexus_v1_operator: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zcGlrZS9uZXh1cy92MS9vcGVyYXRvci5wcm90bxIOc3Bpa2UubmV4dXMudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCKYAQoRR2V0U3RhdHVzUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoCRITCgtpbml0aWFsaXplZBgCIAEoCBIOCgZzZWFsZWQYAyABKAgSFAoMdHJ1c3RfZG9tYWluGAQgASgJEhgKEGNhbGxlcl9zcGlmZmVfaWQYBSABKAkSHQoVYWN0aXZlX2tleXJpbmdfa2V5X2lkGAYgASgNIisKEUluaXRpYWxpemVSZXF1ZXN0EhYKDmFkbWluX3Bhc3N3b3JkGAEgASgJIkgKEkluaXRpYWxpemVSZXNwb25zZRITCgtyb290X2tleV9pZBgBIAEoDRIdChVhY3RpdmVfa2V5cmluZ19rZXlfaWQYAiABKA0iJwoNVW5zZWFsUmVxdWVzdBIWCg5hZG1pbl9wYXNzd29yZBgBIAEoCSIvCg5VbnNlYWxSZXNwb25zZRIdChVhY3RpdmVfa2V5cmluZ19rZXlfaWQYASABKA0iDQoLU2VhbFJlcXVlc3QiDgoMU2VhbFJlc3BvbnNlMskCCg9PcGVyYXRvclNlcnZpY2USUwoKSW5pdGlhbGl6ZRIhLnNwaWtlLm5leHVzLnYxLkluaXRpYWxpemVSZXF1ZXN0GiIuc3Bpa2UubmV4dXMudjEuSW5pdGlhbGl6ZVJlc3BvbnNlEkcKBlVuc2VhbBIdLnNwaWtlLm5leHVzLnYxLlVuc2VhbFJlcXVlc3QaHi5zcGlrZS5uZXh1cy52MS5VbnNlYWxSZXNwb25zZRJBCgRTZWFsEhsuc3Bpa2UubmV4dXMudjEuU2VhbFJlcXVlc3QaHC5zcGlrZS5uZXh1cy52MS5TZWFsUmVzcG9uc2USVQoJR2V0U3RhdHVzEiAuc3Bpa2UubmV4dXMudjEuR2V0U3RhdHVzUmVxdWVzdBohLnNwaWtlLm5leHVzLnYxLkdldFN0YXR1c1Jlc3BvbnNlIgOQAgFiBnByb3RvMw");
+  fileDesc("Ch1zcGlrZS9uZXh1cy92MS9vcGVyYXRvci5wcm90bxIOc3Bpa2UubmV4dXMudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCKYAQoRR2V0U3RhdHVzUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoCRITCgtpbml0aWFsaXplZBgCIAEoCBIOCgZzZWFsZWQYAyABKAgSFAoMdHJ1c3RfZG9tYWluGAQgASgJEhgKEGNhbGxlcl9zcGlmZmVfaWQYBSABKAkSHQoVYWN0aXZlX2tleXJpbmdfa2V5X2lkGAYgASgNIisKEUluaXRpYWxpemVSZXF1ZXN0EhYKDmFkbWluX3Bhc3N3b3JkGAEgASgJIkgKEkluaXRpYWxpemVSZXNwb25zZRITCgtyb290X2tleV9pZBgBIAEoDRIdChVhY3RpdmVfa2V5cmluZ19rZXlfaWQYAiABKA0iJwoNVW5zZWFsUmVxdWVzdBIWCg5hZG1pbl9wYXNzd29yZBgBIAEoCSIvCg5VbnNlYWxSZXNwb25zZRIdChVhY3RpdmVfa2V5cmluZ19rZXlfaWQYASABKA0iDQoLU2VhbFJlcXVlc3QiDgoMU2VhbFJlc3BvbnNlIk4KDExvZ2luUmVxdWVzdBIWCg5hZG1pbl9wYXNzd29yZBgBIAEoCRImCgN0dGwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iVgoNTG9naW5SZXNwb25zZRIVCg1zZXNzaW9uX3Rva2VuGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIg8KDUxvZ291dFJlcXVlc3QiEAoOTG9nb3V0UmVzcG9uc2UiTwoXQ3JlYXRlQWRtaW5Ub2tlblJlcXVlc3QSDAoEbmFtZRgBIAEoCRImCgN0dGwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iWgoYQ3JlYXRlQWRtaW5Ub2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEi8KC2FkbWluX3Rva2VuGAIgASgLMhouc3Bpa2UubmV4dXMudjEuQWRtaW5Ub2tlbiLBAQoKQWRtaW5Ub2tlbhIMCgRuYW1lGAEgASgJEhIKCmNyZWF0ZWRfYnkYAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoNbGFzdF9hY3Rpdml0eRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiGAoWTGlzdEFkbWluVG9rZW5zUmVxdWVzdCJLChdMaXN0QWRtaW5Ub2tlbnNSZXNwb25zZRIwCgxhZG1pbl90b2tlbnMYASADKAsyGi5zcGlrZS5uZXh1cy52MS5BZG1pblRva2VuIicKF1Jldm9rZUFkbWluVG9rZW5SZXF1ZXN0EgwKBG5hbWUYASABKAkiGgoYUmV2b2tlQWRtaW5Ub2tlblJlc3BvbnNlIogCCgpBdWRpdEV2ZW50EhIKCnJlcGxpY2FfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQSKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmVxdWVzdF9pZBgEIAEoCRIYChBjYWxsZXJfc3BpZmZlX2lkGAUgASgJEgsKA3JwYxgGIAEoCRIMCgRwYXRoGAcgASgJEg8KB3ZlcnNpb24YCCABKA0SLQoHb3V0Y29tZRgJIAEoDjIcLnNwaWtlLm5leHVzLnYxLkF1ZGl0T3V0Y29tZRIMCgRjb2RlGAogASgJEhMKC2RldGFpbF9qc29uGAsgASgJIogCChZMaXN0QXVkaXRFdmVudHNSZXF1ZXN0Ei4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIYChBjYWxsZXJfc3BpZmZlX2lkGAMgASgJEhMKC3BhdGhfcHJlZml4GAQgASgJEgsKA3JwYxgFIAEoCRItCgdvdXRjb21lGAYgASgOMhwuc3Bpa2UubmV4dXMudjEuQXVkaXRPdXRjb21lEhEKCXBhZ2Vfc2l6ZRgHIAEoBRISCgpwYWdlX3Rva2VuGAggASgJIl4KF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEioKBmV2ZW50cxgBIAMoCzIaLnNwaWtlLm5leHVzLnYxLkF1ZGl0RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInUKFVZlcmlmeUF1ZGl0TG9nUmVxdWVzdBIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAieQoMQXVkaXRQcm9ibGVtEi4KBGtpbmQYASABKA4yIC5zcGlrZS5uZXh1cy52MS5BdWRpdFByb2JsZW1LaW5kEhIKCnJlcGxpY2FfaWQYAiABKAkSEAoIc2VxdWVuY2UYAyABKAQSEwoLZGVzY3JpcHRpb24YBCABKAkieQoWVmVyaWZ5QXVkaXRMb2dSZXNwb25zZRIWCg5ldmVudHNfY2hlY2tlZBgBIAEoBBIuCghwcm9ibGVtcxgCIAMoCzIcLnNwaWtlLm5leHVzLnYxLkF1ZGl0UHJvYmxlbRIXCg9ldmVudHNfdW5zZWFsZWQYAyABKAQqdgoMQXVkaXRPdXRjb21lEh0KGUFVRElUX09VVENPTUVfVU5TUEVDSUZJRUQQABIUChBBVURJVF9PVVRDT01FX09LEAESGAoUQVVESVRfT1VUQ09NRV9ERU5JRUQQAhIXChNBVURJVF9PVVRDT01FX0VSUk9SEAMq3AEKEEF1ZGl0UHJvYmxlbUtpbmQSIgoeQVVESVRfUFJPQkxFTV9LSU5EX1VOU1BFQ0lGSUVEEAASHgoaQVVESVRfUFJPQkxFTV9LSU5EX0FMVEVSRUQQARIfChtBVURJVF9QUk9CTEVNX0tJTkRfSU5TRVJURUQQAhIeChpBVURJVF9QUk9CTEVNX0tJTkRfREVMRVRFRBADEiAKHEFVRElUX1BST0JMRU1fS0lORF9SRU9SREVSRUQQBBIhCh1BVURJVF9QUk9CTEVNX0tJTkRfRFVQTElDQVRFRBAFMt4HCg9PcGVyYXRvclNlcnZpY2USUwoKSW5pdGlhbGl6ZRIhLnNwaWtlLm5leHVzLnYxLkluaXRpYWxpemVSZXF1ZXN0GiIuc3Bpa2UubmV4dXMudjEuSW5pdGlhbGl6ZVJlc3BvbnNlEkcKBlVuc2VhbBIdLnNwaWtlLm5leHVzLnYxLlVuc2VhbFJlcXVlc3QaHi5zcGlrZS5uZXh1cy52MS5VbnNlYWxSZXNwb25zZRJBCgRTZWFsEhsuc3Bpa2UubmV4dXMudjEuU2VhbFJlcXVlc3QaHC5zcGlrZS5uZXh1cy52MS5TZWFsUmVzcG9uc2USRAoFTG9naW4SHC5zcGlrZS5uZXh1cy52MS5Mb2dpblJlcXVlc3QaHS5zcGlrZS5uZXh1cy52MS5Mb2dpblJlc3BvbnNlEkcKBkxvZ291dBIdLnNwaWtlLm5leHVzLnYxLkxvZ291dFJlcXVlc3QaHi5zcGlrZS5uZXh1cy52MS5Mb2dvdXRSZXNwb25zZRJlChBDcmVhdGVBZG1pblRva2VuEicuc3Bpa2UubmV4dXMudjEuQ3JlYXRlQWRtaW5Ub2tlblJlcXVlc3QaKC5zcGlrZS5uZXh1cy52MS5DcmVhdGVBZG1pblRva2VuUmVzcG9uc2USZwoPTGlzdEFkbWluVG9rZW5zEiYuc3Bpa2UubmV4dXMudjEuTGlzdEFkbWluVG9rZW5zUmVxdWVzdBonLnNwaWtlLm5leHVzLnYxLkxpc3RBZG1pblRva2Vuc1Jlc3BvbnNlIgOQAgESZQoQUmV2b2tlQWRtaW5Ub2tlbhInLnNwaWtlLm5leHVzLnYxLlJldm9rZUFkbWluVG9rZW5SZXF1ZXN0Giguc3Bpa2UubmV4dXMudjEuUmV2b2tlQWRtaW5Ub2tlblJlc3BvbnNlEmcKD0xpc3RBdWRpdEV2ZW50cxImLnNwaWtlLm5leHVzLnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaJy5zcGlrZS5uZXh1cy52MS5MaXN0QXVkaXRFdmVudHNSZXNwb25zZSIDkAIBEmQKDlZlcmlmeUF1ZGl0TG9nEiUuc3Bpa2UubmV4dXMudjEuVmVyaWZ5QXVkaXRMb2dSZXF1ZXN0GiYuc3Bpa2UubmV4dXMudjEuVmVyaWZ5QXVkaXRMb2dSZXNwb25zZSIDkAIBElUKCUdldFN0YXR1cxIgLnNwaWtlLm5leHVzLnYxLkdldFN0YXR1c1JlcXVlc3QaIS5zcGlrZS5uZXh1cy52MS5HZXRTdGF0dXNSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * GetStatusRequest has no fields.
@@ -205,6 +207,659 @@ export const SealResponseSchema: GenMessage<SealResponse> = /*@__PURE__*/
   messageDesc(file_spike_nexus_v1_operator, 7);
 
 /**
+ * LoginRequest carries the admin password and the session's lifetime.
+ *
+ * @generated from message spike.nexus.v1.LoginRequest
+ */
+export type LoginRequest = Message<"spike.nexus.v1.LoginRequest"> & {
+  /**
+   * The admin password.
+   *
+   * @generated from field: string admin_password = 1;
+   */
+  adminPassword: string;
+
+  /**
+   * Session lifetime: at most 12 hours; unset means 1 hour.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 2;
+   */
+  ttl?: Duration | undefined;
+};
+
+/**
+ * Describes the message spike.nexus.v1.LoginRequest.
+ * Use `create(LoginRequestSchema)` to create a new message.
+ */
+export const LoginRequestSchema: GenMessage<LoginRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 8);
+
+/**
+ * LoginResponse carries the session token.
+ *
+ * @generated from message spike.nexus.v1.LoginResponse
+ */
+export type LoginResponse = Message<"spike.nexus.v1.LoginResponse"> & {
+  /**
+   * Send as `authorization: Bearer <session_token>`. Shown once.
+   *
+   * @generated from field: string session_token = 1;
+   */
+  sessionToken: string;
+
+  /**
+   * When the session ends.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 2;
+   */
+  expiresAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message spike.nexus.v1.LoginResponse.
+ * Use `create(LoginResponseSchema)` to create a new message.
+ */
+export const LoginResponseSchema: GenMessage<LoginResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 9);
+
+/**
+ * LogoutRequest has no fields: the session is the one in the authorization header.
+ *
+ * @generated from message spike.nexus.v1.LogoutRequest
+ */
+export type LogoutRequest = Message<"spike.nexus.v1.LogoutRequest"> & {
+};
+
+/**
+ * Describes the message spike.nexus.v1.LogoutRequest.
+ * Use `create(LogoutRequestSchema)` to create a new message.
+ */
+export const LogoutRequestSchema: GenMessage<LogoutRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 10);
+
+/**
+ * LogoutResponse has no fields.
+ *
+ * @generated from message spike.nexus.v1.LogoutResponse
+ */
+export type LogoutResponse = Message<"spike.nexus.v1.LogoutResponse"> & {
+};
+
+/**
+ * Describes the message spike.nexus.v1.LogoutResponse.
+ * Use `create(LogoutResponseSchema)` to create a new message.
+ */
+export const LogoutResponseSchema: GenMessage<LogoutResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 11);
+
+/**
+ * CreateAdminTokenRequest names the token and its lifetime.
+ *
+ * @generated from message spike.nexus.v1.CreateAdminTokenRequest
+ */
+export type CreateAdminTokenRequest = Message<"spike.nexus.v1.CreateAdminTokenRequest"> & {
+  /**
+   * Unique name, 1-64 characters of [A-Za-z0-9._-].
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Lifetime: at most one year; unset means 30 days.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 2;
+   */
+  ttl?: Duration | undefined;
+};
+
+/**
+ * Describes the message spike.nexus.v1.CreateAdminTokenRequest.
+ * Use `create(CreateAdminTokenRequestSchema)` to create a new message.
+ */
+export const CreateAdminTokenRequestSchema: GenMessage<CreateAdminTokenRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 12);
+
+/**
+ * CreateAdminTokenResponse carries the token, shown once.
+ *
+ * @generated from message spike.nexus.v1.CreateAdminTokenResponse
+ */
+export type CreateAdminTokenResponse = Message<"spike.nexus.v1.CreateAdminTokenResponse"> & {
+  /**
+   * Send as `authorization: Bearer <token>`.
+   *
+   * @generated from field: string token = 1;
+   */
+  token: string;
+
+  /**
+   * The token's description.
+   *
+   * @generated from field: spike.nexus.v1.AdminToken admin_token = 2;
+   */
+  adminToken?: AdminToken | undefined;
+};
+
+/**
+ * Describes the message spike.nexus.v1.CreateAdminTokenResponse.
+ * Use `create(CreateAdminTokenResponseSchema)` to create a new message.
+ */
+export const CreateAdminTokenResponseSchema: GenMessage<CreateAdminTokenResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 13);
+
+/**
+ * AdminToken describes an admin token; it never holds the token itself.
+ *
+ * @generated from message spike.nexus.v1.AdminToken
+ */
+export type AdminToken = Message<"spike.nexus.v1.AdminToken"> & {
+  /**
+   * The token's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Who created it.
+   *
+   * @generated from field: string created_by = 2;
+   */
+  createdBy: string;
+
+  /**
+   * When it was created.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 3;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * When it expires.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 4;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * When it was last used.
+   *
+   * @generated from field: google.protobuf.Timestamp last_activity = 5;
+   */
+  lastActivity?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message spike.nexus.v1.AdminToken.
+ * Use `create(AdminTokenSchema)` to create a new message.
+ */
+export const AdminTokenSchema: GenMessage<AdminToken> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 14);
+
+/**
+ * ListAdminTokensRequest has no fields.
+ *
+ * @generated from message spike.nexus.v1.ListAdminTokensRequest
+ */
+export type ListAdminTokensRequest = Message<"spike.nexus.v1.ListAdminTokensRequest"> & {
+};
+
+/**
+ * Describes the message spike.nexus.v1.ListAdminTokensRequest.
+ * Use `create(ListAdminTokensRequestSchema)` to create a new message.
+ */
+export const ListAdminTokensRequestSchema: GenMessage<ListAdminTokensRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 15);
+
+/**
+ * ListAdminTokensResponse lists admin tokens by name.
+ *
+ * @generated from message spike.nexus.v1.ListAdminTokensResponse
+ */
+export type ListAdminTokensResponse = Message<"spike.nexus.v1.ListAdminTokensResponse"> & {
+  /**
+   * The admin tokens.
+   *
+   * @generated from field: repeated spike.nexus.v1.AdminToken admin_tokens = 1;
+   */
+  adminTokens: AdminToken[];
+};
+
+/**
+ * Describes the message spike.nexus.v1.ListAdminTokensResponse.
+ * Use `create(ListAdminTokensResponseSchema)` to create a new message.
+ */
+export const ListAdminTokensResponseSchema: GenMessage<ListAdminTokensResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 16);
+
+/**
+ * RevokeAdminTokenRequest names the token to revoke.
+ *
+ * @generated from message spike.nexus.v1.RevokeAdminTokenRequest
+ */
+export type RevokeAdminTokenRequest = Message<"spike.nexus.v1.RevokeAdminTokenRequest"> & {
+  /**
+   * The token's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message spike.nexus.v1.RevokeAdminTokenRequest.
+ * Use `create(RevokeAdminTokenRequestSchema)` to create a new message.
+ */
+export const RevokeAdminTokenRequestSchema: GenMessage<RevokeAdminTokenRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 17);
+
+/**
+ * RevokeAdminTokenResponse has no fields.
+ *
+ * @generated from message spike.nexus.v1.RevokeAdminTokenResponse
+ */
+export type RevokeAdminTokenResponse = Message<"spike.nexus.v1.RevokeAdminTokenResponse"> & {
+};
+
+/**
+ * Describes the message spike.nexus.v1.RevokeAdminTokenResponse.
+ * Use `create(RevokeAdminTokenResponseSchema)` to create a new message.
+ */
+export const RevokeAdminTokenResponseSchema: GenMessage<RevokeAdminTokenResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 18);
+
+/**
+ * AuditEvent records one RPC. It never holds a secret value, password or token.
+ *
+ * @generated from message spike.nexus.v1.AuditEvent
+ */
+export type AuditEvent = Message<"spike.nexus.v1.AuditEvent"> & {
+  /**
+   * The replica that recorded the event.
+   *
+   * @generated from field: string replica_id = 1;
+   */
+  replicaId: string;
+
+  /**
+   * Gapless sequence number within the replica.
+   *
+   * @generated from field: uint64 sequence = 2;
+   */
+  sequence: bigint;
+
+  /**
+   * When the call was made.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 3;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * The request id (x-request-id, or generated).
+   *
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
+
+  /**
+   * The caller's SPIFFE ID.
+   *
+   * @generated from field: string caller_spiffe_id = 5;
+   */
+  callerSpiffeId: string;
+
+  /**
+   * The full RPC name, e.g. /spike.nexus.v1.SecretService/GetSecret.
+   *
+   * @generated from field: string rpc = 6;
+   */
+  rpc: string;
+
+  /**
+   * The secret path or policy name the call addressed, if any.
+   *
+   * @generated from field: string path = 7;
+   */
+  path: string;
+
+  /**
+   * The secret version the call addressed, if any.
+   *
+   * @generated from field: uint32 version = 8;
+   */
+  version: number;
+
+  /**
+   * How the call ended.
+   *
+   * @generated from field: spike.nexus.v1.AuditOutcome outcome = 9;
+   */
+  outcome: AuditOutcome;
+
+  /**
+   * The gRPC status code name, e.g. OK, PERMISSION_DENIED.
+   *
+   * @generated from field: string code = 10;
+   */
+  code: string;
+
+  /**
+   * A small JSON object with details (policy changes record before and after).
+   *
+   * @generated from field: string detail_json = 11;
+   */
+  detailJson: string;
+};
+
+/**
+ * Describes the message spike.nexus.v1.AuditEvent.
+ * Use `create(AuditEventSchema)` to create a new message.
+ */
+export const AuditEventSchema: GenMessage<AuditEvent> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 19);
+
+/**
+ * ListAuditEventsRequest filters and pages audit events.
+ *
+ * @generated from message spike.nexus.v1.ListAuditEventsRequest
+ */
+export type ListAuditEventsRequest = Message<"spike.nexus.v1.ListAuditEventsRequest"> & {
+  /**
+   * Only events at or after this time.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 1;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Only events before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 2;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * Only events from this SPIFFE ID.
+   *
+   * @generated from field: string caller_spiffe_id = 3;
+   */
+  callerSpiffeId: string;
+
+  /**
+   * Only events whose path starts with this.
+   *
+   * @generated from field: string path_prefix = 4;
+   */
+  pathPrefix: string;
+
+  /**
+   * Only events of this RPC (full name or method name).
+   *
+   * @generated from field: string rpc = 5;
+   */
+  rpc: string;
+
+  /**
+   * Only events with this outcome.
+   *
+   * @generated from field: spike.nexus.v1.AuditOutcome outcome = 6;
+   */
+  outcome: AuditOutcome;
+
+  /**
+   * At most this many events (1-1000; 0 means 100).
+   *
+   * @generated from field: int32 page_size = 7;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page.
+   *
+   * @generated from field: string page_token = 8;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message spike.nexus.v1.ListAuditEventsRequest.
+ * Use `create(ListAuditEventsRequestSchema)` to create a new message.
+ */
+export const ListAuditEventsRequestSchema: GenMessage<ListAuditEventsRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 20);
+
+/**
+ * ListAuditEventsResponse is one page of events, newest first.
+ *
+ * @generated from message spike.nexus.v1.ListAuditEventsResponse
+ */
+export type ListAuditEventsResponse = Message<"spike.nexus.v1.ListAuditEventsResponse"> & {
+  /**
+   * The events.
+   *
+   * @generated from field: repeated spike.nexus.v1.AuditEvent events = 1;
+   */
+  events: AuditEvent[];
+
+  /**
+   * Token for the next page; empty when there are no more.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message spike.nexus.v1.ListAuditEventsResponse.
+ * Use `create(ListAuditEventsResponseSchema)` to create a new message.
+ */
+export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 21);
+
+/**
+ * VerifyAuditLogRequest bounds the verification in time.
+ *
+ * @generated from message spike.nexus.v1.VerifyAuditLogRequest
+ */
+export type VerifyAuditLogRequest = Message<"spike.nexus.v1.VerifyAuditLogRequest"> & {
+  /**
+   * Report problems at or after this time; unset: from the beginning.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 1;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Report problems before this time; unset: up to now.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 2;
+   */
+  endTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message spike.nexus.v1.VerifyAuditLogRequest.
+ * Use `create(VerifyAuditLogRequestSchema)` to create a new message.
+ */
+export const VerifyAuditLogRequestSchema: GenMessage<VerifyAuditLogRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 22);
+
+/**
+ * AuditProblem is one finding.
+ *
+ * @generated from message spike.nexus.v1.AuditProblem
+ */
+export type AuditProblem = Message<"spike.nexus.v1.AuditProblem"> & {
+  /**
+   * What was found.
+   *
+   * @generated from field: spike.nexus.v1.AuditProblemKind kind = 1;
+   */
+  kind: AuditProblemKind;
+
+  /**
+   * The replica whose sequence it concerns.
+   *
+   * @generated from field: string replica_id = 2;
+   */
+  replicaId: string;
+
+  /**
+   * The sequence number concerned.
+   *
+   * @generated from field: uint64 sequence = 3;
+   */
+  sequence: bigint;
+
+  /**
+   * A sentence for a person.
+   *
+   * @generated from field: string description = 4;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message spike.nexus.v1.AuditProblem.
+ * Use `create(AuditProblemSchema)` to create a new message.
+ */
+export const AuditProblemSchema: GenMessage<AuditProblem> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 23);
+
+/**
+ * VerifyAuditLogResponse reports the findings.
+ *
+ * @generated from message spike.nexus.v1.VerifyAuditLogResponse
+ */
+export type VerifyAuditLogResponse = Message<"spike.nexus.v1.VerifyAuditLogResponse"> & {
+  /**
+   * How many events were checked.
+   *
+   * @generated from field: uint64 events_checked = 1;
+   */
+  eventsChecked: bigint;
+
+  /**
+   * Every problem found; empty means the log verified.
+   *
+   * @generated from field: repeated spike.nexus.v1.AuditProblem problems = 2;
+   */
+  problems: AuditProblem[];
+
+  /**
+   * Events still waiting for a MAC (recorded while sealed).
+   *
+   * @generated from field: uint64 events_unsealed = 3;
+   */
+  eventsUnsealed: bigint;
+};
+
+/**
+ * Describes the message spike.nexus.v1.VerifyAuditLogResponse.
+ * Use `create(VerifyAuditLogResponseSchema)` to create a new message.
+ */
+export const VerifyAuditLogResponseSchema: GenMessage<VerifyAuditLogResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 24);
+
+/**
+ * AuditOutcome is how a call ended.
+ *
+ * @generated from enum spike.nexus.v1.AuditOutcome
+ */
+export enum AuditOutcome {
+  /**
+   * Not an outcome; in a filter, means any.
+   *
+   * @generated from enum value: AUDIT_OUTCOME_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The call was allowed and succeeded.
+   *
+   * @generated from enum value: AUDIT_OUTCOME_OK = 1;
+   */
+  OK = 1,
+
+  /**
+   * The call was refused by authentication or authorization.
+   *
+   * @generated from enum value: AUDIT_OUTCOME_DENIED = 2;
+   */
+  DENIED = 2,
+
+  /**
+   * The call was allowed but failed.
+   *
+   * @generated from enum value: AUDIT_OUTCOME_ERROR = 3;
+   */
+  ERROR = 3,
+}
+
+/**
+ * Describes the enum spike.nexus.v1.AuditOutcome.
+ */
+export const AuditOutcomeSchema: GenEnum<AuditOutcome> = /*@__PURE__*/
+  enumDesc(file_spike_nexus_v1_operator, 0);
+
+/**
+ * AuditProblemKind classifies what verification found.
+ *
+ * @generated from enum spike.nexus.v1.AuditProblemKind
+ */
+export enum AuditProblemKind {
+  /**
+   * Not a problem kind.
+   *
+   * @generated from enum value: AUDIT_PROBLEM_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * An event's fields no longer match its MAC.
+   *
+   * @generated from enum value: AUDIT_PROBLEM_KIND_ALTERED = 1;
+   */
+  ALTERED = 1,
+
+  /**
+   * An event not written by Nexus (no valid MAC, or beyond the sequence).
+   *
+   * @generated from enum value: AUDIT_PROBLEM_KIND_INSERTED = 2;
+   */
+  INSERTED = 2,
+
+  /**
+   * A sequence number is missing.
+   *
+   * @generated from enum value: AUDIT_PROBLEM_KIND_DELETED = 3;
+   */
+  DELETED = 3,
+
+  /**
+   * Two events carry each other's sequence numbers.
+   *
+   * @generated from enum value: AUDIT_PROBLEM_KIND_REORDERED = 4;
+   */
+  REORDERED = 4,
+
+  /**
+   * The same event appears more than once.
+   *
+   * @generated from enum value: AUDIT_PROBLEM_KIND_DUPLICATED = 5;
+   */
+  DUPLICATED = 5,
+}
+
+/**
+ * Describes the enum spike.nexus.v1.AuditProblemKind.
+ */
+export const AuditProblemKindSchema: GenEnum<AuditProblemKind> = /*@__PURE__*/
+  enumDesc(file_spike_nexus_v1_operator, 1);
+
+/**
  * OperatorService reports and changes the state of a Nexus server: its
  * status, initialization, and seal state.
  *
@@ -236,7 +891,7 @@ export const OperatorService: GenService<{
     output: typeof UnsealResponseSchema;
   },
   /**
-   * Seal drops all key material from this replica's memory.
+   * Seal drops all key material from this replica's memory. Admin credential required.
    *
    * @generated from rpc spike.nexus.v1.OperatorService.Seal
    */
@@ -244,6 +899,79 @@ export const OperatorService: GenService<{
     methodKind: "unary";
     input: typeof SealRequestSchema;
     output: typeof SealResponseSchema;
+  },
+  /**
+   * Login exchanges the admin password for a session token (superuser SVID only).
+   * Failed attempts are slowed down per caller.
+   *
+   * @generated from rpc spike.nexus.v1.OperatorService.Login
+   */
+  login: {
+    methodKind: "unary";
+    input: typeof LoginRequestSchema;
+    output: typeof LoginResponseSchema;
+  },
+  /**
+   * Logout revokes the session it is called with.
+   *
+   * @generated from rpc spike.nexus.v1.OperatorService.Logout
+   */
+  logout: {
+    methodKind: "unary";
+    input: typeof LogoutRequestSchema;
+    output: typeof LogoutResponseSchema;
+  },
+  /**
+   * CreateAdminToken creates a named long-lived admin token for automation; the
+   * token is shown once, in this response.
+   *
+   * @generated from rpc spike.nexus.v1.OperatorService.CreateAdminToken
+   */
+  createAdminToken: {
+    methodKind: "unary";
+    input: typeof CreateAdminTokenRequestSchema;
+    output: typeof CreateAdminTokenResponseSchema;
+  },
+  /**
+   * ListAdminTokens lists admin tokens (never the tokens themselves).
+   *
+   * @generated from rpc spike.nexus.v1.OperatorService.ListAdminTokens
+   */
+  listAdminTokens: {
+    methodKind: "unary";
+    input: typeof ListAdminTokensRequestSchema;
+    output: typeof ListAdminTokensResponseSchema;
+  },
+  /**
+   * RevokeAdminToken revokes an admin token by name.
+   *
+   * @generated from rpc spike.nexus.v1.OperatorService.RevokeAdminToken
+   */
+  revokeAdminToken: {
+    methodKind: "unary";
+    input: typeof RevokeAdminTokenRequestSchema;
+    output: typeof RevokeAdminTokenResponseSchema;
+  },
+  /**
+   * ListAuditEvents lists audit events, newest first, with filters.
+   *
+   * @generated from rpc spike.nexus.v1.OperatorService.ListAuditEvents
+   */
+  listAuditEvents: {
+    methodKind: "unary";
+    input: typeof ListAuditEventsRequestSchema;
+    output: typeof ListAuditEventsResponseSchema;
+  },
+  /**
+   * VerifyAuditLog checks the audit log's MACs, sequences and checkpoints and
+   * reports altered, inserted, deleted, duplicated and reordered events.
+   *
+   * @generated from rpc spike.nexus.v1.OperatorService.VerifyAuditLog
+   */
+  verifyAuditLog: {
+    methodKind: "unary";
+    input: typeof VerifyAuditLogRequestSchema;
+    output: typeof VerifyAuditLogResponseSchema;
   },
   /**
    * GetStatus reports the server version, its seal state, its trust domain and

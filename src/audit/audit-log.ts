@@ -1,0 +1,196 @@
+// The audit log of this replica. Every call gets a gapless sequence number when
+// it starts. A change writes its event in its own transaction (prepare +
+// markWritten); everything else — reads, refusals, failures — goes through
+// group commit: events that arrive while a batch is being written wait for the
+// next one, so under load one INSERT carries many events, and each call waits
+// until its event has committed. If it cannot be written, the call fails (fail
+// closed). Events recorded while sealed have no MAC yet; they are MAC'd when
+// the key returns, and only if their content is what this replica wrote.
+
+import { createHash, randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { NexusError } from "../errors/nexus-error.js";
+import { canonicalJson, mac } from "../keys/integrity.js";
+import type { KeyManager } from "../keys/key-manager.js";
+import type { Logger } from "../log/logger.js";
+import type { AuditStore } from "../store/audit-store.js";
+import { auditMacInput, macAuditEvent, type AuditFields, type AuditOutcome, type AuditRow } from "./audit-event.js";
+
+export const CHECKPOINT_MAC_LABEL = "nexus/v1/audit-checkpoint";
+
+export interface CallAudit {
+  /** Sets what the call addressed, for the event. */
+  subject(path: string | null, version: number | null): void;
+  /** The event as it will read if the change commits; write it in the change's transaction. */
+  prepare(detail?: Record<string, unknown>): AuditRow;
+  /** The prepared event was committed with the change. */
+  markWritten(): void;
+}
+
+interface Pending {
+  readonly row: AuditRow;
+  readonly resolve: () => void;
+  readonly reject: (err: unknown) => void;
+}
+
+export class AuditLog {
+  readonly replicaId: string;
+  private nextSequence = 1;
+  private committedThrough = 0;
+  private readonly completed = new Set<number>();
+  private queue: Pending[] = [];
+  private flushing = false;
+  /** Sequence -> content digest of events written without a MAC. */
+  private readonly awaitingMac = new Map<number, string>();
+
+  constructor(
+    private readonly store: AuditStore,
+    private readonly keys: KeyManager,
+    private readonly logger: Logger,
+    replicaId = `${hostname().replace(/[^A-Za-z0-9.-]/g, "-").slice(0, 40)}-${randomBytes(4).toString("hex")}`,
+    private readonly maxBatch = 512,
+  ) {
+    this.replicaId = replicaId;
+    keys.onSealChange((sealed) => {
+      if (!sealed) void this.macEventsRecordedWhileSealed();
+    });
+  }
+
+  /** The highest sequence such that it and every lower one are written. */
+  get head(): number {
+    return this.committedThrough;
+  }
+
+  /** Starts the record of one call. */
+  begin(call: { requestId: string; rpc: string; time: Date }): CallRecord {
+    return new CallRecord(this, this.nextSequence++, call);
+  }
+
+  /** Builds the row for an event, MAC'd if the integrity key is available. */
+  row(fields: AuditFields): AuditRow {
+    if (this.keys.sealed) {
+      this.awaitingMac.set(fields.sequence, digest(fields));
+      return { ...fields, mac: null };
+    }
+    return { ...fields, mac: macAuditEvent(this.keys.integrityKey(), fields) };
+  }
+
+  /** Queues an event for the next group commit; resolves once it has committed. */
+  write(row: AuditRow): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ row, resolve, reject });
+      if (!this.flushing) setImmediate(() => void this.flush());
+      this.flushing = true;
+    });
+  }
+
+  /** Marks a sequence number as used up (written, in a batch or with its change). */
+  markCompleted(sequence: number): void {
+    this.completed.add(sequence);
+    while (this.completed.delete(this.committedThrough + 1)) this.committedThrough++;
+  }
+
+  /** Writes a MAC'd checkpoint of this replica's written range; skipped while sealed. */
+  async checkpoint(final = false, firstSequence = 1): Promise<void> {
+    if (this.keys.sealed || this.committedThrough === 0) return;
+    const c = { replicaId: this.replicaId, writtenAt: new Date(), firstSequence, lastSequence: this.committedThrough, final };
+    await this.store.insertCheckpoint({ ...c, mac: checkpointMac(this.keys.integrityKey(), c) });
+  }
+
+  private async flush(): Promise<void> {
+    while (this.queue.length > 0) {
+      const batch = this.queue.splice(0, this.maxBatch);
+      try {
+        await this.store.insertBatch(batch.map((p) => p.row));
+        for (const p of batch) {
+          this.markCompleted(p.row.sequence);
+          p.resolve();
+        }
+      } catch (err) {
+        this.logger.error("audit batch not written; failing its calls", { events: batch.length, err });
+        const failure = new NexusError("unavailable", "the audit log cannot be written; the call was refused", { reason: "AUDIT_UNAVAILABLE", cause: err });
+        for (const p of batch) p.reject(failure);
+      }
+    }
+    this.flushing = false;
+  }
+
+  private async macEventsRecordedWhileSealed(): Promise<void> {
+    if (this.awaitingMac.size === 0) return;
+    try {
+      const key = this.keys.integrityKey();
+      for (const row of await this.store.unsealedEvents(this.replicaId)) {
+        // Only rows this replica wrote, unchanged: a row inserted by someone
+        // else with a NULL mac must not get one from us.
+        if (this.awaitingMac.get(row.sequence) !== digest(row)) continue;
+        await this.store.setMac(row.id, macAuditEvent(key, row));
+        this.awaitingMac.delete(row.sequence);
+      }
+    } catch (err) {
+      this.logger.warn("could not MAC events recorded while sealed; will retry at next unseal", { err });
+    }
+  }
+}
+
+/** The audit record of one call. */
+export class CallRecord implements CallAudit {
+  private path: string | null = null;
+  private version: number | null = null;
+  private caller = "";
+  private written = false;
+
+  constructor(
+    private readonly log: AuditLog,
+    readonly sequence: number,
+    private readonly call: { requestId: string; rpc: string; time: Date },
+  ) {}
+
+  identify(caller: string): void {
+    this.caller = caller;
+  }
+
+  subject(path: string | null, version: number | null): void {
+    this.path = path;
+    this.version = version;
+  }
+
+  prepare(detail: Record<string, unknown> = {}): AuditRow {
+    return this.log.row(this.fields("ok", "OK", detail));
+  }
+
+  markWritten(): void {
+    this.written = true;
+    this.log.markCompleted(this.sequence);
+  }
+
+  /** Records how the call ended, unless its change already recorded it. */
+  async finish(outcome: AuditOutcome, code: string, detail: Record<string, unknown> = {}): Promise<void> {
+    if (this.written) return;
+    this.written = true;
+    await this.log.write(this.log.row(this.fields(outcome, code, detail)));
+  }
+
+  private fields(outcome: AuditOutcome, code: string, detail: Record<string, unknown>): AuditFields {
+    return {
+      replicaId: this.log.replicaId,
+      sequence: this.sequence,
+      time: this.call.time,
+      requestId: this.call.requestId,
+      caller: this.caller,
+      rpc: this.call.rpc,
+      path: this.path,
+      version: this.version,
+      outcome,
+      code,
+      detail,
+    };
+  }
+}
+
+export function checkpointMac(key: Buffer, c: { replicaId: string; writtenAt: Date; firstSequence: number; lastSequence: number; final: boolean }): Buffer {
+  return mac(key, CHECKPOINT_MAC_LABEL, [c.replicaId, c.writtenAt.toISOString(), c.firstSequence, c.lastSequence, c.final]);
+}
+
+function digest(fields: AuditFields): string {
+  return createHash("sha256").update(canonicalJson(auditMacInput(fields))).digest("hex");
+}

@@ -1,0 +1,61 @@
+// Evaluates policies without touching the database: the compiled set is swapped
+// whole on reload (LISTEN/NOTIFY, or a full reload after a reconnect), and the
+// policies that apply to a caller are remembered per SPIFFE ID until the next
+// reload, so a request does one RE2 match per applicable policy on its path.
+
+import type { SpiffeId } from "../identity/spiffe-id.js";
+import { GRANT_BIT, type CompiledPolicy, type Grant } from "./policy.js";
+
+const CALLER_CACHE_LIMIT = 10_000;
+const EMPTY: readonly CompiledPolicy[] = [];
+
+export class PolicyEngine {
+  private policies: readonly CompiledPolicy[] = EMPTY;
+  private byCaller = new Map<string, readonly CompiledPolicy[]>();
+  private loadedAt = 0;
+
+  /** Replaces the whole policy set. */
+  replace(policies: readonly CompiledPolicy[]): void {
+    this.policies = policies;
+    this.byCaller = new Map();
+    this.loadedAt = Date.now();
+  }
+
+  clear(): void {
+    this.replace(EMPTY);
+  }
+
+  get size(): number {
+    return this.policies.length;
+  }
+
+  get lastLoadedAt(): number {
+    return this.loadedAt;
+  }
+
+  /** Whether any policy gives `caller` the grant on `path`. */
+  allows(caller: SpiffeId, grant: Grant, path: string): boolean {
+    const bit = GRANT_BIT[grant];
+    for (const p of this.applicable(caller)) {
+      if ((p.grants & bit) === bit && p.path.matches(path)) return true;
+    }
+    return false;
+  }
+
+  /** Whether `caller` holds the grant on some path (ListSecrets is then filtered per path). */
+  holdsAnywhere(caller: SpiffeId, grant: Grant): boolean {
+    const bit = GRANT_BIT[grant];
+    return this.applicable(caller).some((p) => (p.grants & bit) === bit);
+  }
+
+  private applicable(caller: SpiffeId): readonly CompiledPolicy[] {
+    const id = caller.toString();
+    let found = this.byCaller.get(id);
+    if (found === undefined) {
+      found = this.policies.filter((p) => p.spiffeId.matches(id));
+      if (this.byCaller.size >= CALLER_CACHE_LIMIT) this.byCaller.clear();
+      this.byCaller.set(id, found);
+    }
+    return found;
+  }
+}

@@ -1,0 +1,72 @@
+// Keeps this replica's PolicyEngine equal to the policies table: a full reload
+// on unseal, on every NOTIFY from a policy change, and after the listener
+// reconnects. Rows whose MAC fails are ignored and reported: writing the
+// database must not be enough to grant access.
+
+import { macMatches } from "../keys/integrity.js";
+import type { KeyManager } from "../keys/key-manager.js";
+import type { Logger } from "../log/logger.js";
+import type { PolicyStore } from "../store/policy-store.js";
+import { compilePolicy, POLICY_MAC_LABEL, policyMacInput, type CompiledPolicy } from "./policy.js";
+import type { PolicyEngine } from "./policy-engine.js";
+
+export class PolicySync {
+  private listener: { unlisten(): Promise<void> } | undefined;
+  private reloading: Promise<void> | undefined;
+  private again = false;
+
+  constructor(
+    private readonly store: PolicyStore,
+    private readonly engine: PolicyEngine,
+    private readonly keys: KeyManager,
+    private readonly logger: Logger,
+  ) {
+    keys.onSealChange((sealed) => (sealed ? engine.clear() : void this.reload()));
+  }
+
+  async start(): Promise<void> {
+    this.listener = await this.store.listen(() => void this.reload());
+  }
+
+  async stop(): Promise<void> {
+    await this.listener?.unlisten().catch(() => {});
+  }
+
+  /** Reloads now; concurrent requests coalesce into one extra reload. */
+  reload(): Promise<void> {
+    if (this.reloading) {
+      this.again = true;
+      return this.reloading;
+    }
+    this.reloading = (async () => {
+      do {
+        this.again = false;
+        await this.loadOnce();
+      } while (this.again);
+    })().finally(() => (this.reloading = undefined));
+    return this.reloading;
+  }
+
+  private async loadOnce(): Promise<void> {
+    if (this.keys.sealed) return;
+    try {
+      const key = this.keys.integrityKey();
+      const compiled: CompiledPolicy[] = [];
+      for (const row of await this.store.all()) {
+        if (!macMatches(key, POLICY_MAC_LABEL, policyMacInput(row), row.mac)) {
+          this.logger.error("policy ignored: its MAC does not verify (written outside Nexus?)", { policy: row.name, id: row.id });
+          continue;
+        }
+        try {
+          compiled.push(compilePolicy(row));
+        } catch (err) {
+          this.logger.error("policy ignored: it does not compile", { policy: row.name, reason: (err as Error).message });
+        }
+      }
+      this.engine.replace(compiled);
+      this.logger.debug("policies loaded", { count: compiled.length });
+    } catch (err) {
+      this.logger.warn("policy reload failed; keeping the previous set", { err });
+    }
+  }
+}

@@ -1,0 +1,60 @@
+// Periodic housekeeping (seed 002's cleanup of expired rows): expired secrets
+// and admin credentials, audit checkpoints, and audit retention. Each job runs
+// on its own timer, never overlaps itself, and logs rather than throws.
+
+import { checkpointMac, type AuditLog } from "../audit/audit-log.js";
+import type { KeyManager } from "../keys/key-manager.js";
+import type { Logger } from "../log/logger.js";
+import type { AuditStore } from "../store/audit-store.js";
+import type { CredentialStore } from "../store/credential-store.js";
+import type { SecretStore } from "../store/secret-store.js";
+
+export interface MaintenanceDeps {
+  readonly secrets: SecretStore;
+  readonly credentials: CredentialStore;
+  readonly auditStore: AuditStore;
+  readonly auditLog: AuditLog;
+  readonly keys: KeyManager;
+  readonly logger: Logger;
+  readonly cleanupIntervalMs: number;
+  readonly auditRetentionMs: number;
+  readonly checkpointIntervalMs?: number;
+}
+
+export function startMaintenance(d: MaintenanceDeps): () => void {
+  const timers = [
+    every(d.cleanupIntervalMs, "expiry", d.logger, async () => {
+      const secrets = await d.secrets.purgeExpired();
+      const credentials = await d.credentials.deleteExpired();
+      if (secrets + credentials > 0) d.logger.info("expired rows removed", { secrets, credentials });
+    }),
+    every(d.checkpointIntervalMs ?? 10_000, "audit checkpoint", d.logger, () => d.auditLog.checkpoint()),
+    every(Math.min(d.cleanupIntervalMs * 10, 3_600_000), "audit retention", d.logger, async () => {
+      if (d.keys.sealed) return;
+      const floors = await d.auditStore.prune(new Date(Date.now() - d.auditRetentionMs));
+      if (floors.size === 0) return;
+      // Record where each replica's retained log now starts, so pruning is not
+      // mistaken for deletion.
+      const latest = new Map((await d.auditStore.latestCheckpoints()).map((c) => [c.replicaId, c]));
+      for (const [replicaId, firstSequence] of floors) {
+        const c = { replicaId, writtenAt: new Date(), firstSequence, lastSequence: Math.max(latest.get(replicaId)?.lastSequence ?? 0, firstSequence - 1), final: latest.get(replicaId)?.final ?? false };
+        await d.auditStore.insertCheckpoint({ ...c, mac: checkpointMac(d.keys.integrityKey(), c) });
+      }
+      d.logger.info("audit events pruned", { replicas: floors.size });
+    }),
+  ];
+  return () => timers.forEach((t) => clearInterval(t));
+}
+
+function every(ms: number, name: string, logger: Logger, job: () => Promise<unknown>): NodeJS.Timeout {
+  let running = false;
+  const timer = setInterval(() => {
+    if (running) return;
+    running = true;
+    job()
+      .catch((err) => logger.warn(`${name} job failed`, { err }))
+      .finally(() => (running = false));
+  }, ms);
+  timer.unref();
+  return timer;
+}

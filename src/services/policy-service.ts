@@ -1,0 +1,150 @@
+// PolicyService: create, read, list, update and delete access policies. A
+// change is validated (patterns compile as RE2), MAC'd under the integrity key,
+// and written with its audit event (before and after) in one transaction; the
+// table's trigger tells every replica to reload.
+
+import { randomUUID } from "node:crypto";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Permission, PolicyService, type PolicySchema } from "../../gen/spike/nexus/v1/policy_pb.js";
+import { compilePolicy, GRANTS, POLICY_MAC_LABEL, policyMacInput, type Grant, type PolicyRecord } from "../authorization/policy.js";
+import type { PolicySync } from "../authorization/policy-sync.js";
+import { NexusError } from "../errors/nexus-error.js";
+import { mac } from "../keys/integrity.js";
+import type { KeyManager } from "../keys/key-manager.js";
+import type { PolicyStore, StoredPolicy } from "../store/policy-store.js";
+import { registerService, type ServiceRegistration } from "../transport/call-context.js";
+import { pageSize } from "./secret-rules.js";
+
+const NAME = /^[A-Za-z0-9._-]{1,128}$/;
+const PERMISSION_GRANT: Partial<Record<Permission, Grant>> = {
+  [Permission.READ]: "read",
+  [Permission.WRITE]: "write",
+  [Permission.LIST]: "list",
+  [Permission.SUPER]: "super",
+};
+const GRANT_PERMISSION: Record<Grant, Permission> = { read: Permission.READ, write: Permission.WRITE, list: Permission.LIST, super: Permission.SUPER };
+const UPDATABLE = new Set(["spiffe_id_pattern", "path_pattern", "permissions"]);
+
+export interface PolicyServiceDeps {
+  readonly store: PolicyStore;
+  readonly keys: KeyManager;
+  readonly sync: PolicySync;
+}
+
+export function policyService({ store, keys, sync }: PolicyServiceDeps): ServiceRegistration {
+  const sign = (record: PolicyRecord): StoredPolicy => ({ ...record, mac: mac(keys.integrityKey(), POLICY_MAC_LABEL, policyMacInput(record)) });
+  const find = async (name: string) => {
+    const p = await store.byName(validateName(name));
+    if (p === undefined) throw new NexusError("not_found", `no policy named "${name}"`, { reason: "POLICY_NOT_FOUND" });
+    return p;
+  };
+
+  return registerService(PolicyService, {
+    async createPolicy(req, ctx) {
+      const p = req.policy;
+      if (p === undefined) throw NexusError.invalidArgument("policy", "is required", "MISSING_POLICY");
+      const now = new Date();
+      const record: PolicyRecord = {
+        id: randomUUID(),
+        name: validateName(p.name),
+        spiffeIdPattern: p.spiffeIdPattern,
+        pathPattern: p.pathPattern,
+        permissions: grants(p.permissions),
+        createdAt: now,
+        createdBy: ctx.caller.toString(),
+        updatedAt: now,
+      };
+      compilePolicy(record);
+      await store.insert(sign(record), ctx.audit.prepare({ after: describe(record) }));
+      ctx.audit.markWritten();
+      await sync.reload();
+      return { policy: toProto(record) };
+    },
+
+    async getPolicy(req) {
+      return { policy: toProto(await find(req.name)) };
+    },
+
+    async listPolicies(req) {
+      const size = pageSize(req.pageSize);
+      const after = req.pageToken === "" ? "" : decodeToken(req.pageToken);
+      const rows = await store.page(after, size + 1);
+      const page = rows.slice(0, size);
+      const next = rows.length > size ? Buffer.from(page[page.length - 1].name, "utf8").toString("base64url") : "";
+      return { policies: page.map(toProto), nextPageToken: next };
+    },
+
+    async updatePolicy(req, ctx) {
+      const fields = req.updateMask?.paths ?? [];
+      if (fields.length === 0) throw NexusError.invalidArgument("update_mask", "name at least one of spiffe_id_pattern, path_pattern, permissions", "EMPTY_UPDATE_MASK");
+      for (const f of fields) {
+        if (!UPDATABLE.has(f)) throw NexusError.invalidArgument("update_mask", `"${f}" cannot be updated; use spiffe_id_pattern, path_pattern or permissions`, "INVALID_UPDATE_MASK");
+      }
+      const before = await find(req.name);
+      const p = req.policy;
+      const mask = new Set(fields);
+      const record: PolicyRecord = {
+        ...before,
+        spiffeIdPattern: mask.has("spiffe_id_pattern") ? (p?.spiffeIdPattern ?? "") : before.spiffeIdPattern,
+        pathPattern: mask.has("path_pattern") ? (p?.pathPattern ?? "") : before.pathPattern,
+        permissions: mask.has("permissions") ? grants(p?.permissions ?? []) : before.permissions,
+        updatedAt: new Date(Math.max(Date.now(), before.updatedAt.getTime() + 1)),
+      };
+      compilePolicy(record);
+      const ok = await store.update(sign(record), before.updatedAt, ctx.audit.prepare({ before: describe(before), after: describe(record) }));
+      if (!ok) throw new NexusError("aborted", `policy "${req.name}" changed concurrently; retry`, { reason: "CONCURRENT_UPDATE" });
+      ctx.audit.markWritten();
+      await sync.reload();
+      return { policy: toProto(record) };
+    },
+
+    async deletePolicy(req, ctx) {
+      const before = await find(req.name);
+      if (!(await store.delete(before.id, ctx.audit.prepare({ before: describe(before) })))) {
+        throw new NexusError("not_found", `no policy named "${req.name}"`, { reason: "POLICY_NOT_FOUND" });
+      }
+      ctx.audit.markWritten();
+      await sync.reload();
+      return {};
+    },
+  });
+}
+
+function validateName(name: string): string {
+  if (!NAME.test(name)) throw NexusError.invalidArgument("name", "must be 1-128 characters of A-Z, a-z, 0-9, '.', '_' and '-'", "INVALID_POLICY_NAME");
+  return name;
+}
+
+function grants(permissions: readonly Permission[]): Grant[] {
+  if (permissions.length === 0) throw NexusError.invalidArgument("permissions", "name at least one permission", "NO_PERMISSIONS");
+  const out = new Set<Grant>();
+  for (const p of permissions) {
+    const g = PERMISSION_GRANT[p];
+    if (g === undefined) throw NexusError.invalidArgument("permissions", `${p} is not a permission; use READ, WRITE, LIST or SUPER`, "INVALID_PERMISSION");
+    out.add(g);
+  }
+  return GRANTS.filter((g) => out.has(g));
+}
+
+function decodeToken(token: string): string {
+  const name = Buffer.from(token, "base64url").toString("utf8");
+  if (!NAME.test(name)) throw NexusError.invalidArgument("page_token", "is not a token this server issued", "INVALID_PAGE_TOKEN");
+  return name;
+}
+
+function describe(p: PolicyRecord): Record<string, unknown> {
+  return { name: p.name, spiffeIdPattern: p.spiffeIdPattern, pathPattern: p.pathPattern, permissions: [...p.permissions] };
+}
+
+function toProto(p: PolicyRecord): MessageInitShape<typeof PolicySchema> {
+  return {
+    name: p.name,
+    spiffeIdPattern: p.spiffeIdPattern,
+    pathPattern: p.pathPattern,
+    permissions: p.permissions.map((g) => GRANT_PERMISSION[g]),
+    createdAt: timestampFromDate(p.createdAt),
+    createdBy: p.createdBy,
+    updatedAt: timestampFromDate(p.updatedAt),
+  };
+}

@@ -1,0 +1,162 @@
+// SQL for the audit log: single events inside a change's own transaction or
+// statement, batches for group commit, listing, verification reads,
+// checkpoints and retention.
+
+import type { AuditOutcome, AuditRow } from "../audit/audit-event.js";
+import { databaseError, type Queryable, type Sql } from "./database.js";
+
+export interface Checkpoint {
+  readonly replicaId: string;
+  readonly writtenAt: Date;
+  readonly firstSequence: number;
+  readonly lastSequence: number;
+  readonly final: boolean;
+  readonly mac: Buffer;
+}
+
+export interface AuditFilter {
+  readonly from?: Date;
+  readonly to?: Date;
+  readonly caller?: string;
+  readonly pathPrefix?: string;
+  readonly rpc?: string;
+  readonly outcome?: AuditOutcome;
+}
+
+export interface StoredAuditRow extends AuditRow {
+  readonly id: number;
+}
+
+/** Inserts one event, e.g. inside the transaction of the change it records. */
+export async function insertAuditRow(q: Queryable, r: AuditRow): Promise<void> {
+  await q`
+    INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
+    VALUES (${r.replicaId}, ${r.sequence}, ${r.time}, ${r.requestId}, ${r.caller}, ${r.rpc}, ${r.path}, ${r.version},
+            ${r.outcome}, ${r.code}, ${q.json(r.detail as never)}, ${r.mac})`;
+}
+
+/**
+ * A `INSERT … SELECT <values>` fragment for a data-modifying CTE; the caller
+ * appends `FROM <cte>` so the event is written only if the change happened.
+ */
+export function auditInsertFragment(sql: Queryable, r: AuditRow) {
+  return sql`
+    INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
+    SELECT ${r.replicaId}, ${r.sequence}::bigint, ${r.time}::timestamptz, ${r.requestId}, ${r.caller}, ${r.rpc}, ${r.path}::text,
+           ${r.version}::int, ${r.outcome}, ${r.code}, ${sql.json(r.detail as never)}::jsonb, ${r.mac}::bytea`;
+}
+
+export class AuditStore {
+  constructor(private readonly sql: Sql) {}
+
+  /** Writes a batch in one statement (group commit); one prepared statement for any batch size. */
+  async insertBatch(rows: readonly AuditRow[]): Promise<void> {
+    const col = <T>(f: (r: AuditRow) => T) => rows.map(f);
+    await this.run(
+      () => this.sql`
+        INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
+        SELECT replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail_json::jsonb, decode(mac_hex, 'hex')
+        FROM unnest(
+          ${col((r) => r.replicaId)}::text[], ${col((r) => String(r.sequence))}::bigint[], ${col((r) => r.time.toISOString())}::timestamptz[],
+          ${col((r) => r.requestId)}::text[], ${col((r) => r.caller)}::text[], ${col((r) => r.rpc)}::text[], ${col((r) => r.path)}::text[],
+          ${col((r) => (r.version === null ? null : String(r.version)))}::int[], ${col((r) => r.outcome)}::text[], ${col((r) => r.code)}::text[],
+          ${col((r) => JSON.stringify(r.detail))}::text[], ${col((r) => (r.mac === null ? null : r.mac.toString("hex")))}::text[]
+        ) AS t(replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail_json, mac_hex)`,
+    );
+  }
+
+  async list(filter: AuditFilter, after: { time: Date; id: number } | undefined, limit: number): Promise<StoredAuditRow[]> {
+    const sql = this.sql;
+    const conditions = [
+      filter.from ? sql`time >= ${filter.from}` : sql`true`,
+      filter.to ? sql`time < ${filter.to}` : sql`true`,
+      filter.caller ? sql`caller = ${filter.caller}` : sql`true`,
+      filter.pathPrefix ? sql`starts_with(path, ${filter.pathPrefix})` : sql`true`,
+      filter.rpc ? sql`(rpc = ${filter.rpc} OR rpc LIKE ${"%/" + filter.rpc.replace(/[\\%_]/g, "\\$&")})` : sql`true`,
+      filter.outcome ? sql`outcome = ${filter.outcome}` : sql`true`,
+      after ? sql`(time, id) < (${after.time}, ${after.id})` : sql`true`,
+    ];
+    return this.run(async () => {
+      const rows = await sql`
+        SELECT * FROM audit_events
+        WHERE ${conditions[0]} AND ${conditions[1]} AND ${conditions[2]} AND ${conditions[3]} AND ${conditions[4]} AND ${conditions[5]} AND ${conditions[6]}
+        ORDER BY time DESC, id DESC LIMIT ${limit}`;
+      return rows.map(toRow);
+    });
+  }
+
+  /** Every event, by replica and sequence (verification reads the whole retained log). */
+  async allForVerification(): Promise<StoredAuditRow[]> {
+    return this.run(async () => (await this.sql`SELECT * FROM audit_events ORDER BY replica_id, sequence, id`).map(toRow));
+  }
+
+  async latestCheckpoints(): Promise<Checkpoint[]> {
+    return this.run(async () => {
+      const rows = await this.sql`
+        SELECT DISTINCT ON (replica_id) replica_id, written_at, first_sequence, last_sequence, final, mac
+        FROM audit_checkpoints ORDER BY replica_id, written_at DESC`;
+      return rows.map((r) => ({
+        replicaId: r.replica_id,
+        writtenAt: r.written_at,
+        firstSequence: Number(r.first_sequence),
+        lastSequence: Number(r.last_sequence),
+        final: r.final,
+        mac: r.mac,
+      }));
+    });
+  }
+
+  async insertCheckpoint(c: Checkpoint): Promise<void> {
+    await this.run(
+      () => this.sql`
+        INSERT INTO audit_checkpoints (replica_id, written_at, first_sequence, last_sequence, final, mac)
+        VALUES (${c.replicaId}, ${c.writtenAt}, ${c.firstSequence}, ${c.lastSequence}, ${c.final}, ${c.mac})
+        ON CONFLICT DO NOTHING`,
+    );
+  }
+
+  /** This replica's events still waiting for a MAC. */
+  async unsealedEvents(replicaId: string): Promise<StoredAuditRow[]> {
+    return this.run(async () => (await this.sql`SELECT * FROM audit_events WHERE replica_id = ${replicaId} AND mac IS NULL`).map(toRow));
+  }
+
+  async setMac(id: number, mac: Buffer): Promise<void> {
+    await this.run(() => this.sql`UPDATE audit_events SET mac = ${mac} WHERE id = ${id} AND mac IS NULL`);
+  }
+
+  /** Deletes events older than `before`; returns, per replica, the lowest sequence that remains. */
+  async prune(before: Date): Promise<Map<string, number>> {
+    return this.run(async () => {
+      const rows = await this.sql`
+        WITH gone AS (DELETE FROM audit_events WHERE time < ${before} RETURNING replica_id, sequence)
+        SELECT replica_id, max(sequence) + 1 AS floor FROM gone GROUP BY replica_id`;
+      return new Map(rows.map((r) => [r.replica_id as string, Number(r.floor)]));
+    });
+  }
+
+  private async run<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      throw databaseError(err);
+    }
+  }
+}
+
+function toRow(r: Record<string, unknown>): StoredAuditRow {
+  return {
+    id: Number(r.id),
+    replicaId: r.replica_id as string,
+    sequence: Number(r.sequence),
+    time: r.time as Date,
+    requestId: r.request_id as string,
+    caller: r.caller as string,
+    rpc: r.rpc as string,
+    path: (r.path as string | null) ?? null,
+    version: (r.version as number | null) ?? null,
+    outcome: r.outcome as AuditOutcome,
+    code: r.code as string,
+    detail: r.detail as Record<string, unknown>,
+    mac: (r.mac as Buffer | null) ?? null,
+  };
+}
