@@ -32,7 +32,7 @@ export type SecretData = Record<string, string>;
 const FIRST_DATA_KEY_ID = 1;
 
 export class SecretCipher {
-  private readonly cache = new Map<string, { wrapped: Buffer; key: Buffer }>();
+  private readonly cache = new Map<string, { ref: DataKeyRef; key: Buffer }>();
 
   constructor(
     private readonly keys: KeyManager,
@@ -45,20 +45,22 @@ export class SecretCipher {
     const wrapping = this.keys.activeWrappingKey();
     const dataKey = newKey();
     const wrappedDataKey = seal(wrapping.key, wrapping.id, dataKey, dataKeyAad(secretId, path, wrapping.id));
-    this.remember(secretId, wrappedDataKey, dataKey);
+    this.remember({ secretId, path, dataKeyId: FIRST_DATA_KEY_ID, keyringKeyId: wrapping.id, wrappedDataKey }, dataKey);
     return { dataKeyId: FIRST_DATA_KEY_ID, keyringKeyId: wrapping.id, wrappedDataKey, dataKey };
   }
 
   dataKey(ref: DataKeyRef): Buffer {
     const cached = this.cache.get(ref.secretId);
-    if (cached && cached.wrapped.equals(ref.wrappedDataKey)) {
+    // A hit must match the whole binding, not just the bytes: a row whose path or
+    // key ids were changed in SQL has to go through the real unwrap (and fail).
+    if (cached && sameBinding(cached.ref, ref)) {
       this.cache.delete(ref.secretId);
       this.cache.set(ref.secretId, cached);
       return cached.key;
     }
     if (sealedKeyId(ref.wrappedDataKey) !== ref.keyringKeyId) throw integrityFailure();
     const key = open(this.keys.wrappingKey(ref.keyringKeyId), ref.wrappedDataKey, dataKeyAad(ref.secretId, ref.path, ref.keyringKeyId));
-    this.remember(ref.secretId, ref.wrappedDataKey, key);
+    this.remember(ref, key);
     return key;
   }
 
@@ -84,9 +86,10 @@ export class SecretCipher {
     }
   }
 
-  private remember(secretId: string, wrapped: Buffer, key: Buffer): void {
+  private remember(ref: DataKeyRef, key: Buffer): void {
+    const secretId = ref.secretId;
     this.forget(secretId);
-    this.cache.set(secretId, { wrapped: Buffer.from(wrapped), key });
+    this.cache.set(secretId, { ref: { ...ref, wrappedDataKey: Buffer.from(ref.wrappedDataKey) }, key });
     if (this.cache.size > this.cacheSize) {
       const oldest = this.cache.keys().next().value as string;
       this.forget(oldest);
@@ -97,6 +100,10 @@ export class SecretCipher {
     for (const entry of this.cache.values()) entry.key.fill(0);
     this.cache.clear();
   }
+}
+
+function sameBinding(a: DataKeyRef, b: DataKeyRef): boolean {
+  return a.path === b.path && a.keyringKeyId === b.keyringKeyId && a.dataKeyId === b.dataKeyId && a.wrappedDataKey.equals(b.wrappedDataKey);
 }
 
 function dataKeyAad(secretId: string, path: string, keyringKeyId: number): Buffer {

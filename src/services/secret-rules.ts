@@ -6,6 +6,10 @@
 import { NexusError } from "../errors/nexus-error.js";
 
 export const MAX_PATH_LENGTH = 255;
+/** Versions are PostgreSQL integers. */
+export const MAX_VERSION = 2_147_483_646;
+/** timestamptz and google.protobuf.Timestamp agree up to the end of year 9999. */
+const MAX_TIME_MS = Date.UTC(9999, 11, 31, 23, 59, 59);
 export const MAX_VERSIONS_LIMIT = 1000;
 export const DEFAULT_MAX_VERSIONS = 10;
 export const MAX_CUSTOM_METADATA_KEYS = 64;
@@ -51,7 +55,8 @@ export function validateVersions(versions: readonly number[], required: boolean)
   if (required && versions.length === 0) throw NexusError.invalidArgument("versions", "name at least one version", "NO_VERSIONS");
   if (versions.length > MAX_VERSIONS_LIMIT) throw NexusError.invalidArgument("versions", `at most ${MAX_VERSIONS_LIMIT} versions per call`, "TOO_MANY_VERSIONS");
   if (versions.some((v) => v < 1)) throw NexusError.invalidArgument("versions", "versions are numbered from 1", "INVALID_VERSION");
-  return [...new Set(versions)];
+  // Numbers beyond what can be stored match no version, as any unknown number.
+  return [...new Set(versions)].filter((v) => v <= MAX_VERSION);
 }
 
 export function validateMaxVersions(n: number): number {
@@ -71,8 +76,10 @@ export function validateCustomMetadata(metadata: Record<string, string>): Record
   return metadata;
 }
 
-export function validateFutureTime(date: Date, field: string, now = Date.now()): Date {
-  if (Number.isNaN(date.getTime())) throw NexusError.invalidArgument(field, "is not a valid time", "INVALID_TIME");
+export function validateFutureTime(ts: { seconds: bigint; nanos: number }, field: string, now = Date.now()): Date {
+  if (ts.nanos < 0 || ts.nanos > 999_999_999) throw NexusError.invalidArgument(field, "nanos must be between 0 and 999,999,999", "INVALID_TIME");
+  const date = new Date(Number(ts.seconds) * 1000 + Math.floor(ts.nanos / 1_000_000));
+  if (Number.isNaN(date.getTime()) || date.getTime() > MAX_TIME_MS) throw NexusError.invalidArgument(field, "must be a time before the year 10000", "INVALID_TIME");
   if (date.getTime() <= now) throw NexusError.invalidArgument(field, "must be in the future", "TIME_IN_PAST");
   return date;
 }

@@ -5,14 +5,14 @@
 // when the caller asked for check-and-set.
 
 import { randomUUID } from "node:crypto";
-import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { SecretService, type SecretMetadataSchema } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { sealedError, type KeyManager } from "../keys/key-manager.js";
 import type { DataKeyRef, SecretCipher } from "../keys/secret-cipher.js";
-import type { SecretMetadataRow, SecretStore } from "../store/secret-store.js";
-import { registerService, type ServiceRegistration } from "../transport/call-context.js";
+import type { SecretMetadataRow, SecretStore, VersionChange } from "../store/secret-store.js";
+import { registerService, type CallContext, type ServiceRegistration } from "../transport/call-context.js";
 import {
   DEFAULT_MAX_VERSIONS,
   decodePageToken,
@@ -25,6 +25,7 @@ import {
   validatePath,
   validatePrefix,
   validateVersions,
+  MAX_VERSION,
 } from "./secret-rules.js";
 
 export interface SecretServiceDeps {
@@ -40,7 +41,8 @@ interface KnownSecret extends DataKeyRef {
   latestVersion: number;
 }
 
-const PUT_ATTEMPTS = 5;
+/** An unconditional put retries while it keeps losing races; the database reports the fresh version each time. */
+const PUT_ATTEMPTS = 50;
 /** Rows one ListSecrets call may examine for a caller whose policies hide most paths. */
 const LIST_SCAN_LIMIT = 5000;
 const UPDATABLE_FIELDS = new Set(["max_versions", "custom_metadata", "expires_at"]);
@@ -70,6 +72,19 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     return s;
   };
 
+  // Soft delete, undelete and destroy share one statement. Explicit version
+  // numbers that cannot exist match nothing (and never mean "current").
+  const changeVersions = async (path: string, change: VersionChange, versions: number[], explicit: boolean, ctx: CallContext) => {
+    if (explicit && versions.length === 0) {
+      if ((await store.findByPath(path)) === undefined) throw notFound(path);
+      return [];
+    }
+    const changed = await store.changeVersions(path, change, versions, ctx.audit.prepare({ versions }));
+    if (changed === undefined) throw notFound(path);
+    ctx.audit.markWritten();
+    return changed;
+  };
+
   const requireUnsealed = () => {
     if (keys.sealed) throw sealedError();
   };
@@ -78,8 +93,11 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     async putSecret(req, ctx) {
       requireUnsealed();
       const path = validatePath(req.path);
-      const expiresAt = req.expiresAt ? validateFutureTime(timestampDate(req.expiresAt), "expires_at") : undefined;
+      const expiresAt = req.expiresAt ? validateFutureTime(req.expiresAt, "expires_at") : undefined;
       const cas = req.cas;
+      if (cas !== undefined && cas > MAX_VERSION) {
+        throw casMismatch(path, cas, (await store.findByPath(path))?.latestVersion ?? 0);
+      }
       const plaintext = encodeData(req.data, deps.maxSecretBytes);
       try {
         for (let attempt = 0; attempt < PUT_ATTEMPTS; attempt++) {
@@ -128,6 +146,8 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
           if (cas !== undefined) throw casMismatch(path, cas, result.latestVersion);
           secret.latestVersion = result.latestVersion;
           remember(secret);
+          // Spread out writers that keep colliding on one hot path.
+          if (attempt >= 2) await new Promise((r) => setTimeout(r, Math.random() * attempt));
         }
         throw new NexusError("aborted", `too many concurrent writes to "${path}"; retry`, { reason: "CONCURRENT_UPDATE" });
       } finally {
@@ -138,6 +158,9 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     async getSecret(req) {
       requireUnsealed();
       const path = validatePath(req.path);
+      if (req.version > MAX_VERSION) {
+        throw new NexusError("not_found", `version ${req.version} of secret "${path}" does not exist`, { reason: "VERSION_NOT_FOUND" });
+      }
       const row = await store.readVersion(path, req.version);
       if (row === undefined || row.expired) throw notFound(path);
       if (row.version === null) {
@@ -182,28 +205,19 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     async deleteSecret(req, ctx) {
       requireUnsealed();
       const path = validatePath(req.path);
-      const versions = await store.changeVersions(path, "delete", validateVersions(req.versions, false), ctx.audit.prepare({ versions: req.versions }));
-      if (versions === undefined) throw notFound(path);
-      ctx.audit.markWritten();
-      return { versions };
+      return { versions: await changeVersions(path, "delete", validateVersions(req.versions, false), req.versions.length > 0, ctx) };
     },
 
     async undeleteSecret(req, ctx) {
       requireUnsealed();
       const path = validatePath(req.path);
-      const versions = await store.changeVersions(path, "undelete", validateVersions(req.versions, true), ctx.audit.prepare({ versions: req.versions }));
-      if (versions === undefined) throw notFound(path);
-      ctx.audit.markWritten();
-      return { versions };
+      return { versions: await changeVersions(path, "undelete", validateVersions(req.versions, true), req.versions.length > 0, ctx) };
     },
 
     async destroySecret(req, ctx) {
       requireUnsealed();
       const path = validatePath(req.path);
-      const versions = await store.changeVersions(path, "destroy", validateVersions(req.versions, true), ctx.audit.prepare({ versions: req.versions }));
-      if (versions === undefined) throw notFound(path);
-      ctx.audit.markWritten();
-      return { versions };
+      return { versions: await changeVersions(path, "destroy", validateVersions(req.versions, true), req.versions.length > 0, ctx) };
     },
 
     async getSecretMetadata(req) {
@@ -228,7 +242,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
         {
           maxVersions: mask.has("max_versions") ? validateMaxVersions(req.maxVersions) : undefined,
           customMetadata: mask.has("custom_metadata") ? validateCustomMetadata(req.customMetadata) : undefined,
-          expiresAt: mask.has("expires_at") ? (req.expiresAt ? validateFutureTime(timestampDate(req.expiresAt), "expires_at") : null) : undefined,
+          expiresAt: mask.has("expires_at") ? (req.expiresAt ? validateFutureTime(req.expiresAt, "expires_at") : null) : undefined,
         },
         ctx.audit.prepare({ fields }),
       );

@@ -120,8 +120,10 @@ export class SecretStore {
     return this.run(async () => {
       const [row] = await this.sql`
         WITH cur AS (
+          -- FOR UPDATE: after waiting for a concurrent writer this sees its
+          -- committed latest_version, so a loser retries with a fresh number.
           SELECT latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
-          FROM secrets WHERE id = ${a.secretId}
+          FROM secrets WHERE id = ${a.secretId} FOR UPDATE
         ), upd AS (
           UPDATE secrets
           SET latest_version = ${a.version}, updated_at = now(), expires_at = coalesce(${a.expiresAt ?? null}::timestamptz, expires_at)

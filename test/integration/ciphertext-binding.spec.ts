@@ -27,8 +27,6 @@ interface TamperCase {
   tamper(sql: postgres.Sql, api: Api): Promise<void>;
   /** The reads that must now fail. */
   readonly reads: ReadonlyArray<{ readonly path: string; readonly version: number }>;
-  /** Set when a warm cache hides the tampering today (a reported bug): skipped while warm. */
-  readonly hiddenByWarmCache?: string;
 }
 
 const secretId = async (sql: postgres.Sql, path: string): Promise<string> => {
@@ -168,8 +166,6 @@ const CASES: readonly TamperCase[] = [
       await sql`UPDATE secrets SET keyring_key_id = ${integrity.id as number} WHERE path = 'bind/keyring-key'`;
     },
     reads: [{ path: "bind/keyring-key", version: 1 }],
-    hiddenByWarmCache:
-      "SecretCipher.dataKey reuses a cached data key when the wrapped bytes match, without checking the row's keyring_key_id or path",
   },
 ];
 
@@ -212,9 +208,7 @@ describe("ciphertext binding against database tampering", function () {
 
   const expectEveryCaseFails = (warm: boolean) => {
     for (const c of CASES) {
-      // BUG (reported) where hiddenByWarmCache is set; remove the skip once fixed.
-      const test = warm && c.hiddenByWarmCache ? it.skip : it;
-      test(`${c.name}: GetSecret is INTERNAL with no data, on both listeners`, async () => {
+      it(`${c.name}: GetSecret is INTERNAL with no data, on both listeners`, async () => {
         for (const listener of LISTENERS) {
           for (const read of c.reads) {
             const what = `${listener} ${read.path} v${read.version}`;
@@ -236,10 +230,8 @@ describe("ciphertext binding against database tampering", function () {
   describe("read through the running server, whose caches saw the rows before", () => {
     expectEveryCaseFails(true);
 
-    // BUG (reported): the cached data key is used without checking the renamed
-    // path, so the put is acknowledged and its version is unreadable after a
-    // restart. Remove .skip once SecretCipher checks the whole binding on a cache hit.
-    it.skip("a put to a path renamed in SQL is refused rather than written under a data key bound to the old path", async () => {
+    // A warm data-key cache must not let a write through under a key bound to the old path.
+    it("a put to a path renamed in SQL is refused rather than written under a data key bound to the old path", async () => {
       const result = await client("grpc").call(SecretService.method.putSecret, { path: "bind/rename/after", data: { value: "written-after-rename" } });
       fails(result, "INTERNAL");
     });

@@ -84,12 +84,7 @@ describe("SecretService under concurrency", function () {
           expect(read.data, `version ${r.response!.version}`).to.deep.equal({ writer: String(i) });
         }
       });
-
-      // BUG (reported): an unconditional put gives up after five optimistic attempts
-      // (PUT_ATTEMPTS in src/services/secret-service.ts) and answers ABORTED "too
-      // many concurrent writes" — about a third of these puts today. A put without
-      // cas must not fail because others write. Remove .skip once fixed.
-      it.skip("twenty concurrent unconditional puts to a new path all succeed, as versions 1..20", async () => {
+      it("twenty concurrent unconditional puts to a new path all succeed, as versions 1..20", async () => {
         const path = `${listener}/race/blind`;
         const results = await Promise.all(clients(20).map((c, i) => c.call(SecretService.method.putSecret, { path, data: { writer: String(i) } })));
         expect(results.map((r) => r.code)).to.deep.equal(Array(20).fill("OK"));

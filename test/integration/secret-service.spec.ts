@@ -9,7 +9,7 @@ import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/prot
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { CallResult, NexusClient } from "../../src/client/nexus-client.js";
-import { ADMIN_PASSWORD, fails, ok, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
+import { ADMIN_PASSWORD, fails, ok, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { LISTENERS, SUPERUSER_ID } from "../support/test-server.js";
 
 const KIB = 1024;
@@ -191,6 +191,17 @@ describe("SecretService", function () {
             expect(meta.versions.map((v) => v.version)).to.deep.equal([...Array(step.latest).keys()].map((i) => i + 1));
           });
         }
+
+        it("version and cas numbers beyond any stored version are answered like any other, not INTERNAL", async () => {
+          const path = at("cas/huge");
+          await put(path, { n: "1" });
+          for (const huge of [2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1]) {
+            fails(await get(path, huge), "NOT_FOUND", `GetSecret version ${huge}`);
+            expect(ok(await client.call(SecretService.method.deleteSecret, { path, versions: [huge] }), `DeleteSecret ${huge}`).versions).to.deep.equal([]);
+            fails(await client.call(SecretService.method.putSecret, { path, data: { n: "x" }, cas: huge }), "ABORTED", `PutSecret cas ${huge}`);
+          }
+          expect((await metadata(path)).latestVersion).to.equal(1);
+        });
 
         it("a cas N > 0 on a missing path is ABORTED and creates nothing", async () => {
           fails(await client.call(SecretService.method.putSecret, { path: at("cas/missing"), data: { k: "v" }, cas: 3 }), "ABORTED");
@@ -529,7 +540,7 @@ describe("SecretService", function () {
         it("every SecretService RPC is FAILED_PRECONDITION; after Unseal the data is back", async () => {
           const path = at("sealed/db");
           await put(path, { password: "before-seal" });
-          ok(await client.call(OperatorService.method.seal, {}), "Seal");
+          await seal(client);
           expect(ok(await client.call(OperatorService.method.getStatus, {})).sealed).to.equal(true);
 
           const calls = everySecretRpc(path);

@@ -8,7 +8,7 @@ import { expect } from "chai";
 import type { DescMethodUnary, MessageShape } from "@bufbuild/protobuf";
 import postgres from "postgres";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
-import type { CallResult } from "../../src/client/nexus-client.js";
+import type { CallResult, NexusClient } from "../../src/client/nexus-client.js";
 import type { StartOptions } from "../../src/server/nexus-server.js";
 import { createTestPki, startTestServer, type TestServer, type TestServerOptions } from "./test-server.js";
 
@@ -68,6 +68,17 @@ export function fails<M extends DescMethodUnary>(result: CallResult<M>, code: st
   expect(result.code, `${what}: ${result.message ?? ""}`).to.equal(code);
   expect(result.response, `${what}: a failed call carries no response`).to.equal(undefined);
   return result.message ?? "";
+}
+
+/** Logs in as admin (superuser SVID and password): the bearer token admin RPCs such as Seal need. */
+export async function adminSession(client: NexusClient, password = ADMIN_PASSWORD): Promise<string> {
+  return ok(await client.call(OperatorService.method.login, { adminPassword: password }), "Login").sessionToken;
+}
+
+/** Seals the server through `client`, as an admin. */
+export async function seal(client: NexusClient, password = ADMIN_PASSWORD): Promise<void> {
+  const bearerToken = await adminSession(client, password);
+  ok(await client.call(OperatorService.method.seal, {}, { bearerToken }), "Seal");
 }
 
 /** A direct connection to a server's database, for reading and tampering with rows. */

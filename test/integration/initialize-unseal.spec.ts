@@ -1,0 +1,211 @@
+// OperatorService's key lifecycle: a server starts uninitialized and sealed;
+// Initialize (superuser, a password of at least 12 characters, once) creates the
+// keys and unseals; Seal (an admin RPC: superuser with a session from Login)
+// zeroes and drops the keys; Unseal with the password brings them back. GetStatus and health on the plaintext port follow along, and
+// NEXUS_ADMIN_PASSWORD_FILE unseals at start.
+
+import { expect } from "chai";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
+import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
+import { healthClient, insecureCredentials, type HealthClient, type ServingStatusName } from "../support/health-client.js";
+import { ADMIN_PASSWORD, fails, ok, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
+import { LISTENERS, SUPERUSER_ID, WORKLOAD_ID } from "../support/test-server.js";
+import { eventually } from "../support/wait.js";
+
+const HEALTH_SERVICES = ["", "spike.nexus.v1.SecretService", "spike.nexus.v1.OperatorService"];
+
+/** Health on the plaintext port, for the whole server and each service, eventually `status`. */
+async function expectHealth(server: SecretTestServer, status: ServingStatusName): Promise<void> {
+  const health: HealthClient = healthClient(`127.0.0.1:${server.nexus.healthPort}`, insecureCredentials());
+  try {
+    await eventually(async () => {
+      for (const service of HEALTH_SERVICES) expect(await health.check(service), `health of "${service}"`).to.deep.equal({ status });
+    });
+  } finally {
+    health.close();
+  }
+}
+
+async function status(server: SecretTestServer, listener: (typeof LISTENERS)[number] = "grpc") {
+  return ok(await server.client(listener).call(OperatorService.method.getStatus, {}), `GetStatus on ${listener}`);
+}
+
+describe("Initialize, Seal and Unseal", function () {
+  this.timeout(60_000);
+
+  describe("through the life of one server (these run in order)", () => {
+    const password = "twelve-chars";
+    let server: SecretTestServer;
+
+    before(async () => {
+      server = await startSecretServer({ initialize: false });
+    });
+
+    after(async () => server?.stop());
+
+    it("a new server is uninitialized and sealed: GetStatus says so, health is NOT_SERVING, secret RPCs are FAILED_PRECONDITION", async () => {
+      for (const listener of LISTENERS) {
+        expect(await status(server, listener)).to.include({ initialized: false, sealed: true, activeKeyringKeyId: 0 });
+        fails(await server.client(listener).call(SecretService.method.getSecret, { path: "a/b" }), "FAILED_PRECONDITION", listener);
+      }
+      await expectHealth(server, "NOT_SERVING");
+    });
+
+    it("Unseal before Initialize is FAILED_PRECONDITION", async () => {
+      for (const listener of LISTENERS) {
+        const message = fails(await server.client(listener).call(OperatorService.method.unseal, { adminPassword: password }), "FAILED_PRECONDITION", listener);
+        expect(message).to.match(/not initialized/);
+      }
+    });
+
+    const shortPasswords: ReadonlyArray<{ name: string; password: string }> = [
+      { name: "an empty password", password: "" },
+      { name: "5 characters", password: "short" },
+      { name: "11 characters", password: "eleven-char" },
+      { name: "11 characters that take 22 UTF-16 units", password: "🔑".repeat(11) },
+    ];
+
+    for (const short of shortPasswords) {
+      it(`Initialize with ${short.name} is INVALID_ARGUMENT and initializes nothing`, async () => {
+        for (const listener of LISTENERS) {
+          const message = fails(await server.client(listener).call(OperatorService.method.initialize, { adminPassword: short.password }), "INVALID_ARGUMENT", listener);
+          expect(message).to.include("admin_password").and.include("12");
+          if (short.password !== "") expect(message).to.not.include(short.password);
+        }
+        expect(await status(server)).to.include({ initialized: false, sealed: true });
+      });
+    }
+
+    it("a workload SVID may call GetStatus but is PERMISSION_DENIED on Initialize, Unseal and Seal", async () => {
+      for (const listener of LISTENERS) {
+        const workload = server.client(listener, server.pki.workload);
+        expect(ok(await workload.call(OperatorService.method.getStatus, {})).callerSpiffeId).to.equal(WORKLOAD_ID);
+        fails(await workload.call(OperatorService.method.initialize, { adminPassword: password }), "PERMISSION_DENIED", `${listener} Initialize`);
+        fails(await workload.call(OperatorService.method.unseal, { adminPassword: password }), "PERMISSION_DENIED", `${listener} Unseal`);
+        fails(await workload.call(OperatorService.method.seal, {}), "PERMISSION_DENIED", `${listener} Seal`);
+      }
+      expect(await status(server)).to.include({ initialized: false, sealed: true });
+    });
+
+    it("Initialize by the superuser with 12 characters creates root key 1 and keyring key 1 and leaves the server unsealed and SERVING", async () => {
+      const created = ok(await server.client("connect").call(OperatorService.method.initialize, { adminPassword: password }));
+      expect(created).to.include({ rootKeyId: 1, activeKeyringKeyId: 1 });
+      for (const listener of LISTENERS) {
+        expect(await status(server, listener)).to.include({ initialized: true, sealed: false, activeKeyringKeyId: 1, callerSpiffeId: SUPERUSER_ID });
+      }
+      await expectHealth(server, "SERVING");
+      ok(await server.client("grpc").call(SecretService.method.putSecret, { path: "life/db", data: { password: "s3cr3t" } }), "put");
+    });
+
+    it("a second Initialize is FAILED_PRECONDITION, even with another password, and changes nothing", async () => {
+      for (const listener of LISTENERS) {
+        const message = fails(await server.client(listener).call(OperatorService.method.initialize, { adminPassword: "another-password-123" }), "FAILED_PRECONDITION", listener);
+        expect(message).to.match(/already initialized/);
+      }
+      expect(await status(server)).to.include({ initialized: true, sealed: false, activeKeyringKeyId: 1 });
+      expect(ok(await server.client("grpc").call(SecretService.method.getSecret, { path: "life/db" })).data).to.deep.equal({ password: "s3cr3t" });
+    });
+
+    it("Seal zeroes the keys in memory and drops them: GetStatus sealed, key id 0, GetSecret FAILED_PRECONDITION, health NOT_SERVING", async () => {
+      const wrapping = server.nexus.keys.activeWrappingKey().key;
+      const integrity = server.nexus.keys.integrityKey();
+      expect(wrapping.some((b) => b !== 0)).to.equal(true);
+
+      await seal(server.client("grpc"), password);
+      expect([...wrapping].every((b) => b === 0), "the keyring key's buffer is zeroed").to.equal(true);
+      expect([...integrity].every((b) => b === 0), "the integrity key's buffer is zeroed").to.equal(true);
+      expect(() => server.nexus.keys.activeWrappingKey(), "no key is handed out while sealed").to.throw(/sealed/);
+      for (const listener of LISTENERS) {
+        expect(await status(server, listener)).to.include({ initialized: true, sealed: true, activeKeyringKeyId: 0 });
+        expect(fails(await server.client(listener).call(SecretService.method.getSecret, { path: "life/db" }), "FAILED_PRECONDITION", listener)).to.match(/sealed/);
+      }
+      await expectHealth(server, "NOT_SERVING");
+    });
+
+    it("Unseal with a wrong password is PERMISSION_DENIED and an empty one INVALID_ARGUMENT; the server stays sealed", async () => {
+      for (const listener of LISTENERS) {
+        const message = fails(await server.client(listener).call(OperatorService.method.unseal, { adminPassword: "twelve-charz" }), "PERMISSION_DENIED", listener);
+        expect(message).to.not.include("twelve-char");
+        fails(await server.client(listener).call(OperatorService.method.unseal, { adminPassword: "" }), "INVALID_ARGUMENT", listener);
+      }
+      expect(await status(server)).to.include({ sealed: true, activeKeyringKeyId: 0 });
+      await expectHealth(server, "NOT_SERVING");
+    });
+
+    it("Unseal with the right password restores service on either listener: unsealed, SERVING, data back", async () => {
+      for (const listener of LISTENERS) {
+        const unsealed = ok(await server.client(listener).call(OperatorService.method.unseal, { adminPassword: password }), `Unseal on ${listener}`);
+        expect(unsealed.activeKeyringKeyId).to.equal(1);
+        expect(await status(server, listener)).to.include({ sealed: false, activeKeyringKeyId: 1 });
+        await expectHealth(server, "SERVING");
+        expect(ok(await server.client(listener).call(SecretService.method.getSecret, { path: "life/db" })).data).to.deep.equal({ password: "s3cr3t" });
+        await seal(server.client(listener), password);
+        await expectHealth(server, "NOT_SERVING");
+      }
+    });
+
+    it("Unseal while unsealed checks the password: the right one is OK, a wrong one is PERMISSION_DENIED and does not seal", async () => {
+      ok(await server.client("grpc").call(OperatorService.method.unseal, { adminPassword: password }));
+      ok(await server.client("grpc").call(OperatorService.method.unseal, { adminPassword: password }), "again");
+      fails(await server.client("grpc").call(OperatorService.method.unseal, { adminPassword: "twelve-charz" }), "PERMISSION_DENIED");
+      expect(await status(server)).to.include({ sealed: false });
+      expect(ok(await server.client("grpc").call(SecretService.method.getSecret, { path: "life/db" })).data).to.deep.equal({ password: "s3cr3t" });
+    });
+  });
+
+  describe("NEXUS_ADMIN_PASSWORD_FILE", () => {
+    let server: SecretTestServer;
+    let dir: string;
+
+    before(async () => {
+      dir = await mkdtemp(path.join(tmpdir(), "nexus-password-file-"));
+      server = await startSecretServer();
+      ok(await server.client("grpc").call(SecretService.method.putSecret, { path: "file/db", data: { k: "from-before" } }));
+    });
+
+    after(async () => {
+      await server?.stop();
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    const passwordFile = async (name: string, content: string) => {
+      const file = path.join(dir, name);
+      await writeFile(file, content, { mode: 0o600 });
+      return file;
+    };
+
+    it("a server started with a file holding the password (and a trailing newline) is unsealed at start", async () => {
+      const file = await passwordFile("admin-password", ADMIN_PASSWORD + "\n");
+      server = await server.restart({ env: { NEXUS_ADMIN_PASSWORD_FILE: file } });
+      expect(await status(server)).to.include({ initialized: true, sealed: false, activeKeyringKeyId: 1 });
+      expect(ok(await server.client("connect").call(SecretService.method.getSecret, { path: "file/db" })).data).to.deep.equal({ k: "from-before" });
+      await expectHealth(server, "SERVING");
+    });
+
+    it("a wrong password in the file leaves the server running but sealed, and Unseal still works", async () => {
+      const file = await passwordFile("wrong-password", "not-the-admin-password\n");
+      server = await server.restart({ env: { NEXUS_ADMIN_PASSWORD_FILE: file } });
+      expect(await status(server)).to.include({ initialized: true, sealed: true });
+      ok(await server.client("grpc").call(OperatorService.method.unseal, { adminPassword: ADMIN_PASSWORD }));
+      expect(ok(await server.client("grpc").call(SecretService.method.getSecret, { path: "file/db" })).data).to.deep.equal({ k: "from-before" });
+    });
+
+    it("a missing file leaves the server running but sealed", async () => {
+      server = await server.restart({ env: { NEXUS_ADMIN_PASSWORD_FILE: path.join(dir, "no-such-file") } });
+      expect(await status(server)).to.include({ initialized: true, sealed: true });
+    });
+
+    it("an uninitialized server does not initialize itself from the file", async () => {
+      const file = await passwordFile("for-a-new-server", ADMIN_PASSWORD);
+      const fresh = await startSecretServer({ initialize: false, env: { NEXUS_ADMIN_PASSWORD_FILE: file } });
+      try {
+        expect(await status(fresh)).to.include({ initialized: false, sealed: true });
+      } finally {
+        await fresh.stop();
+      }
+    });
+  });
+});
