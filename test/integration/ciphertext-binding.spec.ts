@@ -206,7 +206,7 @@ describe("ciphertext binding against database tampering", function () {
     await server?.stop();
   });
 
-  const expectEveryCaseFails = (warm: boolean) => {
+  const expectEveryCaseFails = () => {
     for (const c of CASES) {
       it(`${c.name}: GetSecret is INTERNAL with no data, on both listeners`, async () => {
         for (const listener of LISTENERS) {
@@ -228,7 +228,7 @@ describe("ciphertext binding against database tampering", function () {
   };
 
   describe("read through the running server, whose caches saw the rows before", () => {
-    expectEveryCaseFails(true);
+    expectEveryCaseFails();
 
     // A warm data-key cache must not let a write through under a key bound to the old path.
     it("a put to a path renamed in SQL is refused rather than written under a data key bound to the old path", async () => {
@@ -243,7 +243,7 @@ describe("ciphertext binding against database tampering", function () {
       ok(await client("grpc").call(OperatorService.method.unseal, { adminPassword: ADMIN_PASSWORD }), "Unseal");
     });
 
-    expectEveryCaseFails(false);
+    expectEveryCaseFails();
 
     it("a put to a path renamed in SQL is refused: its data key does not unwrap under the new path", async () => {
       const result = await client("grpc").call(SecretService.method.putSecret, { path: "bind/rename/after", data: { value: "written-after-rename" } });
