@@ -100,7 +100,10 @@ export class Migrator {
   }
 
   private async statusOn(conn: Reserved): Promise<MigrationStatus> {
-    await conn`CREATE TABLE IF NOT EXISTS schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL)`;
+    // Create the bookkeeping table only if missing: a runtime role without
+    // CREATE on the schema must still be able to read the state.
+    const [{ exists }] = await conn`SELECT to_regclass('schema_migrations') IS NOT NULL AS exists`;
+    if (!exists) await conn`CREATE TABLE IF NOT EXISTS schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL)`;
     const [row] = await conn<{ version: string; dirty: boolean }[]>`SELECT version, dirty FROM schema_migrations LIMIT 1`;
     const current = row ? Number(row.version) : 0;
     const latest = this.migrations.length;
