@@ -56,6 +56,11 @@ export class AuditLog {
     });
   }
 
+  /** Whether a row without a MAC is one this replica wrote while sealed, unchanged. */
+  wroteWhileSealed(fields: AuditFields): boolean {
+    return fields.replicaId === this.replicaId && this.awaitingMac.get(fields.sequence) === digest(fields);
+  }
+
   /** The highest sequence such that it and every lower one are written. */
   get head(): number {
     return this.committedThrough;
@@ -90,10 +95,15 @@ export class AuditLog {
     while (this.completed.delete(this.committedThrough + 1)) this.committedThrough++;
   }
 
-  /** Writes a MAC'd checkpoint of this replica's written range; skipped while sealed. */
-  async checkpoint(final = false, firstSequence = 1): Promise<void> {
+  /**
+   * Writes a MAC'd checkpoint of this replica's written range; skipped while
+   * sealed. Its first sequence is 1: where retention pruning left the log
+   * starting is recorded by retention's own checkpoints, and verification takes
+   * the highest first sequence of any valid checkpoint.
+   */
+  async checkpoint(final = false): Promise<void> {
     if (this.keys.sealed || this.committedThrough === 0) return;
-    const c = { replicaId: this.replicaId, writtenAt: new Date(), firstSequence, lastSequence: this.committedThrough, final };
+    const c = { replicaId: this.replicaId, writtenAt: new Date(), firstSequence: 1, lastSequence: this.committedThrough, final };
     await this.store.insertCheckpoint({ ...c, mac: checkpointMac(this.keys.integrityKey(), c) });
   }
 

@@ -36,32 +36,45 @@ export class AuditVerifier {
 
   async verify(range: { from?: Date; to?: Date } = {}): Promise<VerificationReport> {
     const key = this.keys.integrityKey();
-    const [rows, checkpoints] = await Promise.all([this.store.allForVerification(), this.store.latestCheckpoints()]);
+    const [rows, checkpoints, floors] = await Promise.all([
+      this.store.allForVerification(),
+      this.store.latestCheckpoints(),
+      this.store.floorCheckpoints(),
+    ]);
     const problems: AuditProblem[] = [];
     const byReplica = groupBy(rows, (r) => r.replicaId);
+    const checkpointVerifies = (c: Checkpoint) =>
+      macMatches(key, CHECKPOINT_MAC_LABEL, [c.replicaId, c.writtenAt.toISOString(), c.firstSequence, c.lastSequence, c.final], c.mac);
     const cps = new Map(checkpoints.map((c) => [c.replicaId, c]));
+    const floorOf = new Map(floors.filter(checkpointVerifies).map((c) => [c.replicaId, c.firstSequence]));
     let awaitingMac = 0;
 
     for (const replicaId of new Set([...byReplica.keys(), ...cps.keys()])) {
       const events = byReplica.get(replicaId) ?? [];
       let cp: Checkpoint | undefined = cps.get(replicaId);
-      if (cp && !macMatches(key, CHECKPOINT_MAC_LABEL, [cp.replicaId, cp.writtenAt.toISOString(), cp.firstSequence, cp.lastSequence, cp.final], cp.mac)) {
+      if (cp && !checkpointVerifies(cp)) {
         problems.push({ kind: "altered", replicaId, sequence: cp.lastSequence, time: cp.writtenAt, description: "the latest checkpoint of this replica fails its MAC; it was ignored" });
         cp = undefined;
       }
-      const first = cp?.firstSequence ?? 1;
+      const first = Math.max(cp?.firstSequence ?? 1, floorOf.get(replicaId) ?? 1);
       let last = cp?.lastSequence ?? 0;
       if (replicaId === this.ownLog.replicaId) last = Math.max(last, this.ownLog.head);
 
       const valid = new Map<number, StoredAuditRow[]>();
       const invalid: StoredAuditRow[] = [];
+      const unmacd: StoredAuditRow[] = [];
       for (const e of events) {
-        if (e.mac === null) {
-          awaitingMac++;
-          continue;
-        }
-        if (auditEventVerifies(key, e, e.mac)) valid.set(e.sequence, [...(valid.get(e.sequence) ?? []), e]);
+        if (e.mac === null) unmacd.push(e);
+        else if (auditEventVerifies(key, e, e.mac)) valid.set(e.sequence, [...(valid.get(e.sequence) ?? []), e]);
         else invalid.push(e);
+      }
+      // A row without a MAC is only "awaiting" if it could be one recorded while
+      // sealed: not beside a valid event of the same sequence, and, for this
+      // replica, one it remembers writing.
+      for (const e of unmacd) {
+        const own = replicaId === this.ownLog.replicaId;
+        if (valid.has(e.sequence) || (own && !this.ownLog.wroteWhileSealed(e))) invalid.push(e);
+        else awaitingMac++;
       }
       for (const seqs of valid.values()) last = Math.max(last, seqs[0].sequence);
 

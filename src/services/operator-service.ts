@@ -160,7 +160,7 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
 function ttlMs(ttl: Duration | undefined, limits: { default: number; max: number }, field: string): number {
   if (ttl === undefined) return limits.default;
   const ms = durationMs(ttl);
-  if (ms <= 0 || ms > limits.max) throw NexusError.invalidArgument(field, `must be between 1 s and ${limits.max / HOUR} h`, "INVALID_TTL");
+  if (ms < 1000 || ms > limits.max) throw NexusError.invalidArgument(field, `must be between 1 s and ${limits.max / HOUR} h`, "INVALID_TTL");
   return ms;
 }
 

@@ -91,10 +91,19 @@ export class AuditStore {
   }
 
   async latestCheckpoints(): Promise<Checkpoint[]> {
+    return this.checkpoints(this.sql`ORDER BY replica_id, written_at DESC`);
+  }
+
+  /** Per replica, the checkpoint with the highest first sequence (where retention left its log starting). */
+  async floorCheckpoints(): Promise<Checkpoint[]> {
+    return this.checkpoints(this.sql`ORDER BY replica_id, first_sequence DESC, written_at DESC`);
+  }
+
+  private async checkpoints(order: ReturnType<Sql>): Promise<Checkpoint[]> {
     return this.run(async () => {
       const rows = await this.sql`
         SELECT DISTINCT ON (replica_id) replica_id, written_at, first_sequence, last_sequence, final, mac
-        FROM audit_checkpoints ORDER BY replica_id, written_at DESC`;
+        FROM audit_checkpoints ${order}`;
       return rows.map((r) => ({
         replicaId: r.replica_id,
         writtenAt: r.written_at,

@@ -28,11 +28,7 @@ export class CallPipeline {
     const path = methodPath(method);
     const requestId = validRequestId(call.requestId) ?? randomUUID();
     const record = this.audit.begin({ requestId, rpc: path, time: new Date() });
-    const subject = request as Message & { path?: unknown; version?: unknown; name?: unknown };
-    record.subject(
-      typeof subject.path === "string" && subject.path !== "" ? subject.path : typeof subject.name === "string" && subject.name !== "" ? subject.name : null,
-      typeof subject.version === "number" && subject.version > 0 ? subject.version : null,
-    );
+    record.subject(...auditSubject(request));
     let response: Message;
     try {
       if (call.peerCertificate === undefined) {
@@ -57,6 +53,14 @@ export class CallPipeline {
     await record.finish("ok", "OK");
     return response;
   }
+}
+
+/** What a call addresses, for its audit event: a secret path or a policy/token name, and a version. */
+function auditSubject(request: Message): [string | null, number | null] {
+  const r = request as Message & { path?: unknown; version?: unknown; name?: unknown; policy?: { name?: unknown } };
+  const text = (v: unknown) => (typeof v === "string" && v !== "" ? v : null);
+  const subject = text(r.path) ?? text(r.name) ?? text(r.policy?.name);
+  return [subject, typeof r.version === "number" && r.version > 0 ? r.version : null];
 }
 
 function bearer(header: string | undefined): string | undefined {
