@@ -3,7 +3,7 @@
 // checkpoints and retention.
 
 import type { AuditOutcome, AuditRow } from "../audit/audit-event.js";
-import { databaseError, type Queryable, type Sql } from "./database.js";
+import { guarded, type Queryable, type Sql } from "./database.js";
 
 export interface Checkpoint {
   readonly replicaId: string;
@@ -143,13 +143,7 @@ export class AuditStore {
     });
   }
 
-  private async run<T>(fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn();
-    } catch (err) {
-      throw databaseError(err);
-    }
-  }
+  private readonly run = guarded;
 }
 
 function toRow(r: Record<string, unknown>): StoredAuditRow {

@@ -5,7 +5,7 @@
 import type { AuditRow } from "../audit/audit-event.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { insertAuditRow } from "./audit-store.js";
-import { databaseError, type Sql } from "./database.js";
+import { guarded, type Sql } from "./database.js";
 
 export interface CredentialRow {
   readonly kind: "session" | "token";
@@ -106,13 +106,7 @@ export class CredentialStore {
     );
   }
 
-  private async run<T>(fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn();
-    } catch (err) {
-      throw databaseError(err);
-    }
-  }
+  private readonly run = guarded;
 }
 
 function toRow(r: Record<string, unknown>): CredentialRow {

@@ -73,3 +73,12 @@ export function databaseError(err: unknown): NexusError {
   }
   return new NexusError("internal", "internal database error", { reason: "DATABASE_ERROR", cause: err });
 }
+
+/** Runs store code so that any driver error leaves as a safe NexusError. */
+export async function guarded<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw databaseError(err);
+  }
+}

@@ -5,7 +5,7 @@ import type { Grant, PolicyRecord } from "../authorization/policy.js";
 import type { AuditRow } from "../audit/audit-event.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { insertAuditRow } from "./audit-store.js";
-import { databaseError, type Sql } from "./database.js";
+import { guarded, type Sql } from "./database.js";
 
 export interface StoredPolicy extends PolicyRecord {
   readonly mac: Buffer;
@@ -92,13 +92,7 @@ export class PolicyStore {
     return { unlisten: () => meta.unlisten() };
   }
 
-  private async run<T>(fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn();
-    } catch (err) {
-      throw databaseError(err);
-    }
-  }
+  private readonly run = guarded;
 }
 
 function toPolicy(row: Record<string, unknown>): StoredPolicy {

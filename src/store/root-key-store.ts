@@ -1,7 +1,7 @@
 // SQL for the key hierarchy's rows (root_keys, keyring_keys). Ciphertext only:
 // sealing and unsealing happen in keys/, above this layer.
 
-import { databaseError, type Sql } from "./database.js";
+import { guarded, type Sql } from "./database.js";
 
 export interface RootKeyRow {
   readonly id: number;
@@ -28,18 +28,16 @@ export class RootKeyStore {
   constructor(private readonly sql: Sql) {}
 
   async isInitialized(): Promise<boolean> {
-    try {
+    return guarded(async () => {
       const [row] = await this.sql`SELECT EXISTS (SELECT 1 FROM root_keys) AS initialized`;
       return row.initialized as boolean;
-    } catch (err) {
-      throw databaseError(err);
-    }
+    });
   }
 
   /** Writes the first root key and keyring in one transaction; false if already initialized. */
   async createInitial(keys: InitialKeys): Promise<boolean> {
-    try {
-      return await this.sql.begin(async (tx) => {
+    return guarded(() =>
+      this.sql.begin(async (tx) => {
         const inserted = await tx`
           INSERT INTO root_keys (id, encrypted_key, kdf_salt, kdf_params, password_check, active)
           SELECT ${keys.root.id}, ${keys.root.encryptedKey}, ${keys.root.kdfSalt}, ${tx.json(keys.root.kdfParams as never)}, ${keys.root.passwordCheck}, true
@@ -53,15 +51,13 @@ export class RootKeyStore {
             VALUES (${k.id}, ${k.purpose}, ${k.rootKeyId}, ${k.wrappedKey}, ${k.active})`;
         }
         return true;
-      });
-    } catch (err) {
-      throw databaseError(err);
-    }
+      }),
+    );
   }
 
   /** The active root key and the keyring it wraps; undefined when not initialized. */
   async loadActive(): Promise<InitialKeys | undefined> {
-    try {
+    return guarded(async () => {
       const [root] = await this.sql`
         SELECT id, encrypted_key, kdf_salt, kdf_params, password_check FROM root_keys WHERE active`;
       if (!root) return undefined;
@@ -77,8 +73,6 @@ export class RootKeyStore {
         },
         keyring: ring.map((k) => ({ id: k.id, purpose: k.purpose, rootKeyId: k.root_key_id, wrappedKey: k.wrapped_key, active: k.active })),
       };
-    } catch (err) {
-      throw databaseError(err);
-    }
+    });
   }
 }

@@ -5,7 +5,7 @@
 
 import type { AuditRow } from "../audit/audit-event.js";
 import { auditInsertFragment, insertAuditRow } from "./audit-store.js";
-import { databaseError, type Sql } from "./database.js";
+import { guarded, type Sql } from "./database.js";
 
 export interface SecretKeyRow {
   readonly id: string;
@@ -295,13 +295,7 @@ export class SecretStore {
     });
   }
 
-  private async run<T>(fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn();
-    } catch (err) {
-      throw databaseError(err);
-    }
-  }
+  private readonly run = guarded;
 }
 
 function keyRow(row: Record<string, unknown>): SecretKeyRow {
