@@ -1,5 +1,6 @@
 // What a handler knows about the call it serves, whichever listener carried it:
-// the authenticated caller, the method, a request id, and cancellation.
+// the authenticated caller, the method, a request id, its credential and
+// authorization, and its audit record.
 
 import type { DescMethod, DescMethodUnary, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import type { CallAudit } from "../audit/audit-log.js";
@@ -13,7 +14,6 @@ export interface CallContext {
   /** Full method path, e.g. "/spike.nexus.v1.OperatorService/GetStatus". */
   readonly method: string;
   readonly requestId: string;
-  readonly signal: AbortSignal;
   /** The token of `authorization: Bearer <token>`, if one was sent. */
   readonly bearerToken: string | undefined;
   readonly transport: TransportKind;
@@ -48,7 +48,6 @@ export interface IncomingCall {
   readonly peerCertificate: { readonly raw: Uint8Array; readonly fingerprint256?: string } | undefined;
   readonly authorization: string | undefined;
   readonly requestId: string | undefined;
-  readonly signal: AbortSignal;
   readonly transport: TransportKind;
 }
 

@@ -38,7 +38,7 @@ export class CallPipeline {
       record.identify(caller.toString());
       const bearerToken = bearer(call.authorization);
       const access = await this.access.authorize({ caller, method: path, request, bearerToken });
-      const ctx: CallContext = { caller, method: path, requestId, signal: call.signal, bearerToken, transport: call.transport, access, audit: record };
+      const ctx: CallContext = { caller, method: path, requestId, bearerToken, transport: call.transport, access, audit: record };
       response = create(method.output, await handler(request as never, ctx));
     } catch (err) {
       const failure = asNexusError(err);

@@ -38,7 +38,6 @@ export function createConnectServer(opts: ConnectServerOptions): http2.Http2Secu
               peerCertificate: ctx.values.get(peerCertificateKey),
               authorization: ctx.requestHeader.get("authorization") ?? undefined,
               requestId: ctx.requestHeader.get("x-request-id") ?? undefined,
-              signal: ctx.signal,
               transport: "connect",
             });
           } catch (err) {
