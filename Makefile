@@ -7,6 +7,7 @@ BIN := node_modules/.bin
 MOCHA := $(BIN)/mocha --timeout 60000 --exit
 
 .PHONY: help deps build certs run test typecheck lint buf-lint gen gen-check unit integration e2e system-deps clean
+.PHONY: bench
 
 help:
 	@echo "make run    serve in dev mode (embedded PostgreSQL, dev certificates)"
@@ -62,3 +63,8 @@ test: typecheck lint buf-lint gen-check certs system-deps
 
 clean:
 	rm -rf dist
+
+# Benchmarks (issue 5): own PostgreSQL and server, about 7 minutes; BENCH_QUICK=1 for a
+# one-minute smoke run. Writes bench/results/latest.{json,md} and prints the table.
+bench: build certs
+	node dist/bench/run.js

@@ -1,0 +1,111 @@
+// How big and how long: `make bench` (full: under 8 minutes on a 2-core
+// machine), BENCH_QUICK=1 (under a minute, smaller data), BENCH_PROFILE=1
+// (CPU profiles of the get and put windows instead of the report), BENCH_AB=1
+// (A/B of a proposed change, see ab-experiment.ts). Any
+// number can be overridden with its BENCH_* variable for experiments.
+
+export type BenchMode = "full" | "quick" | "profile" | "ab";
+
+export interface BenchConfig {
+  readonly mode: BenchMode;
+  readonly readSecrets: number;
+  readonly writeSecrets: number;
+  readonly listPaths: number;
+  readonly valueBytes: number;
+  readonly rounds: number;
+  readonly warmupMs: number;
+  readonly durationMs: number;
+  /** Calls in flight and connections of the throughput scenarios. */
+  readonly inFlight: number;
+  readonly connections: number;
+  /** Load-generating processes of the throughput scenarios. */
+  readonly workers: number;
+  /** NEXUS_DB_POOL_MAX, and pgbench's client count. */
+  readonly poolMax: number;
+  readonly pgbench: boolean;
+  readonly pgbenchSeconds: number;
+  readonly propagationRepeats: number;
+  readonly startupRepeats: number;
+}
+
+const FULL: BenchConfig = {
+  mode: "full",
+  readSecrets: 10_000,
+  writeSecrets: 10_000,
+  listPaths: 1_000_000,
+  valueBytes: 1024,
+  rounds: 3,
+  warmupMs: 2000,
+  durationMs: 7000,
+  inFlight: 64,
+  connections: 4,
+  workers: 2,
+  poolMax: 8,
+  pgbench: true,
+  pgbenchSeconds: 7,
+  propagationRepeats: 20,
+  startupRepeats: 5,
+};
+
+const QUICK: BenchConfig = {
+  ...FULL,
+  mode: "quick",
+  readSecrets: 1000,
+  writeSecrets: 1000,
+  listPaths: 20_000,
+  rounds: 1,
+  warmupMs: 700,
+  durationMs: 2000,
+  pgbenchSeconds: 2,
+  propagationRepeats: 5,
+  startupRepeats: 1,
+};
+
+const PROFILE: BenchConfig = {
+  ...FULL,
+  mode: "profile",
+  listPaths: 20_000,
+  rounds: 1,
+  durationMs: 10_000,
+  pgbench: false,
+  propagationRepeats: 0,
+  startupRepeats: 0,
+};
+
+const AB: BenchConfig = {
+  ...FULL,
+  mode: "ab",
+  listPaths: 20_000,
+  rounds: 4,
+  warmupMs: 1500,
+  durationMs: 5000,
+  pgbench: false,
+  propagationRepeats: 0,
+  startupRepeats: 0,
+};
+
+export function benchConfig(env: NodeJS.ProcessEnv = process.env): BenchConfig {
+  const base = env.BENCH_AB === "1" ? AB : env.BENCH_PROFILE === "1" ? PROFILE : env.BENCH_QUICK === "1" ? QUICK : FULL;
+  const num = (name: string, fallback: number) => {
+    const raw = env[`BENCH_${name}`];
+    if (raw === undefined || raw === "") return fallback;
+    const n = Number(raw);
+    if (!Number.isFinite(n) || n < 0) throw new Error(`BENCH_${name}: "${raw}" is not a non-negative number`);
+    return n;
+  };
+  return {
+    ...base,
+    readSecrets: num("READ_SECRETS", base.readSecrets),
+    writeSecrets: num("WRITE_SECRETS", base.writeSecrets),
+    listPaths: num("LIST_PATHS", base.listPaths),
+    rounds: num("ROUNDS", base.rounds),
+    warmupMs: num("WARMUP_MS", base.warmupMs),
+    durationMs: num("DURATION_MS", base.durationMs),
+    workers: num("WORKERS", base.workers),
+    poolMax: num("POOL_MAX", base.poolMax),
+    pgbench: env.BENCH_PGBENCH === undefined ? base.pgbench : env.BENCH_PGBENCH === "1",
+    pgbenchSeconds: num("PGBENCH_SECONDS", base.pgbenchSeconds),
+    propagationRepeats: num("PROPAGATION_REPEATS", base.propagationRepeats),
+    startupRepeats: num("STARTUP_REPEATS", base.startupRepeats),
+  };
+}

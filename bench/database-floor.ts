@@ -1,0 +1,295 @@
+// The database floor: Debian's pgbench running the very statements a PutSecret
+// and a GetSecret make the server run (src/store/secret-store.ts appendVersion
+// with its audit CTE; readVersion at version 0 plus the group-committed audit
+// insert of src/store/audit-store.ts insertBatch), prepared, with as many
+// connections as the server's pool. No gRPC, no TLS, no crypto, no Node: what
+// is left is PostgreSQL's cost, which Nexus cannot go below.
+//
+// pgbench variables are numbers or fixed strings, so two adaptations keep the
+// statements identical: GetSecret reads copies of the read secrets (same rows,
+// same sizes) stored at the paths "0".."N-1", which `random()` can address;
+// each client appends to its own write secret, counting versions itself (a
+// version is only written if it is latest + 1). An undefined pgbench variable
+// binds SQL NULL in prepared mode: that is the put's expires_at.
+
+import { execFileSync, spawn } from "node:child_process";
+import { existsSync, readdirSync } from "node:fs";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import path from "node:path";
+import type postgres from "postgres";
+import { LatencyHistogram } from "./latency-histogram.js";
+import { writePath } from "./load-protocol.js";
+
+export interface PgbenchBinary {
+  readonly path: string;
+  readonly version: string;
+  /** How it got here, when the harness installed it. */
+  readonly installed?: string;
+}
+
+/** Finds pgbench, installing Debian's postgresql-contrib (apt-get, as root) if it is missing. */
+export function findPgbench(log: (line: string) => void): PgbenchBinary | undefined {
+  const found = locate();
+  if (found) return { path: found, version: version(found) };
+  if (process.getuid?.() !== 0) {
+    log("pgbench not found and not root: skipping the database floor (apt-get install postgresql-contrib)");
+    return undefined;
+  }
+  for (const pkg of ["postgresql-contrib", "postgresql-client"]) {
+    try {
+      log(`pgbench not found: apt-get install -y ${pkg}`);
+      execFileSync("apt-get", ["update", "-qq"], { stdio: "ignore", timeout: 180_000 });
+      execFileSync("apt-get", ["install", "-y", "-qq", pkg], { stdio: "ignore", timeout: 300_000, env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
+      const now = locate();
+      if (now) return { path: now, version: version(now), installed: `apt-get install -y ${pkg}` };
+    } catch (err) {
+      log(`apt-get install ${pkg} failed: ${(err as Error).message}`);
+    }
+  }
+  return undefined;
+}
+
+function locate(): string | undefined {
+  if (existsSync("/usr/bin/pgbench")) return "/usr/bin/pgbench";
+  const root = "/usr/lib/postgresql";
+  if (!existsSync(root)) return undefined;
+  for (const v of readdirSync(root).sort().reverse()) {
+    const p = path.join(root, v, "bin", "pgbench");
+    if (existsSync(p)) return p;
+  }
+  return undefined;
+}
+
+function version(bin: string): string {
+  try {
+    return execFileSync(bin, ["--version"], { encoding: "utf8" }).trim();
+  } catch {
+    return "unknown";
+  }
+}
+
+/** readVersion(path, 0), as in src/store/secret-store.ts. */
+export const GET_SQL = `
+SELECT s.id, s.path, s.latest_version, s.data_key_id, s.wrapped_data_key, s.keyring_key_id,
+       (s.expires_at IS NOT NULL AND s.expires_at <= now()) AS expired,
+       v.version, v.ciphertext, v.created_at, v.deleted_at
+FROM secrets s
+LEFT JOIN LATERAL (
+  SELECT version, ciphertext, created_at, deleted_at FROM secret_versions
+  WHERE secret_id = s.id AND deleted_at IS NULL AND ciphertext IS NOT NULL
+  ORDER BY version DESC LIMIT 1
+) v ON true
+WHERE s.path = :path`;
+
+/** AuditStore.insertBatch, as in src/store/audit-store.ts. */
+export const AUDIT_BATCH_SQL = `
+INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
+SELECT replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail_json::jsonb, decode(mac_hex, 'hex')
+FROM unnest(
+  :a_replica::text[], :a_sequence::bigint[], :a_time::timestamptz[],
+  :a_request::text[], :a_caller::text[], :a_rpc::text[], :a_path::text[],
+  :a_version::int[], :a_outcome::text[], :a_code::text[],
+  :a_detail::text[], :a_mac::text[]
+) AS t(replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail_json, mac_hex)`;
+
+/**
+ * SecretStore.appendVersion with auditInsertFragment, as in src/store/. When
+ * src/ changes it, the harness notices (the queryids pg_stat_statements gives
+ * the server's statement and this one differ) and says so in the report.
+ */
+export const PUT_SQL = `
+WITH cur AS (
+  SELECT latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+  FROM secrets WHERE id = :sid FOR UPDATE
+), upd AS (
+  UPDATE secrets
+  SET latest_version = :v, updated_at = now(), expires_at = coalesce(:expires_not_set::timestamptz, expires_at)
+  WHERE id = :sid AND latest_version = :vprev AND (expires_at IS NULL OR expires_at > now())
+  RETURNING id, max_versions
+), ins AS (
+  INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
+  SELECT id, :v, :ciphertext, :created_by FROM upd
+  RETURNING created_at
+), pruned AS (
+  DELETE FROM secret_versions v USING upd
+  WHERE v.secret_id = upd.id AND v.version <= :v - upd.max_versions
+), aud AS (
+  INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
+  SELECT :replica, :seq::bigint, :time::timestamptz, :request_id, :created_by, :rpc_put, :write_path::text,
+         :v::int, :outcome, :code, :detail::jsonb, :mac::bytea FROM upd
+)
+SELECT (SELECT created_at FROM ins) AS created_at, cur.latest_version, cur.expired FROM cur`;
+
+export const REPLICA = "pgbench-floor";
+
+export interface FloorData {
+  readonly readSecrets: number;
+  readonly clients: number;
+  /** Spacing between the write secrets the clients own, so they sit apart in the table. */
+  readonly writeSpread: number;
+  readonly ciphertextHex: string;
+}
+
+/** Copies the read secrets (rows and versions) to the paths "0".."N-1"; idempotent. */
+export async function prepareFloorData(sql: postgres.Sql, readSecrets: number, clients: number, writeSecrets: number): Promise<FloorData> {
+  await sql`
+    INSERT INTO secrets (id, path, latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, created_at, updated_at)
+    SELECT md5('pgbench-read/' || id::text)::uuid, (row_number() OVER (ORDER BY path) - 1)::text,
+           latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, created_at, updated_at
+    FROM secrets WHERE path >= 'bench/read/' AND path < 'bench/read0'
+    ON CONFLICT DO NOTHING`;
+  await sql`
+    INSERT INTO secret_versions (secret_id, version, ciphertext, created_at, created_by, deleted_at)
+    SELECT md5('pgbench-read/' || v.secret_id::text)::uuid, v.version, v.ciphertext, v.created_at, v.created_by, v.deleted_at
+    FROM secret_versions v JOIN secrets s ON s.id = v.secret_id
+    WHERE s.path >= 'bench/read/' AND s.path < 'bench/read0'
+    ON CONFLICT DO NOTHING`;
+  await sql`ANALYZE secrets`;
+  await sql`ANALYZE secret_versions`;
+  const [ct] = await sql`
+    SELECT encode(v.ciphertext, 'hex') AS hex FROM secret_versions v JOIN secrets s ON s.id = v.secret_id
+    WHERE s.path = ${writePath(0)} ORDER BY v.version DESC LIMIT 1`;
+  return { readSecrets, clients, writeSpread: Math.max(1, Math.floor(writeSecrets / clients)), ciphertextHex: ct.hex as string };
+}
+
+export interface PgbenchResult {
+  readonly name: string;
+  readonly command: string;
+  readonly clients: number;
+  readonly durationS: number;
+  /** The scenario's own transactions per second (the audit batch script excluded). */
+  readonly tps: number;
+  readonly transactions: number;
+  readonly p50: number;
+  readonly p99: number;
+  readonly p999: number;
+  readonly extra: Record<string, number>;
+  readonly failed?: string;
+}
+
+export interface FloorRun {
+  readonly bin: PgbenchBinary;
+  readonly url: string;
+  readonly dir: string;
+  readonly data: FloorData;
+  readonly durationS: number;
+  readonly threads: number;
+}
+
+/** PutSecret's statement, one transaction each, each client on its own secret. */
+export async function pgbenchPut(run: FloorRun): Promise<PgbenchResult> {
+  const script = [
+    "\\if :init = 0",
+    `\\set idx :client_id * ${run.data.writeSpread}`,
+    "SELECT id AS sid, latest_version AS v FROM secrets WHERE path = 'bench/write/s' || lpad(:idx::text, 6, '0') \\gset",
+    "\\set init 1",
+    "\\endif",
+    "\\set vprev :v",
+    "\\set v :v + 1",
+    "\\set seq :seq + 1",
+    PUT_SQL.trim(),
+    "",
+  ].join("\n");
+  const file = path.join(run.dir, "put.sql");
+  await writeFile(file, script);
+  return pgbench(run, "put", [file], {
+    init: "0",
+    seq: "0",
+    ciphertext: `\\x${run.data.ciphertextHex}`,
+    created_by: "spiffe://spike.ist/bench/writer",
+    replica: REPLICA,
+    time: new Date().toISOString(),
+    request_id: "00000000-0000-4000-8000-00000000beef",
+    rpc_put: "/spike.nexus.v1.SecretService/PutSecret",
+    write_path: writePath(0),
+    outcome: "ok",
+    code: "OK",
+    detail: "{}",
+    mac: `\\x${"ab".repeat(32)}`,
+  });
+}
+
+/**
+ * GetSecret's read, and the audit insert that group commit shares among
+ * `auditBatch` reads: weighted scripts, so one batch of that size is written
+ * per `auditBatch` reads, as the server does under load.
+ */
+export async function pgbenchGet(run: FloorRun, auditBatch: number): Promise<PgbenchResult> {
+  const batch = Math.max(1, Math.round(auditBatch));
+  const get = path.join(run.dir, "get.sql");
+  const audit = path.join(run.dir, "audit.sql");
+  await writeFile(get, [`\\set n random(0, ${run.data.readSecrets - 1})`, GET_SQL.trim().replace(":path", ":n"), ""].join("\n"));
+  await writeFile(audit, [AUDIT_BATCH_SQL.trim(), ""].join("\n"));
+  const arr = (v: string | null) => `{${Array.from({ length: batch }, () => (v === null ? "NULL" : `"${v}"`)).join(",")}}`;
+  return pgbench(run, "get", [`${get}@${batch}`, `${audit}@1`], {
+    a_replica: arr(REPLICA),
+    a_sequence: `{${Array.from({ length: batch }, (_, i) => i + 1).join(",")}}`,
+    a_time: arr(new Date().toISOString()),
+    a_request: arr("00000000-0000-4000-8000-00000000beef"),
+    a_caller: arr("spiffe://spike.ist/bench/reader"),
+    a_rpc: arr("/spike.nexus.v1.SecretService/GetSecret"),
+    a_path: arr("bench/read/s000001"),
+    a_version: arr(null),
+    a_outcome: arr("ok"),
+    a_code: arr("OK"),
+    a_detail: arr("{}"),
+    a_mac: arr("ab".repeat(32)),
+  });
+}
+
+async function pgbench(run: FloorRun, name: string, scripts: string[], vars: Record<string, string>): Promise<PgbenchResult> {
+  const logDir = path.join(run.dir, `log-${name}-${Date.now()}`);
+  await mkdir(logDir, { recursive: true });
+  const args = [
+    "-n",
+    "-M", "prepared",
+    "-c", String(run.data.clients),
+    "-j", String(run.threads),
+    "-T", String(run.durationS),
+    "-l", "--log-prefix", path.join(logDir, "tx"),
+    ...scripts.flatMap((s) => ["-f", s]),
+    ...Object.entries(vars).flatMap(([k, v]) => ["-D", `${k}=${v}`]),
+    run.url,
+  ];
+  const command = `pgbench -n -M prepared -c ${run.data.clients} -j ${run.threads} -T ${run.durationS} ${scripts.map((s) => `-f ${path.basename(s)}`).join(" ")}`;
+  const { code, stdout, stderr } = await exec(run.bin.path, args);
+  const base = { name, command, clients: run.data.clients, durationS: run.durationS };
+  if (code !== 0) {
+    return { ...base, tps: NaN, transactions: 0, p50: NaN, p99: NaN, p999: NaN, extra: {}, failed: `${stderr.trim()}\n${stdout.trim()}`.slice(-2000) };
+  }
+  // Per script: "SQL script 1: …\n - weight: …\n - 1234 transactions (…% of total, tps = 123.4)".
+  const scriptStats = [...stdout.matchAll(/SQL script (\d+): (.+)\n - weight: .*\n - (\d+) transactions \([\d.]+% of total, tps = ([\d.]+)\)/g)];
+  const total = /tps = ([\d.]+) \(without initial connection time\)/.exec(stdout);
+  const main = scriptStats.find((m) => m[1] === "1");
+  const tps = main ? Number(main[4]) : Number(total?.[1]);
+  const transactions = main ? Number(main[3]) : Number(/number of transactions actually processed: (\d+)/.exec(stdout)?.[1]);
+  const extra: Record<string, number> = { totalTps: Number(total?.[1]) };
+  for (const m of scriptStats) extra[`script${m[1]}Tps`] = Number(m[4]);
+  const h = new LatencyHistogram();
+  for (const f of readdirSync(logDir)) {
+    for (const line of (await readFile(path.join(logDir, f), "utf8")).split("\n")) {
+      const cols = line.split(" ");
+      // client_id transaction_no time(µs) script_no time_epoch time_us
+      if (cols.length >= 4 && cols[3] === "0") h.record(Number(cols[2]) / 1000);
+    }
+  }
+  return { ...base, tps, transactions, p50: h.percentile(50), p99: h.percentile(99), p999: h.percentile(99.9), extra };
+}
+
+function exec(file: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(file, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
+    child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr = (stderr + c).slice(-10_000)));
+    child.once("close", (code) => resolve({ code, stdout, stderr }));
+    child.once("error", (err) => resolve({ code: -1, stdout, stderr: err.message }));
+  });
+}
+
+/** How many of the floor's puts took effect (their audit row exists only if the version was written). */
+export async function floorPutsWritten(sql: postgres.Sql): Promise<number> {
+  const [row] = await sql`SELECT count(*)::int AS n FROM audit_events WHERE replica_id = ${REPLICA} AND rpc = '/spike.nexus.v1.SecretService/PutSecret'`;
+  return row.n as number;
+}

@@ -1,0 +1,326 @@
+// `make bench`: measures Nexus against its own stack's ceiling (Health/Check on
+// the same mTLS port) and PostgreSQL's floor (pgbench with the server's own
+// statements), in one run on one machine, and writes the report.
+//
+//   1. an embedded PostgreSQL with durable commits, the PKI, and the real
+//      server (`node bin/nexus.js serve`, production mode) as a child process;
+//   2. Initialize, Login, policies; secrets seeded with PutSecret, the
+//      1,000,000 ListSecrets paths with generate_series; ANALYZE;
+//   3. rounds of interleaved scenarios (A B C … A B C …), load from forked
+//      worker processes, server CPU and RSS read from /proc around each window;
+//   4. policy propagation between two replicas, start-up time;
+//   5. bench/results/latest.{json,md}, and the table on stdout.
+//
+// BENCH_QUICK=1: the same in under a minute with less data. BENCH_PROFILE=1:
+// CPU profiles of the server during the get and put windows (profile.md).
+
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
+import path from "node:path";
+import { performance } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
+import { abExperiment, abSettings } from "./ab-experiment.js";
+import { benchConfig, type BenchConfig } from "./bench-config.js";
+import { analyze, capturedStatements, resetStatements, seedListPaths, startBenchDatabase, type BenchDatabase, type CapturedStatement } from "./bench-database.js";
+import { createBenchPki, NEXUS_ID, type BenchPki } from "./bench-pki.js";
+import { profileMarkdown, summarizeProfile, type CpuProfile } from "./cpu-profile.js";
+import { findPgbench, floorPutsWritten, pgbenchGet, pgbenchPut, prepareFloorData, type FloorRun, type PgbenchResult } from "./database-floor.js";
+import { BENCH_POLICIES, createPolicy, initializeAndLogin, seedReadAndWriteSecrets } from "./nexus-setup.js";
+import { processRssMb } from "./process-stats.js";
+import { explainHotStatements } from "./query-plans.js";
+import { policyPropagation, startupTimes } from "./replica-timings.js";
+import { buildReport, writeReport, type BenchRun, type Round, type StatementCapture } from "./report.js";
+import { runScenario, type ScenarioResult, type ScenarioSpec, type Target, type WindowHooks } from "./scenario-runner.js";
+import { readProbe, sleep, spawnServer, waitForHealth, type ServerOptions, type ServerProcess } from "./server-process.js";
+
+const REPO = fileURLToPath(new URL("../../", import.meta.url));
+const RESULTS = path.join(REPO, "bench", "results");
+const PASSWORD = "bench-admin-password-0123456789";
+
+function scenarios(config: BenchConfig, pki: BenchPki): ScenarioSpec[] {
+  const n = config.inFlight;
+  const wide = { inFlight: n, connections: config.connections, workers: config.workers, warmupMs: config.warmupMs, durationMs: config.durationMs };
+  const single = { inFlight: 1, connections: 1, workers: 1, warmupMs: config.warmupMs, durationMs: config.durationMs };
+  const c = pki.callers;
+  return [
+    { name: `health@${n}`, kind: "health", identity: c.reader, ...wide },
+    { name: `get@${n}`, kind: "get", identity: c.reader, ...wide },
+    { name: `put@${n}`, kind: "put", identity: c.writer, ...wide },
+    { name: `mix@${n}`, kind: "mix", identity: c.mixed, putPercent: 10, ...wide },
+    { name: "health@1", kind: "health", identity: c.reader, ...single },
+    { name: "get@1", kind: "get", identity: c.reader, ...single },
+    { name: "list@1", kind: "list", identity: c.lister, ...single },
+  ];
+}
+
+async function main(): Promise<void> {
+  const config = benchConfig();
+  const started = performance.now();
+  const startedAt = new Date().toISOString();
+  const log = (line: string) => process.stderr.write(`[bench ${((performance.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`);
+  const work = await mkdtemp(path.join(tmpdir(), "nexus-bench-"));
+  // Traversable (not readable) by the postgres OS user the embedded cluster runs as.
+  await chmod(work, 0o711);
+  const undo: Array<() => Promise<void>> = [];
+  const cleanup = async () => {
+    for (const step of undo.splice(0).reverse()) await step().catch((err: Error) => log(`cleanup: ${err.message}`));
+    await rm(work, { recursive: true, force: true });
+  };
+  process.once("SIGINT", () => {
+    log("interrupted: stopping servers and PostgreSQL");
+    void cleanup().finally(() => process.exit(130));
+  });
+  const setup: Record<string, number> = {};
+  const phase = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+    const t = performance.now();
+    log(`${name}…`);
+    const result = await fn();
+    setup[name] = Number(((performance.now() - t) / 1000).toFixed(2));
+    return result;
+  };
+  const notes: string[] = [];
+
+  try {
+    log(`mode ${config.mode}; work folder ${work}`);
+    const db = await phase("start PostgreSQL", () => startBenchDatabase(path.join(work, "pg")));
+    undo.push(() => db.stop());
+    notes.push(
+      db.statementsCaptured
+        ? "pg_stat_statements: loaded (the embedded binaries ship it); statements below were captured during round 1."
+        : "pg_stat_statements: not shipped by the embedded binaries; statement capture skipped.",
+    );
+    const pki = await phase("create PKI", () => createBenchPki(path.join(work, "pki")));
+    const passwordFile = path.join(work, "admin-password");
+    await writeFile(passwordFile, PASSWORD + "\n", { mode: 0o600 });
+    await chmod(passwordFile, 0o600);
+    const base: ServerOptions = { databaseUrl: db.url, files: pki.files, dataDir: path.join(work, "nexus"), poolMax: config.poolMax };
+
+    const profileDir = config.mode === "profile" ? await mkdtemp(path.join(tmpdir(), "nexus-bench-profiles-")) : undefined;
+    const probeFile = path.join(work, "server-a-memory.json");
+    const server = await phase("start server A", async () => {
+      const s = await spawnServer({ ...base, probeFile, ...(profileDir ? { extraEnv: { BENCH_PROFILE_DIR: profileDir } } : {}) });
+      undo.push(() => s.stop());
+      await waitForHealth(s, "answer");
+      return s;
+    });
+    const operator = await phase("Initialize + Login (scrypt N=2^17)", () => initializeAndLogin(server.address, pki, PASSWORD));
+    undo.push(async () => operator.close());
+    await phase("create policies", async () => {
+      for (const p of BENCH_POLICIES) await createPolicy(operator, p);
+    });
+    await phase(`seed ${config.readSecrets + config.writeSecrets} secrets with PutSecret`, () => seedReadAndWriteSecrets(operator, config.readSecrets, config.writeSecrets, config.valueBytes));
+    await phase(`seed ${config.listPaths} list paths with generate_series`, () => seedListPaths(db.sql, config.listPaths));
+    const pgbenchBin = config.pgbench ? findPgbench(log) : undefined;
+    const floor = pgbenchBin
+      ? await phase("copy read secrets for pgbench", async (): Promise<FloorRun> => ({
+          bin: pgbenchBin,
+          url: db.url,
+          dir: await mkdtemp(path.join(work, "pgbench-")),
+          data: await prepareFloorData(db.sql, config.readSecrets, config.poolMax, config.writeSecrets),
+          durationS: config.pgbenchSeconds,
+          threads: 2,
+        }))
+      : undefined;
+    if (config.pgbench && !pgbenchBin) notes.push("pgbench: not available; the database floor was skipped.");
+    await phase("VACUUM ANALYZE", () => analyze(db.sql));
+
+    const target: Target = {
+      address: server.address,
+      serverId: NEXUS_ID,
+      ca: pki.ca,
+      data: { readSecrets: config.readSecrets, writeSecrets: config.writeSecrets, valueBytes: config.valueBytes, listPageSize: 100 },
+      serverPid: server.pid,
+      postgresPid: db.postmasterPid(),
+    };
+
+    if (config.mode === "profile" && profileDir) {
+      await profile(config, pki, target, server, profileDir, log);
+      return;
+    }
+    if (config.mode === "ab") {
+      await server.stop();
+      const md = await abExperiment({ config, pki, base, target, work, passwordFile, specs: scenarios(config, pki), resultsDir: path.join(RESULTS, "experiments"), log }, abSettings());
+      process.stdout.write("\n" + md + "\n");
+      return;
+    }
+    const idleRssMb = processRssMb(server.pid);
+
+    const rounds: Round[] = [];
+    const captures: StatementCapture[] = [];
+    let auditBatch: number | undefined;
+    const floorMatch: Record<string, boolean> = {};
+    const floorPutsBefore = floor ? await floorPutsWritten(db.sql) : 0;
+    const specs = scenarios(config, pki);
+    for (let round = 0; round < config.rounds; round++) {
+      const results: ScenarioResult[] = [];
+      const pgbench: PgbenchResult[] = [];
+      for (const spec of specs) {
+        const capture = round === 0 && (spec.name === `get@${config.inFlight}` || spec.name === `put@${config.inFlight}`);
+        if (capture) await resetStatements(db);
+        const r: ScenarioResult = { ...(await runScenario(spec, target)), serverMemory: readProbe(probeFile)?.now };
+        results.push(r);
+        log(
+          `round ${round + 1}/${config.rounds} ${spec.name.padEnd(10)} ${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50.toFixed(2)}  p99 ${r.p99.toFixed(2)} ms  ` +
+            `cores: server ${cores(r.serverCpuSeconds, r)} pg ${cores(r.postgresCpuSeconds, r)} load ${cores(r.clientCpuSeconds, r)} machine ${((r.machineBusyPercent / 100) * availableParallelism()).toFixed(2)}  ` +
+            `rss ${r.maxRssMb.toFixed(0)} MB  errors ${r.errors}${r.firstError ? ` (${r.firstError})` : ""}`,
+        );
+        if (capture) {
+          const statements = await capturedStatements(db);
+          captures.push({ label: `Nexus server during ${spec.name} (round 1)`, statements });
+          if (spec.kind === "get") auditBatch = auditBatchSize(statements);
+        }
+        if (floor && (spec.kind === "get" || spec.kind === "put") && spec.inFlight === config.inFlight) {
+          if (round === 0) await resetStatements(db);
+          const p = spec.kind === "get" ? await pgbenchGet(floor, auditBatch ?? 8) : await pgbenchPut(floor);
+          pgbench.push(p);
+          log(`round ${round + 1}/${config.rounds} pgbench-${p.name.padEnd(3)}  ${p.tps.toFixed(0).padStart(6)} tps    p50 ${p.p50.toFixed(2)}  p99 ${p.p99.toFixed(2)} ms${p.failed ? `  FAILED: ${p.failed}` : ""}`);
+          if (round === 0) {
+            const floorStatements = await capturedStatements(db);
+            captures.push({ label: `pgbench ${p.name} (round 1): ${p.command}`, statements: floorStatements });
+            const server = captures.find((c) => c.label.startsWith(`Nexus server during ${spec.name}`))?.statements ?? [];
+            floorMatch[p.name] = sameStatements(server, floorStatements);
+            if (!floorMatch[p.name]) log(`WARNING: pgbench ${p.name} does not run the server's statements (src/ changed?): update bench/database-floor.ts`);
+          }
+        }
+      }
+      rounds.push({ scenarios: results, pgbench });
+    }
+    const floorPuts = floor
+      ? { transactions: rounds.flatMap((r) => r.pgbench.filter((p) => p.name === "put")).reduce((a, p) => a + p.transactions, 0), written: (await floorPutsWritten(db.sql)) - floorPutsBefore }
+      : undefined;
+
+    const plans = await phase("EXPLAIN ANALYZE the hot statements", () => explainHotStatements(db.sql));
+
+    let propagation;
+    if (config.propagationRepeats > 0) {
+      propagation = await phase(`policy propagation ×${config.propagationRepeats}`, async () => {
+        const b = await spawnServer({ ...base, adminPasswordFile: passwordFile });
+        try {
+          await waitForHealth(b, "SERVING");
+          return await policyPropagation(operator, b.address, pki, config.propagationRepeats);
+        } finally {
+          await b.stop();
+        }
+      });
+    }
+    await server.stop();
+    let startup;
+    if (config.startupRepeats > 0) {
+      startup = await phase(`start-up ×${config.startupRepeats}`, () => startupTimes(base, pki, PASSWORD, passwordFile, config.startupRepeats));
+    }
+
+    notes.push(...runNotes(config, db, floor, auditBatch, floorPuts));
+    for (const [name, same] of Object.entries(floorMatch)) {
+      notes.push(
+        same
+          ? `pgbench ${name} ran exactly the server's ${name === "get" ? "GetSecret" : "PutSecret"} statements: pg_stat_statements gave them the same queryids as the server's (below).`
+          : `WARNING: pgbench ${name}'s statements have other queryids than the server's during ${name}@${config.inFlight}: src/ changed the SQL; bench/database-floor.ts needs the new text.`,
+      );
+    }
+    const run: BenchRun = {
+      startedAt,
+      config,
+      database: db.settings,
+      statementsCaptured: db.statementsCaptured,
+      pgbench: pgbenchBin,
+      setupSeconds: setup,
+      idleRssMb,
+      rounds,
+      propagation,
+      startup,
+      captures: captures.map((c) => ({ label: c.label, statements: c.statements.filter(isInteresting) })),
+      plans,
+      auditBatch,
+      floorPuts,
+      floorMatch,
+      notes,
+      totalSeconds: Number(((performance.now() - started) / 1000).toFixed(1)),
+    };
+    const report = buildReport(run);
+    const dir = config.mode === "full" ? RESULTS : path.join(RESULTS, "quick");
+    const written = await writeReport(dir, report, "");
+    process.stdout.write("\n" + written.table + "\n");
+    log(`wrote ${path.relative(process.cwd(), written.json)} and ${path.relative(process.cwd(), written.md)} in ${run.totalSeconds} s`);
+  } finally {
+    await cleanup();
+  }
+}
+
+/** CPU seconds per second of the window: how many cores a process used. */
+function cores(seconds: number, r: ScenarioResult): string {
+  return (seconds / (r.durationMs / 1000)).toFixed(2);
+}
+
+/** The audit group commit's mean batch size: rows per call of AuditStore.insertBatch. */
+function auditBatchSize(statements: CapturedStatement[]): number | undefined {
+  const batch = statements.find((s) => /INSERT INTO audit_events/i.test(s.query) && /unnest\(/i.test(s.query));
+  return batch && batch.calls > 0 ? batch.rows / batch.calls : undefined;
+}
+
+/** Whether every busy statement pgbench ran is one the server ran (same queryid). */
+function sameStatements(server: CapturedStatement[], floor: CapturedStatement[]): boolean {
+  const ids = new Set(server.map((s) => s.queryid));
+  const busy = floor.filter((s) => s.calls >= 100);
+  return busy.length > 0 && busy.every((s) => ids.has(s.queryid));
+}
+
+/** Leaves out the harness's own and the server's background statements. */
+function isInteresting(s: CapturedStatement): boolean {
+  return !/pg_stat_statements|pg_settings|^\s*(BEGIN|COMMIT|SET|SHOW|LISTEN)\b/i.test(s.query);
+}
+
+function runNotes(config: BenchConfig, db: BenchDatabase, floor: FloorRun | undefined, auditBatch: number | undefined, floorPuts: { transactions: number; written: number } | undefined): string[] {
+  const notes = [
+    `One machine runs everything: the server (one Node process), PostgreSQL, ${config.workers} load-worker processes (grpc-js over mTLS, EC P-256 SVIDs) and pgbench; figures are comparable within this run, not across machines.`,
+    `Durable commits: fsync=${db.settings.fsync}, synchronous_commit=${db.settings.synchronous_commit}, full_page_writes=${db.settings.full_page_writes}, wal_sync_method=${db.settings.wal_sync_method}.`,
+    `Callers are workloads with policies: GetSecret as spiffe://spike.ist/bench/reader (READ+LIST on bench/read/.*), PutSecret as …/bench/writer (WRITE on bench/write/.*), the mix as …/bench/mixed (both policies), ListSecrets as …/bench/lister (LIST on bench/list/.*, so every listed path is checked against the policy). Every call is audited (GetSecret/ListSecrets through the audit group commit, PutSecret in its own statement).`,
+    `PutSecret writes a new version of one of ${config.writeSecrets.toLocaleString("en-US")} existing secrets at random (1 KiB value), so a put is SecretStore.appendVersion: one statement; concurrent puts to the same path retry. GetSecret reads the current version of one of ${config.readSecrets.toLocaleString("en-US")} secrets at random.`,
+    `ListSecrets: prefix bench/list/<xx>/ (256 prefixes, ~${Math.round(config.listPaths / 256).toLocaleString("en-US")} paths each), first page of 100, over ${config.listPaths.toLocaleString("en-US")} seeded paths.`,
+    "Server CPU is utime+stime of the server process from /proc over the measured window; PostgreSQL CPU is the postmaster's process tree; load-gen CPU is the worker processes' own process.cpuUsage() over the window; RSS is VmRSS sampled every 100 ms in the window (the scrypt spike at unseal is outside it).",
+    "The server process runs with one bench-only preload (NODE_OPTIONS=--import dist/bench/server-probe.js) that writes process.memoryUsage() every 500 ms, so RSS can be split into V8 heap, external memory and the rest; it does not touch the server's code paths.",
+  ];
+  if (floor) {
+    notes.push(
+      `Database floor: ${floor.bin.version} (${floor.bin.path}${floor.bin.installed ? `, installed by the harness: ${floor.bin.installed}` : ", found installed"}) against the embedded PostgreSQL ${db.settings.server_version} — the libpq protocol is compatible. -M prepared, -c ${floor.data.clients} (= NEXUS_DB_POOL_MAX), -j ${floor.threads}, ${floor.durationS} s per round.`,
+      `pgbench put: SecretStore.appendVersion (with the audit CTE) verbatim, each client appending to its own existing write secret (versions counted by the client; expires_at bound as SQL NULL through an undefined variable).${floorPuts ? ` ${floorPuts.written.toLocaleString("en-US")} of ${floorPuts.transactions.toLocaleString("en-US")} floor puts wrote a version.` : ""}`,
+      `pgbench get: SecretStore.readVersion(path, 0) verbatim over copies of the read secrets at paths "0".."${config.readSecrets - 1}" (pgbench variables are numbers), plus AuditStore.insertBatch verbatim with ${Math.max(1, Math.round(auditBatch ?? 8))} rows once per ${Math.max(1, Math.round(auditBatch ?? 8))} reads (the mean batch the server's audit group commit wrote during get@${config.inFlight}${auditBatch === undefined ? ": not captured, 8 assumed" : `: ${auditBatch.toFixed(1)}`}). pgbench-get throughput counts the reads only.`,
+    );
+  }
+  return notes;
+}
+
+async function profile(config: BenchConfig, pki: BenchPki, target: Target, server: ServerProcess, dir: string, log: (line: string) => void): Promise<void> {
+  const specs = scenarios(config, pki).filter((s) => s.name === `get@${config.inFlight}` || s.name === `put@${config.inFlight}`);
+  const sections: string[] = [];
+  let window = 0;
+  for (const spec of specs) {
+    const hooks: WindowHooks = { start: () => process.kill(server.pid, "SIGUSR2"), end: () => process.kill(server.pid, "SIGUSR2") };
+    const r = await runScenario(spec, target, hooks);
+    const file = path.join(dir, `window-${++window}.cpuprofile`);
+    for (let i = 0; i < 200 && !existsSync(file); i++) await sleep(100);
+    const summary = summarizeProfile(JSON.parse(await readFile(file, "utf8")) as CpuProfile);
+    log(`profiled ${spec.name}: ${r.rps.toFixed(0)} req/s under the profiler, ${file}`);
+    sections.push(
+      profileMarkdown(
+        `${spec.name === `get@${config.inFlight}` ? "GetSecret" : "PutSecret"} at ${spec.inFlight} in flight — ${r.rps.toFixed(0)} req/s under the profiler, server CPU ${((1000 * r.serverCpuSeconds) / Math.max(1, r.count)).toFixed(3)} s per 1k requests`,
+        summary,
+      ),
+    );
+  }
+  await mkdir(RESULTS, { recursive: true });
+  const md = [
+    "## CPU profile of the Nexus server",
+    "",
+    `\`BENCH_PROFILE=1 node dist/bench/run.js\`: the real server (\`node bin/nexus.js serve\`) with a preloaded hook (bench/profile-hook.ts) that runs V8's sampling profiler (250 µs) over exactly one measured window of a warmed-up server; ${config.durationMs / 1000} s per scenario, ${config.inFlight} calls in flight over ${config.connections} connections. Self time aggregated by callFrame functionName + url (bench/cpu-profile.ts). The profiles were kept in ${dir}.`,
+    "",
+    ...sections,
+  ].join("\n");
+  await writeFile(path.join(RESULTS, "profile.md"), md);
+  process.stdout.write(md + "\n");
+}
+
+main().catch((err: Error) => {
+  process.stderr.write(`bench failed: ${err.stack ?? err.message}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,50 @@
+// Bench-only emulations of proposed src/ changes, preloaded into a second
+// server process (NODE_OPTIONS="--import …/server-patches.js", BENCH_PATCHES=
+// a,b) so an A/B run can measure a change before anyone writes it. Never
+// loaded by the product. Each patch reproduces the effect of a fix, not its
+// code:
+//   peer-certificate  the peer certificate is parsed once per TLS connection,
+//                     not once per call (grpc-js getAuthContext() calls
+//                     TLSSocket.getPeerCertificate() on every call)
+//   abort-reason      no DOMException (with its stack trace) per call: grpc-js
+//                     emits "cancelled" when every stream closes, so
+//                     grpc-server.ts aborts every call's AbortController
+//   buffer-pool-off   no small Buffer is a slice of a shared 8 KiB slab, so a
+//                     cached key or wrapped key pins only its own bytes (an
+//                     over-approximation of copying cached buffers out of the
+//                     pool: every small Buffer pays for its own allocation)
+
+import { TLSSocket, type PeerCertificate, type DetailedPeerCertificate } from "node:tls";
+
+const patches = new Set((process.env.BENCH_PATCHES ?? "").split(",").filter(Boolean));
+
+if (patches.has("peer-certificate")) {
+  const original = TLSSocket.prototype.getPeerCertificate;
+  const memo = new WeakMap<TLSSocket, PeerCertificate | DetailedPeerCertificate>();
+  TLSSocket.prototype.getPeerCertificate = function (this: TLSSocket, detailed?: boolean) {
+    if (detailed) return original.call(this, true);
+    let cert = memo.get(this);
+    if (cert === undefined) {
+      cert = original.call(this, false);
+      // Only a completed handshake's certificate is final.
+      if (cert && Object.keys(cert).length > 0) memo.set(this, cert);
+    }
+    return cert as PeerCertificate;
+  } as typeof TLSSocket.prototype.getPeerCertificate;
+}
+
+if (patches.has("abort-reason")) {
+  const original = AbortController.prototype.abort;
+  const reason = new DOMException("This operation was aborted", "AbortError");
+  AbortController.prototype.abort = function (this: AbortController, why?: unknown) {
+    original.call(this, why === undefined ? reason : why);
+  };
+}
+
+if (patches.has("buffer-pool-off")) {
+  Buffer.poolSize = 0;
+}
+
+for (const p of patches) {
+  if (!["peer-certificate", "abort-reason", "buffer-pool-off"].includes(p)) throw new Error(`server-patches: unknown patch "${p}"`);
+}

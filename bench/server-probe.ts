@@ -1,0 +1,74 @@
+// Preloaded into the server process by the harness (NODE_OPTIONS="--import
+// …/server-probe.js"); observes, changes nothing the server does.
+//   BENCH_PROBE_FILE    every 500 ms, process.memoryUsage() (and the maxima
+//                       since start) written to this JSON file, so the report
+//                       can say what the RSS is made of (V8 heap, external
+//                       memory, or native memory outside both)
+//   BENCH_PROFILE_DIR   SIGUSR2 starts V8's CPU profiler, the next SIGUSR2
+//                       stops it and writes window-<n>.cpuprofile: exactly one
+//                       scenario window of a warmed-up server, which --cpu-prof
+//                       (the whole process life) cannot give
+
+import { renameSync, writeFileSync } from "node:fs";
+import { Session } from "node:inspector";
+import path from "node:path";
+
+export interface MemorySample {
+  readonly rss: number;
+  readonly heapTotal: number;
+  readonly heapUsed: number;
+  readonly external: number;
+  readonly arrayBuffers: number;
+}
+
+export interface ProbeFile {
+  readonly at: number;
+  readonly now: MemorySample;
+  readonly max: MemorySample;
+}
+
+function writeAtomically(file: string, content: string): void {
+  writeFileSync(file + ".tmp", content);
+  renameSync(file + ".tmp", file);
+}
+
+const probeFile = process.env.BENCH_PROBE_FILE;
+if (probeFile !== undefined) {
+  const mb = (n: number) => Math.round((n / 1024 / 1024) * 10) / 10;
+  let max: MemorySample = { rss: 0, heapTotal: 0, heapUsed: 0, external: 0, arrayBuffers: 0 };
+  setInterval(() => {
+    const m = process.memoryUsage();
+    const now = { rss: mb(m.rss), heapTotal: mb(m.heapTotal), heapUsed: mb(m.heapUsed), external: mb(m.external), arrayBuffers: mb(m.arrayBuffers) };
+    max = {
+      rss: Math.max(max.rss, now.rss),
+      heapTotal: Math.max(max.heapTotal, now.heapTotal),
+      heapUsed: Math.max(max.heapUsed, now.heapUsed),
+      external: Math.max(max.external, now.external),
+      arrayBuffers: Math.max(max.arrayBuffers, now.arrayBuffers),
+    };
+    writeAtomically(probeFile, JSON.stringify({ at: Date.now(), now, max } satisfies ProbeFile));
+  }, 500).unref();
+}
+
+const profileDir = process.env.BENCH_PROFILE_DIR;
+if (profileDir !== undefined) {
+  const session = new Session();
+  session.connect();
+  let profiling = false;
+  let windows = 0;
+  const post = (method: string, params?: object) =>
+    new Promise<unknown>((resolve, reject) => session.post(method, params ?? {}, (err, result) => (err ? reject(err) : resolve(result))));
+  process.on("SIGUSR2", () => {
+    if (!profiling) {
+      profiling = true;
+      void post("Profiler.enable")
+        .then(() => post("Profiler.setSamplingInterval", { interval: 250 }))
+        .then(() => post("Profiler.start"));
+    } else {
+      profiling = false;
+      void post("Profiler.stop").then((result) => {
+        writeAtomically(path.join(profileDir, `window-${++windows}.cpuprofile`), JSON.stringify((result as { profile: unknown }).profile));
+      });
+    }
+  });
+}
