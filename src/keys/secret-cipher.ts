@@ -9,7 +9,7 @@
 // byte-identical to the one it came from. Plaintext values are never cached.
 
 import { NexusError } from "../errors/nexus-error.js";
-import { associatedData, newKey, open, seal, sealedKeyId, FORMAT_V1 } from "./aead.js";
+import { associatedData, newKey, open, ownedCopy, seal, sealedKeyId, FORMAT_V1 } from "./aead.js";
 import type { KeyManager } from "./key-manager.js";
 
 export interface DataKeyRef {
@@ -59,7 +59,9 @@ export class SecretCipher {
       return cached.key;
     }
     if (sealedKeyId(ref.wrappedDataKey) !== ref.keyringKeyId) throw integrityFailure();
-    const key = open(this.keys.wrappingKey(ref.keyringKeyId), ref.wrappedDataKey, dataKeyAad(ref.secretId, ref.path, ref.keyringKeyId));
+    const opened = open(this.keys.wrappingKey(ref.keyringKeyId), ref.wrappedDataKey, dataKeyAad(ref.secretId, ref.path, ref.keyringKeyId));
+    const key = ownedCopy(opened);
+    opened.fill(0);
     this.remember(ref, key);
     return key;
   }
@@ -89,7 +91,7 @@ export class SecretCipher {
   private remember(ref: DataKeyRef, key: Buffer): void {
     const secretId = ref.secretId;
     this.forget(secretId);
-    this.cache.set(secretId, { ref: { ...ref, wrappedDataKey: Buffer.from(ref.wrappedDataKey) }, key });
+    this.cache.set(secretId, { ref: { ...ref, wrappedDataKey: ownedCopy(ref.wrappedDataKey) }, key });
     if (this.cache.size > this.cacheSize) {
       const oldest = this.cache.keys().next().value as string;
       this.forget(oldest);

@@ -40,7 +40,7 @@ import { RootKeyStore } from "../store/root-key-store.js";
 import { CallPipeline } from "../transport/call-pipeline.js";
 import { CertificateSource } from "../transport/certificate-source.js";
 import { createConnectServer } from "../transport/connect-server.js";
-import { addServicesToGrpcServer, grpcServerOptions } from "../transport/grpc-server.js";
+import { addServicesToGrpcServer, grpcServerOptions, listenGrpcTls } from "../transport/grpc-server.js";
 import { HealthReporter } from "../transport/health.js";
 import { createReflectionService } from "../transport/reflection.js";
 
@@ -156,9 +156,10 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
     addServicesToGrpcServer(grpcServer, services, pipeline);
     health.implementation.addToServer(grpcServer);
     createReflectionService([file_spike_nexus_v1_operator, file_spike_nexus_v1_secret, file_spike_nexus_v1_policy, file_grpc_health_v1_health]).addToServer(grpcServer);
-    const tlsCredentials = grpc.experimental.createCertificateProviderServerCredentials(certificates, certificates, true);
-    const grpcPort = await bind(grpcServer, config.listen, tlsCredentials);
+    const grpcListener = await listenGrpcTls(grpcServer, config.listen, certificates, logger);
+    const grpcPort = grpcListener.port;
     cleanup.push(() => grpcServer.forceShutdown());
+    cleanup.push(() => grpcListener.close());
 
     const healthServer = new grpc.Server(grpcServerOptions(config));
     health.implementation.addToServer(healthServer);
@@ -186,6 +187,7 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
         logger.info("shutting down", { graceMs: config.shutdownGraceMs });
         health.set("NOT_SERVING");
         const drained = Promise.all([
+          grpcListener.close(),
           new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve())),
           new Promise<void>((resolve) => healthServer.tryShutdown(() => resolve())),
           new Promise<void>((resolve) => {

@@ -9,6 +9,7 @@ import { timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { SecretService, type SecretMetadataSchema } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { NexusError } from "../errors/nexus-error.js";
+import { ownedCopy } from "../keys/aead.js";
 import { sealedError, type KeyManager } from "../keys/key-manager.js";
 import type { DataKeyRef, SecretCipher } from "../keys/secret-cipher.js";
 import type { SecretMetadataRow, SecretStore, VersionChange } from "../store/secret-store.js";
@@ -37,7 +38,8 @@ export interface SecretServiceDeps {
   readonly knownSecretsLimit?: number;
 }
 
-interface KnownSecret extends DataKeyRef {
+interface KnownSecret extends Omit<DataKeyRef, "wrappedDataKey"> {
+  wrappedDataKey: Buffer;
   latestVersion: number;
 }
 
@@ -55,6 +57,8 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
 
   const remember = (s: KnownSecret) => {
     known.delete(s.path);
+    // Rows' buffers are slices of the driver's receive buffer: keep our own copy.
+    if (s.wrappedDataKey.buffer.byteLength !== s.wrappedDataKey.byteLength) s.wrappedDataKey = ownedCopy(s.wrappedDataKey);
     known.set(s.path, s);
     if (known.size > knownLimit) known.delete(known.keys().next().value as string);
   };

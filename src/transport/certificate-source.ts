@@ -3,16 +3,13 @@
 // svid_bundle.pem one after another, so changes are debounced and a new pair is
 // swapped in only when the key matches the certificate; otherwise the old pair
 // keeps serving and the reason is logged. Open connections keep the context they
-// were accepted with, so streams survive a reload.
-//
-// It implements grpc-js's (experimental) CertificateProvider so the gRPC listener
-// follows it; grpc-js's own FileWatcherCertificateProvider polls on a timer and
-// does not check that key and certificate belong together.
+// were accepted with, so streams survive a reload. (grpc-js's experimental
+// FileWatcherCertificateProvider polls on a timer and does not check that key
+// and certificate belong together, so both listeners follow this source.)
 
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import { readFileSync, watch, type FSWatcher } from "node:fs";
 import path from "node:path";
-import type { experimental } from "@grpc/grpc-js";
 import { TrustBundleSet } from "../identity/trust-bundle.js";
 import type { Logger } from "../log/logger.js";
 
@@ -29,13 +26,8 @@ export interface TlsMaterial {
   readonly bundle: TrustBundleSet;
 }
 
-type CaListener = experimental.CaCertificateUpdateListener;
-type IdentityListener = experimental.IdentityCertificateUpdateListener;
-
-export class CertificateSource implements experimental.CertificateProvider {
+export class CertificateSource {
   private current: TlsMaterial;
-  private readonly caListeners = new Set<CaListener>();
-  private readonly identityListeners = new Set<IdentityListener>();
   private readonly changeListeners = new Set<(material: TlsMaterial) => void>();
   private watchers: FSWatcher[] = [];
   private debounce: NodeJS.Timeout | undefined;
@@ -100,28 +92,7 @@ export class CertificateSource implements experimental.CertificateProvider {
   }
 
   private emit(): void {
-    for (const l of this.caListeners) l({ caCertificate: this.current.ca });
-    for (const l of this.identityListeners) l({ certificate: this.current.cert, privateKey: this.current.key });
     for (const l of this.changeListeners) l(this.current);
-  }
-
-  // grpc-js registers listeners before it can receive the first update, so the
-  // current material is delivered asynchronously.
-  addCaCertificateListener(listener: CaListener): void {
-    this.caListeners.add(listener);
-    setImmediate(() => this.caListeners.has(listener) && listener({ caCertificate: this.current.ca }));
-  }
-  removeCaCertificateListener(listener: CaListener): void {
-    this.caListeners.delete(listener);
-  }
-  addIdentityCertificateListener(listener: IdentityListener): void {
-    this.identityListeners.add(listener);
-    setImmediate(
-      () => this.identityListeners.has(listener) && listener({ certificate: this.current.cert, privateKey: this.current.key }),
-    );
-  }
-  removeIdentityCertificateListener(listener: IdentityListener): void {
-    this.identityListeners.delete(listener);
   }
 }
 
