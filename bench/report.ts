@@ -44,8 +44,8 @@ export interface BenchRun {
   readonly plans: QueryPlan[];
   readonly auditBatch?: number;
   readonly floorPuts?: { readonly transactions: number; readonly written: number };
-  /** Per pgbench scenario: did it run the server's statements (same queryids)? */
-  readonly floorMatch: Readonly<Record<string, boolean>>;
+  /** Per pgbench scenario: did it run the server's statements (same queryid, same text, or not)? */
+  readonly floorMatch: Readonly<Record<string, "queryid" | "text" | "different">>;
   readonly notes: string[];
   readonly totalSeconds: number;
 }

