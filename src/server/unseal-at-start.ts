@@ -31,6 +31,11 @@ export async function unsealAtStart(config: NexusConfig, keys: KeyManager, rootK
     logger.warn("admin password file not found; staying sealed", { file });
     return;
   }
+  if (!initialized && config.mode === "dev") {
+    // A fresh dev database next to a kept password file: initialize with it.
+    await keys.initialize(password);
+    return;
+  }
   if (!initialized) {
     logger.warn("not initialized yet; call OperatorService/Initialize (the password file is used once initialized)");
     return;
