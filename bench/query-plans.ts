@@ -6,6 +6,7 @@
 
 import type postgres from "postgres";
 import { listPrefix, readPath } from "./load-protocol.js";
+import { GET_SQL as FLOOR_GET_SQL } from "./database-floor.js";
 
 export interface QueryPlan {
   readonly label: string;
@@ -20,17 +21,8 @@ const LIST_SQL = `SELECT path FROM secrets
         ORDER BY path
         LIMIT $4`;
 
-/** SecretStore.readVersion(path, 0). */
-const GET_SQL = `SELECT s.id, s.path, s.latest_version, s.data_key_id, s.wrapped_data_key, s.keyring_key_id,
-                     (s.expires_at IS NOT NULL AND s.expires_at <= now()) AS expired,
-                     v.version, v.ciphertext, v.created_at, v.deleted_at
-              FROM secrets s
-              LEFT JOIN LATERAL (
-                SELECT version, ciphertext, created_at, deleted_at FROM secret_versions
-                WHERE secret_id = s.id AND deleted_at IS NULL AND ciphertext IS NOT NULL
-                ORDER BY version DESC LIMIT 1
-              ) v ON true
-              WHERE s.path = $1`;
+/** SecretStore.readVersion(path, 0): the statement the database floor runs, with a positional parameter. */
+const GET_SQL = FLOOR_GET_SQL.replace(":path", "$1");
 
 export async function explainHotStatements(sql: postgres.Sql): Promise<QueryPlan[]> {
   const plans: QueryPlan[] = [];

@@ -12,25 +12,15 @@ const EMPTY: readonly CompiledPolicy[] = [];
 export class PolicyEngine {
   private policies: readonly CompiledPolicy[] = EMPTY;
   private byCaller = new Map<string, readonly CompiledPolicy[]>();
-  private loadedAt = 0;
 
   /** Replaces the whole policy set. */
   replace(policies: readonly CompiledPolicy[]): void {
     this.policies = policies;
     this.byCaller = new Map();
-    this.loadedAt = Date.now();
   }
 
   clear(): void {
     this.replace(EMPTY);
-  }
-
-  get size(): number {
-    return this.policies.length;
-  }
-
-  get lastLoadedAt(): number {
-    return this.loadedAt;
   }
 
   /** Whether any policy gives `caller` the grant on `path`. */

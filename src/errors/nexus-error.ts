@@ -53,7 +53,3 @@ export class NexusError extends Error {
     });
   }
 }
-
-export function isNexusError(err: unknown): err is NexusError {
-  return err instanceof NexusError;
-}

@@ -32,7 +32,7 @@ import { startMaintenance } from "./maintenance.js";
 import { secretService } from "../services/secret-service.js";
 import { SecretStore } from "../store/secret-store.js";
 import { unsealAtStart } from "./unseal-at-start.js";
-import { connectDatabase, type Sql } from "../store/database.js";
+import { connectDatabase } from "../store/database.js";
 import { DatabaseMonitor } from "../store/database-monitor.js";
 import { startEmbeddedPostgres, type EmbeddedPostgres } from "../store/embedded-postgres.js";
 import { loadMigrations, Migrator } from "../store/migrations.js";
@@ -42,6 +42,7 @@ import { CertificateSource } from "../transport/certificate-source.js";
 import { createConnectServer } from "../transport/connect-server.js";
 import { addServicesToGrpcServer, grpcServerOptions, listenGrpcTls } from "../transport/grpc-server.js";
 import { HealthReporter } from "../transport/health.js";
+import { listen } from "../transport/listen.js";
 import { createReflectionService } from "../transport/reflection.js";
 
 export interface RunningNexus {
@@ -215,17 +216,6 @@ function bind(server: grpc.Server, address: ListenAddress, credentials: grpc.Ser
   );
 }
 
-function listen(server: http2.Http2SecureServer, address: ListenAddress): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(address.port, address.host, () => {
-      server.off("error", reject);
-      const a = server.address();
-      resolve(typeof a === "object" && a ? a.port : address.port);
-    });
-  });
-}
-
 // http2 servers keep sessions (and HTTP/1.1 keep-alive sockets) open after
 // close(); shutdown asks sessions to finish (GOAWAY) and later destroys the rest.
 function trackConnections(server: http2.Http2SecureServer) {
@@ -248,4 +238,3 @@ function trackConnections(server: http2.Http2SecureServer) {
   };
 }
 
-export type { Sql };

@@ -35,21 +35,19 @@ export function asNexusError(err: unknown): NexusError {
   return new NexusError("internal", "internal error", { reason: "INTERNAL", cause: err });
 }
 
-export function grpcStatusCode(code: ErrorCode): GrpcStatus {
-  return CODES[code].grpc;
-}
-
 /** "PERMISSION_DENIED", as the audit log records codes. */
 export function grpcStatusName(code: ErrorCode): string {
   return code.toUpperCase();
 }
 
+// AIP-193 details: always an ErrorInfo with the stable reason; a BadRequest
+// with the field violations when there are any.
 function details(err: NexusError) {
-  const out = [create(ErrorInfoSchema, { reason: err.reason, domain: ERROR_DOMAIN })];
-  const violations = err.violations.length
-    ? [create(BadRequestSchema, { fieldViolations: err.violations.map((v) => ({ field: v.field, description: v.description })) })]
-    : [];
-  return { errorInfo: out[0], badRequest: violations[0] };
+  const errorInfo = create(ErrorInfoSchema, { reason: err.reason, domain: ERROR_DOMAIN });
+  const badRequest = err.violations.length
+    ? create(BadRequestSchema, { fieldViolations: err.violations.map((v) => ({ field: v.field, description: v.description })) })
+    : undefined;
+  return { errorInfo, badRequest };
 }
 
 export function toGrpcError(err: NexusError): Partial<StatusObject> {

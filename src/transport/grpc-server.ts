@@ -8,6 +8,7 @@ import tls from "node:tls";
 import type { ListenAddress } from "../config/config.js";
 import type { Logger } from "../log/logger.js";
 import type { CertificateSource, TlsMaterial } from "./certificate-source.js";
+import { listen } from "./listen.js";
 import type { CallPipeline } from "./call-pipeline.js";
 import { methodPath, type ServiceRegistration, type UnaryHandler } from "./call-context.js";
 import { toGrpcError } from "./error-mapping.js";
@@ -107,14 +108,7 @@ export async function listenGrpcTls(server: grpc.Server, address: ListenAddress,
   });
   tlsServer.on("tlsClientError", (err) => logger.debug("TLS handshake refused", { listener: "grpc", err }));
   certificates.onChange((m) => tlsServer.setSecureContext(secureContextOptions(m)));
-  const port = await new Promise<number>((resolve, reject) => {
-    tlsServer.once("error", reject);
-    tlsServer.listen(address.port, address.host, () => {
-      tlsServer.off("error", reject);
-      const a = tlsServer.address();
-      resolve(typeof a === "object" && a ? a.port : address.port);
-    });
-  });
+  const port = await listen(tlsServer, address);
   return { port, close: () => new Promise((resolve) => tlsServer.close(() => resolve())) };
 }
 
