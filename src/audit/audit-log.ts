@@ -13,7 +13,7 @@ import { NexusError } from "../errors/nexus-error.js";
 import { canonicalJson, mac } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
-import type { AuditStore } from "../store/audit-store.js";
+import type { AuditedRead, AuditStore, ReadableVersion } from "../store/audit-store.js";
 import { auditMacInput, macAuditEvent, type AuditFields, type AuditOutcome, type AuditRow } from "./audit-event.js";
 
 export const CHECKPOINT_MAC_LABEL = "nexus/v1/audit-checkpoint";
@@ -25,11 +25,18 @@ export interface CallAudit {
   prepare(detail?: Record<string, unknown>): AuditRow;
   /** The prepared event was committed with the change. */
   markWritten(): void;
+  /**
+   * Reads a secret version in the statement that commits this call's "ok"
+   * event (one round trip for GetSecret). Undefined, and nothing recorded, when
+   * there is no servable version: the call then goes on and is recorded as usual.
+   */
+  recordRead(read: AuditedRead): Promise<ReadableVersion | undefined>;
 }
 
 interface Pending {
   readonly row: AuditRow;
-  readonly resolve: () => void;
+  readonly read?: AuditedRead;
+  readonly resolve: (found?: ReadableVersion) => void;
   readonly reject: (err: unknown) => void;
 }
 
@@ -82,11 +89,22 @@ export class AuditLog {
 
   /** Queues an event for the next group commit; resolves once it has committed. */
   write(row: AuditRow): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.queue.push({ row, resolve, reject });
-      if (!this.flushing) setImmediate(() => void this.flush());
-      this.flushing = true;
-    });
+    return new Promise<void>((resolve, reject) => this.enqueue({ row, resolve: () => resolve(), reject }));
+  }
+
+  /**
+   * Queues an event that is written only if `read` finds a servable version,
+   * in the same group commit; resolves with that version, or undefined (and the
+   * event's sequence number still unused) when there is none.
+   */
+  writeWithRead(row: AuditRow, read: AuditedRead): Promise<ReadableVersion | undefined> {
+    return new Promise<ReadableVersion | undefined>((resolve, reject) => this.enqueue({ row, read, resolve, reject }));
+  }
+
+  private enqueue(p: Pending): void {
+    this.queue.push(p);
+    if (!this.flushing) setImmediate(() => void this.flush());
+    this.flushing = true;
   }
 
   /** Marks a sequence number as used up (written, in a batch or with its change). */
@@ -111,10 +129,17 @@ export class AuditLog {
     while (this.queue.length > 0) {
       const batch = this.queue.splice(0, this.maxBatch);
       try {
-        await this.store.insertBatch(batch.map((p) => p.row));
-        for (const p of batch) {
-          this.markCompleted(p.row.sequence);
-          p.resolve();
+        const found = await this.store.insertBatch(batch);
+        for (let i = 0; i < batch.length; i++) {
+          const p = batch[i];
+          if (p.read === undefined) {
+            this.markCompleted(p.row.sequence);
+            p.resolve();
+          } else {
+            const version = found.get(i);
+            if (version !== undefined) this.markCompleted(p.row.sequence);
+            p.resolve(version);
+          }
         }
       } catch (err) {
         this.logger.error("audit batch not written; failing its calls", { events: batch.length, err });
@@ -173,9 +198,26 @@ export class CallRecord implements CallAudit {
     this.log.markCompleted(this.sequence);
   }
 
-  /** Records how the call ended, unless its change already recorded it. */
+  async recordRead(read: AuditedRead): Promise<ReadableVersion | undefined> {
+    if (this.written) throw new Error("the call's audit event is already written");
+    const found = await this.log.writeWithRead(this.log.row(this.fields("ok", "OK", {})), read);
+    if (found !== undefined) this.written = true;
+    return found;
+  }
+
+  /**
+   * Records how the call ended. If its event is already written (with its
+   * change or its read) and the call failed after all, the failure gets an
+   * event of its own, so the log never shows only "ok" for a failed call.
+   */
   async finish(outcome: AuditOutcome, code: string, detail: Record<string, unknown> = {}): Promise<void> {
-    if (this.written) return;
+    if (this.written) {
+      if (outcome === "ok") return;
+      const followUp = this.log.begin(this.call);
+      followUp.identify(this.caller);
+      followUp.subject(this.path, this.version);
+      return followUp.finish(outcome, code, { ...detail, after_sequence: this.sequence });
+    }
     this.written = true;
     await this.log.write(this.log.row(this.fields(outcome, code, detail)));
   }

@@ -159,12 +159,20 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       }
     },
 
-    async getSecret(req) {
+    async getSecret(req, ctx) {
       requireUnsealed();
       const path = validatePath(req.path);
       if (req.version > MAX_VERSION) {
         throw new NexusError("not_found", `version ${req.version} of secret "${path}" does not exist`, { reason: "VERSION_NOT_FOUND" });
       }
+      // The common case in one round trip: the read rides in the audit group
+      // commit and its "ok" event is written only if it found a servable version.
+      const found = await ctx.audit.recordRead({ path, version: req.version });
+      if (found !== undefined) {
+        const data = cipher.decryptVersion(found, found.version, found.ciphertext);
+        return { path, version: found.version, data, createdAt: timestampFromDate(found.createdAt) };
+      }
+      // Nothing servable (or it appeared since): read again to serve it or say why not.
       const row = await store.readVersion(path, req.version);
       if (row === undefined || row.expired) throw notFound(path);
       if (row.version === null) {

@@ -23,6 +23,29 @@ export interface AuditFilter {
   readonly outcome?: AuditOutcome;
 }
 
+/** A secret version to read in the statement that writes the event (GetSecret); version 0 = current. */
+export interface AuditedRead {
+  readonly path: string;
+  readonly version: number;
+}
+
+export interface BatchEvent {
+  readonly row: AuditRow;
+  readonly read?: AuditedRead;
+}
+
+/** A servable secret version, with what it takes to decrypt it. */
+export interface ReadableVersion {
+  readonly secretId: string;
+  readonly path: string;
+  readonly dataKeyId: number;
+  readonly wrappedDataKey: Buffer;
+  readonly keyringKeyId: number;
+  readonly version: number;
+  readonly ciphertext: Buffer;
+  readonly createdAt: Date;
+}
+
 export interface StoredAuditRow extends AuditRow {
   readonly id: number;
 }
@@ -49,20 +72,59 @@ export function auditInsertFragment(sql: Queryable, r: AuditRow) {
 export class AuditStore {
   constructor(private readonly sql: Sql) {}
 
-  /** Writes a batch in one statement (group commit); one prepared statement for any batch size. */
-  async insertBatch(rows: readonly AuditRow[]): Promise<void> {
-    const col = <T>(f: (r: AuditRow) => T) => rows.map(f);
-    await this.run(
+  /**
+   * Writes a batch in one statement (group commit); one prepared statement for
+   * any batch size. An event with a read is written only if that read finds a
+   * servable version — a live secret, the version neither deleted nor
+   * destroyed — so the read and its "ok" event commit together or not at all.
+   * Returns the rows found, by the event's index in `events`.
+   */
+  async insertBatch(events: readonly BatchEvent[]): Promise<Map<number, ReadableVersion>> {
+    const col = <T>(f: (r: AuditRow) => T) => events.map((e) => f(e.row));
+    const rows = await this.run(
       () => this.sql`
-        INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
-        SELECT replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail_json::jsonb, decode(mac_hex, 'hex')
-        FROM unnest(
-          ${col((r) => r.replicaId)}::text[], ${col((r) => String(r.sequence))}::bigint[], ${col((r) => r.time.toISOString())}::timestamptz[],
-          ${col((r) => r.requestId)}::text[], ${col((r) => r.caller)}::text[], ${col((r) => r.rpc)}::text[], ${col((r) => r.path)}::text[],
-          ${col((r) => (r.version === null ? null : String(r.version)))}::int[], ${col((r) => r.outcome)}::text[], ${col((r) => r.code)}::text[],
-          ${col((r) => JSON.stringify(r.detail))}::text[], ${col((r) => (r.mac === null ? null : r.mac.toString("hex")))}::text[]
-        ) AS t(replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail_json, mac_hex)`,
+        WITH t AS MATERIALIZED (
+          SELECT * FROM unnest(
+            ${col((r) => r.replicaId)}::text[], ${col((r) => String(r.sequence))}::bigint[], ${col((r) => r.time.toISOString())}::timestamptz[],
+            ${col((r) => r.requestId)}::text[], ${col((r) => r.caller)}::text[], ${col((r) => r.rpc)}::text[], ${col((r) => r.path)}::text[],
+            ${col((r) => (r.version === null ? null : String(r.version)))}::int[], ${col((r) => r.outcome)}::text[], ${col((r) => r.code)}::text[],
+            ${col((r) => JSON.stringify(r.detail))}::text[], ${col((r) => (r.mac === null ? null : r.mac.toString("hex")))}::text[],
+            ${events.map((e) => e.read?.path ?? null)}::text[], ${events.map((e) => (e.read === undefined ? null : String(e.read.version)))}::int[]
+          ) WITH ORDINALITY AS t(replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail_json, mac_hex,
+                                 read_path, read_version, i)
+        ), r AS MATERIALIZED (
+          SELECT t.i, s.id, s.path, s.data_key_id, s.wrapped_data_key, s.keyring_key_id, v.version, v.ciphertext, v.created_at
+          FROM t
+          JOIN secrets s ON s.path = t.read_path AND (s.expires_at IS NULL OR s.expires_at > now())
+          JOIN LATERAL (
+            -- version 0: the highest version neither deleted nor destroyed, as readVersion.
+            SELECT version, ciphertext, created_at FROM secret_versions
+            WHERE secret_id = s.id AND deleted_at IS NULL AND ciphertext IS NOT NULL
+              AND version <= CASE WHEN t.read_version = 0 THEN 2147483647 ELSE t.read_version END
+              AND (t.read_version = 0 OR version = t.read_version)
+            ORDER BY version DESC LIMIT 1
+          ) v ON true
+        ), ins AS (
+          INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
+          SELECT replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail_json::jsonb, decode(mac_hex, 'hex')
+          FROM t WHERE t.read_path IS NULL OR t.i IN (SELECT i FROM r)
+        )
+        SELECT * FROM r`,
     );
+    const found = new Map<number, ReadableVersion>();
+    for (const row of rows) {
+      found.set(Number(row.i) - 1, {
+        secretId: row.id,
+        path: row.path,
+        dataKeyId: row.data_key_id,
+        wrappedDataKey: row.wrapped_data_key,
+        keyringKeyId: row.keyring_key_id,
+        version: row.version,
+        ciphertext: row.ciphertext,
+        createdAt: row.created_at,
+      });
+    }
+    return found;
   }
 
   async list(filter: AuditFilter, after: { time: Date; id: number } | undefined, limit: number): Promise<StoredAuditRow[]> {

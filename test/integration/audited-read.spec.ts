@@ -1,0 +1,124 @@
+// GetSecret reads in the statement that commits its audit event: the "ok" event
+// is written only when that read finds a servable version; every other state
+// falls back to a second read that says why. Whichever way a read goes, each
+// call leaves exactly one event with its own outcome, the replica's sequence
+// stays gapless, and a read whose ciphertext then fails to decrypt adds an
+// error event that points at the recorded read.
+
+import { expect } from "chai";
+import { AuditProblemKind, OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
+import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
+import type { NexusClient } from "../../src/client/nexus-client.js";
+import { login } from "../support/admin-fixtures.js";
+import { fails, ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
+import { LISTENERS } from "../support/test-server.js";
+
+const GET_SECRET = "/spike.nexus.v1.SecretService/GetSecret";
+
+describe("GetSecret's read and its audit event in one statement", function () {
+  this.timeout(60_000);
+  let server: SecretTestServer;
+  let admin: NexusClient;
+  let adminToken: string;
+  let db: ReturnType<typeof openDatabase>;
+
+  const put = async (path: string, v: string) => ok(await admin.call(SecretService.method.putSecret, { path, data: { v } }), `put ${path}`);
+  const verify = async () => {
+    const report = ok(await admin.call(OperatorService.method.verifyAuditLog, {}, { bearerToken: adminToken }), "VerifyAuditLog");
+    return report.problems.map((p) => `${AuditProblemKind[p.kind]} ${p.replicaId} ${p.sequence}`);
+  };
+  const gapless = async () => {
+    const replicas = await db`SELECT replica_id, count(*)::int AS n, min(sequence)::int AS lo, max(sequence)::int AS hi FROM audit_events GROUP BY replica_id`;
+    for (const r of replicas) expect({ n: r.n, lo: r.lo }, `replica ${r.replica_id}`).to.deep.equal({ n: r.hi, lo: 1 });
+  };
+
+  before(async () => {
+    server = await startSecretServer();
+    admin = server.client("grpc");
+    adminToken = (await login(admin, 3_600_000)).token;
+    db = openDatabase(server.nexus.databaseUrl);
+
+    await put("read/current", "c1");
+    await put("read/current", "c2");
+    await put("read/versions", "v1");
+    await put("read/versions", "v2");
+    await put("read/versions", "v3");
+    ok(await admin.call(SecretService.method.deleteSecret, { path: "read/versions", versions: [2] }));
+    ok(await admin.call(SecretService.method.destroySecret, { path: "read/versions", versions: [1] }));
+    await put("read/latest-deleted", "d1");
+    await put("read/latest-deleted", "d2");
+    ok(await admin.call(SecretService.method.deleteSecret, { path: "read/latest-deleted" }));
+    await put("read/all-deleted", "a1");
+    ok(await admin.call(SecretService.method.deleteSecret, { path: "read/all-deleted" }));
+    await put("read/expired", "e1");
+    await db`UPDATE secrets SET expires_at = now() - interval '1 second' WHERE path = 'read/expired'`;
+  });
+
+  after(async () => {
+    await db?.end();
+    await server?.stop();
+  });
+
+  it("serves or refuses every version state, concurrently on both listeners, with one event per call and a gapless, verifiable log", async () => {
+    const cases: Array<{ path: string; version?: number; code: string; reason?: string; value?: string; servedVersion?: number }> = [
+      { path: "read/current", code: "OK", value: "c2", servedVersion: 2 },
+      { path: "read/current", version: 1, code: "OK", value: "c1", servedVersion: 1 },
+      { path: "read/current", version: 3, code: "NOT_FOUND", reason: "does not exist" },
+      { path: "read/versions", code: "OK", value: "v3", servedVersion: 3 },
+      { path: "read/versions", version: 3, code: "OK", value: "v3", servedVersion: 3 },
+      { path: "read/versions", version: 2, code: "NOT_FOUND", reason: "is deleted" },
+      { path: "read/versions", version: 1, code: "NOT_FOUND", reason: "is destroyed" },
+      { path: "read/latest-deleted", code: "OK", value: "d1", servedVersion: 1 },
+      { path: "read/latest-deleted", version: 2, code: "NOT_FOUND", reason: "is deleted" },
+      { path: "read/all-deleted", code: "NOT_FOUND", reason: "no current version" },
+      { path: "read/expired", code: "NOT_FOUND" },
+      { path: "read/missing", code: "NOT_FOUND" },
+    ];
+    const before = new Date();
+    const rounds = 8;
+    const calls = Array.from({ length: rounds }, (_, r) =>
+      cases.map((c, i) => server.client(LISTENERS[(r + i) % 2]).call(SecretService.method.getSecret, { path: c.path, version: c.version ?? 0 })),
+    ).flat();
+    const results = await Promise.all(calls);
+    results.forEach((res, k) => {
+      const c = cases[k % cases.length];
+      const what = `${c.path}@${c.version ?? "current"}`;
+      if (c.code === "OK") {
+        const response = ok(res, what);
+        expect(response.data, what).to.deep.equal({ v: c.value });
+        expect(response.version, what).to.equal(c.servedVersion);
+      } else {
+        const message = fails(res, c.code, what);
+        if (c.reason) expect(message, what).to.include(c.reason);
+      }
+    });
+
+    const events = await db`SELECT path, version, outcome, code FROM audit_events WHERE rpc = ${GET_SECRET} AND time >= ${before}`;
+    const tally = (xs: Array<{ path: string; version: number | null; outcome: string; code: string }>) =>
+      xs.map((e) => `${e.path}@${e.version ?? "current"} ${e.outcome} ${e.code}`).sort();
+    const expected = Array.from({ length: rounds }, () =>
+      cases.map((c) => ({ path: c.path, version: c.version ?? null, outcome: c.code === "OK" ? "ok" : "error", code: c.code })),
+    ).flat();
+    expect(tally(events as never), "one event per call, with its outcome").to.deep.equal(tally(expected));
+    await gapless();
+    expect(await verify()).to.deep.equal([]);
+  });
+
+  it("a read recorded as ok whose ciphertext then fails its integrity check gets an error event pointing at it", async () => {
+    await put("read/corrupted", "x1");
+    const [{ id }] = await db`SELECT id FROM secrets WHERE path = 'read/corrupted'`;
+    // Flip one byte of the ciphertext body: the version is still servable to the database.
+    await db`UPDATE secret_versions SET ciphertext = set_byte(ciphertext, 20, get_byte(ciphertext, 20) # 1) WHERE secret_id = ${id} AND version = 1`;
+
+    const before = new Date();
+    const message = fails(await server.client("grpc").call(SecretService.method.getSecret, { path: "read/corrupted" }), "INTERNAL");
+    expect(message).to.not.include("x1");
+    const events = await db`
+      SELECT sequence::int AS sequence, outcome, code, detail FROM audit_events
+      WHERE rpc = ${GET_SECRET} AND path = 'read/corrupted' AND time >= ${before} ORDER BY sequence`;
+    expect(events.map((e) => `${e.outcome} ${e.code}`)).to.deep.equal(["ok OK", "error INTERNAL"]);
+    expect(events[1].detail).to.deep.include({ reason: "INTEGRITY_CHECK_FAILED", after_sequence: events[0].sequence });
+    await gapless();
+    expect(await verify()).to.deep.equal([]);
+  });
+});
