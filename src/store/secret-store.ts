@@ -4,8 +4,10 @@
 // only; this layer never sees a key or a plaintext value.
 
 import type { AuditRow } from "../audit/audit-event.js";
+import { NexusError } from "../errors/nexus-error.js";
 import { auditInsertFragment, insertAuditRow } from "./audit-store.js";
 import { guarded, type Sql } from "./database.js";
+import { GroupCommit } from "./group-commit.js";
 
 export interface SecretKeyRow {
   readonly id: string;
@@ -80,8 +82,15 @@ const PATH_CEILING = "\u007f";
 
 const LIVE = "(expires_at IS NULL OR expires_at > now())";
 
+/** Puts in one batch statement at most; a batch never holds two puts to one secret. */
+const MAX_PUT_BATCH = 128;
+
 export class SecretStore {
-  constructor(private readonly sql: Sql) {}
+  private readonly appends: GroupCommit<{ a: AppendVersion; audit: AuditRow }, AppendResult>;
+
+  constructor(private readonly sql: Sql) {
+    this.appends = new GroupCommit((batch) => this.appendBatch(batch), { maxBatch: MAX_PUT_BATCH, key: (p) => p.a.secretId });
+  }
 
   async findByPath(path: string): Promise<SecretKeyRow | undefined> {
     return this.run(async () => {
@@ -114,9 +123,30 @@ export class SecretStore {
 
   /**
    * Writes `version` if the secret's latest version is exactly version - 1 and it
-   * has not expired, and prunes versions beyond max_versions, in one statement.
+   * has not expired, and prunes versions beyond max_versions. Puts to different
+   * secrets that arrive together share one statement and one commit (group
+   * commit): each is still all-or-nothing with its own audit event.
    */
-  async appendVersion(a: AppendVersion, audit: AuditRow): Promise<AppendResult> {
+  appendVersion(a: AppendVersion, audit: AuditRow): Promise<AppendResult> {
+    return this.appends.submit({ a, audit });
+  }
+
+  private async appendBatch(batch: ReadonlyArray<{ a: AppendVersion; audit: AuditRow }>): Promise<Array<AppendResult | Promise<AppendResult>>> {
+    if (batch.length === 1) return [await this.appendOne(batch[0].a, batch[0].audit)];
+    try {
+      return await this.appendMany(batch);
+    } catch (err) {
+      // The statement rolled back as a whole (a deadlock with a statement that
+      // locked the same rows in another order, or one put the database refused):
+      // each put goes again on its own, so one put's failure is only its own.
+      if (err instanceof NexusError && err.code === "unavailable") throw err;
+      const each = batch.map((p) => this.appendOne(p.a, p.audit));
+      await Promise.allSettled(each);
+      return each;
+    }
+  }
+
+  private async appendOne(a: AppendVersion, audit: AuditRow): Promise<AppendResult> {
     return this.run(async () => {
       const [row] = await this.sql`
         WITH cur AS (
@@ -140,10 +170,54 @@ export class SecretStore {
           ${auditInsertFragment(this.sql, audit)} FROM upd
         )
         SELECT (SELECT created_at FROM ins) AS created_at, cur.latest_version, cur.expired FROM cur`;
-      if (!row) return { kind: "gone" };
-      if (row.created_at) return { kind: "written", createdAt: row.created_at };
-      return { kind: "conflict", latestVersion: row.latest_version, expired: row.expired };
+      return appendResult(row);
     });
+  }
+
+  /** appendOne for many secrets (distinct ids) in one statement; rows lock in id order. */
+  private async appendMany(batch: ReadonlyArray<{ a: AppendVersion; audit: AuditRow }>): Promise<AppendResult[]> {
+    const col = <T>(f: (p: { a: AppendVersion; audit: AuditRow }) => T) => batch.map(f);
+    const rows = await this.run(
+      () => this.sql`
+        WITH t AS MATERIALIZED (
+          SELECT * FROM unnest(
+            ${col((p) => p.a.secretId)}::uuid[], ${col((p) => String(p.a.version))}::int[], ${col((p) => p.a.ciphertext.toString("hex"))}::text[],
+            ${col((p) => p.a.createdBy)}::text[], ${col((p) => p.a.expiresAt?.toISOString() ?? null)}::timestamptz[],
+            ${col((p) => p.audit.replicaId)}::text[], ${col((p) => String(p.audit.sequence))}::bigint[], ${col((p) => p.audit.time.toISOString())}::timestamptz[],
+            ${col((p) => p.audit.requestId)}::text[], ${col((p) => p.audit.caller)}::text[], ${col((p) => p.audit.rpc)}::text[],
+            ${col((p) => p.audit.path)}::text[], ${col((p) => (p.audit.version === null ? null : String(p.audit.version)))}::int[],
+            ${col((p) => p.audit.outcome)}::text[], ${col((p) => p.audit.code)}::text[], ${col((p) => JSON.stringify(p.audit.detail))}::text[],
+            ${col((p) => (p.audit.mac === null ? null : p.audit.mac.toString("hex")))}::text[]
+          ) WITH ORDINALITY AS t(secret_id, version, ciphertext_hex, created_by, expires_at,
+                                 replica_id, sequence, time, request_id, caller, rpc, path, audit_version, outcome, code, detail_json, mac_hex, i)
+        ), cur AS MATERIALIZED (
+          SELECT id, latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+          FROM secrets WHERE id IN (SELECT secret_id FROM t) ORDER BY id FOR UPDATE
+        ), upd AS (
+          UPDATE secrets s
+          SET latest_version = t.version, updated_at = now(), expires_at = coalesce(t.expires_at, s.expires_at)
+          FROM t JOIN cur ON cur.id = t.secret_id
+          WHERE s.id = t.secret_id AND s.latest_version = t.version - 1 AND (s.expires_at IS NULL OR s.expires_at > now())
+          RETURNING s.id, s.max_versions, t.i
+        ), ins AS (
+          INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
+          SELECT upd.id, t.version, decode(t.ciphertext_hex, 'hex'), t.created_by FROM upd JOIN t ON t.i = upd.i
+          RETURNING secret_id, created_at
+        ), pruned AS (
+          DELETE FROM secret_versions v USING upd JOIN t ON t.i = upd.i
+          WHERE v.secret_id = upd.id AND v.version <= t.version - upd.max_versions
+        ), aud AS (
+          INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
+          SELECT t.replica_id, t.sequence, t.time, t.request_id, t.caller, t.rpc, t.path, t.audit_version, t.outcome, t.code,
+                 t.detail_json::jsonb, decode(t.mac_hex, 'hex')
+          FROM t JOIN upd ON upd.i = t.i
+        )
+        SELECT t.i, ins.created_at, cur.latest_version, cur.expired
+        FROM t LEFT JOIN cur ON cur.id = t.secret_id LEFT JOIN ins ON ins.secret_id = t.secret_id`,
+    );
+    const results = new Array<AppendResult>(batch.length);
+    for (const row of rows) results[Number(row.i) - 1] = appendResult(row.latest_version === null ? undefined : row);
+    return results;
   }
 
   /** Removes a secret only if it has expired (so a put can reuse its path). */
@@ -296,6 +370,12 @@ export class SecretStore {
   }
 
   private readonly run = guarded;
+}
+
+function appendResult(row: Record<string, unknown> | undefined): AppendResult {
+  if (!row) return { kind: "gone" };
+  if (row.created_at) return { kind: "written", createdAt: row.created_at as Date };
+  return { kind: "conflict", latestVersion: row.latest_version as number, expired: row.expired as boolean };
 }
 
 function keyRow(row: Record<string, unknown>): SecretKeyRow {
