@@ -141,6 +141,47 @@ WITH cur AS (
 )
 SELECT (SELECT created_at FROM ins) AS created_at, cur.latest_version, cur.expired FROM cur`;
 
+/** SecretStore.appendMany: the group commit of puts to different secrets, as in src/store/secret-store.ts. */
+export const PUT_BATCH_SQL = `
+WITH t AS MATERIALIZED (
+  SELECT * FROM unnest(
+    :sids::uuid[], :versions::int[], :cts::text[],
+    :created_bys::text[], :expires_ats::timestamptz[],
+    :a_replica::text[], :a_sequence::bigint[], :a_time::timestamptz[],
+    :a_request::text[], :a_caller::text[], :a_rpc::text[],
+    :a_path::text[], :a_version::int[],
+    :a_outcome::text[], :a_code::text[], :a_detail::text[],
+    :a_mac::text[]
+  ) WITH ORDINALITY AS t(secret_id, version, ciphertext_hex, created_by, expires_at,
+                         replica_id, sequence, time, request_id, caller, rpc, path, audit_version, outcome, code, detail_json, mac_hex, i)
+), cur AS MATERIALIZED (
+  SELECT id, latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+  FROM secrets WHERE id IN (SELECT secret_id FROM t) ORDER BY id FOR UPDATE
+), upd AS (
+  UPDATE secrets s
+  SET latest_version = t.version, updated_at = now(), expires_at = coalesce(t.expires_at, s.expires_at)
+  FROM t JOIN cur ON cur.id = t.secret_id
+  WHERE s.id = t.secret_id AND s.latest_version = t.version - 1 AND (s.expires_at IS NULL OR s.expires_at > now())
+  RETURNING s.id, s.max_versions, t.i
+), ins AS (
+  INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
+  SELECT upd.id, t.version, decode(t.ciphertext_hex, 'hex'), t.created_by FROM upd JOIN t ON t.i = upd.i
+  RETURNING secret_id, created_at
+), pruned AS (
+  DELETE FROM secret_versions v USING upd JOIN t ON t.i = upd.i
+  WHERE v.secret_id = upd.id AND v.version <= t.version - upd.max_versions
+), aud AS (
+  INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
+  SELECT t.replica_id, t.sequence, t.time, t.request_id, t.caller, t.rpc, t.path, t.audit_version, t.outcome, t.code,
+         t.detail_json::jsonb, decode(t.mac_hex, 'hex')
+  FROM t JOIN upd ON upd.i = t.i
+)
+SELECT t.i, ins.created_at, cur.latest_version, cur.expired
+FROM t LEFT JOIN cur ON cur.id = t.secret_id LEFT JOIN ins ON ins.secret_id = t.secret_id`;
+
+/** Marks the floor's own bookkeeping statements, which the server has no counterpart of. */
+export const FLOOR_BOOKKEEPING = "floor_bookkeeping";
+
 export const REPLICA = "pgbench-floor";
 
 export interface FloorData {
@@ -197,26 +238,17 @@ export interface FloorRun {
   readonly threads: number;
 }
 
-/** PutSecret's statement, one transaction each, each client on its own secret. */
-export async function pgbenchPut(run: FloorRun): Promise<PgbenchResult> {
-  const script = [
-    "\\if :init = 0",
-    `\\set idx :client_id * ${run.data.writeSpread}`,
-    "SELECT id AS sid, latest_version AS v FROM secrets WHERE path = 'bench/write/s' || lpad(:idx::text, 6, '0') \\gset",
-    "\\set init 1",
-    "\\endif",
-    "\\set vprev :v",
-    "\\set v :v + 1",
-    "\\set seq :seq + 1",
-    PUT_SQL.trim(),
-    "",
-  ].join("\n");
-  const file = path.join(run.dir, "put.sql");
-  await writeFile(file, script);
-  return pgbench(run, "put", [file], {
+/**
+ * PutSecret as the server runs it under load. With a mean batch of about one,
+ * appendOne: one transaction each, each client on its own secret. Otherwise
+ * appendMany with `putBatch` puts per statement, each client on its own
+ * `putBatch` secrets; a bookkeeping SELECT per transaction reads their next
+ * version numbers (the server knows them from memory).
+ */
+export async function pgbenchPut(run: FloorRun, putBatch: number): Promise<PgbenchResult> {
+  const batch = Math.max(1, Math.min(Math.round(putBatch), run.data.writeSpread));
+  const common = {
     init: "0",
-    seq: "0",
-    ciphertext: `\\x${run.data.ciphertextHex}`,
     created_by: "spiffe://spike.ist/bench/writer",
     replica: REPLICA,
     time: new Date().toISOString(),
@@ -226,8 +258,54 @@ export async function pgbenchPut(run: FloorRun): Promise<PgbenchResult> {
     outcome: "ok",
     code: "OK",
     detail: "{}",
-    mac: `\\x${"ab".repeat(32)}`,
+  };
+  const file = path.join(run.dir, "put.sql");
+  if (batch === 1) {
+    await writeFile(file, [
+      "\\if :init = 0",
+      `\\set idx :client_id * ${run.data.writeSpread}`,
+      "SELECT id AS sid, latest_version AS v FROM secrets WHERE path = 'bench/write/s' || lpad(:idx::text, 6, '0') \\gset",
+      "\\set init 1",
+      "\\endif",
+      "\\set vprev :v",
+      "\\set v :v + 1",
+      "\\set seq :seq + 1",
+      PUT_SQL.trim(),
+      "",
+    ].join("\n"));
+    return pgbench(run, "put", [file], { ...common, seq: "0", ciphertext: `\\x${run.data.ciphertextHex}`, mac: `\\x${"ab".repeat(32)}` });
+  }
+  await writeFile(file, [
+    "\\if :init = 0",
+    `\\set idx :client_id * ${run.data.writeSpread}`,
+    `SELECT array_agg(id ORDER BY path)::text AS sids, array_fill(:ct::text, ARRAY[${batch}])::text AS cts, 1 AS ${FLOOR_BOOKKEEPING} FROM (`,
+    `  SELECT id, path FROM secrets WHERE path >= 'bench/write/s' || lpad(:idx::text, 6, '0') ORDER BY path LIMIT ${batch}) x \\gset`,
+    "\\set init 1",
+    "\\endif",
+    `SELECT array_agg(latest_version + 1 ORDER BY path)::text AS versions, 1 AS ${FLOOR_BOOKKEEPING} FROM secrets WHERE id = ANY(:sids::uuid[]) \\gset`,
+    PUT_BATCH_SQL.trim(),
+    "",
+  ].join("\n"));
+  const arr = (v: string | null) => `{${Array.from({ length: batch }, () => (v === null ? "NULL" : `"${v}"`)).join(",")}}`;
+  const result = await pgbench(run, "put", [file], {
+    init: "0",
+    ct: run.data.ciphertextHex,
+    created_bys: arr(common.created_by),
+    expires_ats: arr(null),
+    a_replica: arr(REPLICA),
+    a_sequence: `{${Array.from({ length: batch }, (_, i) => i + 1).join(",")}}`,
+    a_time: arr(common.time),
+    a_request: arr(common.request_id),
+    a_caller: arr(common.created_by),
+    a_rpc: arr(common.rpc_put),
+    a_path: arr(common.write_path),
+    a_version: arr("2"),
+    a_outcome: arr("ok"),
+    a_code: arr("OK"),
+    a_detail: arr("{}"),
+    a_mac: arr("ab".repeat(32)),
   });
+  return { ...result, tps: result.tps * batch, transactions: result.transactions * batch, extra: { ...result.extra, putsPerStatement: batch } };
 }
 
 /**

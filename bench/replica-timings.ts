@@ -11,7 +11,7 @@ import { SecretService } from "../gen/spike/nexus/v1/secret_pb.js";
 import { grpcNexusClient } from "../src/client/nexus-client.js";
 import { callerId, NEXUS_ID, type BenchPki } from "./bench-pki.js";
 import { createPolicy, type Operator } from "./nexus-setup.js";
-import { spawnServer, waitForHealth, type ServerOptions } from "./server-process.js";
+import { retryOnPortClash, spawnServer, waitForHealth, type ServerOptions } from "./server-process.js";
 
 export interface Timings {
   readonly samples: number[];
@@ -77,23 +77,28 @@ export async function startupTimes(base: ServerOptions, pki: BenchPki, password:
   const unsealed: number[] = [];
   const auto: number[] = [];
   for (let i = 0; i < repeats; i++) {
-    const sealed = await spawnServer({ ...base, adminPasswordFile: undefined });
-    try {
-      listening.push((await waitForHealth(sealed, "answer")) - sealed.spawnedAt);
-      const operator = grpcNexusClient(sealed.address, { ...pki.superuser, ca: pki.ca, serverId: NEXUS_ID });
-      const res = await operator.call(OperatorService.method.unseal, { adminPassword: password }, { deadlineMs: 30_000 });
-      operator.close();
-      if (res.code !== "OK") throw new Error(`Unseal: ${res.code} ${res.message}`);
-      unsealed.push((await waitForHealth(sealed, "SERVING")) - sealed.spawnedAt);
-    } finally {
-      await sealed.stop();
-    }
-    const server = await spawnServer({ ...base, adminPasswordFile: passwordFile });
-    try {
-      auto.push((await waitForHealth(server, "SERVING")) - server.spawnedAt);
-    } finally {
-      await server.stop();
-    }
+    await retryOnPortClash(async () => {
+      const sealed = await spawnServer({ ...base, adminPasswordFile: undefined });
+      try {
+        const answered = (await waitForHealth(sealed, "answer")) - sealed.spawnedAt;
+        const operator = grpcNexusClient(sealed.address, { ...pki.superuser, ca: pki.ca, serverId: NEXUS_ID });
+        const res = await operator.call(OperatorService.method.unseal, { adminPassword: password }, { deadlineMs: 30_000 });
+        operator.close();
+        if (res.code !== "OK") throw new Error(`Unseal: ${res.code} ${res.message}`);
+        unsealed.push((await waitForHealth(sealed, "SERVING")) - sealed.spawnedAt);
+        listening.push(answered);
+      } finally {
+        await sealed.stop();
+      }
+    });
+    await retryOnPortClash(async () => {
+      const server = await spawnServer({ ...base, adminPasswordFile: passwordFile });
+      try {
+        auto.push((await waitForHealth(server, "SERVING")) - server.spawnedAt);
+      } finally {
+        await server.stop();
+      }
+    });
   }
   return { listening: timings(listening), servingAfterUnsealRpc: timings(unsealed), servingWithPasswordFile: timings(auto) };
 }

@@ -25,14 +25,14 @@ import { benchConfig, type BenchConfig } from "./bench-config.js";
 import { analyze, capturedStatements, resetStatements, seedListPaths, startBenchDatabase, type BenchDatabase, type CapturedStatement } from "./bench-database.js";
 import { createBenchPki, NEXUS_ID, type BenchPki } from "./bench-pki.js";
 import { profileMarkdown, summarizeProfile, type CpuProfile } from "./cpu-profile.js";
-import { findPgbench, floorPutsWritten, pgbenchGet, pgbenchPut, prepareFloorData, type FloorRun, type PgbenchResult } from "./database-floor.js";
+import { FLOOR_BOOKKEEPING, findPgbench, floorPutsWritten, pgbenchGet, pgbenchPut, prepareFloorData, type FloorRun, type PgbenchResult } from "./database-floor.js";
 import { BENCH_POLICIES, createPolicy, initializeAndLogin, seedReadAndWriteSecrets } from "./nexus-setup.js";
 import { processRssMb } from "./process-stats.js";
 import { explainHotStatements } from "./query-plans.js";
 import { policyPropagation, startupTimes } from "./replica-timings.js";
 import { buildReport, writeReport, type BenchRun, type Round, type StatementCapture } from "./report.js";
 import { runScenario, type ScenarioResult, type ScenarioSpec, type Target, type WindowHooks } from "./scenario-runner.js";
-import { readProbe, sleep, spawnServer, waitForHealth, type ServerOptions, type ServerProcess } from "./server-process.js";
+import { readProbe, retryOnPortClash, sleep, spawnServer, waitForHealth, type ServerOptions, type ServerProcess } from "./server-process.js";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
 const RESULTS = path.join(REPO, "bench", "results");
@@ -149,6 +149,7 @@ async function main(): Promise<void> {
     const rounds: Round[] = [];
     const captures: StatementCapture[] = [];
     let auditBatch: number | undefined;
+    let putBatch: number | undefined;
     const floorMatch: Record<string, "queryid" | "text" | "different"> = {};
     const floorPutsBefore = floor ? await floorPutsWritten(db.sql) : 0;
     const specs = scenarios(config, pki);
@@ -169,10 +170,11 @@ async function main(): Promise<void> {
           const statements = await capturedStatements(db);
           captures.push({ label: `Nexus server during ${spec.name} (round 1)`, statements });
           if (spec.kind === "get") auditBatch = auditBatchSize(statements);
+          if (spec.kind === "put") putBatch = putBatchSize(statements);
         }
         if (floor && (spec.kind === "get" || spec.kind === "put") && spec.inFlight === config.inFlight) {
           if (round === 0) await resetStatements(db);
-          const p = spec.kind === "get" ? await pgbenchGet(floor, auditBatch ?? 8) : await pgbenchPut(floor);
+          const p = spec.kind === "get" ? await pgbenchGet(floor, auditBatch ?? 8) : await pgbenchPut(floor, putBatch ?? 1);
           pgbench.push(p);
           log(`round ${round + 1}/${config.rounds} pgbench-${p.name.padEnd(3)}  ${p.tps.toFixed(0).padStart(6)} tps    p50 ${p.p50.toFixed(2)}  p99 ${p.p99.toFixed(2)} ms${p.failed ? `  FAILED: ${p.failed}` : ""}`);
           if (round === 0) {
@@ -195,9 +197,15 @@ async function main(): Promise<void> {
     let propagation;
     if (config.propagationRepeats > 0) {
       propagation = await phase(`policy propagation ×${config.propagationRepeats}`, async () => {
-        const b = await spawnServer({ ...base, adminPasswordFile: passwordFile });
+        const b = await retryOnPortClash(async () => {
+          const server = await spawnServer({ ...base, adminPasswordFile: passwordFile });
+          await waitForHealth(server, "SERVING").catch(async (err) => {
+            await server.stop();
+            throw err;
+          });
+          return server;
+        });
         try {
-          await waitForHealth(b, "SERVING");
           return await policyPropagation(operator, b.address, pki, config.propagationRepeats);
         } finally {
           await b.stop();
@@ -210,7 +218,7 @@ async function main(): Promise<void> {
       startup = await phase(`start-up ×${config.startupRepeats}`, () => startupTimes(base, pki, PASSWORD, passwordFile, config.startupRepeats));
     }
 
-    notes.push(...runNotes(config, db, floor, auditBatch, floorPuts));
+    notes.push(...runNotes(config, db, floor, auditBatch, putBatch, floorPuts));
     for (const [name, same] of Object.entries(floorMatch)) {
       const rpc = name === "get" ? "GetSecret" : "PutSecret";
       notes.push(
@@ -261,6 +269,13 @@ function auditBatchSize(statements: CapturedStatement[]): number | undefined {
   return batch && batch.calls > 0 ? batch.rows / batch.calls : undefined;
 }
 
+/** The put group commit's mean batch: puts per statement that writes versions (appendOne and appendMany). */
+function putBatchSize(statements: CapturedStatement[]): number | undefined {
+  const puts = statements.filter((s) => /INSERT INTO secret_versions/i.test(s.query) && /WITH/i.test(s.query));
+  const calls = puts.reduce((a, s) => a + s.calls, 0);
+  return calls > 0 ? puts.reduce((a, s) => a + s.rows, 0) / calls : undefined;
+}
+
 /**
  * How every busy statement pgbench ran relates to the server's: "queryid" (the
  * same statement to pg_stat_statements), "text" (the same SQL once comments
@@ -272,7 +287,7 @@ function sameStatements(server: CapturedStatement[], floor: CapturedStatement[])
   const normalize = (q: string) => q.replace(/--[^\n]*/g, " ").replace(/\s+/g, " ").replace(/\( /g, "(").replace(/ \)/g, ")").trim();
   const ids = new Set(server.map((s) => s.queryid));
   const texts = new Set(server.map((s) => normalize(s.query)));
-  const busy = floor.filter((s) => s.calls >= 100);
+  const busy = floor.filter((s) => s.calls >= 100 && !s.query.includes(FLOOR_BOOKKEEPING));
   if (busy.length === 0) return "different";
   if (busy.every((s) => ids.has(s.queryid))) return "queryid";
   return busy.every((s) => ids.has(s.queryid) || texts.has(normalize(s.query))) ? "text" : "different";
@@ -283,12 +298,12 @@ function isInteresting(s: CapturedStatement): boolean {
   return !/pg_stat_statements|pg_settings|^\s*(BEGIN|COMMIT|SET|SHOW|LISTEN)\b/i.test(s.query);
 }
 
-function runNotes(config: BenchConfig, db: BenchDatabase, floor: FloorRun | undefined, auditBatch: number | undefined, floorPuts: { transactions: number; written: number } | undefined): string[] {
+function runNotes(config: BenchConfig, db: BenchDatabase, floor: FloorRun | undefined, auditBatch: number | undefined, putBatch: number | undefined, floorPuts: { transactions: number; written: number } | undefined): string[] {
   const notes = [
     `One machine runs everything: the server (one Node process), PostgreSQL, ${config.workers} load-worker processes (grpc-js over mTLS, EC P-256 SVIDs) and pgbench; figures are comparable within this run, not across machines.`,
     `Durable commits: fsync=${db.settings.fsync}, synchronous_commit=${db.settings.synchronous_commit}, full_page_writes=${db.settings.full_page_writes}, wal_sync_method=${db.settings.wal_sync_method}.`,
-    `Callers are workloads with policies: GetSecret as spiffe://spike.ist/bench/reader (READ+LIST on bench/read/.*), PutSecret as …/bench/writer (WRITE on bench/write/.*), the mix as …/bench/mixed (both policies), ListSecrets as …/bench/lister (LIST on bench/list/.*, so every listed path is checked against the policy). Every call is audited: GetSecret reads inside the audit group commit statement that writes its event, ListSecrets through the same group commit, PutSecret in its own statement.`,
-    `PutSecret writes a new version of one of ${config.writeSecrets.toLocaleString("en-US")} existing secrets at random (1 KiB value), so a put is SecretStore.appendVersion: one statement; concurrent puts to the same path retry. GetSecret reads the current version of one of ${config.readSecrets.toLocaleString("en-US")} secrets at random.`,
+    `Callers are workloads with policies: GetSecret as spiffe://spike.ist/bench/reader (READ+LIST on bench/read/.*), PutSecret as …/bench/writer (WRITE on bench/write/.*), the mix as …/bench/mixed (both policies), ListSecrets as …/bench/lister (LIST on bench/list/.*, so every listed path is checked against the policy). Every call is audited: GetSecret reads inside the audit group commit statement that writes its event, ListSecrets through the same group commit, PutSecret in its own statement (the put group commit).`,
+    `PutSecret writes a new version of one of ${config.writeSecrets.toLocaleString("en-US")} existing secrets at random (1 KiB value), so a put is SecretStore.appendVersion: one statement, shared with the puts to other secrets that arrive with it (group commit); concurrent puts to the same path retry. GetSecret reads the current version of one of ${config.readSecrets.toLocaleString("en-US")} secrets at random.`,
     `ListSecrets: prefix bench/list/<xx>/ (256 prefixes, ~${Math.round(config.listPaths / 256).toLocaleString("en-US")} paths each), first page of 100, over ${config.listPaths.toLocaleString("en-US")} seeded paths.`,
     "Server CPU is utime+stime of the server process from /proc over the measured window; PostgreSQL CPU is the postmaster's process tree; load-gen CPU is the worker processes' own process.cpuUsage() over the window; RSS is VmRSS sampled every 100 ms in the window (the scrypt spike at unseal is outside it).",
     "The server process runs with one bench-only preload (NODE_OPTIONS=--import dist/bench/server-probe.js) that writes process.memoryUsage() every 500 ms, so RSS can be split into V8 heap, external memory and the rest; it does not touch the server's code paths.",
@@ -296,7 +311,7 @@ function runNotes(config: BenchConfig, db: BenchDatabase, floor: FloorRun | unde
   if (floor) {
     notes.push(
       `Database floor: ${floor.bin.version} (${floor.bin.path}${floor.bin.installed ? `, installed by the harness: ${floor.bin.installed}` : ", found installed"}) against the embedded PostgreSQL ${db.settings.server_version} — the libpq protocol is compatible. -M prepared, -c ${floor.data.clients} (= NEXUS_DB_POOL_MAX), -j ${floor.threads}, ${floor.durationS} s per round.`,
-      `pgbench put: SecretStore.appendVersion (with the audit CTE) verbatim, each client appending to its own existing write secret (versions counted by the client; expires_at bound as SQL NULL through an undefined variable).${floorPuts ? ` ${floorPuts.written.toLocaleString("en-US")} of ${floorPuts.transactions.toLocaleString("en-US")} floor puts wrote a version.` : ""}`,
+      `pgbench put: SecretStore's put statement verbatim — appendMany, the group commit of puts to different secrets, with ${Math.max(1, Math.round(putBatch ?? 1))} puts per statement (the mean batch the server wrote during put@${config.inFlight}${putBatch === undefined ? ": not captured, 1 assumed" : `: ${putBatch.toFixed(1)}`}), each client appending to its own existing write secrets, plus one bookkeeping SELECT per statement for their next version numbers (appendOne, one put per transaction, when the mean batch is about 1); expires_at is SQL NULL. pgbench-put throughput counts puts (statements × batch).${floorPuts ? ` ${floorPuts.written.toLocaleString("en-US")} of ${floorPuts.transactions.toLocaleString("en-US")} floor puts wrote a version.` : ""}`,
       `pgbench get: AuditStore.insertBatch verbatim — the audit group commit that carries GetSecret's reads — with ${Math.max(1, Math.round(auditBatch ?? 8))} reads per statement (the mean batch the server wrote during get@${config.inFlight}${auditBatch === undefined ? ": not captured, 8 assumed" : `: ${auditBatch.toFixed(1)}`}), over a fixed random batch of copies of the read secrets at paths "0".."${config.readSecrets - 1}" (pgbench variables are fixed strings). pgbench-get throughput counts reads (statements × batch).`,
     );
   }

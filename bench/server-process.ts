@@ -52,7 +52,7 @@ export interface ServerProcess {
 }
 
 export async function spawnServer(opts: ServerOptions): Promise<ServerProcess> {
-  const ports = { grpc: await freePort(), connect: await freePort(), health: await freePort() };
+  const ports = await distinctFreePorts();
   const env: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("NEXUS_") && k !== "NODE_OPTIONS"));
   Object.assign(env, {
     NEXUS_LISTEN: `127.0.0.1:${ports.grpc}`,
@@ -166,5 +166,28 @@ export function readProbe(file: string | undefined): ProbeFile | undefined {
     return JSON.parse(readFileSync(file, "utf8")) as ProbeFile;
   } catch {
     return undefined;
+  }
+}
+
+/** Three different free ports (a port just released can come back from the next bind to port 0). */
+async function distinctFreePorts(): Promise<ServerPorts> {
+  const picked = new Set<number>();
+  while (picked.size < 3) picked.add(await freePort());
+  const [grpc, connect, health] = [...picked];
+  return { grpc, connect, health };
+}
+
+/**
+ * Runs `attempt` (spawn a server and wait for it) again when the server lost
+ * its port to another process between the harness picking it and the server
+ * binding it (EADDRINUSE); ports are picked free, not reserved.
+ */
+export async function retryOnPortClash<T>(attempt: () => Promise<T>, tries = 3): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      return await attempt();
+    } catch (err) {
+      if (i >= tries || !/EADDRINUSE/.test((err as Error).message)) throw err;
+    }
   }
 }
