@@ -87,14 +87,9 @@ WHERE s.path = :path`;
  */
 export const AUDIT_BATCH_SQL = `
 WITH t AS MATERIALIZED (
-  SELECT * FROM unnest(
-    :a_replica::text[], :a_sequence::bigint[], :a_time::timestamptz[],
-    :a_request::text[], :a_caller::text[], :a_rpc::text[], :a_path::text[],
-    :a_version::int[], :a_outcome::text[], :a_code::text[],
-    :a_detail::text[], :a_mac::text[],
-    :a_read_path::text[], :a_read_version::int[]
-  ) WITH ORDINALITY AS t(replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail_json, mac_hex,
-                         read_path, read_version, i)
+  SELECT * FROM json_to_recordset(:batch::text::json) AS t(
+    replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
+    outcome text, code text, detail jsonb, mac_hex text, i int, read_path text, read_version int)
 ), r AS MATERIALIZED (
   SELECT t.i, s.id, s.path, s.data_key_id, s.wrapped_data_key, s.keyring_key_id, v.version, v.ciphertext, v.created_at
   FROM t
@@ -108,7 +103,7 @@ WITH t AS MATERIALIZED (
   ) v ON true
 ), ins AS (
   INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
-  SELECT replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail_json::jsonb, decode(mac_hex, 'hex')
+  SELECT replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, decode(mac_hex, 'hex')
   FROM t WHERE t.read_path IS NULL OR t.i IN (SELECT i FROM r)
 )
 SELECT * FROM r`;
@@ -144,36 +139,29 @@ SELECT (SELECT created_at FROM ins) AS created_at, cur.latest_version, cur.expir
 /** SecretStore.appendMany: the group commit of puts to different secrets, as in src/store/secret-store.ts. */
 export const PUT_BATCH_SQL = `
 WITH t AS MATERIALIZED (
-  SELECT * FROM unnest(
-    :sids::uuid[], :versions::int[], :cts::text[],
-    :created_bys::text[], :expires_ats::timestamptz[],
-    :a_replica::text[], :a_sequence::bigint[], :a_time::timestamptz[],
-    :a_request::text[], :a_caller::text[], :a_rpc::text[],
-    :a_path::text[], :a_version::int[],
-    :a_outcome::text[], :a_code::text[], :a_detail::text[],
-    :a_mac::text[]
-  ) WITH ORDINALITY AS t(secret_id, version, ciphertext_hex, created_by, expires_at,
-                         replica_id, sequence, time, request_id, caller, rpc, path, audit_version, outcome, code, detail_json, mac_hex, i)
+  SELECT * FROM json_to_recordset(:batch::text::json) AS t(
+    i int, secret_id uuid, new_version int, ciphertext_hex text, created_by text, expires_at timestamptz,
+    replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
+    outcome text, code text, detail jsonb, mac_hex text)
 ), cur AS MATERIALIZED (
   SELECT id, latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
   FROM secrets WHERE id IN (SELECT secret_id FROM t) ORDER BY id FOR UPDATE
 ), upd AS (
   UPDATE secrets s
-  SET latest_version = t.version, updated_at = now(), expires_at = coalesce(t.expires_at, s.expires_at)
+  SET latest_version = t.new_version, updated_at = now(), expires_at = coalesce(t.expires_at, s.expires_at)
   FROM t JOIN cur ON cur.id = t.secret_id
-  WHERE s.id = t.secret_id AND s.latest_version = t.version - 1 AND (s.expires_at IS NULL OR s.expires_at > now())
+  WHERE s.id = t.secret_id AND s.latest_version = t.new_version - 1 AND (s.expires_at IS NULL OR s.expires_at > now())
   RETURNING s.id, s.max_versions, t.i
 ), ins AS (
   INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
-  SELECT upd.id, t.version, decode(t.ciphertext_hex, 'hex'), t.created_by FROM upd JOIN t ON t.i = upd.i
+  SELECT upd.id, t.new_version, decode(t.ciphertext_hex, 'hex'), t.created_by FROM upd JOIN t ON t.i = upd.i
   RETURNING secret_id, created_at
 ), pruned AS (
   DELETE FROM secret_versions v USING upd JOIN t ON t.i = upd.i
-  WHERE v.secret_id = upd.id AND v.version <= t.version - upd.max_versions
+  WHERE v.secret_id = upd.id AND v.version <= t.new_version - upd.max_versions
 ), aud AS (
   INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
-  SELECT t.replica_id, t.sequence, t.time, t.request_id, t.caller, t.rpc, t.path, t.audit_version, t.outcome, t.code,
-         t.detail_json::jsonb, decode(t.mac_hex, 'hex')
+  SELECT t.replica_id, t.sequence, t.time, t.request_id, t.caller, t.rpc, t.path, t.version, t.outcome, t.code, t.detail, decode(t.mac_hex, 'hex')
   FROM t JOIN upd ON upd.i = t.i
 )
 SELECT t.i, ins.created_at, cur.latest_version, cur.expired
@@ -275,36 +263,25 @@ export async function pgbenchPut(run: FloorRun, putBatch: number): Promise<Pgben
     ].join("\n"));
     return pgbench(run, "put", [file], { ...common, seq: "0", ciphertext: `\\x${run.data.ciphertextHex}`, mac: `\\x${"ab".repeat(32)}` });
   }
+  // The bookkeeping SELECT builds the batch as the server would: this client's
+  // secrets, each at its next version, the same ciphertext and audit fields.
   await writeFile(file, [
     "\\if :init = 0",
     `\\set idx :client_id * ${run.data.writeSpread}`,
-    `SELECT array_agg(id ORDER BY path)::text AS sids, array_fill(:ct::text, ARRAY[${batch}])::text AS cts, 1 AS ${FLOOR_BOOKKEEPING} FROM (`,
+    `SELECT array_agg(id ORDER BY path)::text AS sids, 1 AS ${FLOOR_BOOKKEEPING} FROM (`,
     `  SELECT id, path FROM secrets WHERE path >= 'bench/write/s' || lpad(:idx::text, 6, '0') ORDER BY path LIMIT ${batch}) x \\gset`,
     "\\set init 1",
     "\\endif",
-    `SELECT array_agg(latest_version + 1 ORDER BY path)::text AS versions, 1 AS ${FLOOR_BOOKKEEPING} FROM secrets WHERE id = ANY(:sids::uuid[]) \\gset`,
+    `SELECT json_agg(json_build_object('i', n - 1, 'secret_id', id, 'new_version', latest_version + 1, 'ciphertext_hex', :ct::text,`,
+    "    'created_by', :created_by::text, 'expires_at', NULL, 'replica_id', :replica::text, 'sequence', n, 'time', now(),",
+    "    'request_id', :request_id::text, 'caller', :created_by::text, 'rpc', :rpc_put::text, 'path', :write_path::text,",
+    "    'version', latest_version + 1, 'outcome', 'ok', 'code', 'OK', 'detail', '{}'::json, 'mac_hex', :mac_hex::text))::text AS batch,",
+    `  1 AS ${FLOOR_BOOKKEEPING}`,
+    "FROM (SELECT id, latest_version, row_number() OVER (ORDER BY path) AS n FROM secrets WHERE id = ANY(:sids::uuid[])) x \\gset",
     PUT_BATCH_SQL.trim(),
     "",
   ].join("\n"));
-  const arr = (v: string | null) => `{${Array.from({ length: batch }, () => (v === null ? "NULL" : `"${v}"`)).join(",")}}`;
-  const result = await pgbench(run, "put", [file], {
-    init: "0",
-    ct: run.data.ciphertextHex,
-    created_bys: arr(common.created_by),
-    expires_ats: arr(null),
-    a_replica: arr(REPLICA),
-    a_sequence: `{${Array.from({ length: batch }, (_, i) => i + 1).join(",")}}`,
-    a_time: arr(common.time),
-    a_request: arr(common.request_id),
-    a_caller: arr(common.created_by),
-    a_rpc: arr(common.rpc_put),
-    a_path: arr(common.write_path),
-    a_version: arr("2"),
-    a_outcome: arr("ok"),
-    a_code: arr("OK"),
-    a_detail: arr("{}"),
-    a_mac: arr("ab".repeat(32)),
-  });
+  const result = await pgbench(run, "put", [file], { ...common, ct: run.data.ciphertextHex, mac_hex: "ab".repeat(32) });
   return { ...result, tps: result.tps * batch, transactions: result.transactions * batch, extra: { ...result.extra, putsPerStatement: batch } };
 }
 
@@ -319,26 +296,16 @@ export async function pgbenchGet(run: FloorRun, auditBatch: number): Promise<Pgb
   const batch = Math.max(1, Math.round(auditBatch));
   const get = path.join(run.dir, "get.sql");
   await writeFile(get, [AUDIT_BATCH_SQL.trim(), ""].join("\n"));
-  const arr = (v: string | null) => `{${Array.from({ length: batch }, () => (v === null ? "NULL" : `"${v}"`)).join(",")}}`;
   const paths = new Set<number>();
   while (paths.size < Math.min(batch, run.data.readSecrets)) paths.add(Math.floor(Math.random() * run.data.readSecrets));
   const read = [...paths];
-  const result = await pgbench(run, "get", [get], {
-    a_replica: arr(REPLICA),
-    a_sequence: `{${Array.from({ length: batch }, (_, i) => i + 1).join(",")}}`,
-    a_time: arr(new Date().toISOString()),
-    a_request: arr("00000000-0000-4000-8000-00000000beef"),
-    a_caller: arr("spiffe://spike.ist/bench/reader"),
-    a_rpc: arr("/spike.nexus.v1.SecretService/GetSecret"),
-    a_path: `{${Array.from({ length: batch }, (_, i) => `"${read[i % read.length]}"`).join(",")}}`,
-    a_version: arr(null),
-    a_outcome: arr("ok"),
-    a_code: arr("OK"),
-    a_detail: arr("{}"),
-    a_mac: arr("ab".repeat(32)),
-    a_read_path: `{${Array.from({ length: batch }, (_, i) => `"${read[i % read.length]}"`).join(",")}}`,
-    a_read_version: `{${Array.from({ length: batch }, () => "0").join(",")}}`,
-  });
+  const time = new Date().toISOString();
+  const events = Array.from({ length: batch }, (_, i) => ({
+    replica_id: REPLICA, sequence: i + 1, time, request_id: "00000000-0000-4000-8000-00000000beef",
+    caller: "spiffe://spike.ist/bench/reader", rpc: "/spike.nexus.v1.SecretService/GetSecret", path: String(read[i % read.length]),
+    version: null, outcome: "ok", code: "OK", detail: {}, mac_hex: "ab".repeat(32), i, read_path: String(read[i % read.length]), read_version: 0,
+  }));
+  const result = await pgbench(run, "get", [get], { batch: JSON.stringify(events) });
   return { ...result, tps: result.tps * batch, transactions: result.transactions * batch, extra: { ...result.extra, readsPerStatement: batch } };
 }
 

@@ -142,7 +142,7 @@ export class AuditLog {
           }
         }
       } catch (err) {
-        this.logger.error("audit batch not written; failing its calls", { events: batch.length, err });
+        this.logger.error("audit batch not written; failing its calls", { events: batch.length, err: (err as { cause?: unknown }).cause ?? err });
         const failure = new NexusError("unavailable", "the audit log cannot be written; the call was refused", { reason: "AUDIT_UNAVAILABLE", cause: err });
         for (const p of batch) p.reject(failure);
       }

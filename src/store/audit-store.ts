@@ -69,6 +69,24 @@ export function auditInsertFragment(sql: Queryable, r: AuditRow) {
            ${r.version}::int, ${r.outcome}, ${r.code}, ${sql.json(r.detail as never)}::jsonb, ${r.mac}::bytea`;
 }
 
+/** An event as a JSON object for json_to_recordset (column names as in audit_events; the MAC in hex). */
+export function auditJson(r: AuditRow) {
+  return {
+    replica_id: r.replicaId,
+    sequence: r.sequence,
+    time: r.time.toISOString(),
+    request_id: r.requestId,
+    caller: r.caller,
+    rpc: r.rpc,
+    path: r.path,
+    version: r.version,
+    outcome: r.outcome,
+    code: r.code,
+    detail: r.detail,
+    mac_hex: r.mac === null ? null : r.mac.toString("hex"),
+  };
+}
+
 export class AuditStore {
   constructor(private readonly sql: Sql) {}
 
@@ -80,18 +98,15 @@ export class AuditStore {
    * Returns the rows found, by the event's index in `events`.
    */
   async insertBatch(events: readonly BatchEvent[]): Promise<Map<number, ReadableVersion>> {
-    const col = <T>(f: (r: AuditRow) => T) => events.map((e) => f(e.row));
+    // One JSON parameter for the whole batch: the driver sends it as it is,
+    // where a column per field would be escaped element by element.
+    const batch = JSON.stringify(events.map((e, i) => ({ ...auditJson(e.row), i, read_path: e.read?.path, read_version: e.read?.version })));
     const rows = await this.run(
       () => this.sql`
         WITH t AS MATERIALIZED (
-          SELECT * FROM unnest(
-            ${col((r) => r.replicaId)}::text[], ${col((r) => String(r.sequence))}::bigint[], ${col((r) => r.time.toISOString())}::timestamptz[],
-            ${col((r) => r.requestId)}::text[], ${col((r) => r.caller)}::text[], ${col((r) => r.rpc)}::text[], ${col((r) => r.path)}::text[],
-            ${col((r) => (r.version === null ? null : String(r.version)))}::int[], ${col((r) => r.outcome)}::text[], ${col((r) => r.code)}::text[],
-            ${col((r) => JSON.stringify(r.detail))}::text[], ${col((r) => (r.mac === null ? null : r.mac.toString("hex")))}::text[],
-            ${events.map((e) => e.read?.path ?? null)}::text[], ${events.map((e) => (e.read === undefined ? null : String(e.read.version)))}::int[]
-          ) WITH ORDINALITY AS t(replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail_json, mac_hex,
-                                 read_path, read_version, i)
+          SELECT * FROM json_to_recordset(${batch}::text::json) AS t(
+            replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
+            outcome text, code text, detail jsonb, mac_hex text, i int, read_path text, read_version int)
         ), r AS MATERIALIZED (
           SELECT t.i, s.id, s.path, s.data_key_id, s.wrapped_data_key, s.keyring_key_id, v.version, v.ciphertext, v.created_at
           FROM t
@@ -106,14 +121,14 @@ export class AuditStore {
           ) v ON true
         ), ins AS (
           INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
-          SELECT replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail_json::jsonb, decode(mac_hex, 'hex')
+          SELECT replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, decode(mac_hex, 'hex')
           FROM t WHERE t.read_path IS NULL OR t.i IN (SELECT i FROM r)
         )
         SELECT * FROM r`,
     );
     const found = new Map<number, ReadableVersion>();
     for (const row of rows) {
-      found.set(Number(row.i) - 1, {
+      found.set(row.i, {
         secretId: row.id,
         path: row.path,
         dataKeyId: row.data_key_id,

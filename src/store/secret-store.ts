@@ -5,7 +5,7 @@
 
 import type { AuditRow } from "../audit/audit-event.js";
 import { NexusError } from "../errors/nexus-error.js";
-import { auditInsertFragment, insertAuditRow } from "./audit-store.js";
+import { auditInsertFragment, auditJson, insertAuditRow } from "./audit-store.js";
 import { guarded, type Sql } from "./database.js";
 import { GroupCommit } from "./group-commit.js";
 
@@ -176,47 +176,51 @@ export class SecretStore {
 
   /** appendOne for many secrets (distinct ids) in one statement; rows lock in id order. */
   private async appendMany(batch: ReadonlyArray<{ a: AppendVersion; audit: AuditRow }>): Promise<AppendResult[]> {
-    const col = <T>(f: (p: { a: AppendVersion; audit: AuditRow }) => T) => batch.map(f);
+    // One JSON parameter for the batch (see AuditStore.insertBatch).
+    const json = JSON.stringify(
+      batch.map(({ a, audit }, i) => ({
+        i,
+        secret_id: a.secretId,
+        new_version: a.version,
+        ciphertext_hex: a.ciphertext.toString("hex"),
+        created_by: a.createdBy,
+        expires_at: a.expiresAt?.toISOString(),
+        ...auditJson(audit),
+      })),
+    );
     const rows = await this.run(
       () => this.sql`
         WITH t AS MATERIALIZED (
-          SELECT * FROM unnest(
-            ${col((p) => p.a.secretId)}::uuid[], ${col((p) => String(p.a.version))}::int[], ${col((p) => p.a.ciphertext.toString("hex"))}::text[],
-            ${col((p) => p.a.createdBy)}::text[], ${col((p) => p.a.expiresAt?.toISOString() ?? null)}::timestamptz[],
-            ${col((p) => p.audit.replicaId)}::text[], ${col((p) => String(p.audit.sequence))}::bigint[], ${col((p) => p.audit.time.toISOString())}::timestamptz[],
-            ${col((p) => p.audit.requestId)}::text[], ${col((p) => p.audit.caller)}::text[], ${col((p) => p.audit.rpc)}::text[],
-            ${col((p) => p.audit.path)}::text[], ${col((p) => (p.audit.version === null ? null : String(p.audit.version)))}::int[],
-            ${col((p) => p.audit.outcome)}::text[], ${col((p) => p.audit.code)}::text[], ${col((p) => JSON.stringify(p.audit.detail))}::text[],
-            ${col((p) => (p.audit.mac === null ? null : p.audit.mac.toString("hex")))}::text[]
-          ) WITH ORDINALITY AS t(secret_id, version, ciphertext_hex, created_by, expires_at,
-                                 replica_id, sequence, time, request_id, caller, rpc, path, audit_version, outcome, code, detail_json, mac_hex, i)
+          SELECT * FROM json_to_recordset(${json}::text::json) AS t(
+            i int, secret_id uuid, new_version int, ciphertext_hex text, created_by text, expires_at timestamptz,
+            replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
+            outcome text, code text, detail jsonb, mac_hex text)
         ), cur AS MATERIALIZED (
           SELECT id, latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
           FROM secrets WHERE id IN (SELECT secret_id FROM t) ORDER BY id FOR UPDATE
         ), upd AS (
           UPDATE secrets s
-          SET latest_version = t.version, updated_at = now(), expires_at = coalesce(t.expires_at, s.expires_at)
+          SET latest_version = t.new_version, updated_at = now(), expires_at = coalesce(t.expires_at, s.expires_at)
           FROM t JOIN cur ON cur.id = t.secret_id
-          WHERE s.id = t.secret_id AND s.latest_version = t.version - 1 AND (s.expires_at IS NULL OR s.expires_at > now())
+          WHERE s.id = t.secret_id AND s.latest_version = t.new_version - 1 AND (s.expires_at IS NULL OR s.expires_at > now())
           RETURNING s.id, s.max_versions, t.i
         ), ins AS (
           INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
-          SELECT upd.id, t.version, decode(t.ciphertext_hex, 'hex'), t.created_by FROM upd JOIN t ON t.i = upd.i
+          SELECT upd.id, t.new_version, decode(t.ciphertext_hex, 'hex'), t.created_by FROM upd JOIN t ON t.i = upd.i
           RETURNING secret_id, created_at
         ), pruned AS (
           DELETE FROM secret_versions v USING upd JOIN t ON t.i = upd.i
-          WHERE v.secret_id = upd.id AND v.version <= t.version - upd.max_versions
+          WHERE v.secret_id = upd.id AND v.version <= t.new_version - upd.max_versions
         ), aud AS (
           INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
-          SELECT t.replica_id, t.sequence, t.time, t.request_id, t.caller, t.rpc, t.path, t.audit_version, t.outcome, t.code,
-                 t.detail_json::jsonb, decode(t.mac_hex, 'hex')
+          SELECT t.replica_id, t.sequence, t.time, t.request_id, t.caller, t.rpc, t.path, t.version, t.outcome, t.code, t.detail, decode(t.mac_hex, 'hex')
           FROM t JOIN upd ON upd.i = t.i
         )
         SELECT t.i, ins.created_at, cur.latest_version, cur.expired
         FROM t LEFT JOIN cur ON cur.id = t.secret_id LEFT JOIN ins ON ins.secret_id = t.secret_id`,
     );
     const results = new Array<AppendResult>(batch.length);
-    for (const row of rows) results[Number(row.i) - 1] = appendResult(row.latest_version === null ? undefined : row);
+    for (const row of rows) results[row.i as number] = appendResult(row.latest_version === null ? undefined : row);
     return results;
   }
 
