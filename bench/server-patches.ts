@@ -15,11 +15,18 @@
 //                     cached key or wrapped key pins only its own bytes (an
 //                     over-approximation of copying cached buffers out of the
 //                     pool: every small Buffer pays for its own allocation)
+//   v8-flags          V8 flags that NODE_OPTIONS refuses (BENCH_V8_FLAGS, e.g.
+//                     "--heap-growing-percent=50"), set before the server loads
 
 import { register } from "node:module";
 import { TLSSocket, type PeerCertificate, type DetailedPeerCertificate } from "node:tls";
 
 const patches = new Set((process.env.BENCH_PATCHES ?? "").split(",").filter(Boolean));
+
+if (patches.has("v8-flags")) {
+  const { setFlagsFromString } = await import("node:v8");
+  for (const flag of (process.env.BENCH_V8_FLAGS ?? "").split(/\s+/).filter(Boolean)) setFlagsFromString(flag);
+}
 
 if (patches.has("peer-certificate")) {
   const original = TLSSocket.prototype.getPeerCertificate;
@@ -53,5 +60,5 @@ if (patches.has("buffer-pool-off")) {
 }
 
 for (const p of patches) {
-  if (!["peer-certificate", "abort-reason", "buffer-pool-off", "postgres-queue"].includes(p)) throw new Error(`server-patches: unknown patch "${p}"`);
+  if (!["peer-certificate", "abort-reason", "buffer-pool-off", "postgres-queue", "v8-flags"].includes(p)) throw new Error(`server-patches: unknown patch "${p}"`);
 }
