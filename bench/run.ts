@@ -265,7 +265,7 @@ function cores(seconds: number, r: ScenarioResult): string {
 
 /** The audit group commit's mean batch size: rows per call of AuditStore.insertBatch. */
 function auditBatchSize(statements: CapturedStatement[]): number | undefined {
-  const batch = statements.find((s) => /INSERT INTO audit_events/i.test(s.query) && /unnest\(/i.test(s.query));
+  const batch = statements.find((s) => /INSERT INTO audit_events/i.test(s.query) && /read_path/.test(s.query));
   return batch && batch.calls > 0 ? batch.rows / batch.calls : undefined;
 }
 

@@ -3,7 +3,8 @@
 // markWritten); everything else — reads, refusals, failures — goes through
 // group commit: events that arrive while a batch is being written wait for the
 // next one, so under load one INSERT carries many events, and each call waits
-// until its event has committed. If it cannot be written, the call fails (fail
+// until its event has committed. A GetSecret's read rides in that statement,
+// and its event is written only if the read found what it asked for (ADR 0005). If it cannot be written, the call fails (fail
 // closed). Events recorded while sealed have no MAC yet; they are MAC'd when
 // the key returns, and only if their content is what this replica wrote.
 
@@ -13,7 +14,8 @@ import { NexusError } from "../errors/nexus-error.js";
 import { canonicalJson, mac } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
-import type { AuditedRead, AuditStore, ReadableVersion } from "../store/audit-store.js";
+import type { AuditedRead, AuditStore, BatchEvent, ReadableVersion } from "../store/audit-store.js";
+import { GroupCommit } from "../store/group-commit.js";
 import { auditMacInput, macAuditEvent, type AuditFields, type AuditOutcome, type AuditRow } from "./audit-event.js";
 
 export const CHECKPOINT_MAC_LABEL = "nexus/v1/audit-checkpoint";
@@ -33,20 +35,12 @@ export interface CallAudit {
   recordRead(read: AuditedRead): Promise<ReadableVersion | undefined>;
 }
 
-interface Pending {
-  readonly row: AuditRow;
-  readonly read?: AuditedRead;
-  readonly resolve: (found?: ReadableVersion) => void;
-  readonly reject: (err: unknown) => void;
-}
-
 export class AuditLog {
   readonly replicaId: string;
   private nextSequence = 1;
   private committedThrough = 0;
   private readonly completed = new Set<number>();
-  private queue: Pending[] = [];
-  private flushing = false;
+  private readonly batches: GroupCommit<BatchEvent, ReadableVersion | undefined>;
   /** Sequence -> content digest of events written without a MAC. */
   private readonly awaitingMac = new Map<number, string>();
 
@@ -58,6 +52,7 @@ export class AuditLog {
     private readonly maxBatch = 512,
   ) {
     this.replicaId = replicaId;
+    this.batches = new GroupCommit((batch) => this.writeBatch(batch), { maxBatch });
     keys.onSealChange((sealed) => {
       if (!sealed) void this.macEventsRecordedWhileSealed();
     });
@@ -88,8 +83,8 @@ export class AuditLog {
   }
 
   /** Queues an event for the next group commit; resolves once it has committed. */
-  write(row: AuditRow): Promise<void> {
-    return new Promise<void>((resolve, reject) => this.enqueue({ row, resolve: () => resolve(), reject }));
+  async write(row: AuditRow): Promise<void> {
+    await this.batches.submit({ row });
   }
 
   /**
@@ -98,13 +93,7 @@ export class AuditLog {
    * event's sequence number still unused) when there is none.
    */
   writeWithRead(row: AuditRow, read: AuditedRead): Promise<ReadableVersion | undefined> {
-    return new Promise<ReadableVersion | undefined>((resolve, reject) => this.enqueue({ row, read, resolve, reject }));
-  }
-
-  private enqueue(p: Pending): void {
-    this.queue.push(p);
-    if (!this.flushing) setImmediate(() => void this.flush());
-    this.flushing = true;
+    return this.batches.submit({ row, read });
   }
 
   /** Marks a sequence number as used up (written, in a batch or with its change). */
@@ -125,29 +114,21 @@ export class AuditLog {
     await this.store.insertCheckpoint({ ...c, mac: checkpointMac(this.keys.integrityKey(), c) });
   }
 
-  private async flush(): Promise<void> {
-    while (this.queue.length > 0) {
-      const batch = this.queue.splice(0, this.maxBatch);
-      try {
-        const found = await this.store.insertBatch(batch);
-        for (let i = 0; i < batch.length; i++) {
-          const p = batch[i];
-          if (p.read === undefined) {
-            this.markCompleted(p.row.sequence);
-            p.resolve();
-          } else {
-            const version = found.get(i);
-            if (version !== undefined) this.markCompleted(p.row.sequence);
-            p.resolve(version);
-          }
-        }
-      } catch (err) {
-        this.logger.error("audit batch not written; failing its calls", { events: batch.length, err: (err as { cause?: unknown }).cause ?? err });
-        const failure = new NexusError("unavailable", "the audit log cannot be written; the call was refused", { reason: "AUDIT_UNAVAILABLE", cause: err });
-        for (const p of batch) p.reject(failure);
-      }
+  /** One group commit: marks what was written; a batch that fails fails all its calls (fail closed). */
+  private async writeBatch(batch: BatchEvent[]): Promise<Array<ReadableVersion | undefined>> {
+    let found: Map<number, ReadableVersion>;
+    try {
+      found = await this.store.insertBatch(batch);
+    } catch (err) {
+      this.logger.error("audit batch not written; failing its calls", { events: batch.length, err: (err as { cause?: unknown }).cause ?? err });
+      throw new NexusError("unavailable", "the audit log cannot be written; the call was refused", { reason: "AUDIT_UNAVAILABLE", cause: err });
     }
-    this.flushing = false;
+    return batch.map((e, i) => {
+      const version = found.get(i);
+      // An event with a read is written only if the read found something.
+      if (e.read === undefined || version !== undefined) this.markCompleted(e.row.sequence);
+      return version;
+    });
   }
 
   private async macEventsRecordedWhileSealed(): Promise<void> {
