@@ -6,10 +6,10 @@
 // error event that points at the recorded read.
 
 import { expect } from "chai";
-import { AuditProblemKind, OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { NexusClient } from "../../src/client/nexus-client.js";
 import { login } from "../support/admin-fixtures.js";
+import { auditProblems, expectGaplessSequences } from "../support/audit-fixtures.js";
 import { fails, ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { LISTENERS } from "../support/test-server.js";
 
@@ -23,14 +23,6 @@ describe("GetSecret's read and its audit event in one statement", function () {
   let db: ReturnType<typeof openDatabase>;
 
   const put = async (path: string, v: string) => ok(await admin.call(SecretService.method.putSecret, { path, data: { v } }), `put ${path}`);
-  const verify = async () => {
-    const report = ok(await admin.call(OperatorService.method.verifyAuditLog, {}, { bearerToken: adminToken }), "VerifyAuditLog");
-    return report.problems.map((p) => `${AuditProblemKind[p.kind]} ${p.replicaId} ${p.sequence}`);
-  };
-  const gapless = async () => {
-    const replicas = await db`SELECT replica_id, count(*)::int AS n, min(sequence)::int AS lo, max(sequence)::int AS hi FROM audit_events GROUP BY replica_id`;
-    for (const r of replicas) expect({ n: r.n, lo: r.lo }, `replica ${r.replica_id}`).to.deep.equal({ n: r.hi, lo: 1 });
-  };
 
   before(async () => {
     server = await startSecretServer();
@@ -100,8 +92,8 @@ describe("GetSecret's read and its audit event in one statement", function () {
       cases.map((c) => ({ path: c.path, version: c.version ?? null, outcome: c.code === "OK" ? "ok" : "error", code: c.code })),
     ).flat();
     expect(tally(events as never), "one event per call, with its outcome").to.deep.equal(tally(expected));
-    await gapless();
-    expect(await verify()).to.deep.equal([]);
+    await expectGaplessSequences(db);
+    expect(await auditProblems(admin, adminToken)).to.deep.equal([]);
   });
 
   it("a read recorded as ok whose ciphertext then fails its integrity check gets an error event pointing at it", async () => {
@@ -118,7 +110,7 @@ describe("GetSecret's read and its audit event in one statement", function () {
       WHERE rpc = ${GET_SECRET} AND path = 'read/corrupted' AND time >= ${before} ORDER BY sequence`;
     expect(events.map((e) => `${e.outcome} ${e.code}`)).to.deep.equal(["ok OK", "error INTERNAL"]);
     expect(events[1].detail).to.deep.include({ reason: "INTEGRITY_CHECK_FAILED", after_sequence: events[0].sequence });
-    await gapless();
-    expect(await verify()).to.deep.equal([]);
+    await expectGaplessSequences(db);
+    expect(await auditProblems(admin, adminToken)).to.deep.equal([]);
   });
 });

@@ -5,10 +5,10 @@
 // database refuses fails alone while the others in its batch are written.
 
 import { expect } from "chai";
-import { AuditProblemKind, OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { NexusClient } from "../../src/client/nexus-client.js";
 import { login } from "../support/admin-fixtures.js";
+import { auditProblems, expectGaplessSequences } from "../support/audit-fixtures.js";
 import { fails, ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { LISTENERS } from "../support/test-server.js";
 
@@ -24,14 +24,6 @@ describe("puts to existing secrets in group commit", function () {
 
   const put = async (path: string, v: string) => ok(await admin.call(SecretService.method.putSecret, { path, data: { v } }), `put ${path}`);
   const client = (i: number) => clients[i % clients.length];
-  const verify = async () => {
-    const report = ok(await admin.call(OperatorService.method.verifyAuditLog, {}, { bearerToken: adminToken }), "VerifyAuditLog");
-    return report.problems.map((p) => `${AuditProblemKind[p.kind]} ${p.replicaId} ${p.sequence}`);
-  };
-  const gapless = async () => {
-    const replicas = await db`SELECT replica_id, count(*)::int AS n, min(sequence)::int AS lo, max(sequence)::int AS hi FROM audit_events GROUP BY replica_id`;
-    for (const r of replicas) expect({ n: r.n, lo: r.lo }, `replica ${r.replica_id}`).to.deep.equal({ n: r.hi, lo: 1 });
-  };
   const decrypted = async (path: string, version: number) =>
     ok(await admin.call(SecretService.method.getSecret, { path, version }), `get ${path}@${version}`).data.v;
 
@@ -81,8 +73,8 @@ describe("puts to existing secrets in group commit", function () {
         SELECT v.created_at FROM secret_versions v JOIN secrets s ON s.id = v.secret_id
         WHERE s.path LIKE 'gc/many/%' AND v.version > 1 GROUP BY v.created_at HAVING count(DISTINCT v.secret_id) > 1) x`;
     expect(shared, "batches that carried puts to more than one secret").to.be.greaterThan(0);
-    await gapless();
-    expect(await verify()).to.deep.equal([]);
+    await expectGaplessSequences(db);
+    expect(await auditProblems(admin, adminToken)).to.deep.equal([]);
   });
 
   it("check-and-set in a batch: stale versions are ABORTED and write nothing, current ones are written", async () => {
@@ -144,7 +136,7 @@ describe("puts to existing secrets in group commit", function () {
     } finally {
       await db`ALTER TABLE audit_events DROP CONSTRAINT gc_spec_refuses`;
     }
-    await gapless();
-    expect(await verify()).to.deep.equal([]);
+    await expectGaplessSequences(db);
+    expect(await auditProblems(admin, adminToken)).to.deep.equal([]);
   });
 });
