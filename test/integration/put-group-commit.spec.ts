@@ -5,6 +5,7 @@
 // database refuses fails alone while the others in its batch are written.
 
 import { expect } from "chai";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { NexusClient } from "../../src/client/nexus-client.js";
 import { login } from "../support/admin-fixtures.js";
@@ -111,6 +112,32 @@ describe("puts to existing secrets in group commit", function () {
       const rows = await db`SELECT v.version FROM secret_versions v JOIN secrets s ON s.id = v.secret_id WHERE s.path = ${`gc/prune/${n}`} ORDER BY v.version`;
       expect(rows.map((r) => r.version), `gc/prune/${n}`).to.deep.equal(n % 2 === 0 ? [5, 6] : [2, 3, 4, 5, 6]);
     }
+  });
+
+  it("in one batch: expires_at set where given and kept where not, and a secret deleted behind the server's back is created anew", async () => {
+    const N = 12;
+    for (let n = 0; n < N; n++) await put(`gc/mixed/${n}`, "v1");
+    const later = new Date(Date.now() + 3_600_000);
+    later.setMilliseconds(0);
+    await db`UPDATE secrets SET expires_at = now() + interval '2 hours' WHERE path = 'gc/mixed/1'`;
+    await db`DELETE FROM secrets WHERE path = 'gc/mixed/0'`; // the server still remembers it at version 1
+    const results = await Promise.all(
+      Array.from({ length: N }, (_, n) =>
+        admin.call(SecretService.method.putSecret, { path: `gc/mixed/${n}`, data: { v: "v2" }, expiresAt: n % 3 === 2 ? timestampFromDate(later) : undefined }),
+      ),
+    );
+    expect(ok(results[0], "gc/mixed/0").version, "re-created").to.equal(1);
+    for (let n = 1; n < N; n++) expect(ok(results[n], `gc/mixed/${n}`).version, `gc/mixed/${n}`).to.equal(2);
+    const rows = await db`SELECT path, expires_at FROM secrets WHERE path LIKE 'gc/mixed/%'`;
+    const expiry = new Map(rows.map((r) => [r.path as string, r.expires_at as Date | null]));
+    for (let n = 0; n < N; n++) {
+      const path = `gc/mixed/${n}`;
+      const got = expiry.get(path);
+      if (n % 3 === 2) expect(got?.getTime(), path).to.equal(later.getTime());
+      else if (n === 1) expect(got, path).to.not.equal(null);
+      else expect(got, path).to.equal(null);
+    }
+    expect(await decrypted("gc/mixed/0", 1)).to.equal("v2");
   });
 
   it("a put the database refuses fails alone: the others that arrived with it are written and audited ok", async () => {
