@@ -4,9 +4,10 @@
 // group commit: events that arrive while a batch is being written wait for the
 // next one, so under load one INSERT carries many events, and each call waits
 // until its event has committed. A GetSecret's read rides in that statement,
-// and its event is written only if the read found what it asked for (ADR 0005). If it cannot be written, the call fails (fail
-// closed). Events recorded while sealed have no MAC yet; they are MAC'd when
-// the key returns, and only if their content is what this replica wrote.
+// and its event is written only if the read found what it asked for (ADR 0005).
+// If an event cannot be written, the call fails (fail closed). Events recorded
+// while sealed have no MAC yet; they are MAC'd when the key returns, and only if
+// their content is what this replica wrote.
 
 import { createHash, randomBytes } from "node:crypto";
 import { hostname } from "node:os";
