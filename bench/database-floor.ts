@@ -1,6 +1,6 @@
 // The database floor: Debian's pgbench running the very statements a PutSecret
-// and a GetSecret make the server run (src/store/secret-store.ts appendVersion
-// with its audit CTE; the audit group commit of src/store/audit-store.ts
+// and a GetSecret make the server run (the put group commit, appendMany in
+// src/store/secret-store.ts; the audit group commit of src/store/audit-store.ts
 // insertBatch, which carries GetSecret's reads), prepared, with as many
 // connections as the server's pool. No gRPC, no TLS, no crypto, no Node: what
 // is left is PostgreSQL's cost, which Nexus cannot go below.
@@ -8,9 +8,9 @@
 // pgbench variables are numbers or fixed strings, so two adaptations keep the
 // statements identical: GetSecret reads copies of the read secrets (same rows,
 // same sizes) stored at the paths "0".."N-1" (a fixed random batch of them);
-// each client appends to its own write secret, counting versions itself (a
-// version is only written if it is latest + 1). An undefined pgbench variable
-// binds SQL NULL in prepared mode: that is the put's expires_at.
+// each client appends to its own write secrets, a bookkeeping SELECT building
+// each batch with their next version numbers (a version is only written if it
+// is latest + 1) and expires_at NULL.
 
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
@@ -108,34 +108,6 @@ WITH t AS MATERIALIZED (
 )
 SELECT * FROM r`;
 
-/**
- * SecretStore.appendVersion with auditInsertFragment, as in src/store/. When
- * src/ changes it, the harness notices (the queryids pg_stat_statements gives
- * the server's statement and this one differ) and says so in the report.
- */
-export const PUT_SQL = `
-WITH cur AS (
-  SELECT latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
-  FROM secrets WHERE id = :sid FOR UPDATE
-), upd AS (
-  UPDATE secrets
-  SET latest_version = :v, updated_at = now(), expires_at = coalesce(:expires_not_set::timestamptz, expires_at)
-  WHERE id = :sid AND latest_version = :vprev AND (expires_at IS NULL OR expires_at > now())
-  RETURNING id, max_versions
-), ins AS (
-  INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
-  SELECT id, :v, :ciphertext, :created_by FROM upd
-  RETURNING created_at
-), pruned AS (
-  DELETE FROM secret_versions v USING upd
-  WHERE v.secret_id = upd.id AND v.version <= :v - upd.max_versions
-), aud AS (
-  INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
-  SELECT :replica, :seq::bigint, :time::timestamptz, :request_id, :created_by, :rpc_put, :write_path::text,
-         :v::int, :outcome, :code, :detail::jsonb, :mac::bytea FROM upd
-)
-SELECT (SELECT created_at FROM ins) AS created_at, cur.latest_version, cur.expired FROM cur`;
-
 /** SecretStore.appendMany: the group commit of puts to different secrets, as in src/store/secret-store.ts. */
 export const PUT_BATCH_SQL = `
 WITH t AS MATERIALIZED (
@@ -145,7 +117,7 @@ WITH t AS MATERIALIZED (
     outcome text, code text, detail jsonb, mac_hex text)
 ), cur AS MATERIALIZED (
   SELECT id, latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
-  FROM secrets WHERE id IN (SELECT secret_id FROM t) ORDER BY id FOR UPDATE
+  FROM secrets WHERE id IN (SELECT secret_id FROM t) ORDER BY id FOR UPDATE NOWAIT
 ), upd AS (
   UPDATE secrets s
   SET latest_version = t.new_version, updated_at = now(), expires_at = coalesce(t.expires_at, s.expires_at)
@@ -227,9 +199,8 @@ export interface FloorRun {
 }
 
 /**
- * PutSecret as the server runs it under load. With a mean batch of about one,
- * appendOne: one transaction each, each client on its own secret. Otherwise
- * appendMany with `putBatch` puts per statement, each client on its own
+ * PutSecret as the server runs it: appendMany with `putBatch` puts per
+ * statement (the mean batch the server wrote), each client on its own
  * `putBatch` secrets; a bookkeeping SELECT per transaction reads their next
  * version numbers (the server knows them from memory).
  */
@@ -248,21 +219,6 @@ export async function pgbenchPut(run: FloorRun, putBatch: number): Promise<Pgben
     detail: "{}",
   };
   const file = path.join(run.dir, "put.sql");
-  if (batch === 1) {
-    await writeFile(file, [
-      "\\if :init = 0",
-      `\\set idx :client_id * ${run.data.writeSpread}`,
-      "SELECT id AS sid, latest_version AS v FROM secrets WHERE path = 'bench/write/s' || lpad(:idx::text, 6, '0') \\gset",
-      "\\set init 1",
-      "\\endif",
-      "\\set vprev :v",
-      "\\set v :v + 1",
-      "\\set seq :seq + 1",
-      PUT_SQL.trim(),
-      "",
-    ].join("\n"));
-    return pgbench(run, "put", [file], { ...common, seq: "0", ciphertext: `\\x${run.data.ciphertextHex}`, mac: `\\x${"ab".repeat(32)}` });
-  }
   // The bookkeeping SELECT builds the batch as the server would: this client's
   // secrets, each at its next version, the same ciphertext and audit fields.
   await writeFile(file, [

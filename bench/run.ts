@@ -269,7 +269,7 @@ function auditBatchSize(statements: CapturedStatement[]): number | undefined {
   return batch && batch.calls > 0 ? batch.rows / batch.calls : undefined;
 }
 
-/** The put group commit's mean batch: puts per statement that writes versions (appendOne and appendMany). */
+/** The put group commit's mean batch: puts per statement that writes versions (appendMany, and appendOne when a batch went again one by one). */
 function putBatchSize(statements: CapturedStatement[]): number | undefined {
   const puts = statements.filter((s) => /INSERT INTO secret_versions/i.test(s.query) && /WITH/i.test(s.query));
   const calls = puts.reduce((a, s) => a + s.calls, 0);
@@ -311,7 +311,7 @@ function runNotes(config: BenchConfig, db: BenchDatabase, floor: FloorRun | unde
   if (floor) {
     notes.push(
       `Database floor: ${floor.bin.version} (${floor.bin.path}${floor.bin.installed ? `, installed by the harness: ${floor.bin.installed}` : ", found installed"}) against the embedded PostgreSQL ${db.settings.server_version} — the libpq protocol is compatible. -M prepared, -c ${floor.data.clients} (= NEXUS_DB_POOL_MAX), -j ${floor.threads}, ${floor.durationS} s per round.`,
-      `pgbench put: SecretStore's put statement verbatim — appendMany, the group commit of puts to different secrets, with ${Math.max(1, Math.round(putBatch ?? 1))} puts per statement (the mean batch the server wrote during put@${config.inFlight}${putBatch === undefined ? ": not captured, 1 assumed" : `: ${putBatch.toFixed(1)}`}), each client appending to its own existing write secrets, plus one bookkeeping SELECT per statement for their next version numbers (appendOne, one put per transaction, when the mean batch is about 1); expires_at is SQL NULL. pgbench-put throughput counts puts (statements × batch).${floorPuts ? ` ${floorPuts.written.toLocaleString("en-US")} of ${floorPuts.transactions.toLocaleString("en-US")} floor puts wrote a version.` : ""}`,
+      `pgbench put: SecretStore's put statement verbatim — appendMany, the group commit of puts to different secrets, with ${Math.max(1, Math.round(putBatch ?? 1))} puts per statement (the mean batch the server wrote during put@${config.inFlight}${putBatch === undefined ? ": not captured, 1 assumed" : `: ${putBatch.toFixed(1)}`}), each client appending to its own existing write secrets, plus one bookkeeping SELECT per statement for their next version numbers; expires_at is SQL NULL. pgbench-put throughput counts puts (statements × batch).${floorPuts ? ` ${floorPuts.written.toLocaleString("en-US")} of ${floorPuts.transactions.toLocaleString("en-US")} floor puts wrote a version.` : ""}`,
       `pgbench get: AuditStore.insertBatch verbatim — the audit group commit that carries GetSecret's reads — with ${Math.max(1, Math.round(auditBatch ?? 8))} reads per statement (the mean batch the server wrote during get@${config.inFlight}${auditBatch === undefined ? ": not captured, 8 assumed" : `: ${auditBatch.toFixed(1)}`}), over a fixed random batch of copies of the read secrets at paths "0".."${config.readSecrets - 1}" (pgbench variables are fixed strings). pgbench-get throughput counts reads (statements × batch).`,
     );
   }

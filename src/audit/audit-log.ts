@@ -16,6 +16,7 @@ import { canonicalJson, mac } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
 import type { AuditedRead, AuditStore, BatchEvent, ReadableVersion } from "../store/audit-store.js";
+import { isDatabaseUnavailable } from "../store/database.js";
 import { GroupCommit } from "../store/group-commit.js";
 import { auditMacInput, macAuditEvent, type AuditFields, type AuditOutcome, type AuditRow } from "./audit-event.js";
 
@@ -115,14 +116,31 @@ export class AuditLog {
     await this.store.insertCheckpoint({ ...c, mac: checkpointMac(this.keys.integrityKey(), c) });
   }
 
-  /** One group commit: marks what was written; a batch that fails fails all its calls (fail closed). */
-  private async writeBatch(batch: BatchEvent[]): Promise<Array<ReadableVersion | undefined>> {
+  /**
+   * One group commit: marks what was written. If the database refused the
+   * statement (it rolled back as a whole), each event goes again on its own, so
+   * one bad event fails only its own call; if the database is unreachable, the
+   * batch's calls fail (fail closed).
+   */
+  private async writeBatch(batch: BatchEvent[]): Promise<Array<ReadableVersion | undefined | Promise<ReadableVersion | undefined>>> {
+    try {
+      return await this.writeEvents(batch);
+    } catch (err) {
+      if (batch.length === 1 || isDatabaseUnavailable((err as { cause?: unknown }).cause)) throw err;
+      const each = batch.map((e) => this.writeEvents([e]).then(([found]) => found));
+      await Promise.allSettled(each);
+      return each;
+    }
+  }
+
+  private async writeEvents(batch: BatchEvent[]): Promise<Array<ReadableVersion | undefined>> {
     let found: Map<number, ReadableVersion>;
     try {
       found = await this.store.insertBatch(batch);
     } catch (err) {
-      this.logger.error("audit batch not written; failing its calls", { events: batch.length, err: (err as { cause?: unknown }).cause ?? err });
-      throw new NexusError("unavailable", "the audit log cannot be written; the call was refused", { reason: "AUDIT_UNAVAILABLE", cause: err });
+      const cause = (err as { cause?: unknown }).cause ?? err;
+      this.logger.error("audit events not written; failing their calls", { events: batch.length, err: cause });
+      throw new NexusError("unavailable", "the audit log cannot be written; the call was refused", { reason: "AUDIT_UNAVAILABLE", cause });
     }
     return batch.map((e, i) => {
       const version = found.get(i);
@@ -155,6 +173,7 @@ export class CallRecord implements CallAudit {
   private version: number | null = null;
   private caller = "";
   private written = false;
+  private prepared = false;
 
   constructor(
     private readonly log: AuditLog,
@@ -172,6 +191,7 @@ export class CallRecord implements CallAudit {
   }
 
   prepare(detail: Record<string, unknown> = {}): AuditRow {
+    this.prepared = true;
     return this.log.row(this.fields("ok", "OK", detail));
   }
 
@@ -182,7 +202,15 @@ export class CallRecord implements CallAudit {
 
   async recordRead(read: AuditedRead): Promise<ReadableVersion | undefined> {
     if (this.written) throw new Error("the call's audit event is already written");
-    const found = await this.log.writeWithRead(this.log.row(this.fields("ok", "OK", {})), read);
+    let found: ReadableVersion | undefined;
+    try {
+      found = await this.log.writeWithRead(this.log.row(this.fields("ok", "OK", {})), read);
+    } catch (err) {
+      // Whether that statement committed is unknown: never write this sequence
+      // number again (the failure gets an event of its own that points at it).
+      this.written = true;
+      throw err;
+    }
     if (found !== undefined) this.written = true;
     return found;
   }
@@ -193,6 +221,9 @@ export class CallRecord implements CallAudit {
    * event of its own, so the log never shows only "ok" for a failed call.
    */
   async finish(outcome: AuditOutcome, code: string, detail: Record<string, unknown> = {}): Promise<void> {
+    // A change whose statement met an unreachable database may have committed
+    // its prepared event: its sequence number is not reused either.
+    if (this.prepared && code === "UNAVAILABLE") this.written = true;
     if (this.written) {
       if (outcome === "ok") return;
       const followUp = this.log.begin(this.call);

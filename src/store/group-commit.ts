@@ -69,3 +69,21 @@ export class GroupCommit<T, R> {
     return batch;
   }
 }
+
+/** Runs the functions given to it at most `n` at a time, in the order given. */
+export function concurrencyLimit(n: number): <T>(f: () => Promise<T>) => Promise<T> {
+  let active = 0;
+  const waiting: Array<() => void> = [];
+  return async <T>(f: () => Promise<T>): Promise<T> => {
+    if (active < n) active++;
+    else await new Promise<void>((resolve) => waiting.push(resolve));
+    try {
+      return await f();
+    } finally {
+      // Hand the slot straight to the next waiter, so no newcomer slips in between.
+      const next = waiting.shift();
+      if (next) next();
+      else active--;
+    }
+  };
+}

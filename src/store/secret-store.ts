@@ -7,7 +7,7 @@ import type { AuditRow } from "../audit/audit-event.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { auditInsertFragment, auditJson, insertAuditRow } from "./audit-store.js";
 import { guarded, type Sql } from "./database.js";
-import { GroupCommit } from "./group-commit.js";
+import { concurrencyLimit, GroupCommit } from "./group-commit.js";
 
 export interface SecretKeyRow {
   readonly id: string;
@@ -84,9 +84,12 @@ const LIVE = "(expires_at IS NULL OR expires_at > now())";
 
 /** Puts in one batch statement at most; a batch never holds two puts to one secret. */
 const MAX_PUT_BATCH = 128;
+/** Puts of a failed batch that go again on their own at the same time. */
+const FALLBACK_CONCURRENCY = 4;
 
 export class SecretStore {
   private readonly appends: GroupCommit<{ a: AppendVersion; audit: AuditRow }, AppendResult>;
+  private readonly fallbackSlot = concurrencyLimit(FALLBACK_CONCURRENCY);
 
   constructor(private readonly sql: Sql) {
     this.appends = new GroupCommit((batch) => this.appendBatch(batch), { maxBatch: MAX_PUT_BATCH, key: (p) => p.a.secretId });
@@ -132,17 +135,16 @@ export class SecretStore {
   }
 
   private async appendBatch(batch: ReadonlyArray<{ a: AppendVersion; audit: AuditRow }>): Promise<Array<AppendResult | Promise<AppendResult>>> {
-    if (batch.length === 1) return [await this.appendOne(batch[0].a, batch[0].audit)];
     try {
       return await this.appendMany(batch);
     } catch (err) {
-      // The statement rolled back as a whole (a deadlock with a statement that
-      // locked the same rows in another order, or one put the database refused):
-      // each put goes again on its own, so one put's failure is only its own.
       if (err instanceof NexusError && err.code === "unavailable") throw err;
-      const each = batch.map((p) => this.appendOne(p.a, p.audit));
-      await Promise.allSettled(each);
-      return each;
+      // The statement rolled back as a whole: a row locked elsewhere (NOWAIT),
+      // a deadlock, or one put the database refused. Each put goes again on its
+      // own — waiting for its row if it must, outside the group commit, so the
+      // puts after it do not wait too — a few at a time, so the pool keeps
+      // connections for the audit log. One put's failure is only its own.
+      return batch.map((p) => this.fallbackSlot(() => this.appendOne(p.a, p.audit)));
     }
   }
 
@@ -174,7 +176,7 @@ export class SecretStore {
     });
   }
 
-  /** appendOne for many secrets (distinct ids) in one statement; rows lock in id order. */
+  /** appendOne for any number of secrets (distinct ids) in one statement; rows lock in id order, without waiting. */
   private async appendMany(batch: ReadonlyArray<{ a: AppendVersion; audit: AuditRow }>): Promise<AppendResult[]> {
     // One JSON parameter for the batch (see AuditStore.insertBatch).
     const json = JSON.stringify(
@@ -197,7 +199,9 @@ export class SecretStore {
             outcome text, code text, detail jsonb, mac_hex text)
         ), cur AS MATERIALIZED (
           SELECT id, latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
-          FROM secrets WHERE id IN (SELECT secret_id FROM t) ORDER BY id FOR UPDATE
+          -- NOWAIT: a row someone else holds fails the batch at once (each put then
+          -- goes alone) instead of stalling every put of this replica behind it.
+          FROM secrets WHERE id IN (SELECT secret_id FROM t) ORDER BY id FOR UPDATE NOWAIT
         ), upd AS (
           UPDATE secrets s
           SET latest_version = t.new_version, updated_at = now(), expires_at = coalesce(t.expires_at, s.expires_at)

@@ -55,12 +55,28 @@ export class CallPipeline {
   }
 }
 
-/** What a call addresses, for its audit event: a secret path or a policy/token name, and a version. */
+/** Longest subject an audit event keeps of what a request names (valid paths and names are shorter). */
+const MAX_AUDIT_SUBJECT = 256;
+
+/**
+ * What a call addresses, for its audit event: a secret path or a policy/token
+ * name, and a version. It is recorded before the request is validated, so it is
+ * made storable first: a lone UTF-16 surrogate (possible in Connect JSON) or a
+ * NUL would make PostgreSQL refuse the event, and with it the whole batch.
+ */
 function auditSubject(request: Message): [string | null, number | null] {
   const r = request as Message & { path?: unknown; version?: unknown; name?: unknown; policy?: { name?: unknown } };
   const text = (v: unknown) => (typeof v === "string" && v !== "" ? v : null);
   const subject = text(r.path) ?? text(r.name) ?? text(r.policy?.name);
-  return [subject, typeof r.version === "number" && r.version > 0 ? r.version : null];
+  return [subject === null ? null : storableText(subject), typeof r.version === "number" && r.version > 0 ? r.version : null];
+}
+
+const UNSTORABLE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]|\0/g;
+
+function storableText(s: string): string {
+  // Cut first: a cut can split a surrogate pair, and the replacement mends that too.
+  const cut = s.length > MAX_AUDIT_SUBJECT ? `${s.slice(0, MAX_AUDIT_SUBJECT)}…` : s;
+  return cut.replace(UNSTORABLE, "\uFFFD");
 }
 
 function bearer(header: string | undefined): string | undefined {

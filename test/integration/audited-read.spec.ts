@@ -6,6 +6,7 @@
 // error event that points at the recorded read.
 
 import { expect } from "chai";
+import http2 from "node:http2";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { NexusClient } from "../../src/client/nexus-client.js";
 import { login } from "../support/admin-fixtures.js";
@@ -96,21 +97,93 @@ describe("GetSecret's read and its audit event in one statement", function () {
     expect(await auditProblems(admin, adminToken)).to.deep.equal([]);
   });
 
-  it("a read recorded as ok whose ciphertext then fails its integrity check gets an error event pointing at it", async () => {
-    await put("read/corrupted", "x1");
-    const [{ id }] = await db`SELECT id FROM secrets WHERE path = 'read/corrupted'`;
-    // Flip one byte of the ciphertext body: the version is still servable to the database.
-    await db`UPDATE secret_versions SET ciphertext = set_byte(ciphertext, 20, get_byte(ciphertext, 20) # 1) WHERE secret_id = ${id} AND version = 1`;
+  // The ok-then-error pair is also how these cases show that the batch statement
+  // (not the fallback read, which would leave one error event) served the read.
+  for (const version of [0, 1]) {
+    it(`a read (version ${version}) recorded as ok whose ciphertext then fails its integrity check gets an error event pointing at it`, async () => {
+      const path = `read/corrupted-${version}`;
+      await put(path, "x1");
+      await put(path, "x2");
+      const [{ id }] = await db`SELECT id FROM secrets WHERE path = ${path}`;
+      // Flip one byte of the ciphertext body: the version is still servable to the database.
+      const target = version === 0 ? 2 : version;
+      await db`UPDATE secret_versions SET ciphertext = set_byte(ciphertext, 20, get_byte(ciphertext, 20) # 1) WHERE secret_id = ${id} AND version = ${target}`;
 
-    const before = new Date();
-    const message = fails(await server.client("grpc").call(SecretService.method.getSecret, { path: "read/corrupted" }), "INTERNAL");
-    expect(message).to.not.include("x1");
-    const events = await db`
-      SELECT sequence::int AS sequence, outcome, code, detail FROM audit_events
-      WHERE rpc = ${GET_SECRET} AND path = 'read/corrupted' AND time >= ${before} ORDER BY sequence`;
-    expect(events.map((e) => `${e.outcome} ${e.code}`)).to.deep.equal(["ok OK", "error INTERNAL"]);
-    expect(events[1].detail).to.deep.include({ reason: "INTEGRITY_CHECK_FAILED", after_sequence: events[0].sequence });
-    await expectGaplessSequences(db);
-    expect(await auditProblems(admin, adminToken)).to.deep.equal([]);
+      const before = new Date();
+      const message = fails(await server.client("grpc").call(SecretService.method.getSecret, { path, version }), "INTERNAL");
+      expect(message).to.not.match(/x[12]/);
+      const events = await db`
+        SELECT sequence::int AS sequence, outcome, code, detail FROM audit_events
+        WHERE rpc = ${GET_SECRET} AND path = ${path} AND time >= ${before} ORDER BY sequence`;
+      expect(events.map((e) => `${e.outcome} ${e.code}`)).to.deep.equal(["ok OK", "error INTERNAL"]);
+      expect(events[1].detail).to.deep.include({ reason: "INTEGRITY_CHECK_FAILED", after_sequence: events[0].sequence });
+      await expectGaplessSequences(db);
+      expect(await auditProblems(admin, adminToken)).to.deep.equal([]);
+    });
+  }
+
+  it("an event the database refuses fails only its own call: the reads that shared its batch are served and audited", async () => {
+    for (let n = 0; n < 20; n++) await put(`read/batch/${n}`, `b${n}`);
+    await put("read/refused", "r");
+    await db`ALTER TABLE audit_events ADD CONSTRAINT audited_read_spec_refuses CHECK (path IS DISTINCT FROM 'read/refused') NOT VALID`;
+    try {
+      const before = new Date();
+      const client = server.client("grpc");
+      const results = await Promise.all([
+        ...Array.from({ length: 10 }, (_, n) => client.call(SecretService.method.getSecret, { path: `read/batch/${n}` })),
+        client.call(SecretService.method.getSecret, { path: "read/refused" }),
+        ...Array.from({ length: 10 }, (_, n) => client.call(SecretService.method.getSecret, { path: `read/batch/${n + 10}` })),
+      ]);
+      const refused = results.splice(10, 1)[0];
+      fails(refused, "UNAVAILABLE", "the read whose event cannot be written");
+      results.forEach((r, n) => expect(ok(r, `read/batch/${n}`).data).to.deep.equal({ v: `b${n}` }));
+      const events = await db`SELECT path, outcome FROM audit_events WHERE rpc = ${GET_SECRET} AND time >= ${before} AND path LIKE 'read/batch/%'`;
+      expect(events.map((e) => `${e.path} ${e.outcome}`).sort()).to.deep.equal(Array.from({ length: 20 }, (_, n) => `read/batch/${n} ok`).sort());
+    } finally {
+      await db`ALTER TABLE audit_events DROP CONSTRAINT audited_read_spec_refuses`;
+    }
+  });
+
+  it("a request path the database could not store (lone surrogate, NUL) is refused alone and audited in a storable form", async () => {
+    await put("read/neighbour", "n");
+    const session = http2.connect(`https://127.0.0.1:${server.nexus.connectPort}`, {
+      ca: server.pki.ca.certPem,
+      cert: server.pki.superuser.certPem,
+      key: server.pki.superuser.keyPem,
+      servername: "localhost",
+      checkServerIdentity: () => undefined,
+    });
+    try {
+      const before = new Date();
+      const neighbours = Array.from({ length: 8 }, () => server.client("connect").call(SecretService.method.getSecret, { path: "read/neighbour" }));
+      const bad = await Promise.all([
+        connectJson(session, "/spike.nexus.v1.SecretService/GetSecret", '{"path":"read/\\ud800x"}'),
+        connectJson(session, "/spike.nexus.v1.SecretService/GetSecret", '{"path":"read/\\u0000x"}'),
+      ]);
+      // Both are invalid_argument (HTTP 400): the lone surrogate already in
+      // connect-node's JSON decoding, the NUL in our path rules, after its
+      // event was queued with the neighbours' reads.
+      for (const b of bad) expect([b.status, JSON.parse(b.body).code], b.body).to.deep.equal([400, "invalid_argument"]);
+      for (const r of await Promise.all(neighbours)) expect(ok(r, "neighbour").data).to.deep.equal({ v: "n" });
+      const events = await db`SELECT path, code FROM audit_events WHERE rpc = ${GET_SECRET} AND time >= ${before} AND path <> 'read/neighbour'`;
+      expect(events.map((e) => `${e.path} ${e.code}`)).to.deep.equal(["read/\uFFFDx INVALID_ARGUMENT"]);
+    } finally {
+      session.close();
+    }
   });
 });
+
+/** One Connect unary call with a JSON body, as curl would send it. */
+function connectJson(session: http2.ClientHttp2Session, path: string, body: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const stream = session.request({ ":method": "POST", ":path": path, "content-type": "application/json" });
+    let status = 0;
+    let text = "";
+    stream.setEncoding("utf8");
+    stream.on("response", (headers) => (status = Number(headers[":status"])));
+    stream.on("data", (chunk: string) => (text += chunk));
+    stream.on("end", () => resolve({ status, body: text }));
+    stream.on("error", reject);
+    stream.end(body);
+  });
+}

@@ -12,6 +12,7 @@ import { login } from "../support/admin-fixtures.js";
 import { auditProblems, expectGaplessSequences } from "../support/audit-fixtures.js";
 import { fails, ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { LISTENERS } from "../support/test-server.js";
+import { sleep } from "../support/wait.js";
 
 const PUT_SECRET = "/spike.nexus.v1.SecretService/PutSecret";
 
@@ -90,7 +91,7 @@ describe("puts to existing secrets in group commit", function () {
     for (let n = 0; n < N; n++) {
       const path = `gc/cas/${n}`;
       if (n % 2 === 0) expect(ok(results[n], path).version, path).to.equal(3);
-      else expect(fails(results[n], "ABORTED", path), path).to.include("2");
+      else expect(fails(results[n], "ABORTED", path), path).to.include("cas was 1 but its latest version is 2");
       const [{ latest }] = await db`SELECT latest_version AS latest FROM secrets WHERE path = ${path}`;
       expect(latest, path).to.equal(n % 2 === 0 ? 3 : 2);
     }
@@ -138,6 +139,30 @@ describe("puts to existing secrets in group commit", function () {
       else expect(got, path).to.equal(null);
     }
     expect(await decrypted("gc/mixed/0", 1)).to.equal("v2");
+  });
+
+  it("a secret row locked elsewhere holds up only the puts to it, not the others that arrive with them", async () => {
+    const N = 10;
+    for (let n = 0; n < N; n++) await put(`gc/locked/${n}`, "v1");
+    const locker = await db.reserve();
+    await locker`BEGIN`;
+    await locker`SELECT 1 FROM secrets WHERE path = 'gc/locked/0' FOR UPDATE`;
+    let lockedPut: Promise<unknown> | undefined;
+    try {
+      const puts = Array.from({ length: N }, (_, n) => admin.call(SecretService.method.putSecret, { path: `gc/locked/${n}`, data: { v: "v2" } }));
+      lockedPut = puts[0];
+      const others = await Promise.race([Promise.all(puts.slice(1)), sleep(10_000).then(() => "timed out" as const)]);
+      expect(others, "the puts to unlocked secrets, while the lock is held").to.not.equal("timed out");
+      if (others !== "timed out") others.forEach((r, n) => expect(ok(r, `gc/locked/${n + 1}`).version).to.equal(2));
+      expect(await Promise.race([puts[0].then(() => "done"), sleep(200).then(() => "waiting")]), "the put to the locked secret").to.equal("waiting");
+      // A put that arrives now is not stuck behind the waiting one either.
+      expect(ok(await admin.call(SecretService.method.putSecret, { path: "gc/locked/1", data: { v: "v3" } })).version).to.equal(3);
+    } finally {
+      await locker`ROLLBACK`;
+      locker.release();
+    }
+    const res = (await lockedPut) as Awaited<ReturnType<typeof admin.call<typeof SecretService.method.putSecret>>>;
+    expect(ok(res, "gc/locked/0").version).to.equal(2);
   });
 
   it("a put the database refuses fails alone: the others that arrived with it are written and audited ok", async () => {

@@ -3,7 +3,7 @@
 // batch, and a failure is confined to its batch (or to its item).
 
 import { expect } from "chai";
-import { GroupCommit } from "../../../src/store/group-commit.js";
+import { concurrencyLimit, GroupCommit } from "../../../src/store/group-commit.js";
 
 /** A run function that records its batches and finishes each when told. */
 function recorder<T>(result: (item: T) => unknown = (item) => item) {
@@ -80,5 +80,27 @@ describe("GroupCommit", () => {
     const gc = new GroupCommit<number, number>(async (batch) => batch.map((n) => (n === 2 ? Promise.reject(new Error("two")) : Promise.resolve(n))), { maxBatch: 10 });
     const results = await Promise.allSettled([1, 2, 3].map((n) => gc.submit(n)));
     expect(results.map((x) => (x.status === "fulfilled" ? x.value : (x.reason as Error).message))).to.deep.equal([1, "two", 3]);
+  });
+});
+
+describe("concurrencyLimit", () => {
+  it("runs at most n at a time, starts them in order, and passes results and errors through", async () => {
+    const limit = concurrencyLimit(2);
+    let active = 0;
+    let maxActive = 0;
+    const started: number[] = [];
+    const task = (n: number) => async () => {
+      started.push(n);
+      active++;
+      maxActive = Math.max(maxActive, active);
+      await new Promise((r) => setTimeout(r, 5));
+      active--;
+      if (n === 3) throw new Error("three");
+      return n;
+    };
+    const results = await Promise.allSettled([1, 2, 3, 4, 5].map((n) => limit(task(n))));
+    expect(maxActive).to.equal(2);
+    expect(started).to.deep.equal([1, 2, 3, 4, 5]);
+    expect(results.map((r) => (r.status === "fulfilled" ? r.value : (r.reason as Error).message))).to.deep.equal([1, 2, "three", 4, 5]);
   });
 });
