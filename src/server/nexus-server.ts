@@ -3,13 +3,6 @@
 // listeners, and takes everything down again in order. Tests build servers
 // through here too, each with its own configuration and database.
 
-import * as grpc from "@grpc/grpc-js";
-import type http2 from "node:http2";
-import type { Socket } from "node:net";
-import { file_spike_nexus_v1_operator } from "../../gen/spike/nexus/v1/operator_pb.js";
-import { file_spike_nexus_v1_secret } from "../../gen/spike/nexus/v1/secret_pb.js";
-import { file_spike_nexus_v1_policy } from "../../gen/spike/nexus/v1/policy_pb.js";
-import { file_grpc_health_v1_health } from "../../gen/grpc/health/v1/health_pb.js";
 import { AuditLog } from "../audit/audit-log.js";
 import { AuditVerifier } from "../audit/audit-verifier.js";
 import { AccessController } from "../authorization/access-policy.js";
@@ -17,7 +10,7 @@ import { AdminCredentials } from "../authorization/admin-credentials.js";
 import { PasswordAttempts } from "../authorization/password-attempts.js";
 import { PolicyEngine } from "../authorization/policy-engine.js";
 import { PolicySync } from "../authorization/policy-sync.js";
-import type { ListenAddress, NexusConfig } from "../config/config.js";
+import type { NexusConfig } from "../config/config.js";
 import { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
 import { KeyManager } from "../keys/key-manager.js";
@@ -37,13 +30,8 @@ import { DatabaseMonitor } from "../store/database-monitor.js";
 import { startEmbeddedPostgres, type EmbeddedPostgres } from "../store/embedded-postgres.js";
 import { loadMigrations, Migrator } from "../store/migrations.js";
 import { RootKeyStore } from "../store/root-key-store.js";
-import { CallPipeline } from "../transport/call-pipeline.js";
 import { CertificateSource } from "../transport/certificate-source.js";
-import { createConnectServer } from "../transport/connect-server.js";
-import { addServicesToGrpcServer, grpcServerOptions, listenGrpcTls } from "../transport/grpc-server.js";
-import { HealthReporter } from "../transport/health.js";
-import { listen } from "../transport/listen.js";
-import { createReflectionService } from "../transport/reflection.js";
+import type { HealthReporter } from "../transport/health.js";
 
 export interface RunningNexus {
   readonly grpcPort: number;
@@ -123,22 +111,17 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
       secretService({ keys, cipher: new SecretCipher(keys), store: secrets, maxSecretBytes: config.maxSecretBytes }),
       policyService({ store: policyStore, keys, sync: policySync }),
     ];
-    const pipeline = new CallPipeline(
-      new PeerAuthenticator({ trustDomains: [config.trustDomain] }),
-      new AccessController(config.superuserId, engine, credentials, keys),
-      auditLog,
-      logger,
-    );
-
-    const health = new HealthReporter(services.map((s) => s.desc.typeName));
-    // Serving means the database answers and this replica holds its keys.
-    const updateHealth = () => health.set(monitor.isHealthy && !keys.sealed ? "SERVING" : "NOT_SERVING");
-    const monitor = new DatabaseMonitor(sql, updateHealth, logger, options.databaseCheckIntervalMs);
-    keys.onSealChange(updateHealth);
-    await monitor.check();
-    monitor.start();
-    cleanup.push(() => monitor.stop());
-    await unsealAtStart(config, keys, rootKeys, logger);
+    // Seal changes before the listeners exist still reach the health status.
+    let updateHealth = () => {};
+    keys.onSealChange(() => updateHealth());
+    // Unsealing from a password file (scrypt, in libuv's thread pool) runs while
+    // the listeners load and start; startNexus returns once it is done.
+    const unsealing = unsealAtStart(config, keys, rootKeys, logger);
+    unsealing.catch(() => {}); // awaited below
+    // grpc-js, connect-node and reflection take ~250 ms to load; loading them
+    // only now keeps that off the database's start-up path and overlaps it
+    // with the scrypt of the password file.
+    const listenersModule = import("./listeners.js");
 
     cleanup.push(
       startMaintenance({
@@ -153,32 +136,26 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
       }),
     );
 
-    const grpcServer = new grpc.Server(grpcServerOptions(config));
-    addServicesToGrpcServer(grpcServer, services, pipeline);
-    health.implementation.addToServer(grpcServer);
-    createReflectionService([file_spike_nexus_v1_operator, file_spike_nexus_v1_secret, file_spike_nexus_v1_policy, file_grpc_health_v1_health]).addToServer(grpcServer);
-    const grpcListener = await listenGrpcTls(grpcServer, config.listen, certificates, logger);
-    const grpcPort = grpcListener.port;
-    cleanup.push(() => grpcServer.forceShutdown());
-    cleanup.push(() => grpcListener.close());
-
-    const healthServer = new grpc.Server(grpcServerOptions(config));
-    health.implementation.addToServer(healthServer);
-    const healthPort = await bind(healthServer, config.healthListen, grpc.ServerCredentials.createInsecure());
-    cleanup.push(() => healthServer.forceShutdown());
-
-    const connectServer = createConnectServer({
-      services,
-      pipeline,
-      tls: certificates.material,
-      maxMessageBytes: config.maxMessageBytes,
-      maxConcurrentStreams: config.maxConcurrentStreams,
+    const { startListeners } = await listenersModule;
+    const listeners = await startListeners({
+      config,
       logger,
+      services,
+      certificates,
+      authenticator: new PeerAuthenticator({ trustDomains: [config.trustDomain] }),
+      access: new AccessController(config.superuserId, engine, credentials, keys),
+      auditLog,
+      cleanup,
     });
-    certificates.onChange((m) => connectServer.setSecureContext({ cert: m.cert, key: m.key, ca: m.ca }));
-    const connections = trackConnections(connectServer);
-    const connectPort = await listen(connectServer, config.connectListen);
-    cleanup.push(() => connections.destroyAll());
+    const { health, grpcPort, connectPort, healthPort } = listeners;
+    // Serving means the database answers and this replica holds its keys.
+    const monitor = new DatabaseMonitor(sql, () => updateHealth(), logger, options.databaseCheckIntervalMs);
+    updateHealth = () => health.set(monitor.isHealthy && !keys.sealed ? "SERVING" : "NOT_SERVING");
+    await monitor.check();
+    monitor.start();
+    cleanup.push(() => monitor.stop());
+    await unsealing;
+    updateHealth();
 
     logger.info("nexus serving", { grpcPort, connectPort, healthPort, trustDomain: config.trustDomain, mode: config.mode });
 
@@ -187,15 +164,7 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
       (stopping ??= (async () => {
         logger.info("shutting down", { graceMs: config.shutdownGraceMs });
         health.set("NOT_SERVING");
-        const drained = Promise.all([
-          grpcListener.close(),
-          new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve())),
-          new Promise<void>((resolve) => healthServer.tryShutdown(() => resolve())),
-          new Promise<void>((resolve) => {
-            connectServer.close(() => resolve());
-            connections.closeGracefully();
-          }),
-        ]);
+        const drained = listeners.drain();
         const timer = new Promise<"timeout">((resolve) => setTimeout(() => resolve("timeout"), config.shutdownGraceMs).unref());
         if ((await Promise.race([drained, timer])) === "timeout") logger.warn("grace period over; cancelling remaining calls");
         await undo();
@@ -208,33 +177,3 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
     throw err;
   }
 }
-
-function bind(server: grpc.Server, address: ListenAddress, credentials: grpc.ServerCredentials): Promise<number> {
-  const host = address.host.includes(":") ? `[${address.host}]` : address.host;
-  return new Promise((resolve, reject) =>
-    server.bindAsync(`${host}:${address.port}`, credentials, (err, port) => (err ? reject(err) : resolve(port))),
-  );
-}
-
-// http2 servers keep sessions (and HTTP/1.1 keep-alive sockets) open after
-// close(); shutdown asks sessions to finish (GOAWAY) and later destroys the rest.
-function trackConnections(server: http2.Http2SecureServer) {
-  const sessions = new Set<http2.ServerHttp2Session>();
-  const sockets = new Set<Socket>();
-  server.on("session", (session) => {
-    sessions.add(session);
-    session.once("close", () => sessions.delete(session));
-  });
-  server.on("secureConnection", (socket: Socket) => {
-    sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
-  });
-  return {
-    closeGracefully: () => sessions.forEach((s) => s.close()),
-    destroyAll: () => {
-      sessions.forEach((s) => s.destroy());
-      sockets.forEach((s) => s.destroy());
-    },
-  };
-}
-
