@@ -6,11 +6,11 @@
 // error event that points at the recorded read.
 
 import { expect } from "chai";
-import http2 from "node:http2";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { NexusClient } from "../../src/client/nexus-client.js";
 import { login } from "../support/admin-fixtures.js";
 import { auditProblems, expectGaplessSequences } from "../support/audit-fixtures.js";
+import { connectJson, connectSession } from "../support/connect-json.js";
 import { fails, ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { LISTENERS } from "../support/test-server.js";
 
@@ -146,13 +146,7 @@ describe("GetSecret's read and its audit event in one statement", function () {
 
   it("a request path the database could not store (lone surrogate, NUL) is refused alone and audited in a storable form", async () => {
     await put("read/neighbour", "n");
-    const session = http2.connect(`https://127.0.0.1:${server.nexus.connectPort}`, {
-      ca: server.pki.ca.certPem,
-      cert: server.pki.superuser.certPem,
-      key: server.pki.superuser.keyPem,
-      servername: "localhost",
-      checkServerIdentity: () => undefined,
-    });
+    const session = connectSession(server);
     try {
       const before = new Date();
       const neighbours = Array.from({ length: 8 }, () => server.client("connect").call(SecretService.method.getSecret, { path: "read/neighbour" }));
@@ -172,18 +166,3 @@ describe("GetSecret's read and its audit event in one statement", function () {
     }
   });
 });
-
-/** One Connect unary call with a JSON body, as curl would send it. */
-function connectJson(session: http2.ClientHttp2Session, path: string, body: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const stream = session.request({ ":method": "POST", ":path": path, "content-type": "application/json" });
-    let status = 0;
-    let text = "";
-    stream.setEncoding("utf8");
-    stream.on("response", (headers) => (status = Number(headers[":status"])));
-    stream.on("data", (chunk: string) => (text += chunk));
-    stream.on("end", () => resolve({ status, body: text }));
-    stream.on("error", reject);
-    stream.end(body);
-  });
-}

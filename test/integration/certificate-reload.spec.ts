@@ -4,11 +4,12 @@
 // keeps serving), and keeps connections and streams that are already open.
 
 import { expect } from "chai";
-import http2 from "node:http2";
+import type http2 from "node:http2";
 import { X509Certificate } from "node:crypto";
 import tls from "node:tls";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { createLogger } from "../../src/log/logger.js";
+import { connectJson, connectSession } from "../support/connect-json.js";
 import { healthClient, mtlsCredentials } from "../support/health-client.js";
 import { writePkiFiles, type IssuedCert } from "../support/test-pki.js";
 import { LISTENERS, NEXUS_ID, SUPERUSER_ID, startTestServer, type Listener, type TestServer } from "../support/test-server.js";
@@ -129,13 +130,7 @@ describe("certificate reload", function () {
   it("a grpc-js channel and a Connect HTTP/2 session opened before a reload still complete GetStatus after it", async () => {
     const grpcClient = server.client("grpc");
     expect((await grpcClient.call(OperatorService.method.getStatus, {})).code).to.equal("OK");
-    const session = http2.connect(`https://127.0.0.1:${server.nexus.connectPort}`, {
-      ca: server.pki.ca.certPem,
-      cert: server.pki.superuser.certPem,
-      key: server.pki.superuser.keyPem,
-      servername: "localhost",
-      checkServerIdentity: () => undefined,
-    });
+    const session = connectSession(server);
     try {
       const oldSerial = serialOf(serving);
       expect(JSON.parse(await connectGetStatus(session))).to.include({ callerSpiffeId: SUPERUSER_ID });
@@ -156,21 +151,9 @@ describe("certificate reload", function () {
   });
 });
 
-/** One Connect-protocol unary call (JSON) over an existing HTTP/2 session; resolves with the body. */
-function connectGetStatus(session: http2.ClientHttp2Session): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const stream = session.request({
-      ":method": "POST",
-      ":path": "/spike.nexus.v1.OperatorService/GetStatus",
-      "content-type": "application/json",
-    });
-    let status = 0;
-    let body = "";
-    stream.setEncoding("utf8");
-    stream.on("response", (headers) => (status = Number(headers[":status"])));
-    stream.on("data", (chunk: string) => (body += chunk));
-    stream.on("end", () => (status === 200 ? resolve(body) : reject(new Error(`HTTP ${status}: ${body}`))));
-    stream.on("error", reject);
-    stream.end("{}");
-  });
+/** GetStatus over the Connect protocol (JSON) on an existing HTTP/2 session; resolves with the body. */
+async function connectGetStatus(session: http2.ClientHttp2Session): Promise<string> {
+  const { status, body } = await connectJson(session, "/spike.nexus.v1.OperatorService/GetStatus", "{}");
+  if (status !== 200) throw new Error(`HTTP ${status}: ${body}`);
+  return body;
 }
