@@ -18,7 +18,7 @@ export interface Logger {
 }
 
 export function isLogLevel(value: string): value is LogLevel {
-  return value in LEVEL_RANK;
+  return Object.hasOwn(LEVEL_RANK, value);
 }
 
 export function createLogger(

@@ -5,6 +5,7 @@
 import type { DescMethod, DescMethodUnary, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import type { CallAudit } from "../audit/audit-log.js";
 import type { AccessGrant } from "../authorization/access-policy.js";
+import type { NexusError } from "../errors/nexus-error.js";
 import type { SpiffeId } from "../identity/spiffe-id.js";
 
 export type TransportKind = "grpc" | "connect";
@@ -49,6 +50,8 @@ export interface IncomingCall {
   readonly authorization: string | undefined;
   readonly requestId: string | undefined;
   readonly transport: TransportKind;
+  /** Set when the listener already knows the call must be refused (a body that does not decode). */
+  readonly refusal?: NexusError;
 }
 
 export function methodPath(method: DescMethod): string {

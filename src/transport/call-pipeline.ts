@@ -31,6 +31,7 @@ export class CallPipeline {
     record.subject(...auditSubject(request));
     let response: Message;
     try {
+      if (call.refusal !== undefined) throw call.refusal;
       if (call.peerCertificate === undefined) {
         throw new NexusError("unauthenticated", "a client X.509-SVID is required", { reason: "NO_CLIENT_CERTIFICATE" });
       }
@@ -79,8 +80,14 @@ function storableText(s: string): string {
   return cut.replace(UNSTORABLE, "\uFFFD");
 }
 
+/** The token of `authorization: Bearer <token>`; any other authorization header is refused, not ignored. */
 function bearer(header: string | undefined): string | undefined {
-  return header === undefined ? undefined : BEARER.exec(header)?.[1];
+  if (header === undefined) return undefined;
+  const token = BEARER.exec(header)?.[1];
+  if (token === undefined) {
+    throw new NexusError("unauthenticated", 'the authorization header must be "Bearer <token>" (one token)', { reason: "MALFORMED_AUTHORIZATION" });
+  }
+  return token;
 }
 
 // A caller-supplied request id is echoed into logs and the audit log, so keep it boring.

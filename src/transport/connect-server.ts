@@ -11,8 +11,8 @@ import type { Logger } from "../log/logger.js";
 import type { CallPipeline } from "./call-pipeline.js";
 import type { ServiceRegistration } from "./call-context.js";
 import type { TlsMaterial } from "./certificate-source.js";
-import { toConnectError } from "./error-mapping.js";
-import { NexusError } from "../errors/nexus-error.js";
+import { asNexusError, toConnectError } from "./error-mapping.js";
+import { readPeerCertificateOnce } from "./peer-certificate.js";
 
 type PeerCertificate = { raw: Uint8Array; fingerprint256?: string };
 const peerCertificateKey = createContextKey<PeerCertificate | undefined>(undefined, { description: "peer certificate" });
@@ -41,7 +41,7 @@ export function createConnectServer(opts: ConnectServerOptions): http2.Http2Secu
               transport: "connect",
             });
           } catch (err) {
-            throw toConnectError(err as NexusError);
+            throw toConnectError(asNexusError(err));
           }
         };
       }
@@ -70,7 +70,10 @@ export function createConnectServer(opts: ConnectServerOptions): http2.Http2Secu
   // A failed handshake or a reset socket is the peer's problem, never a crash.
   server.on("tlsClientError", (err) => opts.logger.debug("TLS handshake refused", { listener: "connect", err }));
   server.on("sessionError", (err) => opts.logger.debug("HTTP/2 session error", { listener: "connect", err }));
-  server.on("secureConnection", (socket: TLSSocket) => socket.on("error", () => {}));
+  server.on("secureConnection", (socket: TLSSocket) => {
+    socket.on("error", () => {});
+    if (socket.authorized) readPeerCertificateOnce(socket);
+  });
   return server;
 }
 

@@ -2,16 +2,18 @@
 // definitions are built from the generated descriptors (toBinary/fromBinary),
 // and every call goes through the CallPipeline.
 
-import { fromBinary, toBinary, type DescMethodUnary, type DescService, type Message } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, type DescMessage, type DescMethodUnary, type DescService, type Message } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import tls from "node:tls";
 import type { ListenAddress } from "../config/config.js";
+import { NexusError } from "../errors/nexus-error.js";
 import type { Logger } from "../log/logger.js";
 import type { CertificateSource, TlsMaterial } from "./certificate-source.js";
 import { listen } from "./listen.js";
 import type { CallPipeline } from "./call-pipeline.js";
 import { methodPath, type ServiceRegistration, type UnaryHandler } from "./call-context.js";
-import { toGrpcError } from "./error-mapping.js";
+import { asNexusError, toGrpcError } from "./error-mapping.js";
+import { readPeerCertificateOnce } from "./peer-certificate.js";
 
 export interface GrpcLimits {
   readonly maxMessageBytes: number;
@@ -31,6 +33,17 @@ export function grpcServerOptions(limits: GrpcLimits): grpc.ServerOptions {
   };
 }
 
+/** What the deserializer hands on for a request body that does not decode. */
+const UNDECODABLE: Message = Object.freeze({ $typeName: "nexus.undecodable" });
+
+function decodeOrMark(schema: DescMessage, bytes: Buffer): Message {
+  try {
+    return fromBinary(schema, bytes);
+  } catch {
+    return UNDECODABLE;
+  }
+}
+
 function toBuffer(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
@@ -45,7 +58,10 @@ export function grpcServiceDefinition(desc: DescService): grpc.ServiceDefinition
       requestStream: false,
       responseStream: false,
       requestSerialize: (m: Message) => toBuffer(toBinary(method.input, m)),
-      requestDeserialize: (b: Buffer) => fromBinary(method.input, b),
+      // A body that is not the request message reaches the pipeline as a marker,
+      // to be refused INVALID_ARGUMENT and audited like any other refusal
+      // (grpc-js would answer INTERNAL, unaudited, if this threw).
+      requestDeserialize: (b: Buffer) => decodeOrMark(method.input, b),
       responseSerialize: (m: Message) => toBuffer(toBinary(method.output, m)),
       responseDeserialize: (b: Buffer) => fromBinary(method.output, b),
       originalName: method.localName,
@@ -73,16 +89,20 @@ function unaryHandler(method: DescMethodUnary, handler: UnaryHandler<DescMethodU
     // GetSecret's CPU). Deadlines are enforced by grpc-js itself.
     const authorization = call.metadata.get("authorization")[0];
     const requestId = call.metadata.get("x-request-id")[0];
+    const undecodable = call.request === UNDECODABLE;
     pipeline
-      .unary(method, handler, call.request, {
+      .unary(method, handler, undecodable ? create(method.input) : call.request, {
         peerCertificate: call.getAuthContext().sslPeerCertificate,
         authorization: typeof authorization === "string" ? authorization : undefined,
         requestId: typeof requestId === "string" ? requestId : undefined,
         transport: "grpc",
+        refusal: undecodable
+          ? new NexusError("invalid_argument", `the request body is not a valid ${method.input.typeName} message`, { reason: "MALFORMED_REQUEST" })
+          : undefined,
       })
       .then(
         (response) => callback(null, response),
-        (err) => callback(toGrpcError(err)),
+        (err) => callback(toGrpcError(asNexusError(err))),
       );
   };
 }
@@ -114,13 +134,4 @@ export async function listenGrpcTls(server: grpc.Server, address: ListenAddress,
 
 function secureContextOptions(m: TlsMaterial): tls.SecureContextOptions {
   return { cert: m.cert, key: m.key, ca: m.ca };
-}
-
-// The certificate of a connection cannot change once the handshake is done
-// (renegotiation is refused), so answer every later call with the first read.
-function readPeerCertificateOnce(socket: tls.TLSSocket): void {
-  socket.disableRenegotiation();
-  const cert = socket.getPeerCertificate();
-  const detailed = socket.getPeerCertificate.bind(socket);
-  socket.getPeerCertificate = ((full?: boolean) => (full ? detailed(true) : cert)) as typeof socket.getPeerCertificate;
 }

@@ -17,9 +17,14 @@ export function connectSession(server: TestServer): http2.ClientHttp2Session {
 }
 
 /** One Connect unary call with a JSON body; resolves with the HTTP status and the body. */
-export function connectJson(session: http2.ClientHttp2Session, path: string, body: string): Promise<{ status: number; body: string }> {
+export function connectJson(
+  session: http2.ClientHttp2Session,
+  path: string,
+  body: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const stream = session.request({ ":method": "POST", ":path": path, "content-type": "application/json" });
+    const stream = session.request({ ...headers, ":method": "POST", ":path": path, "content-type": "application/json" });
     let status = 0;
     let text = "";
     stream.setEncoding("utf8");

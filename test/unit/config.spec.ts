@@ -52,6 +52,13 @@ describe("loadConfig", () => {
       });
     }
 
+    for (const bad of ["verbose", "constructor", "toString", "__proto__"]) {
+      it(`NEXUS_LOG_LEVEL=${JSON.stringify(bad)} (not a level, even if Object.prototype has it)`, () => {
+        const err = configError(() => load({ ...SERVE_ENV, NEXUS_LOG_LEVEL: bad }));
+        expect(err.message).to.include("NEXUS_LOG_LEVEL");
+      });
+    }
+
     it('an invalid NEXUS_TRUST_DOMAIN ("Spike.IST")', () => {
       const err = configError(() => load({ ...SERVE_ENV, NEXUS_TRUST_DOMAIN: "Spike.IST" }));
       expect(err.message).to.include("NEXUS_TRUST_DOMAIN");
