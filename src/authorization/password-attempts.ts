@@ -7,15 +7,37 @@ import type { SpiffeId } from "../identity/spiffe-id.js";
 import type { CredentialStore } from "../store/credential-store.js";
 
 export class PasswordAttempts {
+  /** The last attempt of each caller on this replica: the next one starts after it. */
+  private readonly latest = new Map<string, Promise<unknown>>();
+
   constructor(
     private readonly store: CredentialStore,
     private readonly freeAttempts = 3,
     private readonly maxLockSeconds = 15 * 60,
   ) {}
 
-  /** Runs a password check for `caller`, refusing it while the caller is locked out. */
-  async guard<T>(caller: SpiffeId, attempt: () => Promise<T>): Promise<T> {
+  /**
+   * Runs a password check for `caller`, refusing it while the caller is locked
+   * out. One caller's attempts run one after another on a replica, each
+   * checking the lockout only once the one before has recorded its outcome:
+   * parallel attempts cannot all pass the check before the first failure lands.
+   */
+  guard<T>(caller: SpiffeId, attempt: () => Promise<T>): Promise<T> {
     const id = caller.toString();
+    const previous = this.latest.get(id) ?? Promise.resolve();
+    const run = previous.then(
+      () => this.checked(id, attempt),
+      () => this.checked(id, attempt),
+    );
+    const settled = run.catch(() => {});
+    this.latest.set(id, settled);
+    void settled.then(() => {
+      if (this.latest.get(id) === settled) this.latest.delete(id);
+    });
+    return run;
+  }
+
+  private async checked<T>(id: string, attempt: () => Promise<T>): Promise<T> {
     const until = await this.store.lockedUntil(id);
     if (until !== undefined) {
       const seconds = Math.ceil((until.getTime() - Date.now()) / 1000);

@@ -65,6 +65,17 @@ describe("admin sessions and admin tokens", function () {
       fails(await attempt(connect, WRONG_PASSWORD), "PERMISSION_DENIED", "a wrong password after the count was cleared");
       ok(await attempt(replica.client("grpc"), ADMIN_PASSWORD), "the right password, one failure later, on the other replica");
     });
+
+    it("ten wrong passwords sent at once get no more tries than ten sent one by one: four refused, then locked out", async () => {
+      await db`DELETE FROM auth_failures`;
+      const client = server.client("connect");
+      const results = await Promise.all(Array.from({ length: 10 }, () => client.call(OperatorService.method.login, { adminPassword: WRONG_PASSWORD })));
+      const codes = results.map((r) => r.code).sort();
+      expect(codes).to.deep.equal([...Array<string>(4).fill("PERMISSION_DENIED"), ...Array<string>(6).fill("RESOURCE_EXHAUSTED")]);
+      const [failures] = await db`SELECT failures FROM auth_failures WHERE spiffe_id = ${SUPERUSER_ID}`;
+      expect(failures.failures, "only the attempts that ran are counted").to.equal(4);
+      await db`DELETE FROM auth_failures`;
+    });
   });
 
   describe("sessions and tokens", () => {
