@@ -65,7 +65,12 @@ export class AuditLog {
     return fields.replicaId === this.replicaId && this.awaitingMac.get(fields.sequence) === digest(fields);
   }
 
-  /** The highest sequence such that it and every lower one are written. */
+  /**
+   * The highest sequence such that it and every lower one are settled: written,
+   * or given up after a write that failed or whose fate is unknown (those are
+   * missing from the log and VerifyAuditLog reports them; the head must not
+   * stop at them, or checkpoints would stop covering new events).
+   */
   get head(): number {
     return this.committedThrough;
   }
@@ -208,7 +213,7 @@ export class CallRecord implements CallAudit {
     } catch (err) {
       // Whether that statement committed is unknown: never write this sequence
       // number again (the failure gets an event of its own that points at it).
-      this.written = true;
+      this.giveUp();
       throw err;
     }
     if (found !== undefined) this.written = true;
@@ -223,7 +228,7 @@ export class CallRecord implements CallAudit {
   async finish(outcome: AuditOutcome, code: string, detail: Record<string, unknown> = {}): Promise<void> {
     // A change whose statement met an unreachable database may have committed
     // its prepared event: its sequence number is not reused either.
-    if (this.prepared && code === "UNAVAILABLE") this.written = true;
+    if (this.prepared && code === "UNAVAILABLE" && !this.written) this.giveUp();
     if (this.written) {
       if (outcome === "ok") return;
       const followUp = this.log.begin(this.call);
@@ -232,7 +237,18 @@ export class CallRecord implements CallAudit {
       return followUp.finish(outcome, code, { ...detail, after_sequence: this.sequence });
     }
     this.written = true;
-    await this.log.write(this.log.row(this.fields(outcome, code, detail)));
+    try {
+      await this.log.write(this.log.row(this.fields(outcome, code, detail)));
+    } catch (err) {
+      this.log.markCompleted(this.sequence); // given up: see giveUp
+      throw err;
+    }
+  }
+
+  /** This call's sequence number will not be written (again): it no longer holds back the head. */
+  private giveUp(): void {
+    this.written = true;
+    this.log.markCompleted(this.sequence);
   }
 
   private fields(outcome: AuditOutcome, code: string, detail: Record<string, unknown>): AuditFields {

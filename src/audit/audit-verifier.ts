@@ -65,7 +65,7 @@ export class AuditVerifier {
       const unmacd: StoredAuditRow[] = [];
       for (const e of events) {
         if (e.mac === null) unmacd.push(e);
-        else if (auditEventVerifies(key, e, e.mac)) valid.set(e.sequence, [...(valid.get(e.sequence) ?? []), e]);
+        else if (auditEventVerifies(key, e, e.mac)) append(valid, e.sequence, e);
         else invalid.push(e);
       }
       // A row without a MAC is only "awaiting" if it could be one recorded while
@@ -119,7 +119,14 @@ export class AuditVerifier {
 
 function groupBy<T>(items: readonly T[], key: (t: T) => string): Map<string, T[]> {
   const out = new Map<string, T[]>();
-  for (const item of items) out.set(key(item), [...(out.get(key(item)) ?? []), item]);
+  for (const item of items) append(out, key(item), item);
   return out;
+}
+
+// In place: copying the group for each item made verification quadratic in a replica's events.
+function append<K, T>(groups: Map<K, T[]>, key: K, item: T): void {
+  const group = groups.get(key);
+  if (group === undefined) groups.set(key, [item]);
+  else group.push(item);
 }
 

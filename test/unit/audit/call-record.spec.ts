@@ -72,7 +72,7 @@ describe("CallRecord sequence numbers", () => {
     store.mode = "ok";
     await record.finish("error", "UNAVAILABLE");
     expect(written()).to.deep.equal(["2 error UNAVAILABLE after 1"]);
-    expect(log.head, "1 is not known written").to.equal(0);
+    expect(log.head, "1 is given up, not waited for: checkpoints go on covering new events").to.equal(2);
   });
 
   it("a change whose statement met an unreachable database is recorded the same way; a definite refusal reuses the number", async () => {
@@ -85,6 +85,17 @@ describe("CallRecord sequence numbers", () => {
     await refused.finish("error", "ABORTED");
     // The lost change's follow-up took number 2 before the next call began.
     expect(written()).to.deep.equal(["2 error UNAVAILABLE after 1", "3 error ABORTED"]);
+  });
+
+  it("an event that cannot be written at all is given up: the head moves past it", async () => {
+    const { store, log, call, written } = setup();
+    store.mode = "unreachable";
+    const lost = call();
+    expect(await lost.finish("error", "NOT_FOUND").catch((e: unknown) => e)).to.be.instanceOf(NexusError);
+    store.mode = "ok";
+    await call().finish("error", "NOT_FOUND");
+    expect(written()).to.deep.equal(["2 error NOT_FOUND"]);
+    expect(log.head).to.equal(2);
   });
 
   it("a batch the database refuses goes again one event at a time, failing only the event it refuses", async () => {
