@@ -5,6 +5,7 @@
 
 import { RE2JS } from "re2js";
 import { NexusError } from "../errors/nexus-error.js";
+import { isStorableText } from "../store/storable-text.js";
 
 export type Grant = "read" | "write" | "list" | "super";
 export const GRANTS: readonly Grant[] = ["read", "write", "list", "super"];
@@ -50,6 +51,7 @@ export function policyMacInput(p: PolicyRecord): unknown {
 export function compilePattern(pattern: string, field: string): RE2JS {
   if (pattern.length === 0) throw NexusError.invalidArgument(field, "must not be empty", "INVALID_PATTERN");
   if (pattern.length > MAX_PATTERN_LENGTH) throw NexusError.invalidArgument(field, `must be at most ${MAX_PATTERN_LENGTH} characters`, "INVALID_PATTERN");
+  if (!isStorableText(pattern)) throw NexusError.invalidArgument(field, "must not contain NUL or unpaired surrogate characters", "INVALID_PATTERN");
   try {
     return RE2JS.compile(pattern);
   } catch (err) {

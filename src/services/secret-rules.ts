@@ -4,6 +4,7 @@
 // field and the rule it broke, and never echoing a secret value.
 
 import { NexusError } from "../errors/nexus-error.js";
+import { isStorableText } from "../store/storable-text.js";
 
 export const MAX_PATH_LENGTH = 255;
 /** Versions are PostgreSQL integers. */
@@ -72,6 +73,9 @@ export function validateCustomMetadata(metadata: Record<string, string>): Record
   for (const [k, v] of entries) {
     if (k.length === 0 || k.length > MAX_METADATA_KEY_LENGTH) throw NexusError.invalidArgument("custom_metadata", `keys must be 1-${MAX_METADATA_KEY_LENGTH} characters`, "INVALID_METADATA");
     if (v.length > MAX_METADATA_VALUE_LENGTH) throw NexusError.invalidArgument("custom_metadata", `values must be at most ${MAX_METADATA_VALUE_LENGTH} characters`, "INVALID_METADATA");
+    if (!isStorableText(k) || !isStorableText(v)) {
+      throw NexusError.invalidArgument("custom_metadata", "keys and values must not contain NUL or unpaired surrogate characters", "INVALID_METADATA");
+    }
   }
   return metadata;
 }

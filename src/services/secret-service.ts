@@ -249,7 +249,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
         if (!UPDATABLE_FIELDS.has(f)) throw NexusError.invalidArgument("update_mask", `"${f}" cannot be updated; use max_versions, custom_metadata or expires_at`, "INVALID_UPDATE_MASK");
       }
       const mask = new Set(fields);
-      const row = await store.updateMetadata(
+      const updated = await store.updateMetadata(
         path,
         {
           maxVersions: mask.has("max_versions") ? validateMaxVersions(req.maxVersions) : undefined,
@@ -258,9 +258,13 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
         },
         ctx.audit.prepare({ fields }),
       );
-      if (row === undefined) throw notFound(path);
+      if (!updated) throw notFound(path);
+      // Recorded as committed before anything else can fail: a later failure
+      // gets an event of its own instead of a second one with this number.
       ctx.audit.markWritten();
       known.delete(path);
+      const row = await store.metadata(path);
+      if (row === undefined) throw notFound(path); // purged in between
       return { metadata: toMetadata(row) };
     },
 

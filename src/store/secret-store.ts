@@ -331,10 +331,10 @@ export class SecretStore {
     });
   }
 
-  /** Sets the given fields (pruning if max_versions shrinks); undefined if the secret does not exist. */
-  async updateMetadata(path: string, changes: MetadataChanges, audit: AuditRow): Promise<SecretMetadataRow | undefined> {
+  /** Sets the given fields (pruning if max_versions shrinks) with its audit event; false if the secret does not exist. */
+  async updateMetadata(path: string, changes: MetadataChanges, audit: AuditRow): Promise<boolean> {
     return this.run(async () => {
-      const updated = await this.sql.begin(async (tx) => {
+      return await this.sql.begin(async (tx) => {
         const [s] = await tx`
           UPDATE secrets SET
             max_versions = coalesce(${changes.maxVersions ?? null}::int, max_versions),
@@ -348,7 +348,6 @@ export class SecretStore {
         await insertAuditRow(tx, audit);
         return true;
       });
-      return updated ? await this.metadata(path) : undefined;
     });
   }
 

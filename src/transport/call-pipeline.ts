@@ -8,6 +8,7 @@ import { randomUUID } from "node:crypto";
 import type { AuditLog } from "../audit/audit-log.js";
 import type { AccessPolicy } from "../authorization/access-policy.js";
 import { NexusError } from "../errors/nexus-error.js";
+import { storableText } from "../store/storable-text.js";
 import type { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
 import { methodPath, type CallContext, type IncomingCall, type UnaryHandler } from "./call-context.js";
@@ -69,15 +70,13 @@ function auditSubject(request: Message): [string | null, number | null] {
   const r = request as Message & { path?: unknown; version?: unknown; name?: unknown; policy?: { name?: unknown } };
   const text = (v: unknown) => (typeof v === "string" && v !== "" ? v : null);
   const subject = text(r.path) ?? text(r.name) ?? text(r.policy?.name);
-  return [subject === null ? null : storableText(subject), typeof r.version === "number" && r.version > 0 ? r.version : null];
+  return [subject === null ? null : auditText(subject), typeof r.version === "number" && r.version > 0 ? r.version : null];
 }
 
-const UNSTORABLE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]|\0/g;
 
-function storableText(s: string): string {
+function auditText(s: string): string {
   // Cut first: a cut can split a surrogate pair, and the replacement mends that too.
-  const cut = s.length > MAX_AUDIT_SUBJECT ? `${s.slice(0, MAX_AUDIT_SUBJECT)}…` : s;
-  return cut.replace(UNSTORABLE, "\uFFFD");
+  return storableText(s.length > MAX_AUDIT_SUBJECT ? `${s.slice(0, MAX_AUDIT_SUBJECT)}…` : s);
 }
 
 /** The token of `authorization: Bearer <token>`; any other authorization header is refused, not ignored. */
