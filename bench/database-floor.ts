@@ -179,7 +179,7 @@ export interface PgbenchResult {
   readonly command: string;
   readonly clients: number;
   readonly durationS: number;
-  /** The scenario's own transactions per second (the audit batch script excluded). */
+  /** Requests per second the floor served: statements per second × requests per statement. */
   readonly tps: number;
   readonly transactions: number;
   readonly p50: number;

@@ -17,7 +17,12 @@ export function processCpuSeconds(pid: number): number {
   }
 }
 
-/** CPU seconds used so far by a process and all its descendants that are alive now. */
+/**
+ * CPU seconds used so far by a process and all its descendants: those alive
+ * now, and those that have exited and been waited for (their time is in their
+ * parent's cutime + cstime) — PostgreSQL's autovacuum and parallel workers
+ * come and go within a measured window.
+ */
 export function processTreeCpuSeconds(rootPid: number): number {
   const children = new Map<number, number[]>();
   for (const entry of readdirSync("/proc")) {
@@ -35,8 +40,12 @@ export function processTreeCpuSeconds(rootPid: number): number {
   const stack = [rootPid];
   while (stack.length > 0) {
     const pid = stack.pop()!;
-    const cpu = processCpuSeconds(pid);
-    if (!Number.isNaN(cpu)) total += cpu;
+    try {
+      const fields = statFields(pid);
+      total += (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / CLOCK_TICKS;
+    } catch {
+      // the process exited while we looked
+    }
     stack.push(...(children.get(pid) ?? []));
   }
   return total;

@@ -85,3 +85,4 @@ export async function guarded<T>(fn: () => Promise<T>): Promise<T> {
     throw databaseError(err);
   }
 }
+

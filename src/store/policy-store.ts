@@ -11,7 +11,7 @@ export interface StoredPolicy extends PolicyRecord {
   readonly mac: Buffer;
 }
 
-export const POLICY_CHANNEL = "nexus_policies";
+const POLICY_CHANNEL = "nexus_policies";
 
 export class PolicyStore {
   constructor(private readonly sql: Sql) {}
