@@ -103,7 +103,7 @@ export class KeyManager {
 
   /** Verifies the password and loads the hierarchy; also verifies when already unsealed. */
   async unseal(password: string): Promise<void> {
-    if (password.length === 0) throw NexusError.invalidArgument("admin_password", "must not be empty");
+    if (password.length === 0) throw NexusError.invalidArgument("admin_password", "must not be empty", "EMPTY_PASSWORD");
     const keys = await this.store.loadActive();
     if (keys === undefined) throw new NexusError("failed_precondition", "Nexus is not initialized: call Initialize first", { reason: "NOT_INITIALIZED" });
     const params = keys.root.kdfParams as KdfParams;
@@ -121,13 +121,17 @@ export class KeyManager {
       this.logger.warn("unseal refused: wrong admin password");
       throw new NexusError("permission_denied", "the admin password is not correct", { reason: "WRONG_PASSWORD" });
     }
+    // Keys opened so far; zeroed if unsealing fails before they are installed.
+    const opened: Buffer[] = [];
     try {
       const rootKey = open(derived.kek, keys.root.encryptedKey, rootKeyAad(keys.root.id));
+      opened.push(rootKey);
       const wrappingKeys = new Map<number, Buffer>();
       let activeWrappingKeyId = 0;
       let integrityKey: Buffer | undefined;
       for (const k of keys.keyring) {
         const key = open(rootKey, k.wrappedKey, keyringKeyAad(k.purpose, k.id, keys.root.id));
+        opened.push(key);
         if (k.purpose === "integrity") integrityKey = key;
         else {
           wrappingKeys.set(k.id, key);
@@ -139,7 +143,11 @@ export class KeyManager {
       }
       if (this.state) this.seal("re-unsealed");
       this.install({ rootKeyId: keys.root.id, rootKey, wrappingKeys, activeWrappingKeyId, integrityKey });
+      opened.length = 0; // installed: sealing zeroes them from now on
       this.logger.info("unsealed", { rootKeyId: keys.root.id, activeKeyringKeyId: activeWrappingKeyId });
+    } catch (err) {
+      for (const key of opened) key.fill(0);
+      throw err;
     } finally {
       derived.kek.fill(0);
       derived.checkKey.fill(0);
@@ -148,6 +156,7 @@ export class KeyManager {
 
   /** Checks the admin password without changing the seal state (Login). */
   async verifyPassword(password: string): Promise<void> {
+    if (password.length === 0) throw NexusError.invalidArgument("admin_password", "must not be empty", "EMPTY_PASSWORD");
     const keys = await this.store.loadActive();
     if (keys === undefined) throw new NexusError("failed_precondition", "Nexus is not initialized: call Initialize first", { reason: "NOT_INITIALIZED" });
     const ok = await this.serializedKdf(async () => {

@@ -66,6 +66,16 @@ describe("admin sessions and admin tokens", function () {
       ok(await attempt(replica.client("grpc"), ADMIN_PASSWORD), "the right password, one failure later, on the other replica");
     });
 
+    it("an empty password is INVALID_ARGUMENT (EMPTY_PASSWORD) for Login and Unseal, and is not counted as a wrong one", async () => {
+      await db`DELETE FROM auth_failures`;
+      for (const method of [OperatorService.method.login, OperatorService.method.unseal] as const) {
+        const res = await server.client("grpc").call(method, { adminPassword: "" });
+        expect(res.code, method.name).to.equal("INVALID_ARGUMENT");
+        expect(res.message, method.name).to.include("admin_password");
+      }
+      expect(await db`SELECT 1 FROM auth_failures`).to.have.length(0);
+    });
+
     it("ten wrong passwords sent at once get no more tries than ten sent one by one: four refused, then locked out", async () => {
       await db`DELETE FROM auth_failures`;
       const client = server.client("connect");
