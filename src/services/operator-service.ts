@@ -5,7 +5,7 @@
 // call what is decided in authorization/, not here.
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { durationMs, timestampDate, timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
+import { durationMs, timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
 import {
   AuditOutcome,
   AuditProblemKind,
@@ -22,15 +22,18 @@ import { NexusError } from "../errors/nexus-error.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { AuditStore, StoredAuditRow } from "../store/audit-store.js";
 import type { CredentialRow, CredentialStore } from "../store/credential-store.js";
+import { isStorableText } from "../store/storable-text.js";
 import { registerService, type ServiceRegistration } from "../transport/call-context.js";
 import { NEXUS_VERSION } from "../version.js";
-import { pageSize } from "./secret-rules.js";
+import { pageSize, validateTime } from "./secret-rules.js";
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
 const SESSION_TTL = { default: HOUR, max: 12 * HOUR };
 const TOKEN_TTL = { default: 30 * DAY, max: 365 * DAY };
 const TOKEN_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+/** Longer than any SPIFFE ID, path or RPC name a filter can match. */
+const MAX_AUDIT_FILTER_LENGTH = 2048;
 
 export interface OperatorDeps {
   readonly trustDomain: string;
@@ -112,6 +115,7 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
     },
 
     async revokeAdminToken(req, ctx) {
+      if (!TOKEN_NAME.test(req.name)) throw NexusError.invalidArgument("name", "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'", "INVALID_TOKEN_NAME");
       if (!(await deps.credentialStore.revokeToken(req.name, ctx.audit.prepare({ name: req.name })))) {
         throw new NexusError("not_found", `no admin token named "${req.name}"`, { reason: "TOKEN_NOT_FOUND" });
       }
@@ -122,13 +126,16 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
     async listAuditEvents(req) {
       const size = pageSize(req.pageSize);
       const after = req.pageToken === "" ? undefined : decodeAuditToken(req.pageToken);
+      const from = req.startTime ? validateTime(req.startTime, "start_time") : undefined;
+      const to = req.endTime ? validateTime(req.endTime, "end_time") : undefined;
+      if (from && to && from.getTime() > to.getTime()) throw NexusError.invalidArgument("end_time", "must not be before start_time", "INVALID_TIME_RANGE");
       const rows = await deps.auditStore.list(
         {
-          from: req.startTime ? timestampDate(req.startTime) : undefined,
-          to: req.endTime ? timestampDate(req.endTime) : undefined,
-          caller: req.callerSpiffeId || undefined,
-          pathPrefix: req.pathPrefix || undefined,
-          rpc: req.rpc || undefined,
+          from,
+          to,
+          caller: auditFilter(req.callerSpiffeId, "caller_spiffe_id"),
+          pathPrefix: auditFilter(req.pathPrefix, "path_prefix"),
+          rpc: auditFilter(req.rpc, "rpc"),
           outcome: OUTCOME_FROM_PROTO[req.outcome],
         },
         after,
@@ -145,8 +152,8 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
     async verifyAuditLog(req) {
       await deps.auditLog.checkpoint();
       const report = await deps.verifier.verify({
-        from: req.startTime ? timestampDate(req.startTime) : undefined,
-        to: req.endTime ? timestampDate(req.endTime) : undefined,
+        from: req.startTime ? validateTime(req.startTime, "start_time") : undefined,
+        to: req.endTime ? validateTime(req.endTime, "end_time") : undefined,
       });
       return {
         eventsChecked: BigInt(report.eventsChecked),
@@ -199,4 +206,12 @@ function decodeAuditToken(token: string): { time: Date; id: number } {
   } catch {
     throw NexusError.invalidArgument("page_token", "is not a token this server issued", "INVALID_PAGE_TOKEN");
   }
+}
+
+/** A text filter of ListAuditEvents: empty means none; refused if the database could not compare it. */
+function auditFilter(value: string, field: string): string | undefined {
+  if (value === "") return undefined;
+  if (value.length > MAX_AUDIT_FILTER_LENGTH) throw NexusError.invalidArgument(field, `must be at most ${MAX_AUDIT_FILTER_LENGTH} characters`, "INVALID_FILTER");
+  if (!isStorableText(value)) throw NexusError.invalidArgument(field, "must not contain NUL or unpaired surrogate characters", "INVALID_FILTER");
+  return value;
 }

@@ -81,10 +81,18 @@ export function validateCustomMetadata(metadata: Record<string, string>): Record
 }
 
 export function validateFutureTime(ts: { seconds: bigint; nanos: number }, field: string, now = Date.now()): Date {
+  const date = validateTime(ts, field);
+  if (date.getTime() <= now) throw NexusError.invalidArgument(field, "must be in the future", "TIME_IN_PAST");
+  return date;
+}
+
+/** A protobuf Timestamp as a Date, refused if its nanos or its range are out of bounds. */
+export function validateTime(ts: { seconds: bigint; nanos: number }, field: string): Date {
   if (ts.nanos < 0 || ts.nanos > 999_999_999) throw NexusError.invalidArgument(field, "nanos must be between 0 and 999,999,999", "INVALID_TIME");
   const date = new Date(Number(ts.seconds) * 1000 + Math.floor(ts.nanos / 1_000_000));
-  if (Number.isNaN(date.getTime()) || date.getTime() > MAX_TIME_MS) throw NexusError.invalidArgument(field, "must be a time before the year 10000", "INVALID_TIME");
-  if (date.getTime() <= now) throw NexusError.invalidArgument(field, "must be in the future", "TIME_IN_PAST");
+  if (Number.isNaN(date.getTime()) || date.getTime() < 0 || date.getTime() > MAX_TIME_MS) {
+    throw NexusError.invalidArgument(field, "must be a time between 1970 and the year 10000", "INVALID_TIME");
+  }
   return date;
 }
 

@@ -98,11 +98,12 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       requireUnsealed();
       const path = validatePath(req.path);
       const expiresAt = req.expiresAt ? validateFutureTime(req.expiresAt, "expires_at") : undefined;
+      const plaintext = encodeData(req.data, deps.maxSecretBytes);
       const cas = req.cas;
       if (cas !== undefined && cas > MAX_VERSION) {
+        plaintext.fill(0);
         throw casMismatch(path, cas, (await store.findByPath(path))?.latestVersion ?? 0);
       }
-      const plaintext = encodeData(req.data, deps.maxSecretBytes);
       try {
         for (let attempt = 0; attempt < PUT_ATTEMPTS; attempt++) {
           // A cas of 0 asserts the path is new: ask the database, not the cache.

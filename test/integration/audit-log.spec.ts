@@ -589,6 +589,22 @@ describe("the audit log", function () {
         fails(await admin.call(OperatorService.method.listAuditEvents, request, { bearerToken: adminToken }), "INVALID_ARGUMENT", JSON.stringify(request));
       }
     });
+
+    it("a time with bad nanos or out of range, an end before the start, or a filter with a NUL is INVALID_ARGUMENT, also for VerifyAuditLog's range", async () => {
+      const t = (seconds: bigint, nanos = 0) => ({ seconds, nanos });
+      const cases: Array<[string, MessageInitShape<typeof ListAuditEventsRequestSchema>, string]> = [
+        ["nanos above 999,999,999", { startTime: t(1_700_000_000n, 1_000_000_000) }, "start_time: nanos must be between"],
+        ["negative nanos", { endTime: t(1_700_000_000n, -1) }, "end_time: nanos must be between"],
+        ["a time past the year 10000", { endTime: t(400_000_000_000n) }, "end_time: must be a time between 1970 and the year 10000"],
+        ["an end before the start", { startTime: t(1_700_000_100n), endTime: t(1_700_000_000n) }, "end_time: must not be before start_time"],
+        ["a NUL in the caller filter", { callerSpiffeId: "spiffe://x/\u0000" }, "caller_spiffe_id: must not contain NUL"],
+        ["a path prefix of 3,000 characters", { pathPrefix: "a".repeat(3000) }, "path_prefix: must be at most 2048 characters"],
+      ];
+      for (const [what, request, message] of cases) {
+        expect(fails(await admin.call(OperatorService.method.listAuditEvents, request, { bearerToken: adminToken }), "INVALID_ARGUMENT", what), what).to.include(message);
+      }
+      fails(await admin.call(OperatorService.method.verifyAuditLog, { startTime: t(1_700_000_000n, 1_000_000_000) }, { bearerToken: adminToken }), "INVALID_ARGUMENT", "VerifyAuditLog");
+    });
   });
 
   describe("a full dump of the database", () => {

@@ -147,6 +147,8 @@ describe("SecretService", function () {
           const message = fails(await client.call(SecretService.method.putSecret, { path: at("size/empty"), data: {} }), "INVALID_ARGUMENT");
           expect(message).to.include("data");
           fails(await client.call(SecretService.method.getSecretMetadata, { path: at("size/empty") }), "NOT_FOUND");
+          // Checked before anything else about the put, even a cas no version can have.
+          expect(fails(await client.call(SecretService.method.putSecret, { path: at("size/empty"), data: {}, cas: 4_294_967_295 }), "INVALID_ARGUMENT")).to.include("data");
         });
 
         it("data just under 64 KiB is accepted", async () => {

@@ -196,7 +196,7 @@ describe("admin sessions and admin tokens", function () {
           );
         });
 
-        it("RevokeAdminToken ends the token and unlists it; an unknown name is NOT_FOUND", async () => {
+        it("RevokeAdminToken ends the token and unlists it; an unknown name is NOT_FOUND, a name no token can have INVALID_ARGUMENT", async () => {
           const name = `revoke-me-${listener}`;
           const { token } = await createAdminToken(client, adminToken, name, HOUR);
           ok(await client.call(OperatorService.method.revokeAdminToken, { name: name.toUpperCase() }, { bearerToken: adminToken }), "revoked by name, in any case");
@@ -204,6 +204,9 @@ describe("admin sessions and admin tokens", function () {
           const listed = ok(await listTokens(client, adminToken));
           expect(listed.adminTokens.map((t) => t.name)).to.not.include(name);
           fails(await client.call(OperatorService.method.revokeAdminToken, { name }, { bearerToken: adminToken }), "NOT_FOUND", "revoked twice");
+          for (const bad of ["", "has space", "x".repeat(65), "nul\u0000"]) {
+            expect(fails(await client.call(OperatorService.method.revokeAdminToken, { name: bad }, { bearerToken: adminToken }), "INVALID_ARGUMENT", JSON.stringify(bad))).to.include("name:");
+          }
         });
       });
     }
