@@ -12,7 +12,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { NexusError } from "../errors/nexus-error.js";
-import { canonicalJson, mac } from "../keys/integrity.js";
+import { canonicalJson, mac, macMatches } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
 import type { AuditedRead, AuditStore, BatchEvent, ReadableVersion } from "../store/audit-store.js";
@@ -20,7 +20,7 @@ import { isDatabaseUnavailable } from "../store/database.js";
 import { GroupCommit } from "../store/group-commit.js";
 import { auditMacInput, macAuditEvent, type AuditFields, type AuditOutcome, type AuditRow } from "./audit-event.js";
 
-export const CHECKPOINT_MAC_LABEL = "nexus/v1/audit-checkpoint";
+const CHECKPOINT_MAC_LABEL = "nexus/v1/audit-checkpoint";
 
 export interface CallAudit {
   /** Sets what the call addressed, for the event. */
@@ -268,8 +268,25 @@ export class CallRecord implements CallAudit {
   }
 }
 
-export function checkpointMac(key: Buffer, c: { replicaId: string; writtenAt: Date; firstSequence: number; lastSequence: number; final: boolean }): Buffer {
-  return mac(key, CHECKPOINT_MAC_LABEL, [c.replicaId, c.writtenAt.toISOString(), c.firstSequence, c.lastSequence, c.final]);
+interface CheckpointFields {
+  readonly replicaId: string;
+  readonly writtenAt: Date;
+  readonly firstSequence: number;
+  readonly lastSequence: number;
+  readonly final: boolean;
+}
+
+function checkpointMacInput(c: CheckpointFields): unknown {
+  return [c.replicaId, c.writtenAt.toISOString(), c.firstSequence, c.lastSequence, c.final];
+}
+
+export function checkpointMac(key: Buffer, c: CheckpointFields): Buffer {
+  return mac(key, CHECKPOINT_MAC_LABEL, checkpointMacInput(c));
+}
+
+/** Whether a stored checkpoint's MAC is the one checkpointMac gives it (constant-time). */
+export function checkpointVerifies(key: Buffer, c: CheckpointFields, stored: Uint8Array | null): boolean {
+  return macMatches(key, CHECKPOINT_MAC_LABEL, checkpointMacInput(c), stored);
 }
 
 function digest(fields: AuditFields): string {

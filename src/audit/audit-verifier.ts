@@ -5,11 +5,10 @@
 // Findings are classified as altered, inserted, deleted, duplicated or
 // reordered (two events verify only under each other's sequence numbers).
 
-import { macMatches } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { AuditStore, Checkpoint, StoredAuditRow } from "../store/audit-store.js";
 import { auditEventVerifies } from "./audit-event.js";
-import { CHECKPOINT_MAC_LABEL, type AuditLog } from "./audit-log.js";
+import { checkpointVerifies, type AuditLog } from "./audit-log.js";
 
 export type ProblemKind = "altered" | "inserted" | "deleted" | "reordered" | "duplicated";
 
@@ -43,16 +42,15 @@ export class AuditVerifier {
     ]);
     const problems: AuditProblem[] = [];
     const byReplica = groupBy(rows, (r) => r.replicaId);
-    const checkpointVerifies = (c: Checkpoint) =>
-      macMatches(key, CHECKPOINT_MAC_LABEL, [c.replicaId, c.writtenAt.toISOString(), c.firstSequence, c.lastSequence, c.final], c.mac);
+    const verifies = (c: Checkpoint) => checkpointVerifies(key, c, c.mac);
     const cps = new Map(checkpoints.map((c) => [c.replicaId, c]));
-    const floorOf = new Map(floors.filter(checkpointVerifies).map((c) => [c.replicaId, c.firstSequence]));
+    const floorOf = new Map(floors.filter(verifies).map((c) => [c.replicaId, c.firstSequence]));
     let awaitingMac = 0;
 
     for (const replicaId of new Set([...byReplica.keys(), ...cps.keys()])) {
       const events = byReplica.get(replicaId) ?? [];
       let cp: Checkpoint | undefined = cps.get(replicaId);
-      if (cp && !checkpointVerifies(cp)) {
+      if (cp && !verifies(cp)) {
         problems.push({ kind: "altered", replicaId, sequence: cp.lastSequence, time: cp.writtenAt, description: "the latest checkpoint of this replica fails its MAC; it was ignored" });
         cp = undefined;
       }

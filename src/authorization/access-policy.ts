@@ -45,7 +45,7 @@ export interface AccessPolicy {
 const ALL: AccessGrant = { mayList: () => true };
 const NONE: AccessGrant = { mayList: () => false };
 
-export const METHOD_RULES: ReadonlyMap<string, Rule> = new Map([
+const METHOD_RULES: ReadonlyMap<string, Rule> = new Map([
   ...rules(OperatorService, { getStatus: { kind: "any" }, initialize: { kind: "superuser" }, unseal: { kind: "superuser" }, login: { kind: "superuser" } }, { kind: "admin" }),
   ...rules(PolicyService, {}, { kind: "admin" }),
   ...rules(

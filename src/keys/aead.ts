@@ -85,7 +85,7 @@ export function associatedData(label: string, ...fields: Array<string | number |
 }
 
 // One message for every failure: which check failed is of no use to a caller
-// and of some use to an attacker.
-function undecryptable(): NexusError {
+// and of some use to an attacker. Used for every integrity failure in keys/.
+export function undecryptable(): NexusError {
   return new NexusError("internal", "stored data failed its integrity check", { reason: "INTEGRITY_CHECK_FAILED" });
 }

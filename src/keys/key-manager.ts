@@ -14,7 +14,7 @@ import type { InitialKeys, RootKeyStore } from "../store/root-key-store.js";
 import { associatedData, newKey, open, seal } from "./aead.js";
 import { DEFAULT_KDF_PARAMS, derivePasswordKeys, newSalt, passwordCheck, passwordCheckMatches, type KdfParams } from "./password-kdf.js";
 
-export const MIN_PASSWORD_LENGTH = 12;
+const MIN_PASSWORD_LENGTH = 12;
 const FIRST_ROOT_KEY_ID = 1;
 const FIRST_WRAPPING_KEY_ID = 1;
 const FIRST_INTEGRITY_KEY_ID = 2;

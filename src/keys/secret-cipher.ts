@@ -8,8 +8,7 @@
 // and one AES operation; an entry is used only if the wrapped key in the row is
 // byte-identical to the one it came from. Plaintext values are never cached.
 
-import { NexusError } from "../errors/nexus-error.js";
-import { associatedData, newKey, open, ownedCopy, seal, sealedKeyId, FORMAT_V1 } from "./aead.js";
+import { associatedData, newKey, open, ownedCopy, seal, sealedKeyId, undecryptable, FORMAT_V1 } from "./aead.js";
 import type { KeyManager } from "./key-manager.js";
 
 export interface DataKeyRef {
@@ -27,7 +26,7 @@ export interface NewDataKey {
   readonly dataKey: Buffer;
 }
 
-export type SecretData = Record<string, string>;
+type SecretData = Record<string, string>;
 
 const FIRST_DATA_KEY_ID = 1;
 
@@ -58,7 +57,7 @@ export class SecretCipher {
       this.cache.set(ref.secretId, cached);
       return cached.key;
     }
-    if (sealedKeyId(ref.wrappedDataKey) !== ref.keyringKeyId) throw integrityFailure();
+    if (sealedKeyId(ref.wrappedDataKey) !== ref.keyringKeyId) throw undecryptable();
     const opened = open(this.keys.wrappingKey(ref.keyringKeyId), ref.wrappedDataKey, dataKeyAad(ref.secretId, ref.path, ref.keyringKeyId));
     const key = ownedCopy(opened);
     opened.fill(0);
@@ -71,7 +70,7 @@ export class SecretCipher {
   }
 
   decryptVersion(ref: DataKeyRef, version: number, ciphertext: Buffer): SecretData {
-    if (sealedKeyId(ciphertext) !== ref.dataKeyId) throw integrityFailure();
+    if (sealedKeyId(ciphertext) !== ref.dataKeyId) throw undecryptable();
     const plaintext = open(this.dataKey(ref), ciphertext, versionAad(ref.dataKeyId, ref.secretId, ref.path, version));
     try {
       return JSON.parse(plaintext.toString("utf8")) as SecretData;
@@ -120,6 +119,3 @@ function uuidBytes(id: string): Buffer {
   return Buffer.from(id.replace(/-/g, ""), "hex");
 }
 
-function integrityFailure(): NexusError {
-  return new NexusError("internal", "stored data failed its integrity check", { reason: "INTEGRITY_CHECK_FAILED" });
-}

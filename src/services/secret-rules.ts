@@ -6,17 +6,17 @@
 import { NexusError } from "../errors/nexus-error.js";
 import { isStorableText } from "../store/storable-text.js";
 
-export const MAX_PATH_LENGTH = 255;
+const MAX_PATH_LENGTH = 255;
 /** Versions are PostgreSQL integers. */
 export const MAX_VERSION = 2_147_483_646;
 /** timestamptz and google.protobuf.Timestamp agree up to the end of year 9999. */
 const MAX_TIME_MS = Date.UTC(9999, 11, 31, 23, 59, 59);
 export const MAX_VERSIONS_LIMIT = 1000;
 export const DEFAULT_MAX_VERSIONS = 10;
-export const MAX_CUSTOM_METADATA_KEYS = 64;
+const MAX_CUSTOM_METADATA_KEYS = 64;
 const MAX_METADATA_KEY_LENGTH = 128;
 const MAX_METADATA_VALUE_LENGTH = 512;
-export const DEFAULT_PAGE_SIZE = 100;
+const DEFAULT_PAGE_SIZE = 100;
 export const MAX_PAGE_SIZE = 1000;
 const SEGMENT = /^[A-Za-z0-9._-]+$/;
 const PREFIX = /^[A-Za-z0-9._/-]*$/;

@@ -49,7 +49,7 @@ function toBuffer(bytes: Uint8Array): Buffer {
 }
 
 /** A grpc-js service definition for a protobuf-es service descriptor (unary methods). */
-export function grpcServiceDefinition(desc: DescService): grpc.ServiceDefinition {
+function grpcServiceDefinition(desc: DescService): grpc.ServiceDefinition {
   const definition: Record<string, grpc.MethodDefinition<Message, Message>> = {};
   for (const method of desc.methods) {
     if (method.methodKind !== "unary") throw new Error(`${method.name}: only unary methods are served`);

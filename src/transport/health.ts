@@ -5,8 +5,6 @@
 
 import { HealthImplementation, type ServingStatus } from "grpc-health-check";
 
-export const HEALTH_SERVICE = "grpc.health.v1.Health";
-
 export class HealthReporter {
   readonly implementation: HealthImplementation;
   private readonly services: readonly string[];
