@@ -11,6 +11,7 @@ import { createPrivateKey, X509Certificate } from "node:crypto";
 import { readFileSync, watch, type FSWatcher } from "node:fs";
 import path from "node:path";
 import { TrustBundleSet } from "../identity/trust-bundle.js";
+import { inspectSvid } from "../identity/x509-svid.js";
 import type { Logger } from "../log/logger.js";
 
 export interface CertificateFiles {
@@ -115,6 +116,15 @@ function readMaterial(files: CertificateFiles, trustDomain: string): TlsMaterial
   if (!leaf.checkPrivateKey(privateKey)) {
     throw new Error(`the key in ${files.keyFile} does not match the certificate in ${files.certFile}`);
   }
+  // Serve only our own, current X.509-SVID: clients authorize us by its SPIFFE ID.
+  let svid;
+  try {
+    svid = inspectSvid(leaf.raw);
+  } catch (err) {
+    throw new Error(`${files.certFile} is not an X.509-SVID: ${(err as Error).message}`, { cause: err });
+  }
+  if (!svid.id.memberOf(trustDomain)) throw new Error(`${files.certFile} is an SVID of ${svid.id.trustDomain}, not of ${trustDomain}`);
+  if (svid.notAfterMs <= Date.now()) throw new Error(`${files.certFile} expired at ${new Date(svid.notAfterMs).toISOString()}`);
   const bundle = TrustBundleSet.single(trustDomain, ca.toString("utf8"));
   return { cert, key, ca, bundle };
 }

@@ -105,6 +105,27 @@ describe("certificate reload", function () {
     await install(serving); // leave the files consistent for the next test
   });
 
+  for (const bad of [
+    { what: "a certificate with no SPIFFE ID", uris: [] as string[], why: "is not an X.509-SVID" },
+    { what: "an SVID of another trust domain", uris: ["spiffe://elsewhere.example/spike/nexus"], why: "not of spike.ist" },
+  ]) {
+    it(`${bad.what} (key matching) is refused while the old pair keeps serving`, async () => {
+      const wrong = await server.pki.ca.issue({ uris: bad.uris, dns: ["localhost"], ips: ["127.0.0.1"] });
+      const before = logs.length;
+      await install(wrong);
+      await eventually(() => expect(logs.slice(before).join("\n")).to.include("certificate reload refused"));
+      await sleep(1000); // well past the debounce: nothing else is coming
+      for (const listener of LISTENERS) {
+        expect(await presentedSerial(portOf(listener)), listener).to.equal(serialOf(serving));
+        await expectGetStatusOk(listener);
+      }
+      const refusal = logs.slice(before).find((line) => line.includes("certificate reload refused"));
+      expect(refusal, "the log says why").to.include(bad.why);
+      await install(serving); // leave the files consistent for the next test
+      await sleep(500);
+    });
+  }
+
   it("an open Health/Watch stream survives a reload and still receives status changes", async () => {
     const health = healthClient(`127.0.0.1:${server.nexus.grpcPort}`, mtlsCredentials(server.pki.ca.certPem, server.pki.superuser, NEXUS_ID));
     const watch = health.watch();
