@@ -86,11 +86,13 @@ export class AccessController implements AccessPolicy {
         if (superuser || (typeof path === "string" && this.policies.allows(caller, rule.grant, path))) return NONE;
         break;
       }
-      case "list":
+      case "list": {
         if (this.keys.sealed) throw sealedError();
         if (superuser) return ALL;
-        if (this.policies.holdsAnywhere(caller, "list")) return { mayList: (path) => this.policies.allows(caller, "list", path) };
+        const mayList = this.policies.pathTest(caller, "list");
+        if (mayList) return { mayList };
         break;
+      }
     }
     throw new NexusError("permission_denied", `${caller.toString()} may not call ${method}${rule?.kind === "secret" ? " on this path" : ""}`, { reason: "NOT_AUTHORIZED" });
   }

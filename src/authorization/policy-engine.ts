@@ -32,10 +32,16 @@ export class PolicyEngine {
     return false;
   }
 
-  /** Whether `caller` holds the grant on some path (ListSecrets is then filtered per path). */
-  holdsAnywhere(caller: SpiffeId, grant: Grant): boolean {
+  /**
+   * A test of paths against the policies that give `caller` the grant, looked
+   * up once (ListSecrets tests every row it scans); undefined if no policy gives
+   * the grant anywhere.
+   */
+  pathTest(caller: SpiffeId, grant: Grant): ((path: string) => boolean) | undefined {
     const bit = GRANT_BIT[grant];
-    return this.applicable(caller).some((p) => (p.grants & bit) === bit);
+    const granting = this.applicable(caller).filter((p) => (p.grants & bit) === bit);
+    if (granting.length === 0) return undefined;
+    return (path) => granting.some((p) => p.path.matches(path));
   }
 
   private applicable(caller: SpiffeId): readonly CompiledPolicy[] {

@@ -33,9 +33,11 @@ describe("policy engine", () => {
     it(`${allowed ? "allows" : "denies"}: ${name}`, () => expect(engine.allows(caller, grant, path)).to.equal(allowed));
   }
 
-  it("knows whether a caller can list anywhere", () => {
-    expect(engine.holdsAnywhere(billing, "list")).to.equal(true);
-    expect(engine.holdsAnywhere(parseSpiffeId("spiffe://spike.ist/nobody"), "list")).to.equal(false);
+  it("gives a path test for a grant a caller holds somewhere, agreeing with allows(), and none otherwise", () => {
+    const mayList = engine.pathTest(billing, "list");
+    expect(mayList).to.be.a("function");
+    for (const path of ["apps/billing/db", "apps/payroll/db", "x/apps/billing/db"]) expect(mayList!(path), path).to.equal(engine.allows(billing, "list", path));
+    expect(engine.pathTest(parseSpiffeId("spiffe://spike.ist/nobody"), "list")).to.equal(undefined);
   });
 
   it("denies everything after clear()", () => {
