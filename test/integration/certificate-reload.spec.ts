@@ -56,9 +56,13 @@ describe("certificate reload", function () {
     return server.pki.ca.issue({ uris: [NEXUS_ID], dns: ["localhost"], ips: ["127.0.0.1"] });
   }
 
+  function pairFiles(cert: IssuedCert): Record<string, string> {
+    return { "svid.pem": cert.certPem, "svid_key.pem": cert.keyPem };
+  }
+
   /** Writes certificate then key, one after another, as spiffe-helper does. */
   async function install(cert: IssuedCert): Promise<void> {
-    await writePkiFiles(server.pki.dir, { "svid.pem": cert.certPem, "svid_key.pem": cert.keyPem });
+    await writePkiFiles(server.pki.dir, pairFiles(cert));
   }
 
   async function expectGetStatusOk(listener: Listener): Promise<void> {
@@ -87,32 +91,28 @@ describe("certificate reload", function () {
     for (const listener of LISTENERS) await expectGetStatusOk(listener);
   });
 
-  it("a key that does not match the new certificate is refused while the old pair keeps serving", async () => {
-    const other = await issueNexusLeaf();
-    const before = logs.length;
-    // Only the certificate changes: svid_key.pem still holds the key of the serving pair.
-    await writePkiFiles(server.pki.dir, { "svid.pem": other.certPem });
-    await eventually(() => expect(logs.slice(before).join("\n")).to.include("certificate reload refused"));
-    await sleep(1000); // well past the debounce: nothing else is coming
-    for (const listener of LISTENERS) {
-      expect(await presentedSerial(portOf(listener)), listener).to.equal(serialOf(serving));
-      await expectGetStatusOk(listener);
-    }
-    const refusal = logs.slice(before).find((line) => line.includes("certificate reload refused"));
-    expect(refusal, "the log says why").to.include("does not match");
-    expect(refusal, "the log holds no key material").not.to.include("PRIVATE KEY");
-
-    await install(serving); // leave the files consistent for the next test
-  });
-
-  for (const bad of [
-    { what: "a certificate with no SPIFFE ID", uris: [] as string[], why: "is not an X.509-SVID" },
-    { what: "an SVID of another trust domain", uris: ["spiffe://elsewhere.example/spike/nexus"], why: "not of spike.ist" },
-  ]) {
-    it(`${bad.what} (key matching) is refused while the old pair keeps serving`, async () => {
-      const wrong = await server.pki.ca.issue({ uris: bad.uris, dns: ["localhost"], ips: ["127.0.0.1"] });
+  const REFUSED_RELOADS: ReadonlyArray<{ what: string; files: () => Promise<Record<string, string>>; why: string }> = [
+    {
+      what: "a key that does not match the new certificate",
+      // Only the certificate changes: svid_key.pem still holds the key of the serving pair.
+      files: async () => ({ "svid.pem": (await issueNexusLeaf()).certPem }),
+      why: "does not match",
+    },
+    {
+      what: "a certificate with no SPIFFE ID (key matching)",
+      files: async () => pairFiles(await server.pki.ca.issue({ uris: [], dns: ["localhost"], ips: ["127.0.0.1"] })),
+      why: "is not an X.509-SVID",
+    },
+    {
+      what: "an SVID of another trust domain (key matching)",
+      files: async () => pairFiles(await server.pki.ca.issue({ uris: ["spiffe://elsewhere.example/spike/nexus"], dns: ["localhost"], ips: ["127.0.0.1"] })),
+      why: "not of spike.ist",
+    },
+  ];
+  for (const bad of REFUSED_RELOADS) {
+    it(`${bad.what} is refused while the old pair keeps serving`, async () => {
       const before = logs.length;
-      await install(wrong);
+      await writePkiFiles(server.pki.dir, await bad.files());
       await eventually(() => expect(logs.slice(before).join("\n")).to.include("certificate reload refused"));
       await sleep(1000); // well past the debounce: nothing else is coming
       for (const listener of LISTENERS) {
@@ -121,6 +121,8 @@ describe("certificate reload", function () {
       }
       const refusal = logs.slice(before).find((line) => line.includes("certificate reload refused"));
       expect(refusal, "the log says why").to.include(bad.why);
+      expect(refusal, "the log holds no key material").not.to.include("PRIVATE KEY");
+
       await install(serving); // leave the files consistent for the next test
       await sleep(500);
     });
