@@ -247,10 +247,13 @@ export async function pgbenchPut(run: FloorRun, putBatch: number): Promise<Pgben
  * pgbench's variables are fixed strings, so every statement reads the same
  * `auditBatch` secrets, drawn at random once; all of them sit in shared
  * buffers either way. Throughput is reads per second (statements × batch).
+ * One client with a batch of one is GetSecret at one call in flight: a read
+ * and its audit event, one durable commit per statement.
  */
-export async function pgbenchGet(run: FloorRun, auditBatch: number): Promise<PgbenchResult> {
+export async function pgbenchGet(run: FloorRun, auditBatch: number, clients = run.data.clients, name = "get"): Promise<PgbenchResult> {
   const batch = Math.max(1, Math.round(auditBatch));
-  const get = path.join(run.dir, "get.sql");
+  // pgbench reads "-f file@weight": no "@" in the file name.
+  const get = path.join(run.dir, `${name.replace("@", "-at-")}.sql`);
   await writeFile(get, [AUDIT_BATCH_SQL.trim(), ""].join("\n"));
   const paths = new Set<number>();
   while (paths.size < Math.min(batch, run.data.readSecrets)) paths.add(Math.floor(Math.random() * run.data.readSecrets));
@@ -261,7 +264,7 @@ export async function pgbenchGet(run: FloorRun, auditBatch: number): Promise<Pgb
     caller: "spiffe://spike.ist/bench/reader", rpc: "/spike.nexus.v1.SecretService/GetSecret", path: String(read[i % read.length]),
     version: null, outcome: "ok", code: "OK", detail: {}, mac_hex: "ab".repeat(32), i, read_path: String(read[i % read.length]), read_version: 0,
   }));
-  const result = await pgbench(run, "get", [get], { batch: JSON.stringify(events) });
+  const result = await pgbench({ ...run, data: { ...run.data, clients }, threads: Math.min(run.threads, clients) }, name, [get], { batch: JSON.stringify(events) });
   return { ...result, tps: result.tps * batch, transactions: result.transactions * batch, extra: { ...result.extra, readsPerStatement: batch } };
 }
 

@@ -30,7 +30,7 @@ import { BENCH_POLICIES, createPolicy, initializeAndLogin, seedReadAndWriteSecre
 import { processRssMb } from "./process-stats.js";
 import { explainHotStatements } from "./query-plans.js";
 import { policyPropagation, startupTimes } from "./replica-timings.js";
-import { buildReport, writeReport, type BenchRun, type Round, type StatementCapture } from "./report.js";
+import { buildReport, label, writeReport, type BenchRun, type Round, type StatementCapture } from "./report.js";
 import { runScenario, type ScenarioResult, type ScenarioSpec, type Target, type WindowHooks } from "./scenario-runner.js";
 import { readProbe, retryOnPortClash, sleep, spawnServer, waitForHealth, type ServerOptions, type ServerProcess } from "./server-process.js";
 
@@ -172,12 +172,22 @@ async function main(): Promise<void> {
           if (spec.kind === "get") auditBatch = auditBatchSize(statements);
           if (spec.kind === "put") putBatch = putBatchSize(statements);
         }
-        if (floor && (spec.kind === "get" || spec.kind === "put") && spec.inFlight === config.inFlight) {
-          if (round === 0) await resetStatements(db);
-          const p = spec.kind === "get" ? await pgbenchGet(floor, auditBatch ?? 8) : await pgbenchPut(floor, putBatch ?? 1);
+        const loaded = spec.inFlight === config.inFlight;
+        const floorRun = !floor
+          ? undefined
+          : spec.kind === "get" && spec.inFlight === 1
+            ? () => pgbenchGet(floor, 1, 1, "get@1") // one client, one read per statement
+            : loaded && spec.kind === "get"
+              ? () => pgbenchGet(floor, auditBatch ?? 8)
+              : loaded && spec.kind === "put"
+                ? () => pgbenchPut(floor, putBatch ?? 1)
+                : undefined;
+        if (floorRun) {
+          if (round === 0 && loaded) await resetStatements(db);
+          const p = await floorRun();
           pgbench.push(p);
-          log(`round ${round + 1}/${config.rounds} pgbench-${p.name.padEnd(3)}  ${p.tps.toFixed(0).padStart(6)} tps    p50 ${p.p50.toFixed(2)}  p99 ${p.p99.toFixed(2)} ms${p.failed ? `  FAILED: ${p.failed}` : ""}`);
-          if (round === 0) {
+          log(`round ${round + 1}/${config.rounds} pgbench-${p.name.padEnd(5)}  ${p.tps.toFixed(0).padStart(6)} tps    p50 ${p.p50.toFixed(2)}  p99 ${p.p99.toFixed(2)} ms${p.failed ? `  FAILED: ${p.failed}` : ""}`);
+          if (round === 0 && loaded) {
             const floorStatements = await capturedStatements(db);
             captures.push({ label: `pgbench ${p.name} (round 1): ${p.command}`, statements: floorStatements });
             const server = captures.find((c) => c.label.startsWith(`Nexus server during ${spec.name}`))?.statements ?? [];
@@ -313,13 +323,16 @@ function runNotes(config: BenchConfig, db: BenchDatabase, floor: FloorRun | unde
       `Database floor: ${floor.bin.version} (${floor.bin.path}${floor.bin.installed ? `, installed by the harness: ${floor.bin.installed}` : ", found installed"}) against the embedded PostgreSQL ${db.settings.server_version} — the libpq protocol is compatible. -M prepared, -c ${floor.data.clients} (= NEXUS_DB_POOL_MAX), -j ${floor.threads}, ${floor.durationS} s per round.`,
       `pgbench put: SecretStore's put statement verbatim — appendMany, the group commit of puts to different secrets, with ${Math.max(1, Math.round(putBatch ?? 1))} puts per statement (the mean batch the server wrote during put@${config.inFlight}${putBatch === undefined ? ": not captured, 1 assumed" : `: ${putBatch.toFixed(1)}`}), each client appending to its own existing write secrets, plus one bookkeeping SELECT per statement for their next version numbers; expires_at is SQL NULL. pgbench-put throughput counts puts (statements × batch).${floorPuts ? ` ${floorPuts.written.toLocaleString("en-US")} of ${floorPuts.transactions.toLocaleString("en-US")} floor puts wrote a version.` : ""}`,
       `pgbench get: AuditStore.insertBatch verbatim — the audit group commit that carries GetSecret's reads — with ${Math.max(1, Math.round(auditBatch ?? 8))} reads per statement (the mean batch the server wrote during get@${config.inFlight}${auditBatch === undefined ? ": not captured, 8 assumed" : `: ${auditBatch.toFixed(1)}`}), over a fixed random batch of copies of the read secrets at paths "0".."${config.readSecrets - 1}" (pgbench variables are fixed strings). pgbench-get throughput counts reads (statements × batch).`,
+      `pgbench get@1: the same statement with one client and one read per statement, run after GetSecret @1 — the database's share of a read at one call in flight (parse, execute, one durable commit). Health p50 plus its p50 is the least GetSecret p50 @1 can be while every read's audit event is committed before the answer: the ratio row "(Health p50 + pgbench-get@1 p50) / Health p50 @1".`,
     );
   }
   return notes;
 }
 
 async function profile(config: BenchConfig, pki: BenchPki, target: Target, server: ServerProcess, dir: string, log: (line: string) => void): Promise<void> {
-  const specs = scenarios(config, pki).filter((s) => s.name === `get@${config.inFlight}` || s.name === `put@${config.inFlight}`);
+  // BENCH_PROFILE_SCENARIOS=get@1,health@1 profiles others (names as in the report).
+  const wanted = (process.env.BENCH_PROFILE_SCENARIOS ?? `get@${config.inFlight},put@${config.inFlight}`).split(",");
+  const specs = scenarios(config, pki).filter((s) => wanted.includes(s.name));
   const sections: string[] = [];
   let window = 0;
   for (const spec of specs) {
@@ -331,7 +344,7 @@ async function profile(config: BenchConfig, pki: BenchPki, target: Target, serve
     log(`profiled ${spec.name}: ${r.rps.toFixed(0)} req/s under the profiler, ${file}`);
     sections.push(
       profileMarkdown(
-        `${spec.name === `get@${config.inFlight}` ? "GetSecret" : "PutSecret"} at ${spec.inFlight} in flight — ${r.rps.toFixed(0)} req/s under the profiler, server CPU ${((1000 * r.serverCpuSeconds) / Math.max(1, r.count)).toFixed(3)} s per 1k requests`,
+        `${label(spec.name)} — ${r.rps.toFixed(0)} req/s under the profiler, server CPU ${((1000 * r.serverCpuSeconds) / Math.max(1, r.count)).toFixed(3)} s per 1k requests`,
         summary,
       ),
     );
