@@ -14,6 +14,8 @@ export class PolicySync {
   private listener: { unlisten(): Promise<void> } | undefined;
   private reloading: Promise<void> | undefined;
   private again = false;
+  /** Whether the engine holds the policies as loaded since the last unseal. */
+  private loaded = false;
 
   constructor(
     private readonly store: PolicyStore,
@@ -21,7 +23,11 @@ export class PolicySync {
     private readonly keys: KeyManager,
     private readonly logger: Logger,
   ) {
-    keys.onSealChange((sealed) => (sealed ? engine.clear() : void this.reload()));
+    keys.onSealChange((sealed) => {
+      if (!sealed) return void this.reload();
+      this.loaded = false;
+      engine.clear();
+    });
   }
 
   async start(): Promise<void> {
@@ -30,6 +36,15 @@ export class PolicySync {
 
   async stop(): Promise<void> {
     await this.listener?.unlisten().catch(() => {});
+  }
+
+  /**
+   * Resolves once the policies are loaded, if unsealed: at start-up the server
+   * may have unsealed before this sync existed to hear of it.
+   */
+  ensureLoaded(): Promise<void> {
+    if (this.keys.sealed) return Promise.resolve();
+    return this.reloading ?? (this.loaded ? Promise.resolve() : this.reload());
   }
 
   /** Reloads now; concurrent requests coalesce into one extra reload. */
@@ -64,6 +79,7 @@ export class PolicySync {
         }
       }
       this.engine.replace(compiled);
+      this.loaded = true;
       this.logger.debug("policies loaded", { count: compiled.length });
     } catch (err) {
       this.logger.warn("policy reload failed; keeping the previous set", { err });

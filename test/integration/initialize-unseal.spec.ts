@@ -9,9 +9,11 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
+import { Permission } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
+import { createPolicy, exactly, login } from "../support/admin-fixtures.js";
 import { healthClient, insecureCredentials, type HealthClient, type ServingStatusName } from "../support/health-client.js";
-import { ADMIN_PASSWORD, fails, ok, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
+import { ADMIN_PASSWORD, fails, ok, openDatabase, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { LISTENERS, SUPERUSER_ID, WORKLOAD_ID } from "../support/test-server.js";
 import { eventually } from "../support/wait.js";
 
@@ -183,6 +185,39 @@ describe("Initialize, Seal and Unseal", function () {
       expect(await status(server)).to.include({ initialized: true, sealed: false, activeKeyringKeyId: 1 });
       expect(ok(await server.client("connect").call(SecretService.method.getSecret, { path: "file/db" })).data).to.deep.equal({ k: "from-before" });
       await expectHealth(server, "SERVING");
+    });
+
+    it("a server unsealed from the file is up only once its policies are loaded: a workload's first call is allowed", async () => {
+      const admin = server.client("grpc");
+      await createPolicy(admin, (await login(admin)).token, { name: "file-reader", spiffeIdPattern: exactly(WORKLOAD_ID), pathPattern: "file/.+", permissions: [Permission.READ] });
+      const file = await passwordFile("admin-password-policies", ADMIN_PASSWORD);
+      // Hold the policies table for 2 s across the restart, so a start-up that
+      // does not wait for the policy load finishes with none loaded.
+      const db = openDatabase(server.nexus.databaseUrl);
+      try {
+        let release!: () => void;
+        const released = new Promise<void>((resolve) => (release = resolve));
+        let locked!: () => void;
+        const isLocked = new Promise<void>((resolve) => (locked = resolve));
+        const holding = db.begin(async (tx) => {
+          await tx`LOCK TABLE policies IN ACCESS EXCLUSIVE MODE`;
+          locked();
+          await released;
+        });
+        await isLocked;
+        const timer = setTimeout(release, 2000);
+        const firstRead = server.restart({ env: { NEXUS_ADMIN_PASSWORD_FILE: file } }).then((restarted) => {
+          server = restarted;
+          return restarted.client("grpc", restarted.pki.workload).call(SecretService.method.getSecret, { path: "file/db" });
+        });
+        const read = await firstRead;
+        clearTimeout(timer);
+        release();
+        await holding;
+        expect(ok(read, "the first GetSecret after start-up").data).to.deep.equal({ k: "from-before" });
+      } finally {
+        await db.end();
+      }
     });
 
     it("a wrong password in the file leaves the server running but sealed, and Unseal still works", async () => {

@@ -1,0 +1,131 @@
+// Everything a server runs once its database and keys exist: certificates,
+// stores, audit, authorization, services, maintenance, listeners and the
+// database monitor. nexus-server.ts loads this module only after unsealing
+// has started, so its ~0.5 s of module loading and set-up on the main thread
+// overlaps the scrypt of the password file on libuv's thread pool.
+
+import { AuditLog } from "../audit/audit-log.js";
+import { AuditVerifier } from "../audit/audit-verifier.js";
+import { AccessController } from "../authorization/access-policy.js";
+import { AdminCredentials } from "../authorization/admin-credentials.js";
+import { PasswordAttempts } from "../authorization/password-attempts.js";
+import { PolicyEngine } from "../authorization/policy-engine.js";
+import { PolicySync } from "../authorization/policy-sync.js";
+import type { NexusConfig } from "../config/config.js";
+import { PeerAuthenticator } from "../identity/peer-authenticator.js";
+import type { KeyManager } from "../keys/key-manager.js";
+import { SecretCipher } from "../keys/secret-cipher.js";
+import type { Logger } from "../log/logger.js";
+import { operatorService } from "../services/operator-service.js";
+import { policyService } from "../services/policy-service.js";
+import { secretService } from "../services/secret-service.js";
+import { AuditStore } from "../store/audit-store.js";
+import { CredentialStore } from "../store/credential-store.js";
+import type { Sql } from "../store/database.js";
+import { DatabaseMonitor } from "../store/database-monitor.js";
+import { PolicyStore } from "../store/policy-store.js";
+import type { RootKeyStore } from "../store/root-key-store.js";
+import { SecretStore } from "../store/secret-store.js";
+import { CertificateSource } from "../transport/certificate-source.js";
+import { startListeners, type Listeners } from "./listeners.js";
+import { startMaintenance } from "./maintenance.js";
+
+export interface ComponentDeps {
+  readonly config: NexusConfig;
+  readonly logger: Logger;
+  readonly sql: Sql;
+  readonly rootKeys: RootKeyStore;
+  readonly keys: KeyManager;
+  readonly databaseCheckIntervalMs?: number;
+  readonly certificateDebounceMs?: number;
+  /** Teardown steps, run in reverse order. */
+  readonly cleanup: Array<() => Promise<void> | void>;
+}
+
+export interface Components {
+  readonly certificates: CertificateSource;
+  readonly listeners: Listeners;
+  /** Resolves once the policies are loaded, if unsealed. */
+  policiesLoaded(): Promise<void>;
+  /** Sets the health status from the database monitor and the seal. */
+  updateHealth(): void;
+}
+
+export async function startComponents(deps: ComponentDeps): Promise<Components> {
+  const { config, logger, sql, rootKeys, keys, cleanup } = deps;
+  const certificates = new CertificateSource(
+    { certFile: config.certFile, keyFile: config.keyFile, bundleFile: config.trustBundleFile },
+    config.trustDomain,
+    logger,
+    deps.certificateDebounceMs,
+  );
+  certificates.watch();
+  cleanup.push(() => certificates.close());
+
+  const secrets = new SecretStore(sql);
+  const policyStore = new PolicyStore(sql);
+  const credentialStore = new CredentialStore(sql);
+  const auditStore = new AuditStore(sql);
+  const auditLog = new AuditLog(auditStore, keys, logger);
+  cleanup.push(() => auditLog.checkpoint(true).catch((err) => logger.warn("final audit checkpoint not written", { err })));
+  const engine = new PolicyEngine();
+  const policySync = new PolicySync(policyStore, engine, keys, logger);
+  await policySync.start();
+  cleanup.push(() => policySync.stop());
+  const credentials = new AdminCredentials(credentialStore, keys);
+
+  const services = [
+    operatorService({
+      trustDomain: config.trustDomain,
+      keys,
+      initialized: () => rootKeys.isInitialized(),
+      credentials,
+      credentialStore,
+      attempts: new PasswordAttempts(credentialStore),
+      auditStore,
+      auditLog,
+      verifier: new AuditVerifier(auditStore, keys, auditLog),
+    }),
+    secretService({ keys, cipher: new SecretCipher(keys), store: secrets, maxSecretBytes: config.maxSecretBytes }),
+    policyService({ store: policyStore, keys, sync: policySync }),
+  ];
+
+  cleanup.push(
+    startMaintenance({
+      secrets,
+      credentials: credentialStore,
+      auditStore,
+      auditLog,
+      keys,
+      logger,
+      cleanupIntervalMs: config.cleanupIntervalMs,
+      auditRetentionMs: config.auditRetentionMs,
+    }),
+  );
+
+  const listeners = await startListeners({
+    config,
+    logger,
+    services,
+    certificates,
+    authenticator: new PeerAuthenticator({ trustDomains: [config.trustDomain] }),
+    access: new AccessController(config.superuserId, engine, credentials, keys),
+    auditLog,
+    cleanup,
+  });
+  // Serving means the database answers and this replica holds its keys.
+  const monitor = new DatabaseMonitor(sql, () => updateHealth(), logger, deps.databaseCheckIntervalMs);
+  const updateHealth = () => listeners.health.set(monitor.isHealthy && !keys.sealed ? "SERVING" : "NOT_SERVING");
+  keys.onSealChange(() => updateHealth());
+  await monitor.check();
+  monitor.start();
+  cleanup.push(() => monitor.stop());
+  updateHealth();
+
+  return {
+    certificates,
+    listeners,
+    policiesLoaded: () => policySync.ensureLoaded(),
+    updateHealth,
+  };
+}
