@@ -14,8 +14,7 @@ export class PolicySync {
   private listener: { unlisten(): Promise<void> } | undefined;
   private reloading: Promise<void> | undefined;
   private again = false;
-  /** Whether the engine holds the policies as loaded since the last unseal. */
-  private loaded = false;
+  private loadedSinceUnseal = false;
 
   constructor(
     private readonly store: PolicyStore,
@@ -25,7 +24,7 @@ export class PolicySync {
   ) {
     keys.onSealChange((sealed) => {
       if (!sealed) return void this.reload();
-      this.loaded = false;
+      this.loadedSinceUnseal = false;
       engine.clear();
     });
   }
@@ -39,12 +38,21 @@ export class PolicySync {
   }
 
   /**
-   * Resolves once the policies are loaded, if unsealed: at start-up the server
-   * may have unsealed before this sync existed to hear of it.
+   * Whether a load has finished since the last unseal: the replica decides by
+   * the stored policies, not by an empty set. (A load that failed is logged and
+   * keeps the previous set, which after an unseal is empty: it fails closed.)
+   */
+  get loaded(): boolean {
+    return this.loadedSinceUnseal && !this.keys.sealed;
+  }
+
+  /**
+   * Resolves once `loaded`, if unsealed: at start-up the server may have
+   * unsealed before this sync existed to hear of it.
    */
   ensureLoaded(): Promise<void> {
     if (this.keys.sealed) return Promise.resolve();
-    return this.reloading ?? (this.loaded ? Promise.resolve() : this.reload());
+    return this.reloading ?? (this.loadedSinceUnseal ? Promise.resolve() : this.reload());
   }
 
   /** Reloads now; concurrent requests coalesce into one extra reload. */
@@ -79,10 +87,10 @@ export class PolicySync {
         }
       }
       this.engine.replace(compiled);
-      this.loaded = true;
       this.logger.debug("policies loaded", { count: compiled.length });
     } catch (err) {
       this.logger.warn("policy reload failed; keeping the previous set", { err });
     }
+    this.loadedSinceUnseal = !this.keys.sealed;
   }
 }

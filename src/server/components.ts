@@ -47,7 +47,7 @@ export interface Components {
   readonly listeners: Listeners;
   /** Resolves once the policies are loaded, if unsealed. */
   policiesLoaded(): Promise<void>;
-  /** Sets the health status from the database monitor and the seal. */
+  /** Sets the health status from the database monitor, the seal and the policies. */
   updateHealth(): void;
 }
 
@@ -113,10 +113,11 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
     auditLog,
     cleanup,
   });
-  // Serving means the database answers and this replica holds its keys.
+  // Serving means the database answers, this replica holds its keys and it
+  // has loaded the policies it decides by.
   const monitor = new DatabaseMonitor(sql, () => updateHealth(), logger, deps.databaseCheckIntervalMs);
-  const updateHealth = () => listeners.health.set(monitor.isHealthy && !keys.sealed ? "SERVING" : "NOT_SERVING");
-  keys.onSealChange(() => updateHealth());
+  const updateHealth = () => listeners.health.set(monitor.isHealthy && policySync.loaded ? "SERVING" : "NOT_SERVING");
+  keys.onSealChange((sealed) => (sealed ? updateHealth() : void policySync.ensureLoaded().then(updateHealth)));
   await monitor.check();
   monitor.start();
   cleanup.push(() => monitor.stop());

@@ -31,6 +31,30 @@ async function expectHealth(server: SecretTestServer, status: ServingStatusName)
   }
 }
 
+/** Holds an exclusive lock on the policies table (every policy load waits) until released. */
+async function lockPolicies(databaseUrl: string): Promise<{ release(): Promise<void> }> {
+  const db = openDatabase(databaseUrl);
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let locked!: () => void;
+  const isLocked = new Promise<void>((resolve) => (locked = resolve));
+  const holding = db.begin(async (tx) => {
+    await tx`LOCK TABLE policies IN ACCESS EXCLUSIVE MODE`;
+    locked();
+    await released;
+  });
+  await isLocked;
+  let done: Promise<void> | undefined;
+  return {
+    release: () =>
+      (done ??= (async () => {
+        release();
+        await holding;
+        await db.end();
+      })()),
+  };
+}
+
 async function status(server: SecretTestServer, listener: (typeof LISTENERS)[number] = "grpc") {
   return ok(await server.client(listener).call(OperatorService.method.getStatus, {}), `GetStatus on ${listener}`);
 }
@@ -191,33 +215,35 @@ describe("Initialize, Seal and Unseal", function () {
       const admin = server.client("grpc");
       await createPolicy(admin, (await login(admin)).token, { name: "file-reader", spiffeIdPattern: exactly(WORKLOAD_ID), pathPattern: "file/.+", permissions: [Permission.READ] });
       const file = await passwordFile("admin-password-policies", ADMIN_PASSWORD);
-      // Hold the policies table for 2 s across the restart, so a start-up that
-      // does not wait for the policy load finishes with none loaded.
-      const db = openDatabase(server.nexus.databaseUrl);
+      // Held for 2 s across the restart, so a start-up that does not wait for
+      // the policy load finishes with none loaded.
+      const lock = await lockPolicies(server.nexus.databaseUrl);
+      const timer = setTimeout(() => void lock.release(), 2000);
       try {
-        let release!: () => void;
-        const released = new Promise<void>((resolve) => (release = resolve));
-        let locked!: () => void;
-        const isLocked = new Promise<void>((resolve) => (locked = resolve));
-        const holding = db.begin(async (tx) => {
-          await tx`LOCK TABLE policies IN ACCESS EXCLUSIVE MODE`;
-          locked();
-          await released;
-        });
-        await isLocked;
-        const timer = setTimeout(release, 2000);
-        const firstRead = server.restart({ env: { NEXUS_ADMIN_PASSWORD_FILE: file } }).then((restarted) => {
-          server = restarted;
-          return restarted.client("grpc", restarted.pki.workload).call(SecretService.method.getSecret, { path: "file/db" });
-        });
-        const read = await firstRead;
-        clearTimeout(timer);
-        release();
-        await holding;
+        server = await server.restart({ env: { NEXUS_ADMIN_PASSWORD_FILE: file } });
+        const read = await server.client("grpc", server.pki.workload).call(SecretService.method.getSecret, { path: "file/db" });
         expect(ok(read, "the first GetSecret after start-up").data).to.deep.equal({ k: "from-before" });
       } finally {
-        await db.end();
+        clearTimeout(timer);
+        await lock.release();
       }
+    });
+
+    it("after an Unseal RPC health stays NOT_SERVING until the policies are loaded", async () => {
+      await seal(server.client("grpc"));
+      const lock = await lockPolicies(server.nexus.databaseUrl);
+      const health = healthClient(`127.0.0.1:${server.nexus.healthPort}`, insecureCredentials());
+      try {
+        ok(await server.client("grpc").call(OperatorService.method.unseal, { adminPassword: ADMIN_PASSWORD }));
+        for (let i = 0; i < 3; i++) {
+          expect(await health.check(""), `health ${i * 150} ms after Unseal, policies table locked`).to.deep.equal({ status: "NOT_SERVING" });
+          await new Promise((resolve) => setTimeout(resolve, 150));
+        }
+      } finally {
+        health.close();
+        await lock.release();
+      }
+      await expectHealth(server, "SERVING");
     });
 
     it("a wrong password in the file leaves the server running but sealed, and Unseal still works", async () => {
