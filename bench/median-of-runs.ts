@@ -7,6 +7,7 @@
 
 import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { medianOf, type Report } from "./report.js";
 
 type Summary = Pick<Report, "generatedAt" | "source" | "ratios" | "targets" | "scenarios">;
@@ -65,4 +66,4 @@ async function main(): Promise<void> {
   process.stdout.write(md);
 }
 
-if (process.argv[1] && path.resolve(process.argv[1]).endsWith(path.join("bench", "median-of-runs.js"))) await main();
+if (process.argv[1] === fileURLToPath(import.meta.url)) await main();

@@ -153,6 +153,16 @@ async function main(): Promise<void> {
     const floorMatch: Record<string, "queryid" | "text" | "different"> = {};
     const floorPutsBefore = floor ? await floorPutsWritten(db.sql) : 0;
     const specs = scenarios(config, pki);
+    // The database floor after the scenarios that have one: get and put under
+    // load with the server's mean batch, and get at one call in flight with one
+    // client and one read per statement.
+    const floorFor = (run: FloorRun, spec: ScenarioSpec): (() => Promise<PgbenchResult>) | undefined => {
+      if (spec.kind === "get" && spec.inFlight === 1) return () => pgbenchGet(run, 1, 1, "get@1");
+      if (spec.inFlight !== config.inFlight) return undefined;
+      if (spec.kind === "get") return () => pgbenchGet(run, auditBatch ?? 8);
+      if (spec.kind === "put") return () => pgbenchPut(run, putBatch ?? 1);
+      return undefined;
+    };
     for (let round = 0; round < config.rounds; round++) {
       const results: ScenarioResult[] = [];
       const pgbench: PgbenchResult[] = [];
@@ -172,22 +182,14 @@ async function main(): Promise<void> {
           if (spec.kind === "get") auditBatch = auditBatchSize(statements);
           if (spec.kind === "put") putBatch = putBatchSize(statements);
         }
-        const loaded = spec.inFlight === config.inFlight;
-        const floorRun = !floor
-          ? undefined
-          : spec.kind === "get" && spec.inFlight === 1
-            ? () => pgbenchGet(floor, 1, 1, "get@1") // one client, one read per statement
-            : loaded && spec.kind === "get"
-              ? () => pgbenchGet(floor, auditBatch ?? 8)
-              : loaded && spec.kind === "put"
-                ? () => pgbenchPut(floor, putBatch ?? 1)
-                : undefined;
+        const floorRun = floor && floorFor(floor, spec);
         if (floorRun) {
-          if (round === 0 && loaded) await resetStatements(db);
+          // Round 1 of the loaded get and put compares what pgbench ran with what the server ran.
+          if (capture) await resetStatements(db);
           const p = await floorRun();
           pgbench.push(p);
           log(`round ${round + 1}/${config.rounds} pgbench-${p.name.padEnd(5)}  ${p.tps.toFixed(0).padStart(6)} tps    p50 ${p.p50.toFixed(2)}  p99 ${p.p99.toFixed(2)} ms${p.failed ? `  FAILED: ${p.failed}` : ""}`);
-          if (round === 0 && loaded) {
+          if (capture) {
             const floorStatements = await capturedStatements(db);
             captures.push({ label: `pgbench ${p.name} (round 1): ${p.command}`, statements: floorStatements });
             const server = captures.find((c) => c.label.startsWith(`Nexus server during ${spec.name}`))?.statements ?? [];
@@ -353,7 +355,7 @@ async function profile(config: BenchConfig, pki: BenchPki, target: Target, serve
   const md = [
     "## CPU profile of the Nexus server",
     "",
-    `\`BENCH_PROFILE=1 node dist/bench/run.js\`: the real server (\`node bin/nexus.js serve\`) with a preloaded hook (bench/profile-hook.ts) that runs V8's sampling profiler (250 µs) over exactly one measured window of a warmed-up server; ${config.durationMs / 1000} s per scenario, ${config.inFlight} calls in flight over ${config.connections} connections. Self time aggregated by callFrame functionName + url (bench/cpu-profile.ts). The profiles were kept in ${dir}.`,
+    `\`BENCH_PROFILE=1 node dist/bench/run.js\`: the real server (\`node bin/nexus.js serve\`) with a preloaded hook (bench/profile-hook.ts) that runs V8's sampling profiler (250 µs) over exactly one measured window of a warmed-up server; ${config.durationMs / 1000} s per scenario (${specs.map((spec) => spec.name).join(", ")}). Self time aggregated by callFrame functionName + url (bench/cpu-profile.ts). The profiles were kept in ${dir}.`,
     "",
     ...sections,
   ].join("\n");

@@ -2,7 +2,7 @@
 // and the server authorized by its SPIFFE ID rather than its hostname, since
 // SPIRE SVIDs usually carry no DNS name. One call shape over both listeners.
 
-import { create, fromBinary, toBinary, type DescMethodUnary, type DescService, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, type DescMethodUnary, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
@@ -67,8 +67,8 @@ export function grpcNexusClient(address: string, identity: ClientIdentity, chann
 }
 
 /**
- * A connect-es client for the Connect listener; `protocol` picks Connect (JSON),
- * gRPC or gRPC-Web, `httpVersion` 1.1 or 2. Over HTTP/2 every call shares one
+ * A connect-es client for the Connect listener; `protocol` picks Connect (JSON)
+ * or gRPC, `httpVersion` (Connect only) 1.1 or 2. Over HTTP/2 every call shares one
  * connection, which `close()` ends.
  */
 export function connectNexusClient(
@@ -90,22 +90,14 @@ export function connectNexusClient(
     protocol === "grpc"
       ? createGrpcTransport({ baseUrl, nodeOptions, sessionManager })
       : createConnectTransport({ baseUrl, httpVersion, nodeOptions, sessionManager, useBinaryFormat: false });
-  type UnaryClient = Record<string, (req: unknown, opts: unknown) => Promise<unknown>>;
-  const clients = new Map<DescService, UnaryClient>();
-  const clientFor = (service: DescService): UnaryClient => {
-    let client = clients.get(service);
-    if (client === undefined) {
-      client = createClient(service, transport) as unknown as UnaryClient;
-      clients.set(service, client);
-    }
-    return client;
-  };
   return {
     async call<M extends DescMethodUnary>(method: M, request: MessageInitShape<M["input"]>, options: CallOptions = {}) {
       const headers: Record<string, string> = {};
       if (options.bearerToken !== undefined) headers.authorization = `Bearer ${options.bearerToken}`;
+      // A client is a cheap set of method wrappers; the connection lives in the transport.
+      const client = createClient(method.parent, transport) as unknown as Record<string, (req: unknown, opts: unknown) => Promise<MessageShape<M["output"]>>>;
       try {
-        const response = (await clientFor(method.parent)[method.localName](request, { headers, timeoutMs: options.deadlineMs })) as MessageShape<M["output"]>;
+        const response = await client[method.localName](request, { headers, timeoutMs: options.deadlineMs });
         return { code: "OK", response } as CallResult<M>;
       } catch (err) {
         const e = ConnectError.from(err);
