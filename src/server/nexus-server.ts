@@ -45,6 +45,9 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
   const undo = async () => {
     for (const step of cleanup.reverse()) await Promise.resolve(step()).catch(() => {});
   };
+  // A start that fails lets an unsealing in flight settle before it seals and
+  // tears down, so no key is installed after the seal.
+  let unsealing: Promise<void> | undefined;
   try {
     let embedded: EmbeddedPostgres | undefined;
     let databaseUrl = config.databaseUrl;
@@ -61,7 +64,7 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
     const rootKeys = new RootKeyStore(sql);
     const keys = new KeyManager(rootKeys, logger, options.kdfParams, options.failedUnsealDelayMs);
     cleanup.push(() => keys.seal("shutdown"));
-    const unsealing = unsealAtStart(config, keys, rootKeys, logger);
+    unsealing = unsealAtStart(config, keys, rootKeys, logger);
     unsealing.catch(() => {}); // awaited below
 
     const { startComponents } = await import("./components.js");
@@ -98,6 +101,7 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
 
     return { grpcPort, connectPort, healthPort, databaseUrl, certificates, health, keys, shutdown };
   } catch (err) {
+    await unsealing?.catch(() => {});
     await undo();
     throw err;
   }

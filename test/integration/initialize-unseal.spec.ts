@@ -11,10 +11,11 @@ import path from "node:path";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { Permission } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
+import { createLogger } from "../../src/log/logger.js";
 import { createPolicy, exactly, login } from "../support/admin-fixtures.js";
 import { healthClient, insecureCredentials, type HealthClient, type ServingStatusName } from "../support/health-client.js";
-import { ADMIN_PASSWORD, fails, ok, openDatabase, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
-import { LISTENERS, SUPERUSER_ID, WORKLOAD_ID } from "../support/test-server.js";
+import { ADMIN_PASSWORD, FAST_KDF, fails, ok, openDatabase, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
+import { LISTENERS, startTestServer, SUPERUSER_ID, WORKLOAD_ID } from "../support/test-server.js";
 import { eventually } from "../support/wait.js";
 
 const HEALTH_SERVICES = ["", "spike.nexus.v1.SecretService", "spike.nexus.v1.OperatorService"];
@@ -31,15 +32,15 @@ async function expectHealth(server: SecretTestServer, status: ServingStatusName)
   }
 }
 
-/** Holds an exclusive lock on the policies table (every policy load waits) until released. */
-async function lockPolicies(databaseUrl: string): Promise<{ release(): Promise<void> }> {
+/** Holds an exclusive lock on `table` (every statement reading it waits) until released. */
+async function lockTable(databaseUrl: string, table: "policies" | "root_keys"): Promise<{ release(): Promise<void> }> {
   const db = openDatabase(databaseUrl);
   let release!: () => void;
   const released = new Promise<void>((resolve) => (release = resolve));
   let locked!: () => void;
   const isLocked = new Promise<void>((resolve) => (locked = resolve));
   const holding = db.begin(async (tx) => {
-    await tx`LOCK TABLE policies IN ACCESS EXCLUSIVE MODE`;
+    await tx.unsafe(`LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE`);
     locked();
     await released;
   });
@@ -217,7 +218,7 @@ describe("Initialize, Seal and Unseal", function () {
       const file = await passwordFile("admin-password-policies", ADMIN_PASSWORD);
       // Held for 2 s across the restart, so a start-up that does not wait for
       // the policy load finishes with none loaded.
-      const lock = await lockPolicies(server.nexus.databaseUrl);
+      const lock = await lockTable(server.nexus.databaseUrl, "policies");
       const timer = setTimeout(() => void lock.release(), 2000);
       try {
         server = await server.restart({ env: { NEXUS_ADMIN_PASSWORD_FILE: file } });
@@ -231,7 +232,7 @@ describe("Initialize, Seal and Unseal", function () {
 
     it("after an Unseal RPC health stays NOT_SERVING until the policies are loaded", async () => {
       await seal(server.client("grpc"));
-      const lock = await lockPolicies(server.nexus.databaseUrl);
+      const lock = await lockTable(server.nexus.databaseUrl, "policies");
       const health = healthClient(`127.0.0.1:${server.nexus.healthPort}`, insecureCredentials());
       try {
         ok(await server.client("grpc").call(OperatorService.method.unseal, { adminPassword: ADMIN_PASSWORD }));
@@ -244,6 +245,35 @@ describe("Initialize, Seal and Unseal", function () {
         await lock.release();
       }
       await expectHealth(server, "SERVING");
+    });
+
+    it("a start that fails while unsealing from the file is in flight (a bad certificate file) seals before it gives up, and names the file", async () => {
+      const file = await passwordFile("admin-password-bad-cert", ADMIN_PASSWORD);
+      const badCert = await passwordFile("not-a-certificate.pem", "not a certificate\n");
+      const lines: string[] = [];
+      const keyEvents = () => lines.map((l) => (JSON.parse(l) as { msg: string }).msg).filter((m) => m === "unsealed" || m === "sealed");
+      // Unsealing reads root_keys: holding it keeps the unseal in flight until the start has failed.
+      const lock = await lockTable(server.nexus.databaseUrl, "root_keys");
+      const timer = setTimeout(() => void lock.release(), 500);
+      try {
+        const failure = await startTestServer({
+          pki: server.pki,
+          databaseUrl: server.nexus.databaseUrl,
+          env: { NEXUS_ADMIN_PASSWORD_FILE: file, NEXUS_TLS_CERT: badCert },
+          start: FAST_KDF,
+          logger: createLogger("info", (line) => lines.push(line)),
+        }).then(
+          (started) => started.stop().then(() => new Error("started")),
+          (err: Error) => err,
+        );
+        expect(failure.message).to.equal(`${badCert} does not hold a PEM certificate`);
+        expect(keyEvents(), "key events when the start gave up").to.deep.equal(["unsealed", "sealed"]);
+      } finally {
+        clearTimeout(timer);
+        await lock.release();
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(keyEvents(), "key events after").to.deep.equal(["unsealed", "sealed"]);
     });
 
     it("a wrong password in the file leaves the server running but sealed, and Unseal still works", async () => {
