@@ -14,7 +14,7 @@ import { PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { NexusError } from "../errors/nexus-error.js";
 import type { SpiffeId } from "../identity/spiffe-id.js";
-import { sealedError, type KeyManager } from "../keys/key-manager.js";
+import type { KeyManager } from "../keys/key-manager.js";
 import type { CredentialRow } from "../store/credential-store.js";
 import type { AdminCredentials } from "./admin-credentials.js";
 import type { Grant } from "./policy.js";
@@ -78,16 +78,16 @@ export class AccessController implements AccessPolicy {
         break;
       case "admin":
         if (!superuser) break;
-        if (this.keys.sealed) throw sealedError();
+        if (this.keys.sealed) throw this.keys.sealedError();
         return { mayList: NONE.mayList, credential: await this.credentials.verify(bearerToken, caller) };
       case "secret": {
-        if (this.keys.sealed) throw sealedError();
+        if (this.keys.sealed) throw this.keys.sealedError();
         const path = (request as Message & { path?: unknown }).path;
         if (superuser || (typeof path === "string" && this.policies.allows(caller, rule.grant, path))) return NONE;
         break;
       }
       case "list": {
-        if (this.keys.sealed) throw sealedError();
+        if (this.keys.sealed) throw this.keys.sealedError();
         if (superuser) return ALL;
         const mayList = this.policies.pathTest(caller, "list");
         if (mayList) return { mayList };

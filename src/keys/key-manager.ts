@@ -12,7 +12,7 @@ import { NexusError } from "../errors/nexus-error.js";
 import type { Logger } from "../log/logger.js";
 import type { InitialKeys, RootKeyStore } from "../store/root-key-store.js";
 import { associatedData, newKey, open, seal } from "./aead.js";
-import { DEFAULT_KDF_PARAMS, derivePasswordKeys, newSalt, passwordCheck, passwordCheckMatches, type KdfParams } from "./password-kdf.js";
+import { boundedKdfParams, DEFAULT_KDF_PARAMS, derivePasswordKeys, newSalt, passwordCheck, passwordCheckMatches, type KdfParams } from "./password-kdf.js";
 
 const MIN_PASSWORD_LENGTH = 12;
 const FIRST_ROOT_KEY_ID = 1;
@@ -36,6 +36,10 @@ export interface WrappingKey {
 
 export class KeyManager {
   private state: Unsealed | undefined;
+  /** Counts seals and unseals: work that awaited in between must not use what it read before. */
+  private changes = 0;
+  /** Whether a root key exists, as last seen (false until checked: sealed errors then say how to start). */
+  private initializedSeen = false;
   private kdfQueue: Promise<unknown> = Promise.resolve();
   private readonly sealListeners = new Set<(sealed: boolean) => void>();
 
@@ -48,6 +52,32 @@ export class KeyManager {
 
   get sealed(): boolean {
     return this.state === undefined;
+  }
+
+  /**
+   * Changes with every seal and unseal. Code that awaits between taking keys
+   * (or decisions made with them) and using them compares generations and
+   * starts over when they differ: Seal zeroes key buffers in place.
+   */
+  get generation(): number {
+    return this.changes;
+  }
+
+  /** Refreshes whether the database holds a root key (for the sealed error's advice). */
+  async checkInitialized(): Promise<boolean> {
+    this.initializedSeen = await this.store.isInitialized();
+    return this.initializedSeen;
+  }
+
+  /**
+   * The error for a call that needs keys while sealed: an uninitialized
+   * server says how to Initialize, an initialized one how to Unseal.
+   */
+  sealedError(): NexusError {
+    if (this.initializedSeen) return sealedError();
+    // Another replica may have initialized since: look again for the next caller.
+    void this.checkInitialized().catch(() => {});
+    return notInitialized();
   }
 
   /** 0 while sealed. */
@@ -88,8 +118,10 @@ export class KeyManager {
     }
     if (!(await this.store.createInitial(initial))) {
       [rootKey, wrappingKey, integrityKey].forEach((k) => k.fill(0));
+      this.initializedSeen = true;
       throw alreadyInitialized();
     }
+    this.initializedSeen = true;
     this.install({
       rootKeyId: FIRST_ROOT_KEY_ID,
       rootKey,
@@ -104,9 +136,8 @@ export class KeyManager {
   /** Verifies the password and loads the hierarchy; also verifies when already unsealed. */
   async unseal(password: string): Promise<void> {
     if (password.length === 0) throw NexusError.invalidArgument("admin_password", "must not be empty", "EMPTY_PASSWORD");
-    const keys = await this.store.loadActive();
-    if (keys === undefined) throw new NexusError("failed_precondition", "Nexus is not initialized: call Initialize first", { reason: "NOT_INITIALIZED" });
-    const params = keys.root.kdfParams as KdfParams;
+    const keys = await this.loadHierarchy();
+    const params = keys.kdfParams;
     const derived = await this.serializedKdf(async () => {
       const d = await derivePasswordKeys(password, keys.root.kdfSalt, params);
       if (!passwordCheckMatches(d.checkKey, keys.root.kdfSalt, keys.root.passwordCheck)) {
@@ -157,10 +188,9 @@ export class KeyManager {
   /** Checks the admin password without changing the seal state (Login). */
   async verifyPassword(password: string): Promise<void> {
     if (password.length === 0) throw NexusError.invalidArgument("admin_password", "must not be empty", "EMPTY_PASSWORD");
-    const keys = await this.store.loadActive();
-    if (keys === undefined) throw new NexusError("failed_precondition", "Nexus is not initialized: call Initialize first", { reason: "NOT_INITIALIZED" });
+    const keys = await this.loadHierarchy();
     const ok = await this.serializedKdf(async () => {
-      const d = await derivePasswordKeys(password, keys.root.kdfSalt, keys.root.kdfParams as KdfParams);
+      const d = await derivePasswordKeys(password, keys.root.kdfSalt, keys.kdfParams);
       const matches = passwordCheckMatches(d.checkKey, keys.root.kdfSalt, keys.root.passwordCheck);
       d.kek.fill(0);
       d.checkKey.fill(0);
@@ -175,6 +205,7 @@ export class KeyManager {
     const s = this.state;
     if (s === undefined) return;
     this.state = undefined;
+    this.changes++;
     s.rootKey.fill(0);
     s.integrityKey.fill(0);
     s.wrappingKeys.forEach((k) => k.fill(0));
@@ -197,13 +228,30 @@ export class KeyManager {
     return this.unsealed().integrityKey;
   }
 
+  /** The stored hierarchy, its KDF parameters checked before scrypt sees them. */
+  private async loadHierarchy(): Promise<InitialKeys & { kdfParams: KdfParams }> {
+    const keys = await this.store.loadActive();
+    if (keys === undefined) {
+      this.initializedSeen = false;
+      throw notInitialized();
+    }
+    this.initializedSeen = true;
+    const kdfParams = boundedKdfParams(keys.root.kdfParams);
+    if (kdfParams === undefined) {
+      this.logger.error("the stored key-derivation parameters are out of bounds; refusing to run scrypt with them (altered in the database?)");
+      throw new NexusError("internal", "the stored key-derivation parameters are invalid; Nexus stays sealed (see the server log)", { reason: "INVALID_KDF_PARAMS" });
+    }
+    return { ...keys, kdfParams };
+  }
+
   private unsealed(): Unsealed {
-    if (this.state === undefined) throw sealedError();
+    if (this.state === undefined) throw this.sealedError();
     return this.state;
   }
 
   private install(state: Unsealed): void {
     this.state = state;
+    this.changes++;
     this.sealListeners.forEach((l) => l(false));
   }
 
@@ -216,8 +264,12 @@ export class KeyManager {
   }
 }
 
-export function sealedError(): NexusError {
+function sealedError(): NexusError {
   return new NexusError("failed_precondition", "Nexus is sealed: unseal it with the admin password", { reason: "SEALED" });
+}
+
+function notInitialized(): NexusError {
+  return new NexusError("failed_precondition", "Nexus is not initialized: call OperatorService/Initialize with the superuser SVID and a new admin password", { reason: "NOT_INITIALIZED" });
 }
 
 function alreadyInitialized(): NexusError {

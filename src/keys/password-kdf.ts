@@ -14,6 +14,15 @@ export interface KdfParams {
 }
 
 export const DEFAULT_KDF_PARAMS: KdfParams = { alg: "scrypt", N: 2 ** 17, r: 8, p: 1 };
+
+/**
+ * The parameters are stored beside the root key, where a database writer can
+ * change them. They need no MAC of their own: the password check is keyed by
+ * what scrypt derives with them, so other parameters fail the check. But they
+ * size the memory scrypt takes, so they are bounded before scrypt runs: at most
+ * 1 GiB (128 * N * r bytes), whatever the row says.
+ */
+const KDF_BOUNDS = { minLogN: 10, maxLogN: 20, maxR: 16, maxP: 16, maxMemoryBytes: 1024 * 1024 * 1024 } as const;
 const CHECK_LABEL = Buffer.from("nexus/v1/admin-password-check");
 
 export interface DerivedKeys {
@@ -27,9 +36,24 @@ export function newSalt(): Buffer {
   return randomBytes(16);
 }
 
+/** The stored parameters, if they are scrypt within bounds; undefined otherwise. */
+export function boundedKdfParams(raw: unknown): KdfParams | undefined {
+  if (raw === null || typeof raw !== "object") return undefined;
+  const { alg, N, r, p } = raw as Record<string, unknown>;
+  const int = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v);
+  if (alg !== "scrypt" || !int(N) || !int(r) || !int(p)) return undefined;
+  const logN = Math.log2(N);
+  if (!Number.isInteger(logN) || logN < KDF_BOUNDS.minLogN || logN > KDF_BOUNDS.maxLogN) return undefined;
+  if (r < 1 || r > KDF_BOUNDS.maxR || p < 1 || p > KDF_BOUNDS.maxP) return undefined;
+  if (128 * N * r > KDF_BOUNDS.maxMemoryBytes) return undefined;
+  return { alg, N, r, p };
+}
+
 export async function derivePasswordKeys(password: string, salt: Buffer, params: KdfParams): Promise<DerivedKeys> {
-  if (params.alg !== "scrypt") throw new Error(`unsupported KDF ${String(params.alg)}`);
-  const maxmem = Math.max(256 * 1024 * 1024, 256 * params.N * params.r);
+  const bounded = boundedKdfParams(params);
+  if (bounded === undefined) throw new Error("scrypt parameters out of bounds");
+  // scrypt needs 128 * N * r bytes; the bounds above cap that at 1 GiB.
+  const maxmem = 128 * bounded.N * bounded.r + 1024 * 1024;
   const out = await new Promise<Buffer>((resolve, reject) =>
     scrypt(password.normalize("NFC"), salt, 64, { N: params.N, r: params.r, p: params.p, maxmem }, (err, key) =>
       err ? reject(err) : resolve(key),

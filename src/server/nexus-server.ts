@@ -64,6 +64,7 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
     const rootKeys = new RootKeyStore(sql);
     const keys = new KeyManager(rootKeys, logger, options.kdfParams, options.failedUnsealDelayMs);
     cleanup.push(() => keys.seal("shutdown"));
+    await keys.checkInitialized();
     unsealing = unsealAtStart(config, keys, rootKeys, logger);
     unsealing.catch(() => {}); // awaited below
 

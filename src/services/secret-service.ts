@@ -10,7 +10,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { SecretService, type SecretMetadataSchema } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { ownedCopy } from "../keys/aead.js";
-import { sealedError, type KeyManager } from "../keys/key-manager.js";
+import type { KeyManager } from "../keys/key-manager.js";
 import type { DataKeyRef, SecretCipher } from "../keys/secret-cipher.js";
 import type { SecretMetadataRow, SecretStore, VersionChange } from "../store/secret-store.js";
 import { registerService, type CallContext, type ServiceRegistration } from "../transport/call-context.js";
@@ -90,7 +90,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
   };
 
   const requireUnsealed = () => {
-    if (keys.sealed) throw sealedError();
+    if (keys.sealed) throw keys.sealedError();
   };
 
   return registerService(SecretService, {

@@ -73,10 +73,12 @@ describe("Initialize, Seal and Unseal", function () {
 
     after(async () => server?.stop());
 
-    it("a new server is uninitialized and sealed: GetStatus says so, health is NOT_SERVING, secret RPCs are FAILED_PRECONDITION", async () => {
+    it("a new server is uninitialized and sealed: GetStatus says so, health is NOT_SERVING, secret RPCs are FAILED_PRECONDITION saying how to Initialize", async () => {
       for (const listener of LISTENERS) {
         expect(await status(server, listener)).to.include({ initialized: false, sealed: true, activeKeyringKeyId: 0 });
-        fails(await server.client(listener).call(SecretService.method.getSecret, { path: "a/b" }), "FAILED_PRECONDITION", listener);
+        const message = fails(await server.client(listener).call(SecretService.method.getSecret, { path: "a/b" }), "FAILED_PRECONDITION", listener);
+        expect(message, "an uninitialized server is not told to unseal").to.match(/not initialized: call OperatorService\/Initialize/);
+        expect(message).to.not.match(/unseal/i);
       }
       await expectHealth(server, "NOT_SERVING");
     });
@@ -181,6 +183,46 @@ describe("Initialize, Seal and Unseal", function () {
       expect(await status(server)).to.include({ sealed: false });
       expect(ok(await server.client("grpc").call(SecretService.method.getSecret, { path: "life/db" })).data).to.deep.equal({ password: "s3cr3t" });
     });
+  });
+
+  describe("the stored scrypt parameters (a database writer can change them)", () => {
+    let server: SecretTestServer;
+
+    before(async () => {
+      server = await startSecretServer();
+    });
+
+    after(async () => server?.stop());
+
+    const altered: ReadonlyArray<{ name: string; params: Record<string, unknown>; code: string }> = [
+      { name: "N = 2^30 (128 GiB of memory)", params: { alg: "scrypt", N: 2 ** 30, r: 8, p: 1 }, code: "INTERNAL" },
+      { name: "r = 2^20", params: { alg: "scrypt", N: 1024, r: 2 ** 20, p: 1 }, code: "INTERNAL" },
+      { name: "N not a power of two", params: { alg: "scrypt", N: 1000, r: 8, p: 1 }, code: "INTERNAL" },
+      { name: "another algorithm", params: { alg: "md5", N: 1024, r: 8, p: 1 }, code: "INTERNAL" },
+      { name: "in bounds but not the ones the password check was made with", params: { alg: "scrypt", N: 2048, r: 8, p: 1 }, code: "PERMISSION_DENIED" },
+    ];
+
+    for (const c of altered) {
+      it(`${c.name}: Unseal with the right password is ${c.code}, scrypt never runs with them out of bounds, and the server stays sealed`, async () => {
+        const db = openDatabase(server.nexus.databaseUrl);
+        try {
+          const [{ kdf_params: original }] = await db`SELECT kdf_params FROM root_keys WHERE active`;
+          await seal(server.client("grpc"));
+          await db`UPDATE root_keys SET kdf_params = ${db.json(c.params as never)} WHERE active`;
+          const started = Date.now();
+          const message = fails(await server.client("grpc").call(OperatorService.method.unseal, { adminPassword: ADMIN_PASSWORD }), c.code, c.name);
+          if (c.code === "INTERNAL") {
+            expect(message).to.match(/key-derivation parameters/);
+            expect(Date.now() - started, "refused before scrypt").to.be.below(2000);
+          }
+          expect(await status(server)).to.include({ sealed: true });
+          await db`UPDATE root_keys SET kdf_params = ${db.json(original)} WHERE active`;
+          ok(await server.client("grpc").call(OperatorService.method.unseal, { adminPassword: ADMIN_PASSWORD }), "Unseal with the parameters restored");
+        } finally {
+          await db.end();
+        }
+      });
+    }
   });
 
   describe("NEXUS_ADMIN_PASSWORD_FILE", () => {
