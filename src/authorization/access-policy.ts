@@ -65,6 +65,8 @@ export class AccessController implements AccessPolicy {
     private readonly policies: PolicyEngine,
     private readonly credentials: AdminCredentials,
     private readonly keys: KeyManager,
+    /** Whether the policies have been loaded since the last unseal: until then no policy decides. */
+    private readonly policiesLoaded: () => boolean,
   ) {}
 
   async authorize({ caller, method, request, bearerToken }: AccessRequest): Promise<AccessGrant> {
@@ -82,19 +84,30 @@ export class AccessController implements AccessPolicy {
         return { mayList: NONE.mayList, credential: await this.credentials.verify(bearerToken, caller) };
       case "secret": {
         if (this.keys.sealed) throw this.keys.sealedError();
+        if (superuser) return NONE;
+        this.requirePolicies();
         const path = (request as Message & { path?: unknown }).path;
-        if (superuser || (typeof path === "string" && this.policies.allows(caller, rule.grant, path))) return NONE;
+        if (typeof path === "string" && this.policies.allows(caller, rule.grant, path)) return NONE;
         break;
       }
       case "list": {
         if (this.keys.sealed) throw this.keys.sealedError();
         if (superuser) return ALL;
+        this.requirePolicies();
         const mayList = this.policies.pathTest(caller, "list");
         if (mayList) return { mayList };
         break;
       }
     }
     throw new NexusError("permission_denied", `${caller.toString()} may not call ${method}${rule?.kind === "secret" ? " on this path" : ""}`, { reason: "NOT_AUTHORIZED" });
+  }
+
+  // Right after an unseal the policies are still loading: no decision is made
+  // by a set that is empty only because it has not been read yet.
+  private requirePolicies(): void {
+    if (!this.policiesLoaded()) {
+      throw new NexusError("unavailable", "the policies are loading after an unseal; retry in a moment", { reason: "POLICIES_LOADING" });
+    }
   }
 }
 

@@ -1,52 +1,123 @@
 // Admin credentials: sessions from Login and named admin tokens. A credential is
 // 256 random bits shown once; the database keeps only its HMAC under the
 // integrity key, bound to the SPIFFE ID that created it, so a token presented
-// by any other identity is refused.
+// by any other identity is refused. Each row carries a MAC over everything
+// that grants (owner, kind, name, expiry), and the set as a whole is bound by
+// its epoch (grant-epochs.ts), so a revoked credential written back, or one
+// given a later expiry, is refused.
 
 import { randomBytes } from "node:crypto";
 import type { AuditRow } from "../audit/audit-event.js";
 import { NexusError } from "../errors/nexus-error.js";
 import type { SpiffeId } from "../identity/spiffe-id.js";
-import { tokenDigest } from "../keys/integrity.js";
+import { mac, macMatches, tokenDigest } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { CredentialRow, CredentialStore } from "../store/credential-store.js";
+import type { GrantEpochs, GrantSetRules } from "./grant-epochs.js";
 
 const TOKEN_PREFIX = { session: "nxs_", token: "nxt_" } as const;
+const CREDENTIAL_MAC_LABEL = "nexus/v1/admin-credential-row";
 
 export interface IssuedCredential {
   readonly token: string;
   readonly record: CredentialRow;
 }
 
+type Unsigned = Omit<CredentialRow, "mac">;
+
+function credentialMacInput(c: Unsigned): unknown {
+  return [c.tokenHmac.toString("hex"), c.kind, c.name, c.spiffeId, c.createdAt.toISOString(), c.expiresAt.toISOString()];
+}
+
+/** How the credential set is ordered and authenticated for its epoch digest. */
+export const CREDENTIAL_SET: GrantSetRules<CredentialRow> = {
+  name: "admin_credentials",
+  orderKey: (c) => c.tokenHmac.toString("hex"),
+  rowVerifies: (key, c) => macMatches(key, CREDENTIAL_MAC_LABEL, credentialMacInput(c), c.mac),
+  storedMac: (c) => c.mac,
+};
+
 export class AdminCredentials {
   constructor(
     private readonly store: CredentialStore,
     private readonly keys: KeyManager,
+    private readonly epochs: GrantEpochs,
   ) {}
 
   async issue(kind: "session" | "token", owner: SpiffeId, ttlMs: number, name: string | null, audit: AuditRow): Promise<IssuedCredential> {
     const token = TOKEN_PREFIX[kind] + randomBytes(32).toString("base64url");
-    const record = await this.store.insert(
-      { tokenHmac: tokenDigest(this.keys.integrityKey(), token), kind, name, spiffeId: owner.toString(), expiresAt: new Date(Date.now() + ttlMs) },
-      audit,
-    );
+    const now = new Date();
+    const key = this.keys.integrityKey();
+    const unsigned: Unsigned = { tokenHmac: tokenDigest(key, token), kind, name, spiffeId: owner.toString(), createdAt: now, expiresAt: new Date(now.getTime() + ttlMs), lastActivity: now };
+    const record: CredentialRow = { ...unsigned, mac: mac(key, CREDENTIAL_MAC_LABEL, credentialMacInput(unsigned)) };
+    const epoch = await this.store.insert(record, audit, this.sealer());
+    this.epochs.advance("admin_credentials", epoch);
     return { token, record };
   }
 
-  /** Throws UNAUTHENTICATED unless `token` is a live credential of `caller`. */
+  /** Throws UNAUTHENTICATED unless `token` is a live credential of `caller` in a set that verifies. */
   async verify(token: string | undefined, caller: SpiffeId): Promise<CredentialRow> {
     if (token === undefined) {
       throw new NexusError("unauthenticated", "admin RPCs need an admin credential: send `authorization: Bearer <token>` from Login or CreateAdminToken", { reason: "NO_ADMIN_CREDENTIAL" });
     }
-    const row = await this.store.use(tokenDigest(this.keys.integrityKey(), token));
-    if (row === undefined) throw new NexusError("unauthenticated", "the admin credential is invalid, expired or revoked", { reason: "INVALID_ADMIN_CREDENTIAL" });
+    const hmac = tokenDigest(this.keys.integrityKey(), token);
+    const row = (await this.verifiedSet(await this.store.snapshotForUse(hmac))).find((c) => c.tokenHmac.equals(hmac));
+    if (row === undefined || row.expiresAt.getTime() <= Date.now()) {
+      throw new NexusError("unauthenticated", "the admin credential is invalid, expired or revoked", { reason: "INVALID_ADMIN_CREDENTIAL" });
+    }
     if (row.spiffeId !== caller.toString()) {
       throw new NexusError("unauthenticated", "the admin credential belongs to another identity", { reason: "CREDENTIAL_OF_ANOTHER_IDENTITY" });
     }
     return row;
   }
 
+  /** The live admin tokens of a set that verifies. */
+  async listTokens(): Promise<CredentialRow[]> {
+    const now = Date.now();
+    const rows = await this.verifiedSet(await this.store.snapshot());
+    return rows.filter((c) => c.kind === "token" && c.expiresAt.getTime() > now).sort((a, b) => (a.name!.toLowerCase() < b.name!.toLowerCase() ? -1 : 1));
+  }
+
   async revokeSession(token: string, audit: AuditRow): Promise<boolean> {
-    return this.store.revokeByHmac(tokenDigest(this.keys.integrityKey(), token), audit);
+    const hmac = tokenDigest(this.keys.integrityKey(), token);
+    return this.remove((c) => c.tokenHmac.equals(hmac), audit);
+  }
+
+  async revokeToken(name: string, audit: AuditRow): Promise<boolean> {
+    return this.remove((c) => c.kind === "token" && c.name?.toLowerCase() === name.toLowerCase(), audit);
+  }
+
+  /** Removes expired credentials (maintenance); returns how many. */
+  async deleteExpired(): Promise<number> {
+    const now = Date.now();
+    let count = 0;
+    await this.remove((c) => {
+      const expired = c.expiresAt.getTime() <= now;
+      if (expired) count++;
+      return expired;
+    });
+    return count;
+  }
+
+  private async remove(pick: (c: CredentialRow) => boolean, audit?: AuditRow): Promise<boolean> {
+    const epoch = await this.store.remove(pick, audit, this.sealer());
+    if (epoch === false) return false;
+    this.epochs.advance("admin_credentials", epoch);
+    return true;
+  }
+
+  private sealer() {
+    return (epoch: Parameters<GrantEpochs["next"]>[1], before: CredentialRow[], after: CredentialRow[]) => this.epochs.next(CREDENTIAL_SET, epoch, before, after);
+  }
+
+  private async verifiedSet(snapshot: Awaited<ReturnType<CredentialStore["snapshot"]>>): Promise<CredentialRow[]> {
+    try {
+      return this.epochs.verify(CREDENTIAL_SET, snapshot.epoch, snapshot.rows).rows;
+    } catch (err) {
+      if (err instanceof NexusError && err.reason === "GRANT_SET_ALTERED") {
+        throw new NexusError("unauthenticated", `no admin credential is accepted: ${err.message}`, { reason: "CREDENTIAL_SET_ALTERED", cause: err });
+      }
+      throw err;
+    }
   }
 }

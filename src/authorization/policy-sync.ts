@@ -1,14 +1,25 @@
 // Keeps this replica's PolicyEngine equal to the policies table: a full reload
 // on unseal, on every NOTIFY from a policy change, and after the listener
-// reconnects. Rows whose MAC fails are ignored and reported: writing the
-// database must not be enough to grant access.
+// reconnects. Rows whose MAC fails are ignored and reported, and the set as a
+// whole must match its MAC'd epoch (grant-epochs.ts): writing the database,
+// or writing back an old row, must not be enough to grant access. A set that
+// fails that check grants nothing until an operator accepts it.
 
 import { macMatches } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
-import type { PolicyStore } from "../store/policy-store.js";
+import type { PolicyStore, StoredPolicy } from "../store/policy-store.js";
+import type { GrantEpochs, GrantSetRules } from "./grant-epochs.js";
 import { compilePolicy, POLICY_MAC_LABEL, policyMacInput, type CompiledPolicy } from "./policy.js";
 import type { PolicyEngine } from "./policy-engine.js";
+
+/** How the policy set is ordered and authenticated for its epoch digest. */
+export const POLICY_SET: GrantSetRules<StoredPolicy> = {
+  name: "policies",
+  orderKey: (p) => p.id,
+  rowVerifies: (key, p) => macMatches(key, POLICY_MAC_LABEL, policyMacInput(p), p.mac),
+  storedMac: (p) => p.mac,
+};
 
 export class PolicySync {
   private listener: { unlisten(): Promise<void> } | undefined;
@@ -20,6 +31,7 @@ export class PolicySync {
     private readonly store: PolicyStore,
     private readonly engine: PolicyEngine,
     private readonly keys: KeyManager,
+    private readonly epochs: GrantEpochs,
     private readonly logger: Logger,
   ) {
     keys.onSealChange((sealed) => {
@@ -72,25 +84,45 @@ export class PolicySync {
 
   private async loadOnce(): Promise<void> {
     if (this.keys.sealed) return;
+    const generation = this.keys.generation;
+    let snapshot;
     try {
-      const key = this.keys.integrityKey();
-      const compiled: CompiledPolicy[] = [];
-      for (const row of await this.store.all()) {
-        if (!macMatches(key, POLICY_MAC_LABEL, policyMacInput(row), row.mac)) {
-          this.logger.error("policy ignored: its MAC does not verify (written outside Nexus?)", { policy: row.name, id: row.id });
-          continue;
-        }
-        try {
-          compiled.push(compilePolicy(row));
-        } catch (err) {
-          this.logger.error("policy ignored: it does not compile", { policy: row.name, reason: (err as Error).message });
-        }
-      }
-      this.engine.replace(compiled);
-      this.logger.debug("policies loaded", { count: compiled.length });
+      snapshot = await this.store.snapshot();
     } catch (err) {
       this.logger.warn("policy reload failed; keeping the previous set", { err });
+      this.loadedSinceUnseal = !this.keys.sealed;
+      return;
     }
-    this.loadedSinceUnseal = !this.keys.sealed;
+    // Sealed (or sealed and unsealed) while reading: the key that would check
+    // these rows may have been zeroed in place. The unseal asked for a reload
+    // of its own; this one's result is dropped.
+    if (this.keys.generation !== generation) return;
+    let verified: StoredPolicy[];
+    try {
+      verified = this.epochs.verify(POLICY_SET, snapshot.epoch, snapshot.rows).rows;
+    } catch (err) {
+      this.logger.error("policies refused: the stored set fails its integrity check; every policy-based call is denied until an operator acts", {
+        reason: (err as Error).message,
+      });
+      this.engine.replace([]);
+      this.loadedSinceUnseal = true;
+      return;
+    }
+    const valid = new Set(verified);
+    const compiled: CompiledPolicy[] = [];
+    for (const row of snapshot.rows) {
+      if (!valid.has(row)) {
+        this.logger.error("policy ignored: its MAC does not verify (written outside Nexus?)", { policy: row.name, id: row.id });
+        continue;
+      }
+      try {
+        compiled.push(compilePolicy(row));
+      } catch (err) {
+        this.logger.error("policy ignored: it does not compile", { policy: row.name, reason: (err as Error).message });
+      }
+    }
+    this.engine.replace(compiled);
+    this.logger.debug("policies loaded", { count: compiled.length });
+    this.loadedSinceUnseal = true;
   }
 }

@@ -8,6 +8,7 @@ import { AuditLog } from "../audit/audit-log.js";
 import { AuditVerifier } from "../audit/audit-verifier.js";
 import { AccessController } from "../authorization/access-policy.js";
 import { AdminCredentials } from "../authorization/admin-credentials.js";
+import { GrantEpochs } from "../authorization/grant-epochs.js";
 import { PasswordAttempts } from "../authorization/password-attempts.js";
 import { PolicyEngine } from "../authorization/policy-engine.js";
 import { PolicySync } from "../authorization/policy-sync.js";
@@ -23,6 +24,7 @@ import { AuditStore } from "../store/audit-store.js";
 import { CredentialStore } from "../store/credential-store.js";
 import type { Sql } from "../store/database.js";
 import { DatabaseMonitor } from "../store/database-monitor.js";
+import { GrantEpochStore } from "../store/grant-epoch-store.js";
 import { PolicyStore } from "../store/policy-store.js";
 import type { RootKeyStore } from "../store/root-key-store.js";
 import { SecretStore } from "../store/secret-store.js";
@@ -69,10 +71,11 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   const auditLog = new AuditLog(auditStore, keys, logger);
   cleanup.push(() => auditLog.checkpoint(true).catch((err) => logger.warn("final audit checkpoint not written", { err })));
   const engine = new PolicyEngine();
-  const policySync = new PolicySync(policyStore, engine, keys, logger);
+  const epochs = new GrantEpochs(keys);
+  const policySync = new PolicySync(policyStore, engine, keys, epochs, logger);
   await policySync.start();
   cleanup.push(() => policySync.stop());
-  const credentials = new AdminCredentials(credentialStore, keys);
+  const credentials = new AdminCredentials(credentialStore, keys, epochs);
 
   const services = [
     operatorService({
@@ -85,15 +88,19 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       auditStore,
       auditLog,
       verifier: new AuditVerifier(auditStore, keys, auditLog),
+      epochs,
+      grantStore: new GrantEpochStore(sql),
+      policyStore,
+      policySync,
     }),
     secretService({ keys, cipher: new SecretCipher(keys), store: secrets, maxSecretBytes: config.maxSecretBytes }),
-    policyService({ store: policyStore, keys, sync: policySync }),
+    policyService({ store: policyStore, keys, sync: policySync, epochs }),
   ];
 
   cleanup.push(
     startMaintenance({
       secrets,
-      credentials: credentialStore,
+      credentials,
       auditStore,
       auditLog,
       keys,
@@ -109,7 +116,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
     services,
     certificates,
     authenticator: new PeerAuthenticator({ trustDomains: [config.trustDomain] }),
-    access: new AccessController(config.superuserId, engine, credentials, keys),
+    access: new AccessController(config.superuserId, engine, credentials, keys, () => policySync.loaded),
     auditLog,
     cleanup,
   });

@@ -6,12 +6,12 @@ import { checkpointMac, type AuditLog } from "../audit/audit-log.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
 import type { AuditStore } from "../store/audit-store.js";
-import type { CredentialStore } from "../store/credential-store.js";
+import type { AdminCredentials } from "../authorization/admin-credentials.js";
 import type { SecretStore } from "../store/secret-store.js";
 
 export interface MaintenanceDeps {
   readonly secrets: SecretStore;
-  readonly credentials: CredentialStore;
+  readonly credentials: AdminCredentials;
   readonly auditStore: AuditStore;
   readonly auditLog: AuditLog;
   readonly keys: KeyManager;
@@ -25,7 +25,8 @@ export function startMaintenance(d: MaintenanceDeps): () => void {
   const timers = [
     every(d.cleanupIntervalMs, "expiry", d.logger, async () => {
       const secrets = await d.secrets.purgeExpired();
-      const credentials = await d.credentials.deleteExpired();
+      // Removing credentials seals a new epoch of their set: only while unsealed.
+      const credentials = d.keys.sealed ? 0 : await d.credentials.deleteExpired();
       if (secrets + credentials > 0) d.logger.info("expired rows removed", { secrets, credentials });
     }),
     every(d.checkpointIntervalMs ?? 10_000, "audit checkpoint", d.logger, () => d.auditLog.checkpoint()),

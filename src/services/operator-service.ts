@@ -16,12 +16,16 @@ import {
 import type { AuditLog } from "../audit/audit-log.js";
 import type { AuditVerifier, ProblemKind } from "../audit/audit-verifier.js";
 import type { AuditOutcome as Outcome } from "../audit/audit-event.js";
-import type { AdminCredentials } from "../authorization/admin-credentials.js";
+import { CREDENTIAL_SET, type AdminCredentials } from "../authorization/admin-credentials.js";
+import type { GrantEpochs } from "../authorization/grant-epochs.js";
+import { POLICY_SET, type PolicySync } from "../authorization/policy-sync.js";
 import type { PasswordAttempts } from "../authorization/password-attempts.js";
 import { NexusError } from "../errors/nexus-error.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { AuditStore, StoredAuditRow } from "../store/audit-store.js";
 import type { CredentialRow, CredentialStore } from "../store/credential-store.js";
+import type { GrantEpochStore } from "../store/grant-epoch-store.js";
+import type { PolicyStore } from "../store/policy-store.js";
 import { isStorableText } from "../store/storable-text.js";
 import { registerService, type ServiceRegistration } from "../transport/call-context.js";
 import { NEXUS_VERSION } from "../version.js";
@@ -45,6 +49,10 @@ export interface OperatorDeps {
   readonly auditStore: AuditStore;
   readonly auditLog: AuditLog;
   readonly verifier: AuditVerifier;
+  readonly epochs: GrantEpochs;
+  readonly grantStore: GrantEpochStore;
+  readonly policyStore: PolicyStore;
+  readonly policySync: PolicySync;
 }
 
 const OUTCOME_TO_PROTO: Record<Outcome, AuditOutcome> = { ok: AuditOutcome.OK, denied: AuditOutcome.DENIED, error: AuditOutcome.ERROR };
@@ -77,6 +85,18 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
 
     async unseal(req, ctx) {
       await deps.attempts.guard(ctx.caller, () => keys.unseal(req.adminPassword));
+      if (req.acceptRestoredState) {
+        const { epochs } = deps;
+        const adopted = await deps.grantStore.acceptStored(
+          { adopt: (tx) => deps.policyStore.adopt((epoch, rows) => epochs.adopt(POLICY_SET, epoch, rows), tx) },
+          { adopt: (tx) => deps.credentialStore.adopt((epoch) => epochs.adopt(CREDENTIAL_SET, epoch, []), tx) },
+          ctx.audit.prepare({ acceptRestoredState: true }),
+        );
+        ctx.audit.markWritten();
+        epochs.advance("policies", adopted.policies, true);
+        epochs.advance("admin_credentials", adopted.credentials, true);
+        await deps.policySync.reload();
+      }
       return { activeKeyringKeyId: keys.activeKeyringKeyId };
     },
 
@@ -111,12 +131,12 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
     },
 
     async listAdminTokens() {
-      return { adminTokens: (await deps.credentialStore.listTokens()).map(adminToken) };
+      return { adminTokens: (await credentials.listTokens()).map(adminToken) };
     },
 
     async revokeAdminToken(req, ctx) {
       if (!TOKEN_NAME.test(req.name)) throw NexusError.invalidArgument("name", "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'", "INVALID_TOKEN_NAME");
-      if (!(await deps.credentialStore.revokeToken(req.name, ctx.audit.prepare({ name: req.name })))) {
+      if (!(await credentials.revokeToken(req.name, ctx.audit.prepare({ name: req.name })))) {
         throw new NexusError("not_found", `no admin token named "${req.name}"`, { reason: "TOKEN_NOT_FOUND" });
       }
       ctx.audit.markWritten();

@@ -8,11 +8,13 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Permission, PolicyService, type PolicySchema } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { compilePolicy, GRANTS, POLICY_MAC_LABEL, policyMacInput, type Grant, type PolicyRecord } from "../authorization/policy.js";
-import type { PolicySync } from "../authorization/policy-sync.js";
+import type { GrantEpochs } from "../authorization/grant-epochs.js";
+import { POLICY_SET, type PolicySync } from "../authorization/policy-sync.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { mac } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
-import type { PolicyStore, StoredPolicy } from "../store/policy-store.js";
+import type { PolicyChange, PolicyStore, StoredPolicy } from "../store/policy-store.js";
+import type { AuditRow } from "../audit/audit-event.js";
 import { registerService, type ServiceRegistration } from "../transport/call-context.js";
 import { pageSize } from "./secret-rules.js";
 
@@ -30,14 +32,22 @@ export interface PolicyServiceDeps {
   readonly store: PolicyStore;
   readonly keys: KeyManager;
   readonly sync: PolicySync;
+  readonly epochs: GrantEpochs;
 }
 
-export function policyService({ store, keys, sync }: PolicyServiceDeps): ServiceRegistration {
+export function policyService({ store, keys, sync, epochs }: PolicyServiceDeps): ServiceRegistration {
   const sign = (record: PolicyRecord): StoredPolicy => ({ ...record, mac: mac(keys.integrityKey(), POLICY_MAC_LABEL, policyMacInput(record)) });
   const find = async (name: string) => {
     const p = await store.byName(validateName(name));
     if (p === undefined) throw new NexusError("not_found", `no policy named "${name}"`, { reason: "POLICY_NOT_FOUND" });
     return p;
+  };
+  // Every change raises the policy set's epoch in its own transaction.
+  const write = async (change: PolicyChange, audit: AuditRow): Promise<boolean> => {
+    const epoch = await store.write(change, audit, (stored, before, after) => epochs.next(POLICY_SET, stored, before, after));
+    if (epoch === false) return false;
+    epochs.advance("policies", epoch);
+    return true;
   };
 
   return registerService(PolicyService, {
@@ -56,7 +66,7 @@ export function policyService({ store, keys, sync }: PolicyServiceDeps): Service
         updatedAt: now,
       };
       compilePolicy(record);
-      await store.insert(sign(record), ctx.audit.prepare({ after: describe(record) }));
+      await write({ kind: "insert", policy: sign(record) }, ctx.audit.prepare({ after: describe(record) }));
       ctx.audit.markWritten();
       await sync.reload();
       return { policy: toProto(record) };
@@ -92,7 +102,7 @@ export function policyService({ store, keys, sync }: PolicyServiceDeps): Service
         updatedAt: new Date(Math.max(Date.now(), before.updatedAt.getTime() + 1)),
       };
       compilePolicy(record);
-      const ok = await store.update(sign(record), before.updatedAt, ctx.audit.prepare({ before: describe(before), after: describe(record) }));
+      const ok = await write({ kind: "update", policy: sign(record), expectedUpdatedAt: before.updatedAt }, ctx.audit.prepare({ before: describe(before), after: describe(record) }));
       if (!ok) throw new NexusError("aborted", `policy "${req.name}" changed concurrently; retry`, { reason: "CONCURRENT_UPDATE" });
       ctx.audit.markWritten();
       await sync.reload();
@@ -101,7 +111,7 @@ export function policyService({ store, keys, sync }: PolicyServiceDeps): Service
 
     async deletePolicy(req, ctx) {
       const before = await find(req.name);
-      if (!(await store.delete(before.id, ctx.audit.prepare({ before: describe(before) })))) {
+      if (!(await write({ kind: "delete", id: before.id }, ctx.audit.prepare({ before: describe(before) })))) {
         throw new NexusError("not_found", `no policy named "${req.name}"`, { reason: "POLICY_NOT_FOUND" });
       }
       ctx.audit.markWritten();

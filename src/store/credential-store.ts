@@ -1,69 +1,92 @@
 // SQL for admin sessions and admin tokens (admin_credentials) and for failed
 // password attempts (auth_failures). Credentials are stored as HMACs; the
-// tokens themselves never reach the database.
+// tokens themselves never reach the database. Every change to the set runs in
+// one transaction holding its grant_epochs row, so the set's next epoch is
+// sealed with it (authorization/grant-epochs.ts checks and seals; this layer
+// only moves rows).
 
 import type { AuditRow } from "../audit/audit-event.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { insertAuditRow } from "./audit-store.js";
-import { guarded, type Sql } from "./database.js";
+import { guarded, type Queryable, type Sql } from "./database.js";
+import { lockEpoch, readEpoch, writeEpoch, type EpochRow, type EpochSeal } from "./grant-epoch-store.js";
 
 export interface CredentialRow {
+  readonly tokenHmac: Buffer;
   readonly kind: "session" | "token";
   readonly name: string | null;
   readonly spiffeId: string;
   readonly createdAt: Date;
   readonly expiresAt: Date;
   readonly lastActivity: Date;
+  /** HMAC under the integrity key over every column but last_activity. */
+  readonly mac: Buffer;
 }
+
+/** The set as one snapshot: its epoch row and every row. */
+export interface CredentialSnapshot {
+  readonly epoch: EpochRow | undefined;
+  readonly rows: CredentialRow[];
+}
+
+/** Checks the set as it was and seals it as it will be; throws to refuse the change. */
+export type SealCredentials = (epoch: EpochRow | undefined, before: CredentialRow[], after: CredentialRow[]) => EpochSeal;
+
+const COLUMNS = "token_hmac, kind, name, spiffe_id, created_at, expires_at, last_activity, mac";
 
 export class CredentialStore {
   constructor(private readonly sql: Sql) {}
 
-  async insert(c: { tokenHmac: Buffer; kind: "session" | "token"; name: string | null; spiffeId: string; expiresAt: Date }, audit: AuditRow): Promise<CredentialRow> {
+  /** Adds a credential; ALREADY_EXISTS for a token name taken (regardless of case). Resolves with the new epoch. */
+  async insert(c: CredentialRow, audit: AuditRow, seal: SealCredentials): Promise<number> {
+    return this.change(audit, seal, async (tx, before) => {
+      if (c.name !== null && before.some((r) => r.kind === "token" && r.name?.toLowerCase() === c.name!.toLowerCase())) {
+        throw new NexusError("already_exists", `an admin token named "${c.name}" already exists`, { reason: "TOKEN_EXISTS" });
+      }
+      await tx`
+        INSERT INTO admin_credentials (token_hmac, kind, name, spiffe_id, created_at, expires_at, last_activity, mac)
+        VALUES (${c.tokenHmac}, ${c.kind}, ${c.name}, ${c.spiffeId}, ${c.createdAt}, ${c.expiresAt}, ${c.createdAt}, ${c.mac})`;
+      return [...before, c];
+    });
+  }
+
+  /**
+   * The whole set and its epoch in one snapshot, with the last activity of the
+   * credential `tokenHmac` (if it is there and unexpired) bumped in passing.
+   */
+  async snapshotForUse(tokenHmac: Buffer): Promise<CredentialSnapshot> {
     return this.run(() =>
-      this.sql.begin(async (tx) => {
-        const [row] = await tx`
-          INSERT INTO admin_credentials (token_hmac, kind, name, spiffe_id, expires_at)
-          VALUES (${c.tokenHmac}, ${c.kind}, ${c.name}, ${c.spiffeId}, ${c.expiresAt})
-          ON CONFLICT DO NOTHING
-          RETURNING kind, name, spiffe_id, created_at, expires_at, last_activity`;
-        if (!row) throw new NexusError("already_exists", `an admin token named "${c.name}" already exists`, { reason: "TOKEN_EXISTS" });
-        await insertAuditRow(tx, audit);
-        return toRow(row);
+      this.sql.begin("ISOLATION LEVEL REPEATABLE READ", async (tx) => {
+        await tx`UPDATE admin_credentials SET last_activity = now() WHERE token_hmac = ${tokenHmac} AND expires_at > now()`;
+        return this.snapshotOn(tx);
       }),
     );
   }
 
-  /** The live credential with this HMAC, its last activity bumped; undefined if none. */
-  async use(tokenHmac: Buffer): Promise<CredentialRow | undefined> {
-    return this.run(async () => {
-      const [row] = await this.sql`
-        UPDATE admin_credentials SET last_activity = now()
-        WHERE token_hmac = ${tokenHmac} AND expires_at > now()
-        RETURNING kind, name, spiffe_id, created_at, expires_at, last_activity`;
-      return row ? toRow(row) : undefined;
+  async snapshot(): Promise<CredentialSnapshot> {
+    return this.run(() => this.sql.begin("ISOLATION LEVEL REPEATABLE READ READ ONLY", (tx) => this.snapshotOn(tx)));
+  }
+
+  /** Removes the credentials `pick` chooses from the set; resolves with the new epoch, or false if it chose none. */
+  async remove(pick: (row: CredentialRow) => boolean, audit: AuditRow | undefined, seal: SealCredentials): Promise<number | false> {
+    let removed = 0;
+    const epoch = await this.change(audit, seal, async (tx, before) => {
+      const gone = before.filter(pick);
+      removed = gone.length;
+      if (gone.length === 0) return false;
+      await tx`DELETE FROM admin_credentials WHERE encode(token_hmac, 'hex') = ANY(${gone.map((r) => r.tokenHmac.toString("hex"))}::text[])`;
+      return before.filter((r) => !pick(r));
     });
+    return removed === 0 ? false : epoch;
   }
 
-  async revokeByHmac(tokenHmac: Buffer, audit: AuditRow): Promise<boolean> {
-    return this.revoke(this.sql`token_hmac = ${tokenHmac}`, audit);
-  }
-
-  async revokeToken(name: string, audit: AuditRow): Promise<boolean> {
-    return this.revoke(this.sql`kind = 'token' AND lower(name) = lower(${name})`, audit);
-  }
-
-  async listTokens(): Promise<CredentialRow[]> {
-    return this.run(async () => {
-      const rows = await this.sql`
-        SELECT kind, name, spiffe_id, created_at, expires_at, last_activity FROM admin_credentials
-        WHERE kind = 'token' AND expires_at > now() ORDER BY lower(name)`;
-      return rows.map(toRow);
-    });
-  }
-
-  async deleteExpired(): Promise<number> {
-    return this.run(async () => (await this.sql`DELETE FROM admin_credentials WHERE expires_at <= now() RETURNING 1`).length);
+  /** Every credential revoked, the empty set sealed (an operator accepting a restored database). */
+  async adopt(seal: (epoch: EpochRow | undefined) => EpochSeal, tx: Queryable): Promise<number> {
+    const epoch = await lockEpoch(tx, "admin_credentials");
+    await tx`DELETE FROM admin_credentials`;
+    const sealed = seal(epoch);
+    await writeEpoch(tx, "admin_credentials", sealed);
+    return sealed.epoch;
   }
 
   /** When the caller may try a password again; undefined if now. */
@@ -95,15 +118,34 @@ export class CredentialStore {
     await this.run(() => this.sql`DELETE FROM auth_failures WHERE spiffe_id = ${spiffeId}`);
   }
 
-  private async revoke(condition: ReturnType<Sql>, audit: AuditRow): Promise<boolean> {
+  /**
+   * One change to the set: lock its epoch row, read the set, let `apply` write
+   * the change and say what the set becomes (false: nothing to change), seal
+   * that, and record the audit event — all or nothing.
+   */
+  private async change(
+    audit: AuditRow | undefined,
+    seal: SealCredentials,
+    apply: (tx: Queryable, before: CredentialRow[]) => Promise<CredentialRow[] | false>,
+  ): Promise<number> {
     return this.run(() =>
       this.sql.begin(async (tx) => {
-        const rows = await tx`DELETE FROM admin_credentials WHERE ${condition} RETURNING 1`;
-        if (rows.length === 0) return false;
-        await insertAuditRow(tx, audit);
-        return true;
+        const epoch = await lockEpoch(tx, "admin_credentials");
+        const before = (await tx.unsafe(`SELECT ${COLUMNS} FROM admin_credentials`)).map(toRow);
+        const after = await apply(tx, before);
+        if (after === false) return epoch?.epoch ?? 0;
+        const sealed = seal(epoch, before, after);
+        await writeEpoch(tx, "admin_credentials", sealed);
+        if (audit !== undefined) await insertAuditRow(tx, audit);
+        return sealed.epoch;
       }),
     );
+  }
+
+  private async snapshotOn(tx: Queryable): Promise<CredentialSnapshot> {
+    const epoch = await readEpoch(tx, "admin_credentials");
+    const rows = (await tx.unsafe(`SELECT ${COLUMNS} FROM admin_credentials`)).map(toRow);
+    return { epoch, rows };
   }
 
   private readonly run = guarded;
@@ -111,11 +153,13 @@ export class CredentialStore {
 
 function toRow(r: Record<string, unknown>): CredentialRow {
   return {
+    tokenHmac: r.token_hmac as Buffer,
     kind: r.kind as "session" | "token",
     name: (r.name as string | null) ?? null,
     spiffeId: r.spiffe_id as string,
     createdAt: r.created_at as Date,
     expiresAt: r.expires_at as Date,
     lastActivity: r.last_activity as Date,
+    mac: r.mac as Buffer,
   };
 }

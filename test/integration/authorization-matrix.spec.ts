@@ -574,9 +574,16 @@ describe("authorization over the wire", function () {
     };
     const forgerReads = async (path: string) => (await forger.call(SecretService.method.getSecret, { path })).code;
 
-    const TAMPERING: Array<{ what: string; tamper: () => Promise<void>; undo: () => Promise<void> }> = [
+    // Any replica reloads on a NOTIFY; a database writer can send one too.
+    const notifyReload = async () => void (await db`SELECT pg_notify('nexus_policies', '')`);
+
+    // A row that does not verify is ignored; the set still verifies without it.
+    // A valid row altered is missing from the set its epoch bound: the whole set
+    // is refused (every policy-based call denied) until the row is put back.
+    const TAMPERING: Array<{ what: string; wholeSet: boolean; tamper: () => Promise<void>; undo: () => Promise<void> }> = [
       {
         what: "a new row with a random MAC granting SUPER on forge/.+",
+        wholeSet: false,
         tamper: async () => {
           await db`INSERT INTO policies (id, name, spiffe_id_pattern, path_pattern, permissions, created_at, created_by, updated_at, mac)
                    VALUES (gen_random_uuid(), 'forged-random-mac', ${exactly(forgerId)}, 'forge/.+', '{super}', now(), ${spiffeId("spike/pilot/role/superuser")}, now(), ${randomBytes(32)})`;
@@ -585,6 +592,7 @@ describe("authorization over the wire", function () {
       },
       {
         what: "a copy of the valid row (its MAC kept) under a new id and name, granting SUPER on forge/.+",
+        wholeSet: false,
         tamper: async () => {
           await db`INSERT INTO policies (id, name, spiffe_id_pattern, path_pattern, permissions, created_at, created_by, updated_at, mac)
                    SELECT gen_random_uuid(), 'forged-copied-mac', spiffe_id_pattern, 'forge/.+', '{super}', created_at, created_by, updated_at, mac
@@ -594,36 +602,50 @@ describe("authorization over the wire", function () {
       },
       {
         what: "the valid row with its path_pattern widened to forge/.+ (its MAC kept)",
+        wholeSet: true,
         tamper: async () => void (await db`UPDATE policies SET path_pattern = 'forge/.+' WHERE name = 'forge-valid'`),
         undo: async () => void (await db`UPDATE policies SET path_pattern = 'forge/allowed' WHERE name = 'forge-valid'`),
       },
       {
         what: "the valid row with its permissions raised to SUPER (its MAC kept)",
+        wholeSet: true,
         tamper: async () => void (await db`UPDATE policies SET permissions = '{super}' WHERE name = 'forge-valid'`),
         undo: async () => void (await db`UPDATE policies SET permissions = '{read}' WHERE name = 'forge-valid'`),
       },
       {
         what: "the valid row with its spiffe_id_pattern widened to every workload (its MAC kept)",
+        wholeSet: true,
         tamper: async () => void (await db`UPDATE policies SET spiffe_id_pattern = 'spiffe://spike\\.ist/workload/.+' WHERE name = 'forge-valid'`),
         undo: async () => void (await db`UPDATE policies SET spiffe_id_pattern = ${exactly(forgerId)} WHERE name = 'forge-valid'`),
       },
     ];
 
-    for (const { what, tamper, undo } of TAMPERING) {
-      it(`${what} grants nothing`, async () => {
+    for (const { what, wholeSet, tamper, undo } of TAMPERING) {
+      it(`${what} grants nothing${wholeSet ? ", and the altered set grants nothing at all until it is put back" : ""}`, async () => {
         expect(await forgerReads("forge/allowed"), "before: the valid policy grants READ on forge/allowed").to.equal("OK");
         expect(await forgerReads("forge/target"), "before: nothing else").to.equal("PERMISSION_DENIED");
         await tamper();
         try {
-          await reloaded();
+          if (wholeSet) {
+            await notifyReload();
+            await eventually(async () => expect(await forgerReads("forge/allowed"), "the altered set's valid rows grant nothing either").to.equal("PERMISSION_DENIED"));
+            const create = await admin.call(
+              PolicyService.method.createPolicy,
+              { policy: { name: "while-altered", spiffeIdPattern: exactly(sentinelId), pathPattern: "forge/x", permissions: [Permission.READ] } },
+              { bearerToken: adminToken },
+            );
+            expect(fails(create, "INTERNAL", "a policy change on an altered set"), "it says why").to.match(/integrity check/);
+          } else {
+            await reloaded();
+          }
           expect(await forgerReads("forge/target"), "the tampered grant").to.equal("PERMISSION_DENIED");
           const write = await forger.call(SecretService.method.putSecret, { path: "forge/allowed", data: { v: "forged" } });
           expect(write.code, "a write through the tampered grant").to.equal("PERMISSION_DENIED");
         } finally {
           await undo();
         }
-        await reloaded();
-        expect(await forgerReads("forge/allowed"), "after undoing it, the valid policy works again").to.equal("OK");
+        await notifyReload();
+        await eventually(async () => expect(await forgerReads("forge/allowed"), "after undoing it, the valid policy works again").to.equal("OK"));
       });
     }
   });

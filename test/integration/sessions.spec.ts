@@ -225,7 +225,7 @@ describe("admin sessions and admin tokens", function () {
       const session = await login(admin);
       const token = await createAdminToken(admin, adminToken, "stored-as-hmac", HOUR);
       const columns = (await db`SELECT column_name FROM information_schema.columns WHERE table_name = 'admin_credentials' ORDER BY ordinal_position`).map((r) => r.column_name);
-      expect(columns).to.deep.equal(["token_hmac", "kind", "name", "spiffe_id", "created_at", "expires_at", "last_activity"]);
+      expect(columns).to.deep.equal(["token_hmac", "kind", "name", "spiffe_id", "created_at", "expires_at", "last_activity", "mac"]);
 
       const rows = await db`SELECT c.*, c::text AS text FROM admin_credentials c`;
       expect(rows.length, "one row per live credential").to.be.at.least(2);

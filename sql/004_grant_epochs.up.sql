@@ -1,0 +1,30 @@
+-- Freshness for rows that grant something (hardening, issue 10). A row's own
+-- MAC stops a database writer from forging or altering it, not from copying
+-- back a row that was deleted (a removed policy, a revoked admin token). Each
+-- set that grants — the policies, the admin credentials — is therefore bound
+-- as a whole by one MAC'd row here: a counter that every change raises and a
+-- digest of the MACs of every row in the set. A replica refuses a set whose
+-- digest does not match, or whose epoch is lower than one it has seen.
+
+CREATE TABLE grant_epochs (
+    name   text   PRIMARY KEY CHECK (name IN ('policies', 'admin_credentials')),
+    epoch  bigint NOT NULL CHECK (epoch >= 0),
+    digest bytea,           -- SHA-256 over the MACs of the set's rows, in key order
+    mac    bytea            -- HMAC-SHA256 under the integrity key over (name, epoch, digest);
+                            -- NULL only before the first change (epoch 0, an empty set)
+);
+
+INSERT INTO grant_epochs (name, epoch) VALUES ('policies', 0), ('admin_credentials', 0);
+
+-- A new policy epoch (a change, or an operator accepting a restored state)
+-- makes every replica reload, as a policy change does.
+CREATE TRIGGER grant_epochs_changed AFTER UPDATE ON grant_epochs
+    FOR EACH ROW WHEN (NEW.name = 'policies') EXECUTE FUNCTION notify_policies_changed();
+
+-- Admin credential rows get a MAC of their own (covering their expiry), so a
+-- revoked credential cannot come back with a later expiry. Credentials issued
+-- before this migration carry none: they are revoked here, and admins log in
+-- again.
+DELETE FROM admin_credentials;
+ALTER TABLE admin_credentials ADD COLUMN mac bytea NOT NULL;
+ALTER TABLE admin_credentials ALTER COLUMN created_at DROP DEFAULT;

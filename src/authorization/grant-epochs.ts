@@ -1,0 +1,124 @@
+// Freshness for the sets of rows that grant something: the policies and the
+// admin credentials. Each row carries its own MAC, which stops a database
+// writer from forging or altering a row but not from copying back one that was
+// deleted (a removed policy, a revoked token). So each set is also bound as a
+// whole by its grant_epochs row: a counter that every change raises and a
+// digest of the MACs of the rows in the set, MAC'd together.
+//
+// A replica accepts a set only if its epoch row verifies, the digest matches
+// the rows whose own MAC verifies, and the epoch is not lower than the highest
+// this process has seen: a row put back, or a whole older set put back under
+// a running replica, is refused. What remains (a whole older snapshot written
+// while every replica is down) is in docs/threat-model.md. An operator accepts
+// a restored database explicitly: Unseal with accept_restored_state.
+
+import { createHash } from "node:crypto";
+import { NexusError } from "../errors/nexus-error.js";
+import { mac, macMatches } from "../keys/integrity.js";
+import type { KeyManager } from "../keys/key-manager.js";
+import type { EpochRow, EpochSeal, GrantSetName } from "../store/grant-epoch-store.js";
+
+const EPOCH_MAC_LABEL = "nexus/v1/grant-epoch";
+const DIGEST_LABEL = "nexus/v1/grant-set";
+
+/** How a set's rows are ordered and authenticated. */
+export interface GrantSetRules<R> {
+  readonly name: GrantSetName;
+  /** A stable key per row: the digest takes the rows' MACs in this order. */
+  orderKey(row: R): string;
+  /** Whether the row's own MAC verifies under `integrityKey`. */
+  rowVerifies(integrityKey: Buffer, row: R): boolean;
+  storedMac(row: R): Buffer;
+}
+
+export class GrantEpochs {
+  /** The highest epoch of each set this process has seen verified or committed. */
+  private readonly seen = new Map<GrantSetName, number>();
+
+  constructor(private readonly keys: KeyManager) {}
+
+  /**
+   * The rows of a set read in one snapshot with its epoch row, if the set is
+   * fresh and whole; throws GRANT_SET_ALTERED otherwise. Rows whose own MAC
+   * fails are left out (and do not count in the digest): inserting one grants
+   * nothing and breaks nothing.
+   */
+  verify<R>(rules: GrantSetRules<R>, epoch: EpochRow | undefined, rows: readonly R[]): { rows: R[]; epoch: number } {
+    // Synchronous from here: the key is used where it is taken.
+    const key = this.keys.integrityKey();
+    const valid = rows.filter((r) => rules.rowVerifies(key, r));
+    const problem = this.problem(key, rules, epoch, valid);
+    if (problem !== undefined) throw altered(rules.name, problem);
+    this.advance(rules.name, epoch!.epoch);
+    return { rows: valid, epoch: epoch!.epoch };
+  }
+
+  /**
+   * For a writer holding the epoch row's lock: checks the set as it was, then
+   * seals the set as it will be at the next epoch. Call `advance` once committed.
+   */
+  next<R>(rules: GrantSetRules<R>, epoch: EpochRow | undefined, before: readonly R[], after: readonly R[]): EpochSeal {
+    const key = this.keys.integrityKey();
+    const problem = this.problem(key, rules, epoch, before.filter((r) => rules.rowVerifies(key, r)));
+    if (problem !== undefined) throw altered(rules.name, problem);
+    return this.seal(key, rules, epoch!.epoch + 1, after.filter((r) => rules.rowVerifies(key, r)));
+  }
+
+  /**
+   * The operator's explicit acceptance of the stored set (a restored backup, or
+   * the first start after the upgrade that introduced epochs): the rows whose
+   * own MAC verifies become the set, at an epoch above any this process has seen.
+   */
+  adopt<R>(rules: GrantSetRules<R>, epoch: EpochRow | undefined, rows: readonly R[]): EpochSeal {
+    const key = this.keys.integrityKey();
+    const next = Math.max(epoch?.epoch ?? 0, this.seen.get(rules.name) ?? 0) + 1;
+    return this.seal(key, rules, next, rows.filter((r) => rules.rowVerifies(key, r)));
+  }
+
+  /** Records a committed epoch (or, after adopt, forgets higher ones). */
+  advance(name: GrantSetName, epoch: number, reset = false): void {
+    if (reset || epoch > (this.seen.get(name) ?? 0)) this.seen.set(name, epoch);
+  }
+
+  private problem<R>(key: Buffer, rules: GrantSetRules<R>, epoch: EpochRow | undefined, valid: readonly R[]): string | undefined {
+    if (epoch === undefined) return "its grant_epochs row is missing";
+    const seen = this.seen.get(rules.name) ?? 0;
+    if (epoch.mac === null || epoch.digest === null) {
+      // Before the first change the set is empty at epoch 0; anything else
+      // unbound was written outside Nexus (or predates epochs: accept it explicitly).
+      if (epoch.epoch === 0 && valid.length === 0 && seen === 0) return undefined;
+      return "it is not bound by a MAC'd epoch (rows written outside Nexus, or a database from before epochs)";
+    }
+    if (!macMatches(key, EPOCH_MAC_LABEL, epochMacInput(rules.name, epoch.epoch, epoch.digest), epoch.mac)) return "its epoch row does not verify";
+    if (epoch.epoch < seen) return `its epoch went back from ${seen} to ${epoch.epoch} (an older copy written back?)`;
+    if (!setDigest(rules, valid).equals(epoch.digest)) return `its rows are not the ones epoch ${epoch.epoch} bound (a row deleted, or an old one written back)`;
+    return undefined;
+  }
+
+  private seal<R>(key: Buffer, rules: GrantSetRules<R>, epoch: number, valid: readonly R[]): EpochSeal {
+    const digest = setDigest(rules, valid);
+    return { epoch, digest, mac: mac(key, EPOCH_MAC_LABEL, epochMacInput(rules.name, epoch, digest)) };
+  }
+}
+
+function epochMacInput(name: GrantSetName, epoch: number, digest: Buffer): unknown {
+  return [name, epoch, digest.toString("hex")];
+}
+
+function setDigest<R>(rules: GrantSetRules<R>, rows: readonly R[]): Buffer {
+  const ordered = [...rows].sort((a, b) => {
+    const ka = rules.orderKey(a);
+    const kb = rules.orderKey(b);
+    return ka < kb ? -1 : ka > kb ? 1 : 0;
+  });
+  const hash = createHash("sha256").update(DIGEST_LABEL).update("\0").update(rules.name).update("\0");
+  for (const row of ordered) hash.update(rules.storedMac(row));
+  return hash.digest();
+}
+
+function altered(name: GrantSetName, problem: string): NexusError {
+  const what = name === "policies" ? "the stored policies" : "the stored admin credentials";
+  return new NexusError("internal", `${what} failed their integrity check: ${problem}; an operator can accept the stored state with Unseal accept_restored_state`, {
+    reason: "GRANT_SET_ALTERED",
+  });
+}

@@ -1,0 +1,66 @@
+// SQL for grant_epochs: the one row per granting set (policies, admin
+// credentials) that binds the set as a whole. Writers lock it first, so
+// changes to one set are serialized across replicas; readers take it in the
+// same snapshot as the set's rows. MACs are made and checked above this layer.
+
+import type { AuditRow } from "../audit/audit-event.js";
+import { insertAuditRow } from "./audit-store.js";
+import { guarded, type Queryable, type Sql } from "./database.js";
+
+export type GrantSetName = "policies" | "admin_credentials";
+
+/** The stored epoch row; `mac` and `digest` are null before the set's first change. */
+export interface EpochRow {
+  readonly epoch: number;
+  readonly digest: Buffer | null;
+  readonly mac: Buffer | null;
+}
+
+/** What a change stores: the next epoch and its MAC over the new set's digest. */
+export interface EpochSeal {
+  readonly epoch: number;
+  readonly digest: Buffer;
+  readonly mac: Buffer;
+}
+
+/** The set's epoch row, locked for the rest of the transaction; undefined if the row is gone. */
+export async function lockEpoch(tx: Queryable, name: GrantSetName): Promise<EpochRow | undefined> {
+  const [row] = await tx`SELECT epoch, digest, mac FROM grant_epochs WHERE name = ${name} FOR UPDATE`;
+  return row ? toEpoch(row) : undefined;
+}
+
+export async function readEpoch(q: Queryable, name: GrantSetName): Promise<EpochRow | undefined> {
+  const [row] = await q`SELECT epoch, digest, mac FROM grant_epochs WHERE name = ${name}`;
+  return row ? toEpoch(row) : undefined;
+}
+
+export async function writeEpoch(tx: Queryable, name: GrantSetName, seal: EpochSeal): Promise<void> {
+  await tx`UPDATE grant_epochs SET epoch = ${seal.epoch}, digest = ${seal.digest}, mac = ${seal.mac} WHERE name = ${name}`;
+}
+
+function toEpoch(row: Record<string, unknown>): EpochRow {
+  return { epoch: Number(row.epoch), digest: (row.digest as Buffer | null) ?? null, mac: (row.mac as Buffer | null) ?? null };
+}
+
+/**
+ * The operator's acceptance of the stored grant sets (Unseal with
+ * accept_restored_state), in one transaction with its audit event: the
+ * policies are sealed as they are, every admin credential is revoked.
+ */
+export class GrantEpochStore {
+  constructor(private readonly sql: Sql) {}
+
+  async acceptStored(
+    policies: { adopt(tx: Queryable): Promise<number> },
+    credentials: { adopt(tx: Queryable): Promise<number> },
+    audit: AuditRow,
+  ): Promise<{ policies: number; credentials: number }> {
+    return guarded(() =>
+      this.sql.begin(async (tx) => {
+        const result = { policies: await policies.adopt(tx), credentials: await credentials.adopt(tx) };
+        await insertAuditRow(tx, audit);
+        return result;
+      }),
+    );
+  }
+}
