@@ -272,7 +272,7 @@ describe("Initialize, Seal and Unseal", function () {
       }
     });
 
-    it("after an Unseal RPC health stays NOT_SERVING until the policies are loaded", async () => {
+    it("after an Unseal RPC health stays NOT_SERVING, and no policy decides (UNAVAILABLE, not a denial), until the policies are loaded", async () => {
       await seal(server.client("grpc"));
       const lock = await lockTable(server.nexus.databaseUrl, "policies");
       const health = healthClient(`127.0.0.1:${server.nexus.healthPort}`, insecureCredentials());
@@ -280,6 +280,8 @@ describe("Initialize, Seal and Unseal", function () {
         ok(await server.client("grpc").call(OperatorService.method.unseal, { adminPassword: ADMIN_PASSWORD }));
         for (let i = 0; i < 3; i++) {
           expect(await health.check(""), `health ${i * 150} ms after Unseal, policies table locked`).to.deep.equal({ status: "NOT_SERVING" });
+          const read = await server.client("grpc", server.pki.workload).call(SecretService.method.getSecret, { path: "file/db" });
+          expect(fails(read, "UNAVAILABLE", "a workload's read while the policies load")).to.match(/policies are loading/);
           await new Promise((resolve) => setTimeout(resolve, 150));
         }
       } finally {
