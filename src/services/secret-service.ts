@@ -178,11 +178,20 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       if (row === undefined || row.expired) throw notFound(path);
       if (row.version === null) {
         throw req.version === 0
-          ? new NexusError("not_found", `secret "${path}" has no current version: every version is deleted or destroyed`, { reason: "NO_CURRENT_VERSION" })
+          ? new NexusError("not_found", `secret "${path}" has no current version`, { reason: "NO_CURRENT_VERSION" })
           : new NexusError("not_found", `version ${req.version} of secret "${path}" does not exist`, { reason: "VERSION_NOT_FOUND" });
       }
+      // A deleted or destroyed current version is NOT_FOUND, never an older
+      // value in its place: put a new version, undelete it, or read an older
+      // one by number.
+      const gone = row.ciphertext === null ? "destroyed" : row.deletedAt !== null ? "deleted" : undefined;
+      if (gone !== undefined && req.version === 0) {
+        throw new NexusError("not_found", `the current version (${row.version}) of secret "${path}" is ${gone}; read an older version by number, undelete it or put a new one`, {
+          reason: "CURRENT_VERSION_DELETED",
+        });
+      }
       if (row.ciphertext === null) throw new NexusError("not_found", `version ${row.version} of secret "${path}" is destroyed`, { reason: "VERSION_DESTROYED" });
-      if (row.deletedAt !== null) throw new NexusError("not_found", `version ${row.version} of secret "${path}" is deleted`, { reason: "VERSION_DELETED" });
+      if (gone === "deleted") throw new NexusError("not_found", `version ${row.version} of secret "${path}" is deleted`, { reason: "VERSION_DELETED" });
       const data = cipher.decryptVersion(
         { secretId: row.id, path: row.path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey },
         row.version,
@@ -296,11 +305,11 @@ function ts(d: Date | null): Timestamp | undefined {
 }
 
 function toMetadata(row: SecretMetadataRow): MessageInitShape<typeof SecretMetadataSchema> {
-  const live = row.versions.filter((v) => v.deletedAt === null && !v.destroyed);
   return {
     path: row.path,
     latestVersion: row.latestVersion,
-    currentVersion: live.length ? live[live.length - 1].version : 0,
+    // The version a read without a version number addresses, deleted or not.
+    currentVersion: row.latestVersion,
     oldestVersion: row.versions.length ? row.versions[0].version : 0,
     maxVersions: row.maxVersions,
     customMetadata: row.customMetadata,

@@ -111,14 +111,10 @@ export class AuditStore {
           SELECT t.i, s.id, s.path, s.data_key_id, s.wrapped_data_key, s.keyring_key_id, v.version, v.ciphertext, v.created_at
           FROM t
           JOIN secrets s ON s.path = t.read_path AND (s.expires_at IS NULL OR s.expires_at > now())
-          JOIN LATERAL (
-            -- version 0: the highest version neither deleted nor destroyed, as readVersion.
-            SELECT version, ciphertext, created_at FROM secret_versions
-            WHERE secret_id = s.id AND deleted_at IS NULL AND ciphertext IS NOT NULL
-              AND version <= CASE WHEN t.read_version = 0 THEN 2147483647 ELSE t.read_version END
-              AND (t.read_version = 0 OR version = t.read_version)
-            ORDER BY version DESC LIMIT 1
-          ) v ON true
+          -- version 0: the current version (the latest written), as readVersion; servable only if live.
+          JOIN secret_versions v ON v.secret_id = s.id
+            AND v.version = CASE WHEN t.read_version = 0 THEN s.latest_version ELSE t.read_version END
+            AND v.deleted_at IS NULL AND v.ciphertext IS NOT NULL
         ), ins AS (
           INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
           SELECT replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, decode(mac_hex, 'hex')

@@ -234,31 +234,21 @@ export class SecretStore {
   }
 
   /**
-   * The secret and one version: `version` 0 picks the highest version neither
-   * deleted nor destroyed. The version fields are null when no such row exists.
+   * The secret and one version: `version` 0 is the current version, the
+   * latest written, deleted or not: a deleted current version is reported as
+   * such, never replaced by an older one (a database writer who sets
+   * deleted_at on it must not roll readers back). The version fields are null
+   * when no such row exists.
    */
   async readVersion(path: string, version: number): Promise<VersionRow | undefined> {
     return this.run(async () => {
-      const rows =
-        version === 0
-          ? await this.sql`
-              SELECT s.id, s.path, s.latest_version, s.data_key_id, s.wrapped_data_key, s.keyring_key_id,
-                     (s.expires_at IS NOT NULL AND s.expires_at <= now()) AS expired,
-                     v.version, v.ciphertext, v.created_at, v.deleted_at
-              FROM secrets s
-              LEFT JOIN LATERAL (
-                SELECT version, ciphertext, created_at, deleted_at FROM secret_versions
-                WHERE secret_id = s.id AND deleted_at IS NULL AND ciphertext IS NOT NULL
-                ORDER BY version DESC LIMIT 1
-              ) v ON true
-              WHERE s.path = ${path}`
-          : await this.sql`
-              SELECT s.id, s.path, s.latest_version, s.data_key_id, s.wrapped_data_key, s.keyring_key_id,
-                     (s.expires_at IS NOT NULL AND s.expires_at <= now()) AS expired,
-                     v.version, v.ciphertext, v.created_at, v.deleted_at
-              FROM secrets s
-              LEFT JOIN secret_versions v ON v.secret_id = s.id AND v.version = ${version}
-              WHERE s.path = ${path}`;
+      const rows = await this.sql`
+        SELECT s.id, s.path, s.latest_version, s.data_key_id, s.wrapped_data_key, s.keyring_key_id,
+               (s.expires_at IS NOT NULL AND s.expires_at <= now()) AS expired,
+               v.version, v.ciphertext, v.created_at, v.deleted_at
+        FROM secrets s
+        LEFT JOIN secret_versions v ON v.secret_id = s.id AND v.version = CASE WHEN ${version}::int = 0 THEN s.latest_version ELSE ${version}::int END
+        WHERE s.path = ${path}`;
       const row = rows[0];
       if (!row) return undefined;
       return { ...keyRow(row), version: row.version, ciphertext: row.ciphertext, createdAt: row.created_at, deletedAt: row.deleted_at };
@@ -280,14 +270,14 @@ export class SecretStore {
 
   /**
    * Applies a change to versions of a live secret; `versions` empty means the
-   * current version. Returns the versions that changed, or undefined if the
+   * current version (the latest written: if it is deleted already, nothing changes). Returns the versions that changed, or undefined if the
    * secret does not exist.
    */
   async changeVersions(path: string, change: VersionChange, versions: readonly number[], audit: AuditRow): Promise<number[] | undefined> {
     return this.run(async () => {
       const target = versions.length
         ? this.sql`v.version = ANY(${versions as number[]}::int[])`
-        : this.sql`v.version = (SELECT max(version) FROM secret_versions c WHERE c.secret_id = s.id AND c.deleted_at IS NULL AND c.ciphertext IS NOT NULL)`;
+        : this.sql`v.version = s.latest_version`;
       const set = {
         delete: this.sql`deleted_at = now()`,
         undelete: this.sql`deleted_at = NULL`,
@@ -300,7 +290,7 @@ export class SecretStore {
       }[change];
       const [row] = await this.sql`
         WITH s AS (
-          SELECT id FROM secrets WHERE path = ${path} AND ${this.sql.unsafe(LIVE)}
+          SELECT id, latest_version FROM secrets WHERE path = ${path} AND ${this.sql.unsafe(LIVE)}
         ), changed AS (
           UPDATE secret_versions v SET ${set}
           FROM s WHERE v.secret_id = s.id AND ${target} AND ${eligible}

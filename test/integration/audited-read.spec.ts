@@ -61,9 +61,10 @@ describe("GetSecret's read and its audit event in one statement", function () {
       { path: "read/versions", version: 3, code: "OK", value: "v3", servedVersion: 3 },
       { path: "read/versions", version: 2, code: "NOT_FOUND", reason: "is deleted" },
       { path: "read/versions", version: 1, code: "NOT_FOUND", reason: "is destroyed" },
-      { path: "read/latest-deleted", code: "OK", value: "d1", servedVersion: 1 },
+      { path: "read/latest-deleted", code: "NOT_FOUND", reason: 'current version (2) of secret "read/latest-deleted" is deleted' },
+      { path: "read/latest-deleted", version: 1, code: "OK", value: "d1", servedVersion: 1 },
       { path: "read/latest-deleted", version: 2, code: "NOT_FOUND", reason: "is deleted" },
-      { path: "read/all-deleted", code: "NOT_FOUND", reason: "no current version" },
+      { path: "read/all-deleted", code: "NOT_FOUND", reason: 'current version (1) of secret "read/all-deleted" is deleted' },
       { path: "read/expired", code: "NOT_FOUND" },
       { path: "read/missing", code: "NOT_FOUND" },
     ];

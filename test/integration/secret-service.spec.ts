@@ -9,7 +9,7 @@ import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/prot
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { CallResult, NexusClient } from "../../src/client/nexus-client.js";
-import { ADMIN_PASSWORD, fails, ok, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
+import { ADMIN_PASSWORD, fails, ok, openDatabase, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { LISTENERS, SUPERUSER_ID } from "../support/test-server.js";
 
 const KIB = 1024;
@@ -237,7 +237,8 @@ describe("SecretService", function () {
           { name: "an unknown version", path: "missing/secret", version: 99, says: /version 99 .* does not exist/ },
           { name: "a deleted version", path: "missing/secret", version: 2, says: /version 2 .* is deleted/ },
           { name: "a destroyed version", path: "missing/secret", version: 3, says: /version 3 .* is destroyed/ },
-          { name: "version 0 when every version is deleted", path: "missing/all-deleted", version: 0, says: /no current version/ },
+          { name: "version 0 when every version is deleted", path: "missing/all-deleted", version: 0, says: /current version \(1\) .* is deleted/ },
+          { name: "version 0 when the current version is destroyed and older ones live", path: "missing/secret", version: 0, says: /current version \(3\) .* is destroyed/ },
         ];
 
         for (const c of cases) {
@@ -247,10 +248,24 @@ describe("SecretService", function () {
           });
         }
 
-        it("version 0 skips deleted and destroyed versions and reads the newest live one", async () => {
-          const read = ok(await get(at("missing/secret"), 0));
-          expect(read.version).to.equal(1);
+        it("version 0 never falls back to an older live version: the older one is read by number", async () => {
+          const message = fails(await get(at("missing/secret"), 0), "NOT_FOUND");
+          expect(message).to.match(/read an older version by number/);
+          const read = ok(await get(at("missing/secret"), 1));
           expect(read.data).to.deep.equal({ n: "1" });
+        });
+
+        it("a database writer who sets deleted_at on the newest version does not roll readers back to an older value", async () => {
+          const path = at("missing/rollback");
+          await put(path, { n: "old" });
+          await put(path, { n: "new" });
+          const db = openDatabase(server.nexus.databaseUrl);
+          try {
+            await db`UPDATE secret_versions SET deleted_at = now() WHERE version = 2 AND secret_id = (SELECT id FROM secrets WHERE path = ${path})`;
+          } finally {
+            await db.end();
+          }
+          expect(fails(await get(path, 0), "NOT_FOUND", "the current version, deleted behind Nexus's back")).to.match(/current version \(2\)/);
         });
       });
 
@@ -261,12 +276,14 @@ describe("SecretService", function () {
           for (const n of [1, 2, 3]) await put(path, { n: String(n) });
         });
 
-        it("DeleteSecret without versions soft-deletes the current version; reads fall back to the one before", async () => {
+        it("DeleteSecret without versions soft-deletes the current version; reads of the current version are NOT_FOUND, not the one before", async () => {
           const deleted = ok(await client.call(SecretService.method.deleteSecret, { path }));
           expect(deleted.versions).to.deep.equal([3]);
-          expect(ok(await get(path)).version).to.equal(2);
+          expect(fails(await get(path), "NOT_FOUND")).to.match(/current version \(3\) .* is deleted/);
+          expect(ok(await get(path, 2)).version).to.equal(2);
+          expect(ok(await client.call(SecretService.method.deleteSecret, { path })).versions, "the current version is deleted already").to.deep.equal([]);
           const meta = await metadata(path);
-          expect(meta).to.include({ latestVersion: 3, currentVersion: 2 });
+          expect(meta).to.include({ latestVersion: 3, currentVersion: 3 });
           expect(meta.versions[2].deletedAt, "deleted_at of version 3").to.not.equal(undefined);
         });
 
@@ -294,7 +311,7 @@ describe("SecretService", function () {
           expect(fails(await get(path, 3), "NOT_FOUND")).to.match(/destroyed/);
           const meta = await metadata(path);
           expect(meta.versions.map((v) => v.destroyed)).to.deep.equal([false, true, true]);
-          expect(meta.currentVersion).to.equal(1);
+          expect(meta.currentVersion, "the current version, destroyed").to.equal(3);
           expect(ok(await client.call(SecretService.method.destroySecret, { path, versions: [3] })).versions, "already destroyed").to.deep.equal([]);
         });
 
@@ -387,7 +404,7 @@ describe("SecretService", function () {
           ok(await client.call(SecretService.method.destroySecret, { path, versions: [1] }));
 
           const meta = await metadata(path);
-          expect(meta).to.include({ path, latestVersion: 3, currentVersion: 2, oldestVersion: 1, maxVersions: 10 });
+          expect(meta).to.include({ path, latestVersion: 3, currentVersion: 3, oldestVersion: 1, maxVersions: 10 });
           expect(meta.customMetadata).to.deep.equal({});
           expect(meta.expiresAt).to.equal(undefined);
           expect(timestampDate(meta.createdAt!).getTime()).to.equal(timestampDate(first.createdAt!).getTime());

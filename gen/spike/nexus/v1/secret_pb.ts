@@ -428,7 +428,10 @@ export type SecretMetadata = Message<"spike.nexus.v1.SecretMetadata"> & {
   latestVersion: number;
 
   /**
-   * The highest version neither deleted nor destroyed; 0 if none.
+   * The current version: the one GetSecret reads when no version is given.
+   * Today it is the latest version written; when it is deleted or destroyed a
+   * read of it is NOT_FOUND (CURRENT_VERSION_DELETED) and never falls back to
+   * an older version.
    *
    * @generated from field: uint32 current_version = 3;
    */
@@ -670,7 +673,8 @@ export const SecretService: GenService<{
   },
   /**
    * GetSecret reads one version; version 0 reads the current version (the
-   * highest one neither deleted nor destroyed).
+   * latest written). A deleted or destroyed current version is NOT_FOUND with
+   * reason CURRENT_VERSION_DELETED: a read never falls back to an older value.
    *
    * @generated from rpc spike.nexus.v1.SecretService.GetSecret
    */
@@ -692,7 +696,8 @@ export const SecretService: GenService<{
     output: typeof ListSecretsResponseSchema;
   },
   /**
-   * DeleteSecret soft-deletes versions (none given: the current version).
+   * DeleteSecret soft-deletes versions (none given: the current version, which
+   * then reads as NOT_FOUND until a new put or an undelete).
    *
    * @generated from rpc spike.nexus.v1.SecretService.DeleteSecret
    */
