@@ -486,6 +486,86 @@ describe("authorization over the wire", function () {
     }
   });
 
+  describe("ListSecrets page tokens", () => {
+    // More hidden rows than one call examines (5,000), between two visible ones:
+    // the first page ends its scan on a hidden path and must not reveal it.
+    const HIDDEN = 5100;
+    const listerId = spiffeId("workload/token-lister");
+    const otherListerId = spiffeId("workload/token-lister-2");
+    let lister: NexusClient;
+    let otherLister: NexusClient;
+    let db: ReturnType<typeof openDatabase>;
+
+    before(async () => {
+      db = openDatabase(server.nexus.databaseUrl);
+      for (const path of ["tokens/a-visible", "tokens/z-visible"]) ok(await admin.call(SecretService.method.putSecret, { path, data: { v: "1" } }), path);
+      // Listing reads only paths: copies of a real row's key columns under hidden paths.
+      await db`INSERT INTO secrets (id, path, wrapped_data_key, keyring_key_id)
+               SELECT gen_random_uuid(), 'tokens/hidden/' || lpad(n::text, 5, '0'), wrapped_data_key, keyring_key_id
+               FROM secrets, generate_series(1, ${HIDDEN}) AS n WHERE path = 'tokens/a-visible'`;
+      const cert = await issueSvid(server, listerId);
+      lister = server.client("grpc", cert);
+      otherLister = server.client("grpc", await issueSvid(server, otherListerId));
+      for (const [name, id] of [["token-lister", listerId], ["token-lister-2", otherListerId]]) {
+        await createPolicy(admin, adminToken, { name, spiffeIdPattern: exactly(id), pathPattern: "tokens/[a-z]-visible", permissions: [Permission.LIST] });
+      }
+    });
+
+    after(async () => db?.end());
+
+    const firstPage = async (client = lister) => ok(await client.call(SecretService.method.listSecrets, { prefix: "tokens/", pageSize: 10 }), "first page");
+    const next = (client: NexusClient, pageToken: string, prefix = "tokens/") => client.call(SecretService.method.listSecrets, { prefix, pageSize: 10, pageToken });
+    const refused = (result: Awaited<ReturnType<typeof next>>, what: string) =>
+      expect(fails(result, "INVALID_ARGUMENT", what), what).to.include("page_token").and.to.include("not a token this server issued");
+
+    it("a page whose scan ends on a hidden row returns a token that reveals no path, and the listing still finds every visible path", async () => {
+      const page = await firstPage();
+      expect(page.paths).to.deep.equal(["tokens/a-visible"]);
+      expect(page.nextPageToken, "the scan stopped at its limit, before the end").not.to.equal("");
+      const decoded = Buffer.from(page.nextPageToken, "base64url").toString("latin1");
+      expect(decoded, "the token's bytes").not.to.include("tokens/");
+      expect(decoded, "the token's bytes").not.to.include("hidden");
+      const seen = [...page.paths];
+      for (let token = page.nextPageToken, calls = 0; token !== ""; calls++) {
+        expect(calls, "pagination ends").to.be.lessThan(5);
+        const more = ok(await next(lister, token), "next page");
+        seen.push(...more.paths);
+        token = more.nextPageToken;
+      }
+      expect(seen).to.deep.equal(["tokens/a-visible", "tokens/z-visible"]);
+    });
+
+    it("a token continues on the other listener for the same caller", async () => {
+      const { nextPageToken } = await firstPage();
+      const connect = server.client("connect", await issueSvid(server, listerId));
+      ok(await next(connect, nextPageToken), "the same caller over Connect");
+    });
+
+    it("a forged token naming a hidden resume point, an altered token, another caller's token, or a token for another prefix is INVALID_ARGUMENT", async () => {
+      const forged = Buffer.from(JSON.stringify({ v: 1, p: "tokens/", a: "tokens/hidden/02500" })).toString("base64url");
+      refused(await next(lister, forged), "a token forged in the old clear format");
+      const { nextPageToken } = await firstPage();
+      const bytes = Buffer.from(nextPageToken, "base64url");
+      bytes[40] ^= 0x01;
+      refused(await next(lister, bytes.toString("base64url")), "a token with one bit flipped");
+      refused(await next(otherLister, nextPageToken), "a token presented by another caller with the same policy");
+      refused(await next(lister, nextPageToken, "tokens/h"), "a token presented with another prefix");
+      ok(await next(lister, nextPageToken), "the token itself still works");
+    });
+
+    it("the audit event of a ListSecrets call records its prefix, refused or not", async () => {
+      await firstPage(otherLister);
+      refused(await next(otherLister, "forged", "tokens/z"), "a forged token");
+      const { events } = ok(
+        await admin.call(OperatorService.method.listAuditEvents, { callerSpiffeId: otherListerId, rpc: "ListSecrets", pageSize: 10 }, { bearerToken: adminToken }),
+        "ListAuditEvents",
+      );
+      const summary = events.map((e) => `${e.path} ${e.code}`);
+      expect(summary).to.include("tokens/ OK");
+      expect(summary).to.include("tokens/z INVALID_ARGUMENT");
+    });
+  });
+
   describe("patterns", () => {
     it("a pattern that backtracks in a naive engine, (a+)+$, against a 2,000-character SPIFFE ID answers promptly", async () => {
       await createPolicy(admin, adminToken, { name: "redos", spiffeIdPattern: "spiffe://spike\\.ist/redos/(a+)+$", pathPattern: "redos/(a+)+$", permissions: [Permission.READ] });
