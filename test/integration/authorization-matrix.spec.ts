@@ -1,9 +1,11 @@
 // Who may call what, over the wire, on both listeners: every RPC of
 // OperatorService, PolicyService and SecretService against every kind of caller,
-// as one matrix. Then what a matrix cannot show: listing filtered across pages,
+// as one matrix, including near misses that only whole-string matching refuses
+// (IDs that extend the superuser's or a policy's ID, a pattern matching only the
+// start of a path). Then what a matrix cannot show: listing filtered across pages,
 // linear-time patterns, patterns that do not compile, case-insensitive names,
-// policy rows written behind Nexus's back, and a second replica picking up a
-// policy change.
+// policy rows written behind Nexus's back, a second replica picking up a
+// policy change, and sealed ListSecrets page tokens.
 
 import { expect } from "chai";
 import type { DescMethodUnary, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
@@ -16,7 +18,7 @@ import type { NexusClient } from "../../src/client/nexus-client.js";
 import { createAdminToken, createPolicy, exactly, forEachConcurrently, issueSvid, login, spiffeId } from "../support/admin-fixtures.js";
 import { ADMIN_PASSWORD, FAST_KDF, fails, ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import type { IssuedCert } from "../support/test-pki.js";
-import { LISTENERS, startTestServer, type Listener, type TestServer } from "../support/test-server.js";
+import { LISTENERS, SUPERUSER_ID, startTestServer, type Listener, type TestServer } from "../support/test-server.js";
 import { eventually, sleep } from "../support/wait.js";
 
 const OTHER_SUPERUSER_ID = spiffeId("spike/pilot/role/other");
@@ -35,6 +37,7 @@ const CALL = { deadlineMs: 15_000 };
 const COLUMNS = [
   "session", "none", "expiredSession", "expiredToken", "revokedSession", "revokedToken", "othersToken",
   "read", "write", "list", "super", "elsewhere", "noPolicy",
+  "suffixedSuperuser", "nestedSuperuser", "nestedReader", "partialPath",
 ] as const;
 type Column = (typeof COLUMNS)[number];
 
@@ -52,36 +55,40 @@ const COLUMN_TITLES: Record<Column, string> = {
   super: "workload with SUPER on the path",
   elsewhere: "workload with SUPER on another path",
   noPolicy: "workload with no policy",
+  suffixedSuperuser: "workload whose ID is the superuser's plus a suffix (…/role/superuser2)",
+  nestedSuperuser: "workload whose ID is below the superuser's (…/role/superuser/x)",
+  nestedReader: "workload whose ID is below the READ workload's (a policy's ID pattern matches only part of it)",
+  partialPath: "workload with SUPER on a pattern that matches only a leading part of each path",
 };
 
-//                                              superuser SVID, credential:                                  | workload with:
-//                                              session none   exp.S  exp.T  rev.S  rev.T  other's          | READ   WRITE  LIST   SUPER  elsewhere none
+//                                              superuser SVID, credential:                                 | workload with:                             | near misses:
+//                                              session none   exp.S  exp.T  rev.S  rev.T  other's          | READ   WRITE  LIST   SUPER  elsew. none    | su2    su/x   read/x partial
 const MATRIX: Record<string, string> = {
-  "OperatorService/GetStatus":                 "ok      ok     ok     ok     ok     ok     ok               | ok     ok     ok     ok     ok     ok",
-  "OperatorService/Initialize":                "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/Unseal":                    "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/Login":                     "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/Seal":                      "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/Logout":                    "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/CreateAdminToken":          "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/ListAdminTokens":           "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/RevokeAdminToken":          "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/ListAuditEvents":           "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/VerifyAuditLog":            "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "PolicyService/CreatePolicy":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "PolicyService/GetPolicy":                   "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "PolicyService/ListPolicies":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "PolicyService/UpdatePolicy":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "PolicyService/DeletePolicy":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "SecretService/GetSecret":                   "ok      ok     ok     ok     ok     ok     ok               | ok     DENIED DENIED ok     DENIED DENIED",
-  "SecretService/GetSecretMetadata":           "ok      ok     ok     ok     ok     ok     ok               | ok     DENIED DENIED ok     DENIED DENIED",
-  "SecretService/ListSecrets":                 "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED ok     ok     ok     DENIED",
-  "SecretService/PutSecret":                   "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED",
-  "SecretService/DeleteSecret":                "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED",
-  "SecretService/UndeleteSecret":              "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED",
-  "SecretService/DestroySecret":               "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED",
-  "SecretService/UpdateSecretMetadata":        "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED",
-  "SecretService/PurgeSecret":                 "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED",
+  "OperatorService/GetStatus":                 "ok      ok     ok     ok     ok     ok     ok               | ok     ok     ok     ok     ok     ok      | ok     ok     ok     ok",
+  "OperatorService/Initialize":                "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/Unseal":                    "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/Login":                     "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/Seal":                      "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/Logout":                    "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/CreateAdminToken":          "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/ListAdminTokens":           "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/RevokeAdminToken":          "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/ListAuditEvents":           "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/VerifyAuditLog":            "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "PolicyService/CreatePolicy":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "PolicyService/GetPolicy":                   "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "PolicyService/ListPolicies":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "PolicyService/UpdatePolicy":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "PolicyService/DeletePolicy":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/GetSecret":                   "ok      ok     ok     ok     ok     ok     ok               | ok     DENIED DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/GetSecretMetadata":           "ok      ok     ok     ok     ok     ok     ok               | ok     DENIED DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/ListSecrets":                 "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED ok     ok     ok     DENIED  | DENIED DENIED DENIED ok",
+  "SecretService/PutSecret":                   "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/DeleteSecret":                "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/UndeleteSecret":              "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/DestroySecret":               "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/UpdateSecretMetadata":        "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/PurgeSecret":                 "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
 };
 
 type Expectation = "ok" | "UNAUTH" | "DENIED";
@@ -153,6 +160,12 @@ describe("authorization over the wire", function () {
       super: spiffeId("workload/matrix-super"),
       elsewhere: spiffeId("workload/matrix-elsewhere"),
       noPolicy: spiffeId("workload/matrix-no-policy"),
+      // Near misses: IDs and paths where matching a prefix or a part of the
+      // string would grant what matching the whole string does not.
+      suffixedSuperuser: `${SUPERUSER_ID}2`,
+      nestedSuperuser: `${SUPERUSER_ID}/x`,
+      nestedReader: spiffeId("workload/matrix-read/x"),
+      partialPath: spiffeId("workload/matrix-partial-path"),
     };
     const certs = new Map<Column, IssuedCert>();
     const clients = new Map<string, NexusClient>();
@@ -174,6 +187,10 @@ describe("authorization over the wire", function () {
       super: (p) => MATRIX_PATH.test(p),
       elsewhere: (p) => /^elsewhere\/.+$/.test(p),
       noPolicy: () => false,
+      suffixedSuperuser: () => false,
+      nestedSuperuser: () => false,
+      nestedReader: () => false,
+      partialPath: () => false,
     };
     // What the server says when it refuses each caller: the refusal must be for the right reason.
     const refusal: Record<Column, string> = {
@@ -190,6 +207,10 @@ describe("authorization over the wire", function () {
       super: "may not call",
       elsewhere: "may not call",
       noPolicy: "may not call",
+      suffixedSuperuser: "may not call",
+      nestedSuperuser: "may not call",
+      nestedReader: "may not call",
+      partialPath: "may not call",
     };
     const isWorkload = (c: Column) => workloadIds[c] !== undefined;
     const probe = { path: "matrix/probe", data: { probe: "value" } };
@@ -395,6 +416,8 @@ describe("authorization over the wire", function () {
       await grant("list", "matrix/.+", [Permission.LIST]);
       await grant("super", "matrix/.+", [Permission.SUPER]);
       await grant("elsewhere", "elsewhere/.+", [Permission.SUPER]);
+      // Every cell's path is matrix/<listener>/<rpc>/<column>: this matches its first three segments only.
+      await grant("partialPath", "matrix/(grpc|connect)/[a-z-]+", [Permission.SUPER]);
       ok(await admin.call(SecretService.method.putSecret, probe), "the probe secret");
       ok(await admin.call(SecretService.method.putSecret, { path: "elsewhere/secret", data: { v: "1" } }), "a secret elsewhere");
 
