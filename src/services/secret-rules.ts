@@ -152,7 +152,7 @@ export function decodePageToken(integrityKey: Buffer, token: string, binding: Pa
     key.fill(0);
   }
   const length = plaintext[0];
-  if (plaintext.length !== PAGE_TOKEN_PADDED_BYTES || length > MAX_PATH_LENGTH) throw invalidPageToken();
+  if (plaintext.length !== PAGE_TOKEN_PADDED_BYTES || length === 0) throw invalidPageToken();
   return validatePath(plaintext.toString("utf8", 1, 1 + length), "page_token");
 }
 
