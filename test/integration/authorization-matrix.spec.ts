@@ -526,8 +526,7 @@ describe("authorization over the wire", function () {
       await db`INSERT INTO secrets (id, path, wrapped_data_key, keyring_key_id)
                SELECT gen_random_uuid(), 'tokens/hidden/' || lpad(n::text, 5, '0'), wrapped_data_key, keyring_key_id
                FROM secrets, generate_series(1, ${HIDDEN}) AS n WHERE path = 'tokens/a-visible'`;
-      const cert = await issueSvid(server, listerId);
-      lister = server.client("grpc", cert);
+      lister = server.client("grpc", await issueSvid(server, listerId));
       otherLister = server.client("grpc", await issueSvid(server, otherListerId));
       for (const [name, id] of [["token-lister", listerId], ["token-lister-2", otherListerId]]) {
         await createPolicy(admin, adminToken, { name, spiffeIdPattern: exactly(id), pathPattern: "tokens/[a-z]-visible", permissions: [Permission.LIST] });
@@ -561,7 +560,11 @@ describe("authorization over the wire", function () {
     it("a token continues on the other listener for the same caller", async () => {
       const { nextPageToken } = await firstPage();
       const connect = server.client("connect", await issueSvid(server, listerId));
-      ok(await next(connect, nextPageToken), "the same caller over Connect");
+      try {
+        ok(await next(connect, nextPageToken), "the same caller over Connect");
+      } finally {
+        connect.close();
+      }
     });
 
     it("a forged token naming a hidden resume point, an altered token, another caller's token, or a token for another prefix is INVALID_ARGUMENT", async () => {
