@@ -4,7 +4,8 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 BIN := node_modules/.bin
-MOCHA := $(BIN)/mocha --timeout 60000 --exit
+# --forbid-only: a stray it.only/describe.only fails the run instead of silently skipping the rest.
+MOCHA := $(BIN)/mocha --timeout 60000 --exit --forbid-only
 
 .PHONY: help deps build certs run test typecheck lint buf-lint gen gen-check unit integration e2e system-deps clean
 .PHONY: bench bench-3

@@ -1,8 +1,10 @@
 // MACs under the integrity key: HMAC-SHA256 over a canonical encoding, so a row
 // read back from PostgreSQL (jsonb reorders keys) verifies exactly as written.
-// Used for policies, admin credentials and audit events.
+// Used for policies, admin credentials and audit events. Also derives subkeys
+// of the integrity key for one purpose each (page tokens), so that no two uses
+// ever share a key.
 
-import { createHmac, timingSafeEqual } from "node:crypto";
+import { createHmac, hkdfSync, timingSafeEqual } from "node:crypto";
 
 /** JSON with object keys sorted at every level: one byte string per value. */
 export function canonicalJson(value: unknown): string {
@@ -34,4 +36,13 @@ export function macMatches(key: Buffer, label: string, value: unknown, stored: U
 /** The stored form of a bearer token: an HMAC, never the token. */
 export function tokenDigest(key: Buffer, token: string): Buffer {
   return createHmac("sha256", key).update("nexus/v1/admin-credential\0").update(token).digest();
+}
+
+/**
+ * A 256-bit key for one purpose, derived from the integrity key with
+ * HKDF-SHA256 (RFC 5869; `purpose` is the info). The caller zeroes it after
+ * use: derive it where it is used, never across an await.
+ */
+export function deriveKey(integrityKey: Buffer, purpose: string): Buffer {
+  return Buffer.from(hkdfSync("sha256", integrityKey, Buffer.alloc(0), purpose, 32));
 }

@@ -1,9 +1,12 @@
 // The rules a secret request must meet before anything is read or written:
 // path syntax, data size, version lists, metadata limits and page tokens. Each
 // failure is an INVALID_ARGUMENT (or RESOURCE_EXHAUSTED for size) naming the
-// field and the rule it broke, and never echoing a secret value.
+// field and the rule it broke, and never echoing a secret value. Page tokens
+// are sealed here under a key derived from the integrity key.
 
 import { NexusError } from "../errors/nexus-error.js";
+import { associatedData, open, seal } from "../keys/aead.js";
+import { deriveKey } from "../keys/integrity.js";
 import { isStorableText } from "../store/storable-text.js";
 
 const MAX_PATH_LENGTH = 255;
@@ -102,24 +105,63 @@ export function pageSize(requested: number): number {
   return requested === 0 ? DEFAULT_PAGE_SIZE : requested;
 }
 
-// Page tokens are opaque to callers (AIP-158) but carry no secret: the last path
-// returned and the prefix they were issued for, so a token is refused with
-// another prefix.
-export function encodePageToken(prefix: string, lastPath: string): string {
-  return Buffer.from(JSON.stringify({ v: 1, p: prefix, a: lastPath }), "utf8").toString("base64url");
+// ListSecrets page tokens. The resume point is the last row the bounded scan
+// examined, which may be a path the caller may not list: resuming after the last
+// *visible* path instead would rescan the same hidden rows forever once 5,000 of
+// them follow it. So the token is sealed, not signed: AES-256-GCM under a key
+// derived from the integrity key, with the caller's SPIFFE ID and the prefix as
+// associated data. The caller can neither read the resume point (it is padded
+// to the longest path, so not even its length shows) nor forge, alter or hand on
+// a token, nor reuse it with another prefix: each is INVALID_PAGE_TOKEN. Every
+// replica shares the integrity key, so any replica continues a listing.
+const PAGE_TOKEN_KEY_PURPOSE = "nexus/v1/list-page-token";
+const PAGE_TOKEN_KEY_ID = 0; // a derived key has no keyring id
+const PAGE_TOKEN_PADDED_BYTES = 1 + MAX_PATH_LENGTH; // a length byte, then the path padded with zeros
+
+/** Who a page token was issued to, and for which listing. */
+export interface PageTokenBinding {
+  readonly caller: string;
+  readonly prefix: string;
 }
 
-export function decodePageToken(token: string, prefix: string): string {
-  if (token === "") return "";
-  let parsed: { v?: unknown; p?: unknown; a?: unknown };
+/** A token to resume a listing after `resumeAfter`; fetch the integrity key synchronously where this is called. */
+export function encodePageToken(integrityKey: Buffer, binding: PageTokenBinding, resumeAfter: string): string {
+  const plaintext = Buffer.alloc(PAGE_TOKEN_PADDED_BYTES);
+  const length = plaintext.write(resumeAfter, 1, "utf8");
+  // Stored paths passed validatePath (ASCII, at most 255); anything else is a bug, not a token.
+  if (length !== Buffer.byteLength(resumeAfter, "utf8")) throw new Error("a resume point longer than a path");
+  plaintext.writeUInt8(length, 0);
+  const key = deriveKey(integrityKey, PAGE_TOKEN_KEY_PURPOSE);
   try {
-    parsed = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
+    return seal(key, PAGE_TOKEN_KEY_ID, plaintext, pageTokenAad(binding)).toString("base64url");
+  } finally {
+    key.fill(0);
+  }
+}
+
+/** The resume point of a token this server issued to this caller for this prefix ("" for no token). */
+export function decodePageToken(integrityKey: Buffer, token: string, binding: PageTokenBinding): string {
+  if (token === "") return "";
+  const key = deriveKey(integrityKey, PAGE_TOKEN_KEY_PURPOSE);
+  let plaintext: Buffer;
+  try {
+    plaintext = open(key, Buffer.from(token, "base64url"), pageTokenAad(binding));
   } catch {
-    throw NexusError.invalidArgument("page_token", "is not a token this server issued", "INVALID_PAGE_TOKEN");
+    throw invalidPageToken();
+  } finally {
+    key.fill(0);
   }
-  if (parsed.v !== 1 || typeof parsed.a !== "string" || typeof parsed.p !== "string") {
-    throw NexusError.invalidArgument("page_token", "is not a token this server issued", "INVALID_PAGE_TOKEN");
-  }
-  if (parsed.p !== prefix) throw NexusError.invalidArgument("page_token", "was issued for another prefix", "INVALID_PAGE_TOKEN");
-  return validatePath(parsed.a, "page_token");
+  const length = plaintext[0];
+  if (plaintext.length !== PAGE_TOKEN_PADDED_BYTES || length === 0) throw invalidPageToken();
+  return validatePath(plaintext.toString("utf8", 1, 1 + length), "page_token");
+}
+
+function pageTokenAad(binding: PageTokenBinding): Buffer {
+  return associatedData(PAGE_TOKEN_KEY_PURPOSE, binding.caller, binding.prefix);
+}
+
+// One message for every refusal: which check failed would tell a prober whether
+// it guessed the caller, the prefix or the bytes wrong.
+function invalidPageToken(): NexusError {
+  return NexusError.invalidArgument("page_token", "is not a token this server issued to this caller for this prefix; start again with an empty page_token", "INVALID_PAGE_TOKEN");
 }

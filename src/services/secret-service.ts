@@ -202,12 +202,14 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
 
     // Only paths the caller may list are returned. The scan is bounded, so a
     // page can come back short (even empty) with a token to continue from the
-    // last path examined; only an empty token means the end.
+    // last path examined; only an empty token means the end. That path may be
+    // one the caller may not see: the token is sealed (see secret-rules.ts).
     async listSecrets(req, ctx) {
       requireUnsealed();
       const prefix = validatePrefix(req.prefix);
       const size = pageSize(req.pageSize);
-      let after = decodePageToken(req.pageToken, prefix);
+      const binding = { caller: ctx.caller.toString(), prefix };
+      let after = decodePageToken(keys.integrityKey(), req.pageToken, binding);
       const page: string[] = [];
       let scanned = 0;
       for (;;) {
@@ -220,7 +222,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
         }
         const moreRows = i < chunk.length || chunk.length === size + 1;
         if (!moreRows) return { paths: page, nextPageToken: "" };
-        if (page.length === size || scanned >= LIST_SCAN_LIMIT) return { paths: page, nextPageToken: encodePageToken(prefix, after) };
+        if (page.length === size || scanned >= LIST_SCAN_LIMIT) return { paths: page, nextPageToken: encodePageToken(keys.integrityKey(), binding, after) };
       }
     },
 

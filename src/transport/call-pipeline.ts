@@ -61,15 +61,17 @@ export class CallPipeline {
 const MAX_AUDIT_SUBJECT = 256;
 
 /**
- * What a call addresses, for its audit event: a secret path or a policy/token
- * name, and a version. It is recorded before the request is validated, so it is
- * made storable first: a lone UTF-16 surrogate (possible in Connect JSON) or a
- * NUL would make PostgreSQL refuse the event, and with it the whole batch.
+ * What a call addresses, for its audit event: a secret path (ListSecrets: its
+ * prefix) or a policy/token name, and a version. It is recorded before the
+ * request is validated, so it is made storable first: a lone UTF-16 surrogate
+ * (possible in Connect JSON) or a NUL would make PostgreSQL refuse the event,
+ * and with it the whole batch.
  */
 function auditSubject(request: Message): [string | null, number | null] {
-  const r = request as Message & { path?: unknown; version?: unknown; name?: unknown; policy?: { name?: unknown } };
+  const r = request as Message & { path?: unknown; version?: unknown; name?: unknown; policy?: { name?: unknown }; prefix?: unknown };
   const text = (v: unknown) => (typeof v === "string" && v !== "" ? v : null);
-  const subject = text(r.path) ?? text(r.name) ?? text(r.policy?.name);
+  // ListSecrets records its prefix (none: it listed from the start of every path).
+  const subject = text(r.path) ?? text(r.name) ?? text(r.policy?.name) ?? text(r.prefix);
   return [subject === null ? null : auditText(subject), typeof r.version === "number" && r.version > 0 ? r.version : null];
 }
 

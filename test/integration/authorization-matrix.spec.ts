@@ -1,9 +1,11 @@
 // Who may call what, over the wire, on both listeners: every RPC of
 // OperatorService, PolicyService and SecretService against every kind of caller,
-// as one matrix. Then what a matrix cannot show: listing filtered across pages,
+// as one matrix, including near misses that only whole-string matching refuses
+// (IDs that extend the superuser's or a policy's ID, a pattern matching only the
+// start of a path). Then what a matrix cannot show: listing filtered across pages,
 // linear-time patterns, patterns that do not compile, case-insensitive names,
-// policy rows written behind Nexus's back, and a second replica picking up a
-// policy change.
+// policy rows written behind Nexus's back, a second replica picking up a
+// policy change, and sealed ListSecrets page tokens.
 
 import { expect } from "chai";
 import type { DescMethodUnary, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
@@ -16,7 +18,7 @@ import type { NexusClient } from "../../src/client/nexus-client.js";
 import { createAdminToken, createPolicy, exactly, forEachConcurrently, issueSvid, login, spiffeId } from "../support/admin-fixtures.js";
 import { ADMIN_PASSWORD, FAST_KDF, fails, ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import type { IssuedCert } from "../support/test-pki.js";
-import { LISTENERS, startTestServer, type Listener, type TestServer } from "../support/test-server.js";
+import { LISTENERS, SUPERUSER_ID, startTestServer, type Listener, type TestServer } from "../support/test-server.js";
 import { eventually, sleep } from "../support/wait.js";
 
 const OTHER_SUPERUSER_ID = spiffeId("spike/pilot/role/other");
@@ -35,6 +37,7 @@ const CALL = { deadlineMs: 15_000 };
 const COLUMNS = [
   "session", "none", "expiredSession", "expiredToken", "revokedSession", "revokedToken", "othersToken",
   "read", "write", "list", "super", "elsewhere", "noPolicy",
+  "suffixedSuperuser", "nestedSuperuser", "nestedReader", "partialPath",
 ] as const;
 type Column = (typeof COLUMNS)[number];
 
@@ -52,36 +55,40 @@ const COLUMN_TITLES: Record<Column, string> = {
   super: "workload with SUPER on the path",
   elsewhere: "workload with SUPER on another path",
   noPolicy: "workload with no policy",
+  suffixedSuperuser: "workload whose ID is the superuser's plus a suffix (…/role/superuser2)",
+  nestedSuperuser: "workload whose ID is below the superuser's (…/role/superuser/x)",
+  nestedReader: "workload whose ID is below the READ workload's (a policy's ID pattern matches only part of it)",
+  partialPath: "workload with SUPER on a pattern that matches only a leading part of each path",
 };
 
-//                                              superuser SVID, credential:                                  | workload with:
-//                                              session none   exp.S  exp.T  rev.S  rev.T  other's          | READ   WRITE  LIST   SUPER  elsewhere none
+//                                              superuser SVID, credential:                                 | workload with:                             | near misses:
+//                                              session none   exp.S  exp.T  rev.S  rev.T  other's          | READ   WRITE  LIST   SUPER  elsew. none    | su2    su/x   read/x partial
 const MATRIX: Record<string, string> = {
-  "OperatorService/GetStatus":                 "ok      ok     ok     ok     ok     ok     ok               | ok     ok     ok     ok     ok     ok",
-  "OperatorService/Initialize":                "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/Unseal":                    "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/Login":                     "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/Seal":                      "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/Logout":                    "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/CreateAdminToken":          "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/ListAdminTokens":           "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/RevokeAdminToken":          "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/ListAuditEvents":           "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "OperatorService/VerifyAuditLog":            "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "PolicyService/CreatePolicy":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "PolicyService/GetPolicy":                   "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "PolicyService/ListPolicies":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "PolicyService/UpdatePolicy":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "PolicyService/DeletePolicy":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED",
-  "SecretService/GetSecret":                   "ok      ok     ok     ok     ok     ok     ok               | ok     DENIED DENIED ok     DENIED DENIED",
-  "SecretService/GetSecretMetadata":           "ok      ok     ok     ok     ok     ok     ok               | ok     DENIED DENIED ok     DENIED DENIED",
-  "SecretService/ListSecrets":                 "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED ok     ok     ok     DENIED",
-  "SecretService/PutSecret":                   "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED",
-  "SecretService/DeleteSecret":                "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED",
-  "SecretService/UndeleteSecret":              "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED",
-  "SecretService/DestroySecret":               "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED",
-  "SecretService/UpdateSecretMetadata":        "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED",
-  "SecretService/PurgeSecret":                 "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED",
+  "OperatorService/GetStatus":                 "ok      ok     ok     ok     ok     ok     ok               | ok     ok     ok     ok     ok     ok      | ok     ok     ok     ok",
+  "OperatorService/Initialize":                "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/Unseal":                    "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/Login":                     "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/Seal":                      "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/Logout":                    "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/CreateAdminToken":          "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/ListAdminTokens":           "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/RevokeAdminToken":          "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/ListAuditEvents":           "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/VerifyAuditLog":            "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "PolicyService/CreatePolicy":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "PolicyService/GetPolicy":                   "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "PolicyService/ListPolicies":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "PolicyService/UpdatePolicy":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "PolicyService/DeletePolicy":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/GetSecret":                   "ok      ok     ok     ok     ok     ok     ok               | ok     DENIED DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/GetSecretMetadata":           "ok      ok     ok     ok     ok     ok     ok               | ok     DENIED DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/ListSecrets":                 "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED ok     ok     ok     DENIED  | DENIED DENIED DENIED ok",
+  "SecretService/PutSecret":                   "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/DeleteSecret":                "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/UndeleteSecret":              "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/DestroySecret":               "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/UpdateSecretMetadata":        "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/PurgeSecret":                 "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
 };
 
 type Expectation = "ok" | "UNAUTH" | "DENIED";
@@ -153,6 +160,12 @@ describe("authorization over the wire", function () {
       super: spiffeId("workload/matrix-super"),
       elsewhere: spiffeId("workload/matrix-elsewhere"),
       noPolicy: spiffeId("workload/matrix-no-policy"),
+      // Near misses: IDs and paths where matching a prefix or a part of the
+      // string would grant what matching the whole string does not.
+      suffixedSuperuser: `${SUPERUSER_ID}2`,
+      nestedSuperuser: `${SUPERUSER_ID}/x`,
+      nestedReader: spiffeId("workload/matrix-read/x"),
+      partialPath: spiffeId("workload/matrix-partial-path"),
     };
     const certs = new Map<Column, IssuedCert>();
     const clients = new Map<string, NexusClient>();
@@ -174,6 +187,10 @@ describe("authorization over the wire", function () {
       super: (p) => MATRIX_PATH.test(p),
       elsewhere: (p) => /^elsewhere\/.+$/.test(p),
       noPolicy: () => false,
+      suffixedSuperuser: () => false,
+      nestedSuperuser: () => false,
+      nestedReader: () => false,
+      partialPath: () => false,
     };
     // What the server says when it refuses each caller: the refusal must be for the right reason.
     const refusal: Record<Column, string> = {
@@ -190,6 +207,10 @@ describe("authorization over the wire", function () {
       super: "may not call",
       elsewhere: "may not call",
       noPolicy: "may not call",
+      suffixedSuperuser: "may not call",
+      nestedSuperuser: "may not call",
+      nestedReader: "may not call",
+      partialPath: "may not call",
     };
     const isWorkload = (c: Column) => workloadIds[c] !== undefined;
     const probe = { path: "matrix/probe", data: { probe: "value" } };
@@ -395,6 +416,8 @@ describe("authorization over the wire", function () {
       await grant("list", "matrix/.+", [Permission.LIST]);
       await grant("super", "matrix/.+", [Permission.SUPER]);
       await grant("elsewhere", "elsewhere/.+", [Permission.SUPER]);
+      // Every cell's path is matrix/<listener>/<rpc>/<column>: this matches its first three segments only.
+      await grant("partialPath", "matrix/(grpc|connect)/[a-z-]+", [Permission.SUPER]);
       ok(await admin.call(SecretService.method.putSecret, probe), "the probe secret");
       ok(await admin.call(SecretService.method.putSecret, { path: "elsewhere/secret", data: { v: "1" } }), "a secret elsewhere");
 
@@ -484,6 +507,89 @@ describe("authorization over the wire", function () {
         expect(await listAll(server.client(listener), "catalog/", 7)).to.deep.equal([...paths].sort());
       });
     }
+  });
+
+  describe("ListSecrets page tokens", () => {
+    // More hidden rows than one call examines (5,000), between two visible ones:
+    // the first page ends its scan on a hidden path and must not reveal it.
+    const HIDDEN = 5100;
+    const listerId = spiffeId("workload/token-lister");
+    const otherListerId = spiffeId("workload/token-lister-2");
+    let lister: NexusClient;
+    let otherLister: NexusClient;
+    let db: ReturnType<typeof openDatabase>;
+
+    before(async () => {
+      db = openDatabase(server.nexus.databaseUrl);
+      for (const path of ["tokens/a-visible", "tokens/z-visible"]) ok(await admin.call(SecretService.method.putSecret, { path, data: { v: "1" } }), path);
+      // Listing reads only paths: copies of a real row's key columns under hidden paths.
+      await db`INSERT INTO secrets (id, path, wrapped_data_key, keyring_key_id)
+               SELECT gen_random_uuid(), 'tokens/hidden/' || lpad(n::text, 5, '0'), wrapped_data_key, keyring_key_id
+               FROM secrets, generate_series(1, ${HIDDEN}) AS n WHERE path = 'tokens/a-visible'`;
+      lister = server.client("grpc", await issueSvid(server, listerId));
+      otherLister = server.client("grpc", await issueSvid(server, otherListerId));
+      for (const [name, id] of [["token-lister", listerId], ["token-lister-2", otherListerId]]) {
+        await createPolicy(admin, adminToken, { name, spiffeIdPattern: exactly(id), pathPattern: "tokens/[a-z]-visible", permissions: [Permission.LIST] });
+      }
+    });
+
+    after(async () => db?.end());
+
+    const firstPage = async (client = lister) => ok(await client.call(SecretService.method.listSecrets, { prefix: "tokens/", pageSize: 10 }), "first page");
+    const next = (client: NexusClient, pageToken: string, prefix = "tokens/") => client.call(SecretService.method.listSecrets, { prefix, pageSize: 10, pageToken });
+    const refused = (result: Awaited<ReturnType<typeof next>>, what: string) =>
+      expect(fails(result, "INVALID_ARGUMENT", what), what).to.include("page_token").and.to.include("not a token this server issued");
+
+    it("a page whose scan ends on a hidden row returns a token that reveals no path, and the listing still finds every visible path", async () => {
+      const page = await firstPage();
+      expect(page.paths).to.deep.equal(["tokens/a-visible"]);
+      expect(page.nextPageToken, "the scan stopped at its limit, before the end").not.to.equal("");
+      const decoded = Buffer.from(page.nextPageToken, "base64url").toString("latin1");
+      expect(decoded, "the token's bytes").not.to.include("tokens/");
+      expect(decoded, "the token's bytes").not.to.include("hidden");
+      const seen = [...page.paths];
+      for (let token = page.nextPageToken, calls = 0; token !== ""; calls++) {
+        expect(calls, "pagination ends").to.be.lessThan(5);
+        const more = ok(await next(lister, token), "next page");
+        seen.push(...more.paths);
+        token = more.nextPageToken;
+      }
+      expect(seen).to.deep.equal(["tokens/a-visible", "tokens/z-visible"]);
+    });
+
+    it("a token continues on the other listener for the same caller", async () => {
+      const { nextPageToken } = await firstPage();
+      const connect = server.client("connect", await issueSvid(server, listerId));
+      try {
+        ok(await next(connect, nextPageToken), "the same caller over Connect");
+      } finally {
+        connect.close();
+      }
+    });
+
+    it("a forged token naming a hidden resume point, an altered token, another caller's token, or a token for another prefix is INVALID_ARGUMENT", async () => {
+      const forged = Buffer.from(JSON.stringify({ v: 1, p: "tokens/", a: "tokens/hidden/02500" })).toString("base64url");
+      refused(await next(lister, forged), "a token forged in the old clear format");
+      const { nextPageToken } = await firstPage();
+      const bytes = Buffer.from(nextPageToken, "base64url");
+      bytes[40] ^= 0x01;
+      refused(await next(lister, bytes.toString("base64url")), "a token with one bit flipped");
+      refused(await next(otherLister, nextPageToken), "a token presented by another caller with the same policy");
+      refused(await next(lister, nextPageToken, "tokens/h"), "a token presented with another prefix");
+      ok(await next(lister, nextPageToken), "the token itself still works");
+    });
+
+    it("the audit event of a ListSecrets call records its prefix, refused or not", async () => {
+      await firstPage(otherLister);
+      refused(await next(otherLister, "forged", "tokens/z"), "a forged token");
+      const { events } = ok(
+        await admin.call(OperatorService.method.listAuditEvents, { callerSpiffeId: otherListerId, rpc: "ListSecrets", pageSize: 10 }, { bearerToken: adminToken }),
+        "ListAuditEvents",
+      );
+      const summary = events.map((e) => `${e.path} ${e.code}`);
+      expect(summary).to.include("tokens/ OK");
+      expect(summary).to.include("tokens/z INVALID_ARGUMENT");
+    });
   });
 
   describe("patterns", () => {

@@ -2,7 +2,8 @@
 // ciphertext is bound to its secret id, path and version, and every wrapped data
 // key to its secret id, path and keyring key. Moving, renaming, replaying or
 // corrupting rows in SQL makes GetSecret fail with INTERNAL and no data, both
-// through the running server (whose caches were warm) and after a restart.
+// through the running server (whose caches were warm) and after a restart. And
+// the associated data is the one docs/threat-model.md documents.
 
 import { expect } from "chai";
 import { randomBytes } from "node:crypto";
@@ -10,6 +11,8 @@ import type postgres from "postgres";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { NexusClient } from "../../src/client/nexus-client.js";
+import { NexusError } from "../../src/errors/nexus-error.js";
+import { associatedData, FORMAT_V1, open } from "../../src/keys/aead.js";
 import { ADMIN_PASSWORD, fails, ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { LISTENERS } from "../support/test-server.js";
 
@@ -250,6 +253,37 @@ describe("ciphertext binding against database tampering", function () {
       fails(result, "INTERNAL");
       const [row] = await sql`SELECT latest_version FROM secrets WHERE path = 'bind/rename/after'`;
       expect(row.latest_version, "nothing was written").to.equal(1);
+    });
+  });
+
+  // A path renamed in SQL is refused twice over: the wrapped data key is bound to
+  // the path, and so is each version. Since no row can carry a data key wrapped
+  // for another path, only the stored format itself shows the second binding.
+  describe("the associated data is what the threat model documents", () => {
+    it("a version opens under (\"nexus/v1/secret-version\", format, data key id, secret id, path, version) and not with any one of them changed", async () => {
+      const [row] = await sql`
+        SELECT s.id, s.path, s.data_key_id, s.keyring_key_id, s.wrapped_data_key, v.ciphertext
+        FROM secrets s JOIN secret_versions v ON v.secret_id = s.id
+        WHERE s.path = 'bind/control' AND v.version = 1`;
+      const id = Buffer.from((row.id as string).replace(/-/g, ""), "hex");
+      const keyringKeyId = row.keyring_key_id as number;
+      const dataKeyAad = (path: string) => associatedData("nexus/v1/data-key", id, path, keyringKeyId);
+      const dataKey = open(server.nexus.keys.wrappingKey(keyringKeyId), row.wrapped_data_key as Buffer, dataKeyAad("bind/control"));
+      expect(() => open(server.nexus.keys.wrappingKey(keyringKeyId), row.wrapped_data_key as Buffer, dataKeyAad("bind/renamed")), "the data key under another path").to.throw(NexusError);
+
+      const documented = { dataKeyId: row.data_key_id as number, id, path: "bind/control", version: 1 };
+      const versionAad = (f: typeof documented) => associatedData("nexus/v1/secret-version", FORMAT_V1, f.dataKeyId, f.id, f.path, f.version);
+      try {
+        const plaintext = open(dataKey, row.ciphertext as Buffer, versionAad(documented));
+        expect(JSON.parse(plaintext.toString("utf8"))).to.deep.equal({ value: values.get("bind/control")![0] });
+        plaintext.fill(0);
+        const variants = { path: { path: "bind/renamed" }, "secret id": { id: randomBytes(16) }, version: { version: 2 }, "data key id": { dataKeyId: documented.dataKeyId + 1 } };
+        for (const [field, change] of Object.entries(variants)) {
+          expect(() => open(dataKey, row.ciphertext as Buffer, versionAad({ ...documented, ...change })), `the version under another ${field}`).to.throw(NexusError);
+        }
+      } finally {
+        dataKey.fill(0);
+      }
     });
   });
 

@@ -1,4 +1,5 @@
 import { expect } from "chai";
+import { randomBytes } from "node:crypto";
 import { NexusError } from "../../../src/errors/nexus-error.js";
 import { decodePageToken, encodeData, encodePageToken, pageSize, validatePath, validatePrefix } from "../../../src/services/secret-rules.js";
 
@@ -48,11 +49,36 @@ describe("secret request rules", () => {
     expect(() => pageSize(-1)).to.throw(NexusError);
   });
 
-  it("page tokens are tied to their prefix and refuse garbage", () => {
-    const t = encodePageToken("apps/", "apps/x");
-    expect(decodePageToken(t, "apps/")).to.equal("apps/x");
-    expect(() => decodePageToken(t, "other/")).to.throw(NexusError);
-    expect(() => decodePageToken("not-a-token!", "apps/")).to.throw(NexusError);
-    expect(decodePageToken("", "apps/")).to.equal("");
+  describe("ListSecrets page tokens", () => {
+    const key = randomBytes(32);
+    const alice = { caller: "spiffe://spike.ist/workload/alice", prefix: "apps/" };
+    const refused = (fn: () => unknown) =>
+      expect(fn).to.throw(NexusError).that.satisfies((e: NexusError) => e.code === "invalid_argument" && e.reason === "INVALID_PAGE_TOKEN");
+
+    it("round-trips the resume point for the caller and prefix it was issued to; an empty token is the first page", () => {
+      expect(decodePageToken(key, encodePageToken(key, alice, "apps/payroll/db"), alice)).to.equal("apps/payroll/db");
+      expect(decodePageToken(key, "", alice)).to.equal("");
+    });
+
+    it("shows neither the resume point nor its length", () => {
+      const short = encodePageToken(key, alice, "apps/payroll/a");
+      const long = encodePageToken(key, alice, `apps/payroll/${"x".repeat(240)}`);
+      expect(short.length).to.equal(long.length);
+      for (const t of [short, long]) {
+        expect(Buffer.from(t, "base64url").toString("latin1")).not.to.include("payroll");
+      }
+    });
+
+    it("is refused as INVALID_PAGE_TOKEN with another prefix, for another caller, under another key, altered, or forged in the old clear format", () => {
+      const token = encodePageToken(key, alice, "apps/payroll/db");
+      refused(() => decodePageToken(key, token, { ...alice, prefix: "apps/p" }));
+      refused(() => decodePageToken(key, token, { ...alice, caller: "spiffe://spike.ist/workload/bob" }));
+      refused(() => decodePageToken(randomBytes(32), token, alice));
+      const bytes = Buffer.from(token, "base64url");
+      bytes[bytes.length - 20] ^= 1;
+      refused(() => decodePageToken(key, bytes.toString("base64url"), alice));
+      refused(() => decodePageToken(key, Buffer.from(JSON.stringify({ v: 1, p: "apps/", a: "apps/payroll/m" })).toString("base64url"), alice));
+      refused(() => decodePageToken(key, "not-a-token!", alice));
+    });
   });
 });
