@@ -7,7 +7,7 @@
 // which audits them like any other.
 
 import { fromBinary, fromJsonString, type DescField, type DescMessage, type Message } from "@bufbuild/protobuf";
-import { isFieldError } from "@bufbuild/protobuf/reflect";
+import { protoCamelCase } from "@bufbuild/protobuf/reflect";
 import { NexusError } from "../errors/nexus-error.js";
 
 export type WireFormat = "binary" | "json";
@@ -60,27 +60,43 @@ function decodeJson(schema: DescMessage, bytes: Uint8Array): DecodedRequest {
   } catch (strictError) {
     // Only protobuf-es knows JSON names, aliases and well-known types; so ask
     // it again leniently to tell "unknown key or enum value" from "malformed".
-    // The messages are not passed on: they can quote a value, and values may be secrets.
     let lenientOk = true;
     try {
       fromJsonString(schema, text, { ignoreUnknownFields: true });
     } catch {
       lenientOk = false;
     }
+    const problem = strictError instanceof Error ? strictError.message : "";
     if (lenientOk) {
-      const key = UNKNOWN_JSON_KEY.exec(strictError instanceof Error ? strictError.message : "")?.[1];
-      if (key !== undefined && key.length <= 64) return { refusal: unknownField(key, "unknown field") };
-      return { refusal: unknownField(fieldName(strictError) ?? "(request)", "unknown field or enum value") };
+      const key = UNKNOWN_JSON_KEY.exec(problem)?.[1];
+      if (key !== undefined) return { refusal: unknownField(key.length <= 64 ? key : `${key.slice(0, 64)}…`, "unknown field") };
+      const at = JSON_PROBLEM.exec(problem);
+      if (at?.[1] === "field") return { refusal: unknownField(jsonFieldName(at[2]), "unknown enum value") };
+      return { refusal: unknownField("(request)", at?.[1] === "enum" ? `unknown ${at[2]} value` : "unknown enum value") };
     }
-    const field = fieldName(strictError);
-    return { refusal: malformedRequest(schema, "json", field === undefined ? "" : ` (field ${field})`) };
+    return { refusal: malformedRequest(schema, "json", jsonProblem(problem)) };
   }
 }
 
-function fieldName(err: unknown): string | undefined {
-  if (!isFieldError(err)) return undefined;
-  const f = err.field();
-  return f.kind === "field" ? f.jsonName : f.localName;
+const JSON_PROBLEM = /^cannot decode (field|message|enum) ([\w.]+) from JSON: (.*)$/s;
+
+/**
+ * What a caller may be told of protobuf-es's JSON error: the field or the
+ * well-known type, never the rest, which can quote a value (maybe a secret).
+ */
+function jsonFieldName(qualified: string): string {
+  return protoCamelCase(qualified.slice(qualified.lastIndexOf(".") + 1));
+}
+
+function jsonProblem(message: string): string {
+  const m = JSON_PROBLEM.exec(message);
+  if (m === null) return "";
+  const [, kind, name, rest] = m;
+  if (kind === "field") return ` (field ${jsonFieldName(name)})`;
+  if (name === "google.protobuf.FieldMask" && rest.startsWith("path names must be lowerCamelCase")) return " (FieldMask paths must be lowerCamelCase in JSON)";
+  if (rest.startsWith("duplicate object key")) return " (a key appears twice)";
+  if (kind === "enum" || name.startsWith("google.protobuf.")) return ` (not a valid ${name} value)`;
+  return "";
 }
 
 /**

@@ -144,6 +144,13 @@ describe("request decoding on both listeners", function () {
       });
     }
 
+    it("a malformed JSON body is answered without quoting any value from it (values may be secrets)", async () => {
+      const res = await connectCall(PUT_SECRET, JSON.stringify({ path: "p", data: { k: "hunter2-secret" }, cas: "hunter3-secret" }), "application/json");
+      expect(res.status, res.text).to.equal(400);
+      expect(JSON.parse(res.text).message).to.equal("the request body is not a valid spike.nexus.v1.PutSecretRequest JSON message (field cas)");
+      expect(res.text).to.not.include("hunter");
+    });
+
     it("a gRPC body on the Connect port that does not decode is INVALID_ARGUMENT MALFORMED_REQUEST and is audited", async () => {
       const { err, requestId } = await rawCall(grpcOnConnectPort, PUT_SECRET, truncated);
       expect(err?.code, err?.details).to.equal(grpc.status.INVALID_ARGUMENT);
@@ -204,6 +211,9 @@ describe("request decoding on both listeners", function () {
       expect(message).to.equal('updateMask: "cass" cannot be updated; use maxVersions, customMetadata or expiresAt');
       const empty = await connectJson(session, UPDATE_METADATA, JSON.stringify({ path }));
       expect(JSON.parse(empty.body).message).to.equal("updateMask: name at least one of maxVersions, customMetadata or expiresAt");
+      const snake = await connectJson(session, UPDATE_METADATA, JSON.stringify({ path, maxVersions: 3, updateMask: "max_versions" }));
+      expect(snake.status, snake.body).to.equal(400);
+      expect(JSON.parse(snake.body).message).to.include("FieldMask paths must be lowerCamelCase in JSON");
       const good = await connectJson(session, UPDATE_METADATA, JSON.stringify({ path, maxVersions: 3, updateMask: "maxVersions" }));
       expect(good.status, good.body).to.equal(200);
     });
