@@ -10,6 +10,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { WireType } from "@bufbuild/protobuf/wire";
 import type http2 from "node:http2";
 import { randomUUID } from "node:crypto";
+import { gzipSync } from "node:zlib";
 import { PutSecretRequestSchema, SecretService, UpdateSecretMetadataRequestSchema } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { connectJson, connectRaw, connectSession } from "../support/connect-json.js";
 import { ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
@@ -149,6 +150,50 @@ describe("request decoding on both listeners", function () {
       expect(res.status, res.text).to.equal(400);
       expect(JSON.parse(res.text).message).to.equal("the request body is not a valid spike.nexus.v1.PutSecretRequest JSON message (field cas)");
       expect(res.text).to.not.include("hunter");
+    });
+
+    it("a Connect GET whose message does not decode is MALFORMED_REQUEST and audited; a good one is answered", async () => {
+      const get = (query: string) =>
+        new Promise<{ status: number; body: string; requestId: string }>((resolve, reject) => {
+          const requestId = randomUUID();
+          const stream = session.request({ ":method": "GET", ":path": `/spike.nexus.v1.OperatorService/GetStatus?${query}`, "x-request-id": requestId });
+          let status = 0;
+          let body = "";
+          stream.setEncoding("utf8");
+          stream.on("response", (h) => (status = Number(h[":status"])));
+          stream.on("data", (c: string) => (body += c));
+          stream.on("end", () => resolve({ status, body, requestId }));
+          stream.on("error", reject);
+          stream.end();
+        });
+      const bad = await get(`encoding=json&message=${encodeURIComponent('{"nope":1}')}`);
+      expect(bad.status, bad.body).to.equal(400);
+      expect(await auditOf(bad.requestId)).to.deep.equal(["error INVALID_ARGUMENT UNKNOWN_FIELD"]);
+      const truncatedProto = await get(`encoding=proto&base64=1&message=${Buffer.from(truncated).toString("base64url")}`);
+      expect(truncatedProto.status, truncatedProto.body).to.equal(400);
+      expect(await auditOf(truncatedProto.requestId)).to.deep.equal(["error INVALID_ARGUMENT MALFORMED_REQUEST"]);
+      const good = await get(`encoding=json&message=${encodeURIComponent("{}")}`);
+      expect(good.status, good.body).to.equal(200);
+      expect(await auditOf(good.requestId)).to.deep.equal(["ok OK undefined"]);
+    });
+
+    it("a gzip Connect body is decoded and checked like a plain one; an unsupported compression is UNIMPLEMENTED and audited", async () => {
+      const send = (body: Uint8Array | string, encoding: string) => {
+        const requestId = randomUUID();
+        return connectRaw(session, PUT_SECRET, body, "application/json", { "content-encoding": encoding, "x-request-id": requestId }).then((r) => ({ ...r, requestId }));
+      };
+      const path = `gzip/${randomUUID()}`;
+      const good = await send(gzipSync(JSON.stringify({ path, data: { k: "v" } })), "gzip");
+      expect(good.status, good.body.toString()).to.equal(200);
+      const typo = await send(gzipSync(JSON.stringify({ path, data: { k: "v" }, cass: 1 })), "gzip");
+      expect(typo.status).to.equal(400);
+      expect(await auditOf(typo.requestId)).to.deep.equal(["error INVALID_ARGUMENT UNKNOWN_FIELD"]);
+      const bomb = await send(gzipSync(Buffer.alloc(MAX_MESSAGE_BYTES * 4, 0x20)), "gzip");
+      expect(bomb.status).to.equal(429);
+      expect(await auditOf(bomb.requestId)).to.deep.equal(["error RESOURCE_EXHAUSTED MESSAGE_TOO_LARGE"]);
+      const odd = await send("{}", "zstd");
+      expect(odd.status, odd.body.toString()).to.equal(501);
+      expect(await auditOf(odd.requestId)).to.deep.equal(["error UNIMPLEMENTED UNSUPPORTED_COMPRESSION"]);
     });
 
     it("a gRPC body on the Connect port that does not decode is INVALID_ARGUMENT MALFORMED_REQUEST and is audited", async () => {
