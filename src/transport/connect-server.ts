@@ -18,6 +18,7 @@ import type { TlsMaterial } from "./certificate-source.js";
 import { decodeAhead, preparedRequestKey } from "./connect-request-body.js";
 import { asNexusError, toConnectError, toGrpcError } from "./error-mapping.js";
 import { readPeerCertificateOnce } from "./peer-certificate.js";
+import { connectReflection } from "./reflection.js";
 
 type PeerCertificate = { raw: Uint8Array; fingerprint256?: string };
 const peerCertificateKey = createContextKey<PeerCertificate | undefined>(undefined, { description: "peer certificate" });
@@ -60,8 +61,11 @@ export function createConnectServer(opts: ConnectServerOptions): http2.Http2Secu
       }
       router.service(desc, impl as never);
     }
-    // Every route decodes its request ahead of connect-es (see connect-request-body.ts).
+    // Every unary route decodes its request ahead of connect-es (see connect-request-body.ts).
     router.handlers.forEach((h, i) => (router.handlers[i] = decodeAhead(h, limits)));
+    // Reflection (bidi-streaming, schema only) is registered after, so it is not decoded ahead.
+    const reflection = connectReflection(opts.services.map((s) => s.desc.file));
+    router.service(reflection.desc, reflection.impl);
   };
   const handler = connectNodeAdapter({
     routes,

@@ -238,8 +238,8 @@ describe("request decoding on both listeners", function () {
       expect(await auditOf(res.requestId)).to.deep.equal(["error UNIMPLEMENTED UNKNOWN_METHOD"]);
     });
 
-    it("reflection on the Connect port is an audited unknown method (it is served on the gRPC port only)", async () => {
-      const path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+    it("reflection v1alpha on the Connect port (which serves v1 only) is an audited unknown method", async () => {
+      const path = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
       const { err, requestId } = await rawCall(grpcOnConnectPort, path, new Uint8Array());
       expect(err?.code).to.equal(grpc.status.UNIMPLEMENTED);
       expect(await auditOf(requestId)).to.deep.equal(["error UNIMPLEMENTED UNKNOWN_METHOD"]);
