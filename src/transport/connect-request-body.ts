@@ -44,6 +44,8 @@ const COMPRESSED_FLAG = 0x01;
  * any handler) pass through untouched.
  */
 export function decodeAhead(handler: UniversalHandler, limits: RequestBodyLimits): UniversalHandler {
+  // A stream is not one body to read ahead (reflection is the only one served).
+  if (handler.method.methodKind !== "unary") return handler;
   const schema = handler.method.input;
   const getAllowed = handler.method.idempotency === MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS;
   const empty = { binary: emptyMessage(schema, "binary"), json: emptyMessage(schema, "json") };

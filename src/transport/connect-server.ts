@@ -63,7 +63,7 @@ export function createConnectServer(opts: ConnectServerOptions): http2.Http2Secu
     }
     // Every unary route decodes its request ahead of connect-es (see connect-request-body.ts).
     router.handlers.forEach((h, i) => (router.handlers[i] = decodeAhead(h, limits)));
-    // Reflection (bidi-streaming, schema only) is registered after, so it is not decoded ahead.
+    // Reflection: bidi-streaming and schema only, so neither decoded ahead nor run through the pipeline.
     const reflection = connectReflection(opts.services.map((s) => s.desc.file));
     router.service(reflection.desc, reflection.impl);
   };
