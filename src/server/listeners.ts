@@ -20,7 +20,7 @@ import type { ServiceRegistration } from "../transport/call-context.js";
 import { CallPipeline } from "../transport/call-pipeline.js";
 import type { CertificateSource } from "../transport/certificate-source.js";
 import { createConnectServer } from "../transport/connect-server.js";
-import { addServicesToGrpcServer, grpcServerOptions, listenGrpcTls } from "../transport/grpc-server.js";
+import { addServicesToGrpcServer, auditUnknownMethods, grpcServerOptions, listenGrpcTls } from "../transport/grpc-server.js";
 import { HealthReporter } from "../transport/health.js";
 import { listen } from "../transport/listen.js";
 import { createReflectionService } from "../transport/reflection.js";
@@ -52,9 +52,10 @@ export async function startListeners(deps: ListenerDeps): Promise<Listeners> {
   const health = new HealthReporter(services.map((s) => s.desc.typeName));
 
   const grpcServer = new grpc.Server(grpcServerOptions(config));
-  addServicesToGrpcServer(grpcServer, services, pipeline);
+  addServicesToGrpcServer(grpcServer, services, pipeline, config.maxMessageBytes);
   health.implementation.addToServer(grpcServer);
   createReflectionService([file_spike_nexus_v1_operator, file_spike_nexus_v1_secret, file_spike_nexus_v1_policy, file_grpc_health_v1_health]).addToServer(grpcServer);
+  auditUnknownMethods(grpcServer, pipeline);
   const grpcListener = await listenGrpcTls(grpcServer, config.listen, certificates, logger);
   cleanup.push(() => grpcServer.forceShutdown());
   cleanup.push(() => grpcListener.close());

@@ -17,6 +17,7 @@ import type { PolicyChange, PolicyStore, StoredPolicy } from "../store/policy-st
 import type { AuditRow } from "../audit/audit-event.js";
 import { registerService, type ServiceRegistration } from "../transport/call-context.js";
 import { pageSize } from "./secret-rules.js";
+import { maskedFields } from "./update-mask.js";
 
 const NAME = /^[A-Za-z0-9._-]{1,128}$/;
 const PERMISSION_GRANT: Partial<Record<Permission, Grant>> = {
@@ -26,7 +27,7 @@ const PERMISSION_GRANT: Partial<Record<Permission, Grant>> = {
   [Permission.SUPER]: "super",
 };
 const GRANT_PERMISSION: Record<Grant, Permission> = { read: Permission.READ, write: Permission.WRITE, list: Permission.LIST, super: Permission.SUPER };
-const UPDATABLE = new Set(["spiffe_id_pattern", "path_pattern", "permissions"]);
+const UPDATABLE = ["spiffe_id_pattern", "path_pattern", "permissions"];
 
 export interface PolicyServiceDeps {
   readonly store: PolicyStore;
@@ -86,14 +87,9 @@ export function policyService({ store, keys, sync, epochs }: PolicyServiceDeps):
     },
 
     async updatePolicy(req, ctx) {
-      const fields = req.updateMask?.paths ?? [];
-      if (fields.length === 0) throw NexusError.invalidArgument("update_mask", "name at least one of spiffe_id_pattern, path_pattern, permissions", "EMPTY_UPDATE_MASK");
-      for (const f of fields) {
-        if (!UPDATABLE.has(f)) throw NexusError.invalidArgument("update_mask", `"${f}" cannot be updated; use spiffe_id_pattern, path_pattern or permissions`, "INVALID_UPDATE_MASK");
-      }
+      const mask = maskedFields(req.updateMask, UPDATABLE, ctx.wireFormat);
       const before = await find(req.name);
       const p = req.policy;
-      const mask = new Set(fields);
       const record: PolicyRecord = {
         ...before,
         spiffeIdPattern: mask.has("spiffe_id_pattern") ? (p?.spiffeIdPattern ?? "") : before.spiffeIdPattern,

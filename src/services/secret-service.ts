@@ -28,6 +28,7 @@ import {
   validateVersions,
   MAX_VERSION,
 } from "./secret-rules.js";
+import { maskedFields } from "./update-mask.js";
 
 export interface SecretServiceDeps {
   readonly keys: KeyManager;
@@ -47,7 +48,7 @@ interface KnownSecret extends Omit<DataKeyRef, "wrappedDataKey"> {
 const PUT_ATTEMPTS = 50;
 /** Rows one ListSecrets call may examine for a caller whose policies hide most paths. */
 const LIST_SCAN_LIMIT = 5000;
-const UPDATABLE_FIELDS = new Set(["max_versions", "custom_metadata", "expires_at"]);
+const UPDATABLE_FIELDS = ["max_versions", "custom_metadata", "expires_at"];
 
 export function secretService(deps: SecretServiceDeps): ServiceRegistration {
   const { keys, cipher, store } = deps;
@@ -255,12 +256,8 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     async updateSecretMetadata(req, ctx) {
       requireUnsealed();
       const path = validatePath(req.path);
-      const fields = req.updateMask?.paths ?? [];
-      if (fields.length === 0) throw NexusError.invalidArgument("update_mask", "name at least one of max_versions, custom_metadata, expires_at", "EMPTY_UPDATE_MASK");
-      for (const f of fields) {
-        if (!UPDATABLE_FIELDS.has(f)) throw NexusError.invalidArgument("update_mask", `"${f}" cannot be updated; use max_versions, custom_metadata or expires_at`, "INVALID_UPDATE_MASK");
-      }
-      const mask = new Set(fields);
+      const mask = maskedFields(req.updateMask, UPDATABLE_FIELDS, ctx.wireFormat);
+      const fields = [...mask];
       const updated = await store.updateMetadata(
         path,
         {

@@ -7,6 +7,7 @@ import type { CallAudit } from "../audit/audit-log.js";
 import type { AccessGrant } from "../authorization/access-policy.js";
 import type { NexusError } from "../errors/nexus-error.js";
 import type { SpiffeId } from "../identity/spiffe-id.js";
+import type { WireFormat } from "./request-decoding.js";
 
 export type TransportKind = "grpc" | "connect";
 
@@ -18,6 +19,12 @@ export interface CallContext {
   /** The token of `authorization: Bearer <token>`, if one was sent. */
   readonly bearerToken: string | undefined;
   readonly transport: TransportKind;
+  /**
+   * How the request message was encoded: "json" only for Connect JSON. Errors
+   * that name fields or FieldMask paths name them as the caller must send them
+   * (lowerCamelCase in JSON, snake_case in binary).
+   */
+  readonly wireFormat: WireFormat;
   /** What authorization decided (ListSecrets filter, the admin credential used). */
   readonly access: AccessGrant;
   /** The call's audit record; changes write it in their own transaction. */
@@ -50,7 +57,8 @@ export interface IncomingCall {
   readonly authorization: string | undefined;
   readonly requestId: string | undefined;
   readonly transport: TransportKind;
-  /** Set when the listener already knows the call must be refused (a body that does not decode). */
+  readonly wireFormat: WireFormat;
+  /** Set when the listener already knows the call must be refused (a body that does not decode or carries unknown fields). */
   readonly refusal?: NexusError;
 }
 

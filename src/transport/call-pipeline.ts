@@ -5,7 +5,7 @@
 
 import { create, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
 import { randomUUID } from "node:crypto";
-import type { AuditLog } from "../audit/audit-log.js";
+import type { AuditLog, CallRecord } from "../audit/audit-log.js";
 import type { AccessPolicy } from "../authorization/access-policy.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { storableText } from "../store/storable-text.js";
@@ -40,20 +40,41 @@ export class CallPipeline {
       record.identify(caller.toString());
       const bearerToken = bearer(call.authorization);
       const access = await this.access.authorize({ caller, method: path, request, bearerToken });
-      const ctx: CallContext = { caller, method: path, requestId, bearerToken, transport: call.transport, access, audit: record };
+      const ctx: CallContext = { caller, method: path, requestId, bearerToken, transport: call.transport, wireFormat: call.wireFormat, access, audit: record };
       response = create(method.output, await handler(request as never, ctx));
     } catch (err) {
-      const failure = asNexusError(err);
-      const denied = failure.code === "permission_denied" || failure.code === "unauthenticated";
-      if (failure.code === "internal") this.logger.error("call failed", { method: path, requestId, err: failure.cause ?? failure });
-      else this.logger.debug("call refused", { method: path, requestId, code: failure.code, reason: failure.reason });
-      await record.finish(denied ? "denied" : "error", grpcStatusName(failure.code), { reason: failure.reason }).catch((auditErr) => {
-        this.logger.error("audit event of a failed call not written", { method: path, requestId, err: auditErr });
-      });
-      throw failure;
+      throw await this.failed(record, path, requestId, err);
     }
     await record.finish("ok", "OK");
     return response;
+  }
+
+  /**
+   * Audits a call to a method this server does not serve (or cannot route) and
+   * returns the error to answer it with. The caller is identified if its
+   * certificate is a valid SVID, so the event says who probed.
+   */
+  async refuseUnknown(rpc: string, call: IncomingCall, failure: NexusError): Promise<NexusError> {
+    const path = auditText(rpc === "" ? "(none)" : rpc);
+    const requestId = validRequestId(call.requestId) ?? randomUUID();
+    const record = this.audit.begin({ requestId, rpc: path, time: new Date() });
+    try {
+      if (call.peerCertificate !== undefined) record.identify(this.authenticator.authenticate(call.peerCertificate).toString());
+    } catch {
+      // An invalid SVID leaves the event without a caller; the refusal stands.
+    }
+    return this.failed(record, path, requestId, failure);
+  }
+
+  private async failed(record: CallRecord, path: string, requestId: string, err: unknown): Promise<NexusError> {
+    const failure = asNexusError(err);
+    const denied = failure.code === "permission_denied" || failure.code === "unauthenticated";
+    if (failure.code === "internal") this.logger.error("call failed", { method: path, requestId, err: failure.cause ?? failure });
+    else this.logger.debug("call refused", { method: path, requestId, code: failure.code, reason: failure.reason });
+    await record.finish(denied ? "denied" : "error", grpcStatusName(failure.code), { reason: failure.reason }).catch((auditErr) => {
+      this.logger.error("audit event of a failed call not written", { method: path, requestId, err: auditErr });
+    });
+    return failure;
   }
 }
 

@@ -1,18 +1,24 @@
 // The Connect listener: the same handlers and the same CallPipeline, served as
 // the Connect protocol (JSON or binary over HTTP/1.1 and HTTP/2), gRPC and
-// gRPC-Web through @connectrpc/connect-node, behind the same mTLS.
+// gRPC-Web through @connectrpc/connect-node, behind the same mTLS. Requests are
+// decoded ahead of connect-es (connect-request-body.ts) and unknown paths are
+// refused here, so every call on this port is audited.
 
 import http2 from "node:http2";
 import type { TLSSocket } from "node:tls";
-import type { DescMethodUnary, Message } from "@bufbuild/protobuf";
+import { create, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
 import { createContextKey, createContextValues, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { compressionBrotli, compressionGzip, connectNodeAdapter, type ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
+import { errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
+import { NexusError } from "../errors/nexus-error.js";
 import type { Logger } from "../log/logger.js";
 import type { CallPipeline } from "./call-pipeline.js";
 import type { ServiceRegistration } from "./call-context.js";
 import type { TlsMaterial } from "./certificate-source.js";
-import { asNexusError, toConnectError } from "./error-mapping.js";
+import { decodeAhead, preparedRequestKey } from "./connect-request-body.js";
+import { asNexusError, toConnectError, toGrpcError } from "./error-mapping.js";
 import { readPeerCertificateOnce } from "./peer-certificate.js";
+import { connectReflection } from "./reflection.js";
 
 type PeerCertificate = { raw: Uint8Array; fingerprint256?: string };
 const peerCertificateKey = createContextKey<PeerCertificate | undefined>(undefined, { description: "peer certificate" });
@@ -26,19 +32,27 @@ export interface ConnectServerOptions {
   readonly logger: Logger;
 }
 
+/** Request compressions the Connect listener accepts (connect-node's defaults, named here because decoding happens in connect-request-body.ts). */
+const ACCEPT_COMPRESSION = [compressionGzip, compressionBrotli];
+
 export function createConnectServer(opts: ConnectServerOptions): http2.Http2SecureServer {
+  const limits = { readMaxBytes: opts.maxMessageBytes, acceptCompression: ACCEPT_COMPRESSION };
   const routes = (router: ConnectRouter) => {
     for (const { desc, handlers } of opts.services) {
       const impl: Record<string, (req: Message, ctx: HandlerContext) => Promise<Message>> = {};
       for (const method of desc.methods as DescMethodUnary[]) {
         const handler = handlers[method.localName];
-        impl[method.localName] = async (req, ctx) => {
+        impl[method.localName] = async (_emptyReq, ctx) => {
+          // connect-es parsed an empty stand-in; the real message was decoded ahead.
+          const prepared = ctx.values.get(preparedRequestKey);
           try {
-            return await opts.pipeline.unary(method, handler, req, {
+            return await opts.pipeline.unary(method, handler, prepared?.message ?? create(method.input), {
               peerCertificate: ctx.values.get(peerCertificateKey),
               authorization: ctx.requestHeader.get("authorization") ?? undefined,
               requestId: ctx.requestHeader.get("x-request-id") ?? undefined,
               transport: "connect",
+              wireFormat: prepared?.format ?? "binary",
+              refusal: prepared === undefined ? NOT_DECODED : prepared.refusal,
             });
           } catch (err) {
             throw toConnectError(asNexusError(err));
@@ -47,9 +61,16 @@ export function createConnectServer(opts: ConnectServerOptions): http2.Http2Secu
       }
       router.service(desc, impl as never);
     }
+    // Every unary route decodes its request ahead of connect-es (see connect-request-body.ts).
+    router.handlers.forEach((h, i) => (router.handlers[i] = decodeAhead(h, limits)));
+    // Reflection: bidi-streaming and schema only, so neither decoded ahead nor run through the pipeline.
+    const reflection = connectReflection(opts.services.map((s) => s.desc.file));
+    router.service(reflection.desc, reflection.impl);
   };
   const handler = connectNodeAdapter({
     routes,
+    fallback: (req, res) => refuseUnknownMethod(req, res, opts.pipeline),
+    acceptCompression: ACCEPT_COMPRESSION,
     readMaxBytes: opts.maxMessageBytes,
     writeMaxBytes: opts.maxMessageBytes,
     contextValues: (req) => createContextValues().set(peerCertificateKey, peerCertificateOf(req.socket as TLSSocket)),
@@ -75,6 +96,58 @@ export function createConnectServer(opts: ConnectServerOptions): http2.Http2Secu
     if (socket.authorized) readPeerCertificateOnce(socket);
   });
   return server;
+}
+
+/** Fail closed should a request ever reach a handler without having been decoded ahead. */
+const NOT_DECODED = new NexusError("internal", "internal error", { reason: "INTERNAL", cause: new Error("request reached its handler without being decoded") });
+
+/**
+ * A request for a path no route serves: audited through the pipeline as
+ * UNKNOWN_METHOD, then answered UNIMPLEMENTED in the caller's protocol (a gRPC
+ * status for gRPC and gRPC-Web, a Connect error with HTTP 404 otherwise).
+ */
+type FallbackArgs = Parameters<NonNullable<ConnectNodeAdapterOptions["fallback"]>>;
+
+function refuseUnknownMethod(req: FallbackArgs[0], res: FallbackArgs[1], pipeline: CallPipeline): void {
+  const path = (req.url ?? "").split("?")[0];
+  const header = (name: string) => {
+    const v = req.headers[name];
+    return typeof v === "string" ? v : undefined;
+  };
+  const failure = new NexusError("unimplemented", `this server has no method ${JSON.stringify(path.slice(0, 200))}`, { reason: "UNKNOWN_METHOD" });
+  // The body is not wanted; reading it lets an HTTP/1.1 connection be reused.
+  req.resume();
+  void pipeline
+    .refuseUnknown(path, {
+      peerCertificate: peerCertificateOf(req.socket as TLSSocket),
+      authorization: header("authorization"),
+      requestId: header("x-request-id"),
+      transport: "connect",
+      wireFormat: "json",
+    }, failure)
+    .then((err) => {
+      const contentType = header("content-type") ?? "";
+      if (/^application\/grpc/i.test(contentType)) {
+        const status = toGrpcError(err);
+        const headers = {
+          ":status": 200,
+          "content-type": contentType.split(";")[0],
+          "grpc-status": String(status.code),
+          "grpc-message": encodeURIComponent(err.message),
+          "grpc-status-details-bin": (status.metadata?.get("grpc-status-details-bin")[0] as Buffer).toString("base64").replace(/=+$/, ""),
+        };
+        // A trailers-only response: gRPC clients read the status only from a header block that ends the stream.
+        if ("stream" in res) res.stream.respond(headers, { endStream: true });
+        else {
+          const { ":status": _, ...http1 } = headers;
+          res.writeHead(200, http1);
+          res.end();
+        }
+      } else {
+        res.writeHead(404, { "content-type": "application/json" });
+        res.end(errorToJsonBytes(toConnectError(err), {}));
+      }
+    });
 }
 
 function peerCertificateOf(socket: TLSSocket | undefined): PeerCertificate | undefined {

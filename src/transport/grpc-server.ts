@@ -12,6 +12,7 @@ import type { CertificateSource, TlsMaterial } from "./certificate-source.js";
 import { listen } from "./listen.js";
 import type { CallPipeline } from "./call-pipeline.js";
 import { methodPath, type ServiceRegistration, type UnaryHandler } from "./call-context.js";
+import { decodeRequest, messageTooLarge } from "./request-decoding.js";
 import { asNexusError, toGrpcError } from "./error-mapping.js";
 import { readPeerCertificateOnce } from "./peer-certificate.js";
 
@@ -21,9 +22,17 @@ export interface GrpcLimits {
   readonly keepaliveTimeMs: number;
 }
 
+/**
+ * How far past the message limit grpc-js still reads a request, so that an
+ * oversized message reaches the pipeline and is refused MESSAGE_TOO_LARGE and
+ * audited. Beyond it grpc-js refuses RESOURCE_EXHAUSTED on its own, before any
+ * code of ours runs, and that call is not audited: the memory bound wins.
+ */
+export const OVERSIZE_AUDIT_MARGIN = 1024 * 1024;
+
 export function grpcServerOptions(limits: GrpcLimits): grpc.ServerOptions {
   return {
-    "grpc.max_receive_message_length": limits.maxMessageBytes,
+    "grpc.max_receive_message_length": limits.maxMessageBytes + OVERSIZE_AUDIT_MARGIN,
     "grpc.max_send_message_length": limits.maxMessageBytes,
     "grpc.max_concurrent_streams": limits.maxConcurrentStreams,
     "grpc.keepalive_time_ms": limits.keepaliveTimeMs,
@@ -33,15 +42,20 @@ export function grpcServerOptions(limits: GrpcLimits): grpc.ServerOptions {
   };
 }
 
-/** What the deserializer hands on for a request body that does not decode. */
-const UNDECODABLE: Message = Object.freeze({ $typeName: "nexus.undecodable" });
+/**
+ * What the deserializer hands on for a request body that must be refused (does
+ * not decode, carries unknown fields, is too large): the pipeline refuses it
+ * and audits the refusal (grpc-js would answer INTERNAL, unaudited, if
+ * deserialization threw).
+ */
+class RefusedRequest {
+  constructor(readonly refusal: NexusError) {}
+}
 
-function decodeOrMark(schema: DescMessage, bytes: Buffer): Message {
-  try {
-    return fromBinary(schema, bytes);
-  } catch {
-    return UNDECODABLE;
-  }
+function decodeOrRefuse(schema: DescMessage, bytes: Buffer, maxMessageBytes: number): Message | RefusedRequest {
+  if (bytes.length > maxMessageBytes) return new RefusedRequest(messageTooLarge(maxMessageBytes));
+  const decoded = decodeRequest(schema, bytes, "binary");
+  return decoded.refusal === undefined ? decoded.message : new RefusedRequest(decoded.refusal);
 }
 
 function toBuffer(bytes: Uint8Array): Buffer {
@@ -49,19 +63,16 @@ function toBuffer(bytes: Uint8Array): Buffer {
 }
 
 /** A grpc-js service definition for a protobuf-es service descriptor (unary methods). */
-function grpcServiceDefinition(desc: DescService): grpc.ServiceDefinition {
-  const definition: Record<string, grpc.MethodDefinition<Message, Message>> = {};
+function grpcServiceDefinition(desc: DescService, maxMessageBytes: number): grpc.ServiceDefinition {
+  const definition: Record<string, grpc.MethodDefinition<Message | RefusedRequest, Message>> = {};
   for (const method of desc.methods) {
     if (method.methodKind !== "unary") throw new Error(`${method.name}: only unary methods are served`);
     definition[method.localName] = {
       path: methodPath(method),
       requestStream: false,
       responseStream: false,
-      requestSerialize: (m: Message) => toBuffer(toBinary(method.input, m)),
-      // A body that is not the request message reaches the pipeline as a marker,
-      // to be refused INVALID_ARGUMENT and audited like any other refusal
-      // (grpc-js would answer INTERNAL, unaudited, if this threw).
-      requestDeserialize: (b: Buffer) => decodeOrMark(method.input, b),
+      requestSerialize: (m: Message | RefusedRequest) => toBuffer(toBinary(method.input, m as Message)),
+      requestDeserialize: (b: Buffer) => decodeOrRefuse(method.input, b, maxMessageBytes),
       responseSerialize: (m: Message) => toBuffer(toBinary(method.output, m)),
       responseDeserialize: (b: Buffer) => fromBinary(method.output, b),
       originalName: method.localName,
@@ -70,7 +81,7 @@ function grpcServiceDefinition(desc: DescService): grpc.ServiceDefinition {
   return definition as grpc.ServiceDefinition;
 }
 
-export function addServicesToGrpcServer(server: grpc.Server, services: readonly ServiceRegistration[], pipeline: CallPipeline): void {
+export function addServicesToGrpcServer(server: grpc.Server, services: readonly ServiceRegistration[], pipeline: CallPipeline, maxMessageBytes: number): void {
   for (const { desc, handlers } of services) {
     const impl: grpc.UntypedServiceImplementation = {};
     for (const method of desc.methods as DescMethodUnary[]) {
@@ -78,33 +89,67 @@ export function addServicesToGrpcServer(server: grpc.Server, services: readonly 
       if (handler === undefined) throw new Error(`no handler for ${methodPath(method)}`);
       impl[method.localName] = unaryHandler(method, handler, pipeline);
     }
-    server.addService(grpcServiceDefinition(desc), impl);
+    server.addService(grpcServiceDefinition(desc, maxMessageBytes), impl);
   }
 }
 
-function unaryHandler(method: DescMethodUnary, handler: UnaryHandler<DescMethodUnary>, pipeline: CallPipeline): grpc.handleUnaryCall<Message, Message> {
+function unaryHandler(method: DescMethodUnary, handler: UnaryHandler<DescMethodUnary>, pipeline: CallPipeline): grpc.handleUnaryCall<Message | RefusedRequest, Message> {
   return (call, callback) => {
     // No per-call AbortController: grpc-js emits "cancelled" as streams close,
     // and an abort builds a DOMException with a stack (measured: 3.6 % of a
     // GetSecret's CPU). Deadlines are enforced by grpc-js itself.
     const authorization = call.metadata.get("authorization")[0];
     const requestId = call.metadata.get("x-request-id")[0];
-    const undecodable = call.request === UNDECODABLE;
+    const refused = call.request instanceof RefusedRequest ? call.request : undefined;
     pipeline
-      .unary(method, handler, undecodable ? create(method.input) : call.request, {
+      .unary(method, handler, refused ? create(method.input) : (call.request as Message), {
         peerCertificate: call.getAuthContext().sslPeerCertificate,
         authorization: typeof authorization === "string" ? authorization : undefined,
         requestId: typeof requestId === "string" ? requestId : undefined,
         transport: "grpc",
-        refusal: undecodable
-          ? new NexusError("invalid_argument", `the request body is not a valid ${method.input.typeName} message`, { reason: "MALFORMED_REQUEST" })
-          : undefined,
+        wireFormat: "binary",
+        refusal: refused?.refusal,
       })
       .then(
         (response) => callback(null, response),
         (err) => callback(toGrpcError(asNexusError(err))),
       );
   };
+}
+
+/**
+ * Routes calls to methods no service here serves through the pipeline, so they
+ * are audited (UNKNOWN_METHOD) instead of answered UNIMPLEMENTED by grpc-js
+ * before any code of ours runs. grpc-js has no public fallback route, so this
+ * replaces its handler lookup on this server instance; the start-up check and
+ * the unknown-method tests fail loudly if a grpc-js upgrade removes it.
+ */
+export function auditUnknownMethods(server: grpc.Server, pipeline: CallPipeline): void {
+  type Lookup = (path: string) => unknown;
+  const target = server as unknown as { _retrieveHandler?: Lookup };
+  const lookup = target._retrieveHandler;
+  if (typeof lookup !== "function") throw new Error("grpc-js changed: Server._retrieveHandler is gone; unknown methods could not be audited");
+  const known = lookup.bind(server);
+  target._retrieveHandler = (path: string) => known(path) ?? unknownMethodHandler(path, pipeline);
+}
+
+function unknownMethodHandler(path: string, pipeline: CallPipeline) {
+  // Bidi-streaming, so it runs at once whatever the caller meant to stream.
+  const func = (stream: grpc.ServerDuplexStream<Buffer, Buffer>) => {
+    const authorization = stream.metadata.get("authorization")[0];
+    const requestId = stream.metadata.get("x-request-id")[0];
+    const failure = new NexusError("unimplemented", `this server has no method ${JSON.stringify(path.slice(0, 200))}`, { reason: "UNKNOWN_METHOD" });
+    void pipeline
+      .refuseUnknown(path, {
+        peerCertificate: stream.getAuthContext().sslPeerCertificate,
+        authorization: typeof authorization === "string" ? authorization : undefined,
+        requestId: typeof requestId === "string" ? requestId : undefined,
+        transport: "grpc",
+        wireFormat: "binary",
+      }, failure)
+      .then((err) => stream.emit("error", toGrpcError(err)));
+  };
+  return { func, serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b, type: "bidi", path };
 }
 
 export interface TlsListener {

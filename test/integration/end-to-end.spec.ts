@@ -1,6 +1,6 @@
 // End to end: the real `nexus` binary in its own process, configured only by
 // NEXUS_* variables, called the ways the README shows: @grpc/grpc-js and
-// `buf curl` (server reflection, no proto files) on the gRPC port, curl on the
+// `buf curl` (server reflection, no proto files) on both mTLS ports, curl on the
 // Connect port, and gRPC health on the plaintext port. SIGTERM stops it cleanly.
 
 import { expect } from "chai";
@@ -123,6 +123,19 @@ describe("the nexus binary, end to end", function () {
     const url = `https://localhost:${ports.grpc}/spike.nexus.v1.OperatorService/GetStatus`;
     const { stdout } = await run(BUF, ["curl", "--protocol", "grpc", ...pilotTls(), url], { cwd: REPO, timeout: COMMAND_TIMEOUT_MS });
     expect(JSON.parse(stdout)).to.include({ callerSpiffeId: SUPERUSER_ID, trustDomain: TRUST_DOMAIN });
+  });
+
+  for (const protocol of ["grpc", "connect"]) {
+    it(`answers \`buf curl --protocol ${protocol}\` on the Connect port through server reflection, without proto files`, async () => {
+      const url = `https://localhost:${ports.connect}/spike.nexus.v1.OperatorService/GetStatus`;
+      const { stdout } = await run(BUF, ["curl", "--protocol", protocol, ...pilotTls(), url], { cwd: REPO, timeout: COMMAND_TIMEOUT_MS });
+      expect(JSON.parse(stdout)).to.include({ callerSpiffeId: SUPERUSER_ID, trustDomain: TRUST_DOMAIN });
+    });
+  }
+
+  it("lists the Nexus methods to `buf curl --list-methods` on the Connect port", async () => {
+    const { stdout } = await run(BUF, ["curl", "--list-methods", ...pilotTls(), `https://localhost:${ports.connect}`], { cwd: REPO, timeout: COMMAND_TIMEOUT_MS });
+    expect(stdout.split("\n")).to.include.members(["spike.nexus.v1.SecretService/GetSecret", "spike.nexus.v1.PolicyService/UpdatePolicy", "spike.nexus.v1.OperatorService/GetStatus"]);
   });
 
   it("answers curl with Connect JSON on the Connect port", async () => {

@@ -35,3 +35,27 @@ export function connectJson(
     stream.end(body);
   });
 }
+
+/** One POST with any body and content type on the Connect listener; resolves with the HTTP status, headers and body bytes. */
+export function connectRaw(
+  session: http2.ClientHttp2Session,
+  path: string,
+  body: Uint8Array | string,
+  contentType: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; headers: http2.IncomingHttpHeaders; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const stream = session.request({ ...headers, ":method": "POST", ":path": path, "content-type": contentType });
+    let status = 0;
+    let responseHeaders: http2.IncomingHttpHeaders = {};
+    const chunks: Buffer[] = [];
+    stream.on("response", (h) => {
+      status = Number(h[":status"]);
+      responseHeaders = h;
+    });
+    stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+    stream.on("end", () => resolve({ status, headers: responseHeaders, body: Buffer.concat(chunks) }));
+    stream.on("error", reject);
+    stream.end(body);
+  });
+}
