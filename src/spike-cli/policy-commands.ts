@@ -17,6 +17,7 @@ import {
   UpdatePolicyResponseSchema,
   type Policy,
 } from "../../gen/spike/nexus/v1/policy_pb.js";
+import { parseCount } from "./argument-values.js";
 import { CliError } from "./cli-error.js";
 import { example, withConnection } from "./command-context.js";
 import type { Connection } from "./connection.js";
@@ -129,9 +130,10 @@ export function policyCommands(): Command {
       .description("list policies (every page), optionally only those with exactly these patterns")
       .option("--spiffe-id-pattern <re2>", "only policies with this SPIFFE ID pattern")
       .option("--path-pattern <re2>", "only policies with this path pattern")
+      .option("--page-size <n>", "policies per request (1-1000); every page is fetched either way", "1000")
       .action(async (_o: unknown, cmd: Command) =>
-        withConnection<PolicyFlags>(cmd, async ({ opts, out, conn }) => {
-          const policies = (await listAll(conn)).filter(
+        withConnection<PolicyFlags & { pageSize: string }>(cmd, async ({ opts, out, conn }) => {
+          const policies = (await listAll(conn, parseCount(opts.pageSize, "--page-size"))).filter(
             (p) =>
               (opts.spiffeIdPattern === undefined || p.spiffeIdPattern === opts.spiffeIdPattern) &&
               (opts.pathPattern === undefined || p.pathPattern === opts.pathPattern),
@@ -164,11 +166,11 @@ export function policyCommands(): Command {
   return policy;
 }
 
-async function listAll(conn: Connection): Promise<Policy[]> {
+async function listAll(conn: Connection, pageSize = 1000): Promise<Policy[]> {
   const policies: Policy[] = [];
   let pageToken = "";
   do {
-    const page = await conn.call(PolicyService.method.listPolicies, { pageSize: 1000, pageToken }, { admin: true });
+    const page = await conn.call(PolicyService.method.listPolicies, { pageSize, pageToken }, { admin: true });
     policies.push(...page.policies);
     pageToken = page.nextPageToken;
   } while (pageToken !== "");

@@ -99,12 +99,14 @@ export function secretCommands(): Command {
       .command("list")
       .description("list secret paths that start with a prefix (every page)")
       .argument("[prefix]", "raw string prefix; none lists every path you may list", "")
+      .option("--page-size <n>", "paths per request (1-1000); every page is fetched either way", "1000")
       .action(async (prefix: string, _o: unknown, cmd: Command) =>
-        withConnection(cmd, async ({ out, conn }) => {
+        withConnection<{ pageSize: string }>(cmd, async ({ opts, out, conn }) => {
+          const pageSize = parseCount(opts.pageSize, "--page-size");
           const paths: string[] = [];
           let pageToken = "";
           do {
-            const page = await conn.call(SecretService.method.listSecrets, { prefix, pageSize: 1000, pageToken }, { target: { permission: "LIST", path: prefix } });
+            const page = await conn.call(SecretService.method.listSecrets, { prefix, pageSize, pageToken }, { target: { permission: "LIST", path: prefix } });
             paths.push(...page.paths);
             pageToken = page.nextPageToken;
           } while (pageToken !== "");

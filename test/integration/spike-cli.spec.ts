@@ -195,7 +195,8 @@ describe("spike, the command line, end to end against a nexus child process", fu
     await spike(["secret", "put", "apps/other/x", "k=v"]);
     const res = json(await spike(["secret", "list", "apps/billing/", "-o", "json"]));
     expect(res).to.deep.equal({ paths: ["apps/billing/api", "apps/billing/db"], nextPageToken: "" });
-    const text = await spike(["secret", "list"]);
+    // One path per page: three pages, followed to the end.
+    const text = await spike(["secret", "list", "--page-size", "1"]);
     expect(text.stdout).to.equal("apps/billing/api\napps/billing/db\napps/other/x\n");
   });
 
@@ -234,6 +235,10 @@ describe("spike, the command line, end to end against a nexus child process", fu
 
     const updated = json(await spike(["policy", "update", "demo-read", "--permissions", "read", "-o", "json"]));
     expect((updated.policy as Record<string, unknown>).permissions).to.deep.equal(["PERMISSION_READ"]);
+    await spike(["policy", "create", "other", "--spiffe-id-pattern", "^x$", "--path-pattern", "^y$", "--permissions", "read"]);
+    const all = json(await spike(["policy", "list", "--page-size", "1", "-o", "json"]));
+    expect((all.policies as Array<{ name: string }>).map((p) => p.name)).to.deep.equal(["demo-read", "other"]);
+    expect(json(await spike(["policy", "delete", "other", "-o", "json"]))).to.deep.equal({});
     const listed = json(await spike(["policy", "list", "--path-pattern", "^apps/billing/.*$", "-o", "json"]));
     expect((listed.policies as Array<{ name: string }>).map((p) => p.name)).to.deep.equal(["demo-read"]);
     expect(json(await spike(["policy", "list", "--path-pattern", "^nothing$", "-o", "json"])).policies).to.deep.equal([]);
