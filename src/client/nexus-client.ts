@@ -50,7 +50,7 @@ export interface CallFailure {
 
 /** The outcome of a call: the status name ("OK", "NOT_FOUND", …) and the response or the failure. */
 export type CallResult<M extends DescMethodUnary> =
-  | { readonly code: "OK"; readonly response: MessageShape<M["output"]>; readonly message?: undefined; readonly reason?: undefined }
+  | { readonly code: "OK"; readonly response: MessageShape<M["output"]>; readonly message?: undefined; readonly reason?: undefined; readonly violations?: undefined }
   | CallFailure;
 
 export interface NexusClient {
