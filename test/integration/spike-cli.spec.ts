@@ -146,6 +146,13 @@ describe("spike, the command line, end to end against a nexus child process", fu
     expect(got.data).to.deep.equal({ username: "billing", password: "s3cret-from-stdin", cert: "-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n" });
   });
 
+  it("secret put --expires-at takes a duration from now and sets the secret's expiry", async () => {
+    json(await spike(["secret", "put", "apps/expiring", "k=v", "--expires-at", "30d", "-o", "json"]));
+    const metadata = json(await spike(["secret", "metadata", "get", "apps/expiring", "-o", "json"])).metadata as { expiresAt: string };
+    expect(Date.parse(metadata.expiresAt) - Date.now()).to.be.closeTo(30 * 86_400_000, 120_000);
+    json(await spike(["secret", "purge", "apps/expiring", "-o", "json"]));
+  });
+
   it("secret get --field prints the bare value and one newline", async () => {
     const run = await spike(["secret", "get", "apps/billing/db", "--field", "password"]);
     expect(run.code, run.stderr).to.equal(0);
