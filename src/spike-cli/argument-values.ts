@@ -4,7 +4,7 @@
 
 import { readFile } from "node:fs/promises";
 import { CliError } from "./cli-error.js";
-import { readStdin } from "./password-input.js";
+import { prompt, readStdin } from "./password-input.js";
 
 const DURATION_UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3600_000, d: 86_400_000 };
 
@@ -46,7 +46,8 @@ export function parseVersions(raw: string): number[] {
  * key=value, key=@file (the file's content) and key=- (standard input, for one
  * key only). A file is taken byte for byte (certificates end in a newline);
  * from stdin one trailing newline is dropped, so `echo s3cret | … password=-`
- * stores what was meant, as --password-stdin does.
+ * stores what was meant, as --password-stdin does. On a terminal, key=- prompts
+ * for the value without echo instead.
  */
 export async function readPairs(pairs: readonly string[], what: string): Promise<Record<string, string>> {
   const data: Record<string, string> = {};
@@ -60,7 +61,7 @@ export async function readPairs(pairs: readonly string[], what: string): Promise
     if (value === "-") {
       if (stdinUsed) throw CliError.usage(`${what}: only one key can read standard input (key=-)`);
       stdinUsed = true;
-      data[key] = (await readStdin()).replace(/\r?\n$/, "");
+      data[key] = process.stdin.isTTY ? await prompt({ prompt: `${key}:` }) : (await readStdin()).replace(/\r?\n$/, "");
     } else if (value.startsWith("@")) {
       try {
         data[key] = await readFile(value.slice(1), "utf8");

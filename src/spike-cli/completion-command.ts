@@ -59,7 +59,7 @@ export function completionCommand(root: () => Command): Command {
         else if (shell === "zsh") process.stdout.write(`# spike completion for zsh; load with: source <(spike completion zsh)\nautoload -U +X bashcompinit && bashcompinit\n${bash}`);
         else throw CliError.usage(`completion ${shell}: say bash or zsh`);
       }),
-    "source <(spike completion bash)",
     "spike completion zsh > ~/.zsh/spike-completion.zsh",
+    "source <(spike completion bash)",
   );
 }

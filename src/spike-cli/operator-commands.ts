@@ -36,7 +36,7 @@ function passwordOptions(command: Command): Command {
 }
 
 export function operatorCommands(): Command {
-  const operator = new Command("operator").description("initialize, unseal, seal and log in to Nexus; admin tokens and the audit log");
+  const operator = example(new Command("operator").description("initialize, unseal, seal and log in to Nexus; admin tokens and the audit log"), "spike operator status");
 
   example(
     passwordOptions(operator.command("init").description("create the root key, sealed under a new admin password (at least 12 characters)")).action(
@@ -153,7 +153,7 @@ export function operatorCommands(): Command {
 }
 
 function tokenCommands(): Command {
-  const token = new Command("token").description("named long-lived admin tokens for automation (needs login)");
+  const token = example(new Command("token").description("named long-lived admin tokens for automation (needs login)"), "spike operator token list");
 
   example(
     token
@@ -210,7 +210,7 @@ function tokenCommands(): Command {
 }
 
 function auditCommands(): Command {
-  const audit = new Command("audit").description("the audit log (needs login)");
+  const audit = example(new Command("audit").description("the audit log (needs login)"), "spike operator audit list --since 1h");
 
   example(
     audit

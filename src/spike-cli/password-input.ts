@@ -38,8 +38,9 @@ export async function readPassword(options: PasswordOptions, request: PasswordRe
   return value;
 }
 
-async function prompt(request: PasswordRequest): Promise<string> {
-  // stderr, so that stdout carries only data; no mask and no reveal key: nothing of the password is shown.
+/** Prompts on the terminal without echo; stderr, so that stdout carries only data. */
+export async function prompt(request: PasswordRequest): Promise<string> {
+  // No mask and no reveal key: nothing of the password is shown, not even its length.
   const context = { output: process.stderr, clearPromptOnDone: false };
   const first = await password({ message: request.prompt, mask: false, toggleMask: false }, context);
   if (request.confirm) {

@@ -44,7 +44,7 @@ interface PolicyFlags {
 }
 
 export function policyCommands(): Command {
-  const policy = new Command("policy").description("manage access policies (PolicyService; needs spike operator login)");
+  const policy = example(new Command("policy").description("manage access policies (PolicyService; needs spike operator login)"), "spike policy list");
 
   example(
     policy

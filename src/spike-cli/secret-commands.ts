@@ -25,7 +25,7 @@ import { EXIT } from "./exit-codes.js";
 import { relativeTime, type Output } from "./output.js";
 
 export function secretCommands(): Command {
-  const secret = new Command("secret").description("read and write secrets (SecretService)");
+  const secret = example(new Command("secret").description("read and write secrets (SecretService)"), "spike secret get apps/billing/db");
 
   example(
     secret
@@ -162,7 +162,7 @@ export function secretCommands(): Command {
 }
 
 function metadataCommands(): Command {
-  const metadata = new Command("metadata").description("a secret's metadata and versions (never its data)");
+  const metadata = example(new Command("metadata").description("a secret's metadata and versions (never its data)"), "spike secret metadata get apps/billing/db");
 
   example(
     metadata

@@ -125,6 +125,21 @@ describe("spike, the command line, end to end against a nexus child process", fu
     expect(session.token).to.match(/^nxs_/);
   });
 
+  it("secret put key=- on a terminal prompts for the value without echoing it", async () => {
+    const value = "typed-on-the-terminal-42";
+    const { stdout } = await exec("python3", ["-c", PTY_DRIVER, value, process.execPath, SPIKE_BIN, "secret", "put", "apps/billing/typed", "password=-"], {
+      cwd: REPO,
+      env: cleanEnv({ SPIKE_NEXUS_ADDR: nexus.address, SPIKE_SVID_DIR: superuserDir, XDG_RUNTIME_DIR: sessionsRoot, TERM: "xterm" }),
+      timeout: 90_000,
+    });
+    const result = JSON.parse(stdout) as { code: number; terminal: string; sent: boolean };
+    expect(result.sent, `no prompt seen:\n${result.terminal}`).to.equal(true);
+    expect(result.code, result.terminal).to.equal(0);
+    expect(result.terminal).to.not.include(value.slice(0, 8));
+    expect((await spike(["secret", "get", "apps/billing/typed", "--field", "password"])).stdout).to.equal(value + "\n");
+    json(await spike(["secret", "purge", "apps/billing/typed", "-o", "json"]));
+  });
+
   it("the session token is useless with another SVID: the workload presenting it is refused with exit 3", async () => {
     const [file] = await readdir(sessionDir);
     const token = (JSON.parse(await readFile(path.join(sessionDir, file), "utf8")) as { token: string }).token;
