@@ -34,11 +34,11 @@ export interface SvidFiles {
 /** spiffe-helper's default file names. */
 export const SPIFFE_HELPER_NAMES = { cert: "svid.pem", key: "svid_key.pem", bundle: "svid_bundle.pem" } as const;
 
-export function fileSvidSource(files: SvidFiles): SvidSource {
+export function fileSvidSource(files: SvidFiles, flags = { cert: "--cert", key: "--key", bundle: "--bundle" }): SvidSource {
   return {
     description: `files ${files.cert}, ${files.key}, ${files.bundle}`,
     async load() {
-      const [certPem, keyPem, bundlePem] = await Promise.all([readPem(files.cert, "--cert"), readPem(files.key, "--key"), readPem(files.bundle, "--bundle")]);
+      const [certPem, keyPem, bundlePem] = await Promise.all([readPem(files.cert, flags.cert), readPem(files.key, flags.key), readPem(files.bundle, flags.bundle)]);
       let spiffeId: string;
       try {
         spiffeId = spiffeIdFromSvid(new X509Certificate(certPem).raw).toString();
@@ -51,11 +51,14 @@ export function fileSvidSource(files: SvidFiles): SvidSource {
 }
 
 export function svidDirSource(dir: string): SvidSource {
-  return fileSvidSource({
-    cert: path.join(dir, SPIFFE_HELPER_NAMES.cert),
-    key: path.join(dir, SPIFFE_HELPER_NAMES.key),
-    bundle: path.join(dir, SPIFFE_HELPER_NAMES.bundle),
-  });
+  return fileSvidSource(
+    {
+      cert: path.join(dir, SPIFFE_HELPER_NAMES.cert),
+      key: path.join(dir, SPIFFE_HELPER_NAMES.key),
+      bundle: path.join(dir, SPIFFE_HELPER_NAMES.bundle),
+    },
+    { cert: "--svid-dir", key: "--svid-dir", bundle: "--svid-dir" },
+  );
 }
 
 /** Picks the source from the options: --svid-dir, or all three of --cert, --key and --bundle. */
