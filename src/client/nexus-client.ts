@@ -1,11 +1,16 @@
 // The client side we ship (tests now, the CLI later): mTLS with our own SVID,
 // and the server authorized by its SPIFFE ID rather than its hostname, since
 // SPIRE SVIDs usually carry no DNS name. One call shape over both listeners.
+// A failed call keeps the AIP-193 details the server sent (ErrorInfo reason,
+// BadRequest field violations) so callers branch on reasons, not on text.
 
 import { create, fromBinary, toBinary, type DescMethodUnary, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
+import { anyIs, anyUnpack } from "@bufbuild/protobuf/wkt";
+import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { authorizeServerId } from "../identity/server-authorizer.js";
 
 export interface ClientIdentity {
@@ -23,10 +28,30 @@ export interface CallOptions {
   readonly deadlineMs?: number;
 }
 
-/** The outcome of a call: the status name ("OK", "NOT_FOUND", …) and the response or message. */
+export interface FieldViolation {
+  readonly field: string;
+  readonly description: string;
+}
+
+/**
+ * The reason a client gives when it refused the server's SVID itself (the server
+ * presented another SPIFFE ID or no SVID); the call never reached a handler.
+ */
+export const SERVER_IDENTITY_REJECTED = "SERVER_IDENTITY_REJECTED";
+
+/** A failed call: the status name, the server's message, and its ErrorInfo reason and field violations if it sent them. */
+export interface CallFailure {
+  readonly code: string;
+  readonly message: string;
+  readonly reason?: string;
+  readonly violations?: readonly FieldViolation[];
+  readonly response?: undefined;
+}
+
+/** The outcome of a call: the status name ("OK", "NOT_FOUND", …) and the response or the failure. */
 export type CallResult<M extends DescMethodUnary> =
-  | { readonly code: "OK"; readonly response: MessageShape<M["output"]>; readonly message?: undefined }
-  | { readonly code: string; readonly message: string; readonly response?: undefined };
+  | { readonly code: "OK"; readonly response: MessageShape<M["output"]>; readonly message?: undefined; readonly reason?: undefined; readonly violations?: undefined }
+  | CallFailure;
 
 export interface NexusClient {
   call<M extends DescMethodUnary>(method: M, request: MessageInitShape<M["input"]>, options?: CallOptions): Promise<CallResult<M>>;
@@ -37,8 +62,15 @@ const toBuffer = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLe
 
 /** A grpc-js client for the gRPC listener. */
 export function grpcNexusClient(address: string, identity: ClientIdentity, channelOptions: grpc.ChannelOptions = {}): NexusClient {
+  // grpc-js reports a refused server as a bare UNAVAILABLE; remember why we refused it.
+  const authorize = authorizeServerId(identity.serverId);
+  let refusal: Error | undefined;
   const credentials = grpc.credentials.createSsl(asBuffer(identity.ca), asBuffer(identity.key), asBuffer(identity.cert), {
-    checkServerIdentity: authorizeServerId(identity.serverId),
+    checkServerIdentity: (hostname, cert) => {
+      const err = authorize(hostname, cert);
+      refusal = err;
+      return err;
+    },
   });
   // SNI must be a name, not an IP; the server is authorized by SPIFFE ID anyway.
   const client = new grpc.Client(address, credentials, { "grpc.ssl_target_name_override": "localhost", ...channelOptions });
@@ -56,8 +88,11 @@ export function grpcNexusClient(address: string, identity: ClientIdentity, chann
           metadata,
           deadline === undefined ? {} : { deadline },
           (err, response) => {
-            if (err) resolve({ code: grpc.status[err.code] ?? String(err.code), message: err.details });
-            else resolve({ code: "OK", response: response as MessageShape<M["output"]> });
+            if (err && refusal !== undefined && err.code === grpc.status.UNAVAILABLE) {
+              resolve({ code: "UNAVAILABLE", message: refusal.message, reason: SERVER_IDENTITY_REJECTED });
+            } else if (err) {
+              resolve({ code: grpc.status[err.code] ?? String(err.code), message: err.details, ...statusDetails(err.metadata) });
+            } else resolve({ code: "OK", response: response as MessageShape<M["output"]> });
           },
         );
       });
@@ -101,11 +136,32 @@ export function connectNexusClient(
         return { code: "OK", response } as CallResult<M>;
       } catch (err) {
         const e = ConnectError.from(err);
-        return { code: connectCodeName(e.code), message: e.rawMessage };
+        const reason = e.findDetails(ErrorInfoSchema)[0]?.reason;
+        const violations = e.findDetails(BadRequestSchema).flatMap((b) => b.fieldViolations.map(({ field, description }) => ({ field, description })));
+        return { code: connectCodeName(e.code), message: e.rawMessage, reason, violations };
       }
     },
     close: () => sessionManager?.abort(),
   };
+}
+
+/** Decodes grpc-status-details-bin (a google.rpc.Status) into the ErrorInfo reason and field violations. */
+function statusDetails(metadata: grpc.Metadata | undefined): { reason?: string; violations?: FieldViolation[] } {
+  const raw = metadata?.get("grpc-status-details-bin")[0];
+  if (raw === undefined || typeof raw === "string") return {};
+  let reason: string | undefined;
+  const violations: FieldViolation[] = [];
+  try {
+    for (const detail of fromBinary(StatusSchema, raw).details) {
+      if (anyIs(detail, ErrorInfoSchema)) reason = anyUnpack(detail, ErrorInfoSchema)?.reason;
+      if (anyIs(detail, BadRequestSchema)) {
+        violations.push(...(anyUnpack(detail, BadRequestSchema)?.fieldViolations ?? []).map(({ field, description }) => ({ field, description })));
+      }
+    }
+  } catch {
+    return {}; // malformed details: the status code and message still stand
+  }
+  return { reason, violations };
 }
 
 function connectCodeName(code: Code): string {

@@ -1,0 +1,267 @@
+// `spike operator …`: OperatorService. init/unseal/login take the admin
+// password (prompted without echo, or --password-file / --password-stdin);
+// login keeps the session token in the session store, which seal, tokens,
+// audit and every policy command then use until it expires.
+
+import { durationFromMs, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Command } from "commander";
+import {
+  AuditOutcome,
+  AuditProblemKind,
+  CreateAdminTokenResponseSchema,
+  GetStatusResponseSchema,
+  InitializeResponseSchema,
+  ListAdminTokensResponseSchema,
+  ListAuditEventsResponseSchema,
+  LoginResponseSchema,
+  LogoutResponseSchema,
+  OperatorService,
+  RevokeAdminTokenResponseSchema,
+  SealResponseSchema,
+  UnsealResponseSchema,
+  VerifyAuditLogResponseSchema,
+  type AuditEvent,
+} from "../../gen/spike/nexus/v1/operator_pb.js";
+import { parseCount, parseDuration, parseTime } from "./argument-values.js";
+import { CliError } from "./cli-error.js";
+import { example, withConnection } from "./command-context.js";
+import { EXIT } from "./exit-codes.js";
+import { relativeTime } from "./output.js";
+import { readPassword, type PasswordOptions } from "./password-input.js";
+
+function passwordOptions(command: Command): Command {
+  return command
+    .option("--password-file <file>", "read the admin password from this file")
+    .option("--password-stdin", "read the admin password from standard input");
+}
+
+export function operatorCommands(): Command {
+  const operator = example(new Command("operator").description("initialize, unseal, seal and log in to Nexus; admin tokens and the audit log"), "spike operator status");
+
+  example(
+    passwordOptions(operator.command("init").description("create the root key, sealed under a new admin password (at least 12 characters)")).action(
+      async (_o: unknown, cmd: Command) =>
+        withConnection<PasswordOptions>(cmd, async ({ opts, out, conn }) => {
+          const adminPassword = await readPassword(opts, { prompt: "New admin password:", confirm: true });
+          const res = await conn.call(OperatorService.method.initialize, { adminPassword }, { deadlineMs: 120_000 });
+          if (out.format === "json") out.message(InitializeResponseSchema, res);
+          else out.note(`initialized: root key ${res.rootKeyId}, keyring key ${res.activeKeyringKeyId}; Nexus is unsealed`);
+        }),
+    ),
+    "spike operator init                      # prompts twice",
+    "spike operator init --password-file /run/secrets/nexus-admin",
+  );
+
+  example(
+    passwordOptions(operator.command("unseal").description("load the keys into the server's memory with the admin password")).action(async (_o: unknown, cmd: Command) =>
+      withConnection<PasswordOptions>(cmd, async ({ opts, out, conn }) => {
+        const adminPassword = await readPassword(opts, { prompt: "Admin password:" });
+        const res = await conn.call(OperatorService.method.unseal, { adminPassword }, { deadlineMs: 120_000 });
+        if (out.format === "json") out.message(UnsealResponseSchema, res);
+        else out.note(`unsealed: keyring key ${res.activeKeyringKeyId}`);
+      }),
+    ),
+    "spike operator unseal",
+  );
+
+  example(
+    operator
+      .command("seal")
+      .description("drop all key material from the server's memory (needs login)")
+      .action(async (_o: unknown, cmd: Command) =>
+        withConnection(cmd, async ({ out, conn }) => {
+          const res = await conn.call(OperatorService.method.seal, {}, { admin: true });
+          if (out.format === "json") out.message(SealResponseSchema, res);
+          else out.note("sealed");
+        }),
+      ),
+    "spike operator seal",
+  );
+
+  example(
+    operator
+      .command("status")
+      .description("the server's version and seal state, and who you are to it (any SVID of the trust domain)")
+      .action(async (_o: unknown, cmd: Command) =>
+        withConnection(cmd, async ({ out, conn }) => {
+          const res = await conn.call(OperatorService.method.getStatus, {});
+          if (out.format === "json") out.message(GetStatusResponseSchema, res);
+          else
+            out.table(
+              ["FIELD", "VALUE"],
+              [
+                ["server", `${conn.address} (${conn.serverId})`],
+                ["version", res.version],
+                ["initialized", String(res.initialized)],
+                ["sealed", String(res.sealed)],
+                ["trust domain", res.trustDomain],
+                ["you are", res.callerSpiffeId],
+              ],
+            );
+        }),
+      ),
+    "spike operator status -o json | jq .sealed",
+  );
+
+  example(
+    passwordOptions(operator.command("login").description("start an admin session (superuser SVID and admin password); the token is kept for this server and SVID"))
+      .option("--ttl <duration>", "session lifetime, at most 12h", "1h")
+      .action(async (_o: unknown, cmd: Command) =>
+        withConnection<PasswordOptions & { ttl: string }>(cmd, async ({ opts, out, conn }) => {
+          const ttl = durationFromMs(parseDuration(opts.ttl, "--ttl"));
+          const adminPassword = await readPassword(opts, { prompt: "Admin password:" });
+          const res = await conn.call(OperatorService.method.login, { adminPassword, ttl }, { deadlineMs: 120_000 });
+          const file = await conn.sessions.write({
+            address: conn.address,
+            spiffeId: conn.svid.spiffeId,
+            token: res.sessionToken,
+            expiresAt: timestampDate(res.expiresAt!).toISOString(),
+          });
+          // The token stays in the file: -o json reports the expiry, never the token.
+          if (out.format === "json") out.message(LoginResponseSchema, { ...res, sessionToken: "" });
+          else out.note(`logged in as ${conn.svid.spiffeId} until ${timestampDate(res.expiresAt!).toISOString()} (${relativeTime(res.expiresAt)}); session in ${file}`);
+        }),
+      ),
+    "spike operator login",
+    "spike operator login --password-stdin --ttl 15m < /run/secrets/nexus-admin",
+  );
+
+  example(
+    operator
+      .command("logout")
+      .description("revoke the session on the server and delete its file")
+      .action(async (_o: unknown, cmd: Command) =>
+        withConnection(cmd, async ({ out, conn }) => {
+          const session = await conn.sessions.read(conn.address, conn.svid.spiffeId);
+          if (session === undefined) throw new CliError(`not logged in to ${conn.address} as ${conn.svid.spiffeId}`, EXIT.ok);
+          try {
+            const res = await conn.call(OperatorService.method.logout, {}, { admin: true });
+            if (out.format === "json") out.message(LogoutResponseSchema, res);
+          } finally {
+            // Whether the server still knew the session or not, it is gone now.
+            await conn.sessions.remove(conn.address, conn.svid.spiffeId);
+          }
+          if (out.format !== "json") out.note("logged out");
+        }),
+      ),
+    "spike operator logout",
+  );
+
+  operator.addCommand(tokenCommands());
+  operator.addCommand(auditCommands());
+  return operator;
+}
+
+function tokenCommands(): Command {
+  const token = example(new Command("token").description("named long-lived admin tokens for automation (needs login)"), "spike operator token list");
+
+  example(
+    token
+      .command("create")
+      .description("create an admin token; it is printed once, on stdout")
+      .argument("<name>", "1-64 characters of [A-Za-z0-9._-]")
+      .option("--ttl <duration>", "lifetime, at most 365d", "30d")
+      .action(async (name: string, _o: unknown, cmd: Command) =>
+        withConnection<{ ttl: string }>(cmd, async ({ opts, out, conn }) => {
+          const res = await conn.call(OperatorService.method.createAdminToken, { name, ttl: durationFromMs(parseDuration(opts.ttl, "--ttl")) }, { admin: true });
+          if (out.format === "json") out.message(CreateAdminTokenResponseSchema, res);
+          else {
+            out.line(res.token);
+            out.note(`admin token ${name} expires ${relativeTime(res.adminToken?.expiresAt)}; it is shown only now`);
+          }
+        }),
+      ),
+    "spike operator token create ci-deploy --ttl 90d > ci-token && chmod 600 ci-token",
+  );
+
+  example(
+    token
+      .command("list")
+      .description("list admin tokens (never the tokens themselves)")
+      .action(async (_o: unknown, cmd: Command) =>
+        withConnection(cmd, async ({ out, conn }) => {
+          const res = await conn.call(OperatorService.method.listAdminTokens, {}, { admin: true });
+          if (out.format === "json") out.message(ListAdminTokensResponseSchema, res);
+          else
+            out.table(
+              ["NAME", "CREATED BY", "CREATED", "EXPIRES", "LAST USED"],
+              res.adminTokens.map((t) => [t.name, t.createdBy, relativeTime(t.createdAt), relativeTime(t.expiresAt), relativeTime(t.lastActivity)]),
+            );
+        }),
+      ),
+    "spike operator token list",
+  );
+
+  example(
+    token
+      .command("revoke")
+      .description("revoke an admin token by name")
+      .argument("<name>", "the token's name")
+      .action(async (name: string, _o: unknown, cmd: Command) =>
+        withConnection(cmd, async ({ out, conn }) => {
+          const res = await conn.call(OperatorService.method.revokeAdminToken, { name }, { admin: true });
+          if (out.format === "json") out.message(RevokeAdminTokenResponseSchema, res);
+          else out.note(`revoked admin token ${name}`);
+        }),
+      ),
+    "spike operator token revoke ci-deploy",
+  );
+  return token;
+}
+
+function auditCommands(): Command {
+  const audit = example(new Command("audit").description("the audit log (needs login)"), "spike operator audit list --since 1h");
+
+  example(
+    audit
+      .command("list")
+      .description("list audit events, newest first")
+      .option("--since <time>", "only events at or after this RFC 3339 time, or this long ago (1h)")
+      .option("--caller <spiffe-id>", "only events of this caller")
+      .option("--path-prefix <prefix>", "only events whose path starts with this")
+      .option("--limit <n>", "at most this many events", "100")
+      .action(async (_o: unknown, cmd: Command) =>
+        withConnection<{ since?: string; caller?: string; pathPrefix?: string; limit: string }>(cmd, async ({ opts, out, conn }) => {
+          const limit = parseCount(opts.limit, "--limit");
+          const startTime = opts.since === undefined ? undefined : timestampFromDate(parseTime(opts.since, "--since", "past"));
+          const events: AuditEvent[] = [];
+          let pageToken = "";
+          do {
+            const page = await conn.call(
+              OperatorService.method.listAuditEvents,
+              { startTime, callerSpiffeId: opts.caller ?? "", pathPrefix: opts.pathPrefix ?? "", pageSize: Math.min(1000, Math.max(1, limit - events.length)), pageToken },
+              { admin: true },
+            );
+            events.push(...page.events.slice(0, limit - events.length));
+            pageToken = page.nextPageToken;
+          } while (pageToken !== "" && events.length < limit);
+          if (out.format === "json") out.message(ListAuditEventsResponseSchema, { $typeName: "spike.nexus.v1.ListAuditEventsResponse", events, nextPageToken: "" });
+          else
+            out.table(
+              ["TIME", "CALLER", "RPC", "PATH", "OUTCOME", "CODE"],
+              events.map((e) => [relativeTime(e.time), e.callerSpiffeId, e.rpc.replace(/^\/spike\.nexus\.v1\./, ""), e.path, AuditOutcome[e.outcome].toLowerCase(), e.code]),
+            );
+        }),
+      ),
+    "spike operator audit list --since 1h --caller spiffe://spike.ist/workload/billing",
+  );
+
+  example(
+    audit
+      .command("verify")
+      .description(`check the audit log's MACs and sequences; exits ${EXIT.other} when it finds problems`)
+      .action(async (_o: unknown, cmd: Command) =>
+        withConnection(cmd, async ({ out, conn }) => {
+          const res = await conn.call(OperatorService.method.verifyAuditLog, {}, { admin: true, deadlineMs: 600_000 });
+          if (out.format === "json") out.message(VerifyAuditLogResponseSchema, res);
+          else {
+            for (const p of res.problems) out.line(`${AuditProblemKind[p.kind].toLowerCase()}  ${p.replicaId} #${p.sequence}  ${p.description}`);
+          }
+          if (res.problems.length > 0) throw new CliError(`audit log: ${res.problems.length} problem(s) in ${res.eventsChecked} events checked`, EXIT.other);
+          if (out.format !== "json") out.note(`audit log verified: ${res.eventsChecked} events checked${res.eventsUnsealed > 0n ? `, ${res.eventsUnsealed} waiting for a MAC` : ""}`);
+        }),
+      ),
+    "spike operator audit verify",
+  );
+  return audit;
+}
