@@ -77,7 +77,11 @@ export class KeyManager {
     if (this.initializedSeen) return sealedError();
     // Another replica may have initialized since: look again for the next caller.
     void this.checkInitialized().catch(() => {});
-    return notInitialized();
+    // Still reason SEALED (no keys are loaded, clients wait the same way), but
+    // the message says what to do first.
+    return new NexusError("failed_precondition", "Nexus is sealed because it is not initialized: call OperatorService/Initialize with the superuser SVID and a new admin password", {
+      reason: "SEALED",
+    });
   }
 
   /** 0 while sealed. */
