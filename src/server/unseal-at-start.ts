@@ -27,9 +27,10 @@ export async function unsealAtStart(config: NexusConfig, keys: KeyManager, rootK
   if (file === undefined) return;
   const initialized = await rootKeys.isInitialized();
   // A configured file may be a symlink (a Kubernetes secret volume); the dev one is ours alone.
-  const password = devFile ? normalize(await readPrivateFile(file)) : await readPassword(file);
+  const content = devFile ? await readPrivateFile(file) : await readPassword(file);
+  const password = normalize(content);
 
-  if (!initialized && devFile && password === undefined) {
+  if (!initialized && devFile && content === undefined) {
     const generated = randomBytes(24).toString("base64url");
     await createPrivateFile(file, generated + "\n");
     try {
@@ -43,7 +44,7 @@ export async function unsealAtStart(config: NexusConfig, keys: KeyManager, rootK
     );
     return;
   }
-  if (!initialized && password !== undefined && devFile) {
+  if (!initialized && devFile) {
     logger.warn(
       `the dev database is empty but ${file} is there from an earlier one; it is not used to initialize. ` +
         "Remove the file and start again for a new random password, or call OperatorService/Initialize; staying sealed",
@@ -52,7 +53,7 @@ export async function unsealAtStart(config: NexusConfig, keys: KeyManager, rootK
     return;
   }
   if (password === undefined) {
-    logger.warn("admin password file not found; staying sealed", { file });
+    logger.warn("admin password file not found or empty; staying sealed", { file });
     return;
   }
   if (!initialized) {
@@ -68,7 +69,7 @@ export async function unsealAtStart(config: NexusConfig, keys: KeyManager, rootK
 
 async function readPassword(file: string): Promise<string | undefined> {
   try {
-    return normalize(await readFile(file, "utf8"));
+    return await readFile(file, "utf8");
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
     throw err;
