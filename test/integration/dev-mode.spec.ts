@@ -50,6 +50,12 @@ describe("dev mode (`nexus dev`, what `make run` starts)", function () {
     return { dataDir, ports: p, env };
   }
 
+  /** Fresh ports on an existing data folder. */
+  async function devSetupSharing(dataDir: string): Promise<DevSetup> {
+    const setup = await devSetup();
+    return { ...setup, dataDir, env: { ...setup.env, NEXUS_DATA_DIR: dataDir } };
+  }
+
   function nexus(args: readonly string[], setup: DevSetup): NexusProcess {
     const p = startNexusProcess(args, setup.env);
     processes.push(p);
@@ -138,6 +144,20 @@ describe("dev mode (`nexus dev`, what `make run` starts)", function () {
       expect(existsSync(path.join(other.dataDir, "pg")), "no PostgreSQL cluster was created").to.equal(false);
       expect(existsSync(path.join(other.dataDir, "admin-password"))).to.equal(false);
       await expectFirstServerIntact();
+    });
+
+    it("even with the lock file gone, a second `nexus dev` on the same folder never stops the PostgreSQL the running one started (exit 3)", async () => {
+      const lockFile = path.join(first.dataDir, "nexus.lock");
+      const held = await readFile(lockFile, "utf8");
+      await rm(lockFile);
+      try {
+        const second = nexus(["dev"], await devSetupSharing(first.dataDir));
+        expect(await second.exited()).to.equal(3);
+        expect(second.stderr()).to.include(`belongs to process ${server.pid}, which is still running`);
+        await expectFirstServerIntact();
+      } finally {
+        await writeFile(lockFile, held, { mode: 0o600 });
+      }
     });
 
     it("after a SIGKILL, the next start stops the orphaned PostgreSQL, takes over the stale lock and unseals with the kept password", async () => {
