@@ -7,7 +7,7 @@
 import { expect } from "chai";
 import type http2 from "node:http2";
 import { X509Certificate } from "node:crypto";
-import { mkdtemp, rename, rm, symlink } from "node:fs/promises";
+import { mkdtemp, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import tls from "node:tls";
@@ -249,6 +249,20 @@ describe("certificate reload from a Kubernetes volume (kubelet / SPIFFE CSI driv
     }
     const result = await server.client("grpc").call(OperatorService.method.getStatus, {}, { deadlineMs: 5000 });
     expect(result.code, result.message).to.equal("OK");
+  });
+
+  it("a folder that never stops changing does not hold a new SVID back (the debounce waits at most ten periods)", async () => {
+    let writes = 0;
+    const churn = setInterval(() => void writeFile(path.join(volume, "unrelated.log"), `${++writes}\n`), 20);
+    try {
+      const next = await pki.ca.issue({ uris: [NEXUS_ID], dns: ["localhost"], ips: ["127.0.0.1"] });
+      await publish({ "svid.pem": next.certPem, "svid_key.pem": next.keyPem, "bundle.pem": pki.ca.certPem });
+      const expected = new X509Certificate(next.certPem).serialNumber;
+      // Debounce 100 ms in tests: at most 1 s, so 5 s is generous; a timer reset by every event never fires.
+      await eventually(async () => expect(await presentedSerialTo(server.nexus.grpcPort, pki)).to.equal(expected), { timeoutMs: 5000 });
+    } finally {
+      clearInterval(churn);
+    }
   });
 });
 
