@@ -45,6 +45,7 @@ export class CertificateSource {
   private watchers: FSWatcher[] = [];
   private debounce: NodeJS.Timeout | undefined;
   private firstPendingChangeAt: number | undefined;
+  private lastRefusal: string | undefined;
 
   /** Reads the files now; throws if they do not form a valid identity. */
   constructor(
@@ -90,9 +91,13 @@ export class CertificateSource {
     try {
       next = readMaterial(this.files, this.trustDomain);
     } catch (err) {
-      this.logger.warn("certificate reload refused; keeping the current certificate", { reason: (err as Error).message });
+      const reason = (err as Error).message;
+      // Every change in the folder re-reads: say why once, not at each unrelated write.
+      if (reason !== this.lastRefusal) this.logger.warn("certificate reload refused; keeping the current certificate", { reason });
+      this.lastRefusal = reason;
       return false;
     }
+    this.lastRefusal = undefined;
     if (next.cert.equals(this.current.cert) && next.key.equals(this.current.key) && next.ca.equals(this.current.ca)) return false;
     this.current = next;
     this.logger.info("certificate reloaded", { notAfter: new X509Certificate(next.cert).validTo });

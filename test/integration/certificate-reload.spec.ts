@@ -203,6 +203,7 @@ describe("certificate reload from a Kubernetes volume (kubelet / SPIFFE CSI driv
   let volume: string;
   let server: TestServer;
   let generation = 0;
+  const volumeLogs: string[] = [];
 
   /**
    * Publishes one generation of files the way the kubelet's atomic writer does:
@@ -226,6 +227,7 @@ describe("certificate reload from a Kubernetes volume (kubelet / SPIFFE CSI driv
     for (const name of ["svid.pem", "svid_key.pem", "bundle.pem"]) await symlink(`..data/${name}`, path.join(volume, name));
     server = await startTestServer({
       pki,
+      logger: createLogger("debug", (line) => volumeLogs.push(line)),
       env: {
         NEXUS_TLS_CERT: path.join(volume, "svid.pem"),
         NEXUS_TLS_KEY: path.join(volume, "svid_key.pem"),
@@ -263,6 +265,23 @@ describe("certificate reload from a Kubernetes volume (kubelet / SPIFFE CSI driv
     } finally {
       clearInterval(churn);
     }
+  });
+
+  it("a refused generation is logged once, not again at every unrelated change in the folder", async () => {
+    const before = volumeLogs.length;
+    const current = await pki.ca.issue({ uris: [NEXUS_ID], dns: ["localhost"], ips: ["127.0.0.1"] });
+    const other = await pki.ca.issue({ uris: [NEXUS_ID], dns: ["localhost"], ips: ["127.0.0.1"] });
+    await publish({ "svid.pem": current.certPem, "svid_key.pem": other.keyPem, "bundle.pem": pki.ca.certPem });
+    let writes = 0;
+    const churn = setInterval(() => void writeFile(path.join(volume, "unrelated.log"), `${++writes}\n`), 20);
+    try {
+      await sleep(2500); // two and more forced re-reads at the 1 s maximum wait
+    } finally {
+      clearInterval(churn);
+    }
+    const refusals = volumeLogs.slice(before).filter((line) => line.includes("certificate reload refused"));
+    expect(refusals).to.have.length(1);
+    expect(refusals[0]).to.include("does not match");
   });
 });
 
