@@ -13,6 +13,7 @@ MOCHA := $(BIN)/mocha --timeout 60000 --exit --forbid-only
 help:
 	@echo "make run    serve in dev mode (embedded PostgreSQL, dev certificates)"
 	@echo "make test   typecheck, lint, buf lint, gen/ freshness, unit, integration and e2e tests"
+	@echo "make e2e    only the tests that run the real nexus binary in child processes"
 	@echo "make gen    regenerate gen/ from proto/"
 	@echo "make certs  (re)create dev certificates in certs-dev/"
 
@@ -58,6 +59,13 @@ unit: build
 
 integration: build certs system-deps
 	$(MOCHA) --require dist/test/support/database-hooks.js 'dist/test/integration/**/*.spec.js'
+
+# The end-to-end specs start bin/nexus.js as a separate process (serve, dev,
+# migrate) and call it with grpc-js, buf curl and curl; `make test` runs them too.
+E2E_SPECS := dist/test/integration/end-to-end.spec.js dist/test/integration/dev-mode.spec.js dist/test/integration/migrate-command.spec.js
+
+e2e: build certs system-deps
+	$(MOCHA) --require dist/test/support/database-hooks.js $(E2E_SPECS)
 
 test: typecheck lint buf-lint gen-check certs system-deps
 	$(MOCHA) --require dist/test/support/database-hooks.js 'dist/test/unit/**/*.spec.js' 'dist/test/integration/**/*.spec.js'

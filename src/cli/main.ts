@@ -1,10 +1,14 @@
 // The `nexus` command: serve (production), dev (what `make run` uses), migrate,
 // and help. Configuration comes from NEXUS_* variables and matching flags.
+// Exit codes (stable, for scripts): 0 done, 1 failed, 2 usage or configuration,
+// 3 in use: another process holds the data folder or a listen port.
 
 import path from "node:path";
-import { ConfigError, loadConfig, settingsHelp, type Mode, type NexusConfig } from "../config/config.js";
+import { ConfigError, loadConfig, loadDatabaseConfig, settingsHelp, type DatabaseConfig, type Mode, type NexusConfig } from "../config/config.js";
+import { NexusError } from "../errors/nexus-error.js";
 import { createLogger, type Logger } from "../log/logger.js";
 import { startNexus } from "../server/nexus-server.js";
+import { lockDataFolder } from "../store/data-folder-lock.js";
 import { connectDatabase } from "../store/database.js";
 import { startEmbeddedPostgres } from "../store/embedded-postgres.js";
 import { loadMigrations, Migrator } from "../store/migrations.js";
@@ -15,8 +19,13 @@ const USAGE = `nexus ${NEXUS_VERSION}: a secrets store for SPIFFE workloads
 Usage:
   nexus serve [flags]            serve in production mode (TLS files and settings from NEXUS_* / flags)
   nexus dev [flags]              serve with dev certificates (certs-dev/) and an embedded PostgreSQL
-  nexus migrate up|down|status   apply, revert (one step) or show schema migrations
+  nexus migrate up|down|status [--dev] [flags]
+                                 apply, revert (one step) or show schema migrations; needs only
+                                 the database settings (--dev: the dev data folder's embedded one)
   nexus --help | --version
+
+Exit codes: 0 done, 1 failed, 2 usage or configuration, 3 in use (another process holds the data
+folder or a listen port).
 
 Settings (flag, environment variable, meaning):
 ${settingsHelp()}
@@ -48,10 +57,16 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stderr.write(`nexus: configuration: ${err.message}\n`);
       return 2;
     }
+    if (err instanceof NexusError && IN_USE_REASONS.has(err.reason)) {
+      process.stderr.write(`nexus: ${err.message}\n`);
+      return 3;
+    }
     process.stderr.write(`nexus: ${(err as Error).message}\n`);
     return 1;
   }
 }
+
+const IN_USE_REASONS = new Set(["DATA_FOLDER_IN_USE", "ADDRESS_IN_USE"]);
 
 async function serve(mode: Mode, flags: readonly string[]): Promise<number> {
   const config = loadConfig(mode, flags);
@@ -80,7 +95,7 @@ async function migrate(args: readonly string[]): Promise<number> {
     process.stderr.write("nexus migrate: say up, down or status\n");
     return 2;
   }
-  const config = loadConfig(flags.includes("--dev") ? "dev" : "serve", flags.filter((f) => f !== "--dev"));
+  const config = loadDatabaseConfig(flags.includes("--dev") ? "dev" : "serve", flags.filter((f) => f !== "--dev"));
   const logger = createLogger(config.logLevel);
   await withDatabase(config, logger, async (url) => {
     const sql = connectDatabase({ url, caFile: config.databaseCaFile, poolMax: 2, logger });
@@ -97,13 +112,20 @@ async function migrate(args: readonly string[]): Promise<number> {
   return 0;
 }
 
-async function withDatabase(config: NexusConfig, logger: Logger, fn: (url: string) => Promise<void>): Promise<void> {
+// The embedded database is the data folder's: taken under its lock, so a
+// migrate next to a running server is refused instead of stopping its cluster.
+async function withDatabase(config: DatabaseConfig, logger: Logger, fn: (url: string) => Promise<void>): Promise<void> {
   if (config.databaseUrl !== undefined) return fn(config.databaseUrl);
-  const embedded = await startEmbeddedPostgres({ dataDir: config.dataDir, logger });
+  const lock = await lockDataFolder(config.dataDir, "migrate");
   try {
-    await fn(embedded.url);
+    const embedded = await startEmbeddedPostgres({ dataDir: config.dataDir, logger });
+    try {
+      await fn(embedded.url);
+    } finally {
+      await embedded.stop();
+    }
   } finally {
-    await embedded.stop();
+    await lock.release();
   }
 }
 

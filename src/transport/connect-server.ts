@@ -14,7 +14,7 @@ import { NexusError } from "../errors/nexus-error.js";
 import type { Logger } from "../log/logger.js";
 import type { CallPipeline } from "./call-pipeline.js";
 import type { ServiceRegistration } from "./call-context.js";
-import type { TlsMaterial } from "./certificate-source.js";
+import { secureContextOptions, type TlsMaterial } from "./certificate-source.js";
 import { decodeAhead, preparedRequestKey } from "./connect-request-body.js";
 import { asNexusError, toConnectError, toGrpcError } from "./error-mapping.js";
 import { readPeerCertificateOnce } from "./peer-certificate.js";
@@ -78,12 +78,9 @@ export function createConnectServer(opts: ConnectServerOptions): http2.Http2Secu
   const server = http2.createSecureServer(
     {
       allowHTTP1: true,
-      cert: opts.tls.cert,
-      key: opts.tls.key,
-      ca: opts.tls.ca,
+      ...secureContextOptions(opts.tls),
       requestCert: true,
       rejectUnauthorized: true,
-      minVersion: "TLSv1.2",
       settings: { maxConcurrentStreams: opts.maxConcurrentStreams },
     },
     handler,

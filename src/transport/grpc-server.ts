@@ -8,7 +8,7 @@ import tls from "node:tls";
 import type { ListenAddress } from "../config/config.js";
 import { NexusError } from "../errors/nexus-error.js";
 import type { Logger } from "../log/logger.js";
-import type { CertificateSource, TlsMaterial } from "./certificate-source.js";
+import { secureContextOptions, type CertificateSource } from "./certificate-source.js";
 import { listen } from "./listen.js";
 import type { CallPipeline } from "./call-pipeline.js";
 import { methodPath, type ServiceRegistration, type UnaryHandler } from "./call-context.js";
@@ -166,7 +166,7 @@ export interface TlsListener {
  */
 export async function listenGrpcTls(server: grpc.Server, address: ListenAddress, certificates: CertificateSource, logger: Logger): Promise<TlsListener> {
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
-  const tlsServer = tls.createServer({ ...secureContextOptions(certificates.material), requestCert: true, rejectUnauthorized: true, ALPNProtocols: ["h2"], minVersion: "TLSv1.2" }, (socket) => {
+  const tlsServer = tls.createServer({ ...secureContextOptions(certificates.material), requestCert: true, rejectUnauthorized: true, ALPNProtocols: ["h2"] }, (socket) => {
     socket.on("error", (err) => logger.debug("TLS socket error", { listener: "grpc", err }));
     readPeerCertificateOnce(socket);
     injector.injectConnection(socket);
@@ -175,8 +175,4 @@ export async function listenGrpcTls(server: grpc.Server, address: ListenAddress,
   certificates.onChange((m) => tlsServer.setSecureContext(secureContextOptions(m)));
   const port = await listen(tlsServer, address);
   return { port, close: () => new Promise((resolve) => tlsServer.close(() => resolve())) };
-}
-
-function secureContextOptions(m: TlsMaterial): tls.SecureContextOptions {
-  return { cert: m.cert, key: m.key, ca: m.ca };
 }

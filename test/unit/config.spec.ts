@@ -5,7 +5,7 @@ import { expect } from "chai";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { ConfigError, loadConfig, type Mode } from "../../src/config/config.js";
+import { ConfigError, loadConfig, loadDatabaseConfig, type Mode } from "../../src/config/config.js";
 
 const CWD = "/srv/nexus";
 
@@ -148,5 +148,29 @@ describe("loadConfig", () => {
       const err = configError(() => load({ ...SERVE_ENV, NEXUS_DATABASE_URL: undefined, NEXUS_DATABASE_URL_FILE: path.join(dir, "missing") }));
       expect(err.message).to.include("NEXUS_DATABASE_URL_FILE");
     });
+  });
+});
+
+describe("loadDatabaseConfig (what `nexus migrate` reads)", () => {
+  it("needs no TLS files or listeners: NEXUS_DATABASE_URL alone is enough in serve mode", () => {
+    const config = loadDatabaseConfig("serve", [], { NEXUS_DATABASE_URL: SERVE_ENV.NEXUS_DATABASE_URL }, CWD);
+    expect(config).to.deep.equal({
+      mode: "serve",
+      databaseUrl: SERVE_ENV.NEXUS_DATABASE_URL,
+      databaseCaFile: undefined,
+      dataDir: path.join(CWD, ".nexus/data"),
+      logLevel: "info",
+    });
+  });
+
+  it("ignores the other settings of the environment, even malformed ones, but still refuses an unknown flag", () => {
+    const env = { NEXUS_DATABASE_URL: SERVE_ENV.NEXUS_DATABASE_URL, NEXUS_LISTEN: "not-an-address", NEXUS_DB_POOL_MAX: "0" };
+    expect(loadDatabaseConfig("serve", ["--tls-cert=/etc/nexus/svid.pem"], env, CWD).databaseUrl).to.equal(SERVE_ENV.NEXUS_DATABASE_URL);
+    expect(configError(() => loadDatabaseConfig("serve", ["--nope=1"], env, CWD)).message).to.include("unknown flag --nope");
+  });
+
+  it("a malformed database setting is still refused, naming the variable", () => {
+    const err = configError(() => loadDatabaseConfig("serve", [], { NEXUS_LOG_LEVEL: "loud" }, CWD));
+    expect(err.message).to.include("NEXUS_LOG_LEVEL");
   });
 });
