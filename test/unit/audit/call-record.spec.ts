@@ -35,11 +35,13 @@ class MemoryStore {
   }
 }
 
+// Unsealed throughout: nothing is signed.
+const noSigner = { sign: () => { throw new Error("unsealed events are MAC'd, not signed"); } };
 const keys = { sealed: false, integrityKey: () => Buffer.alloc(32, 1), onSealChange() {} } as unknown as KeyManager;
 
 function setup() {
   const store = new MemoryStore();
-  const log = new AuditLog(store as unknown as AuditStore, keys, silentLogger, "replica-1");
+  const log = new AuditLog(store as unknown as AuditStore, keys, noSigner, silentLogger, "replica-1");
   const call = () => log.begin({ requestId: "r", rpc: "/spike.nexus.v1.SecretService/GetSecret", time: new Date() });
   const written = () => store.rows.map((r) => `${r.sequence} ${r.outcome} ${r.code}${r.detail.after_sequence ? ` after ${String(r.detail.after_sequence)}` : ""}`);
   return { store, log, call, written };
