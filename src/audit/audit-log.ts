@@ -98,7 +98,7 @@ export class AuditLog {
 
   /** Queues an event for the next group commit; resolves once it has committed. */
   async write(row: AuditRow): Promise<void> {
-    await this.signerRegistered(row);
+    if (row.signer !== null) await this.signerRegistered(row.signer);
     await this.batches.submit({ row });
   }
 
@@ -108,7 +108,7 @@ export class AuditLog {
    * event's sequence number still unused) when there is none.
    */
   async writeWithRead(row: AuditRow, read: AuditedRead): Promise<ReadableVersion | undefined> {
-    await this.signerRegistered(row);
+    if (row.signer !== null) await this.signerRegistered(row.signer);
     return this.batches.submit({ row, read });
   }
 
@@ -186,11 +186,10 @@ export class AuditLog {
   }
 
   /** A signed event is written only once its signer is on record: without it nothing could verify the event. */
-  private async signerRegistered(row: AuditRow): Promise<void> {
-    if (row.signer === null) return;
-    const id = row.signer.toString("hex");
+  private async signerRegistered(signer: Buffer): Promise<void> {
+    const id = signer.toString("hex");
     try {
-      await this.registerSigner({ certificateSha256: row.signer, certificateChainPem: this.signerChains.get(id)! });
+      await this.registerSigner({ certificateSha256: signer, certificateChainPem: this.signerChains.get(id)! });
     } catch (err) {
       this.logger.error("audit signer not registered; failing the call", { err });
       throw new NexusError("unavailable", "the audit log cannot be written; the call was refused", { reason: "AUDIT_UNAVAILABLE", cause: err });
