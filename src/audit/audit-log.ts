@@ -76,8 +76,9 @@ export class AuditLog {
   /**
    * The highest sequence such that it and every lower one are settled: written,
    * or given up after a write that failed or whose fate is unknown (those are
-   * missing from the log and VerifyAuditLog reports them; the head must not
-   * stop at them, or checkpoints would stop covering new events).
+   * missing from the log, and checkpoints list them so VerifyAuditLog does not
+   * call them deleted; the head must not stop at them, or checkpoints would
+   * stop covering new events).
    */
   get head(): number {
     return this.committedThrough;
@@ -92,7 +93,10 @@ export class AuditLog {
   row(fields: AuditFields): AuditRow {
     if (!this.keys.sealed) return { ...fields, mac: macAuditEvent(this.keys.integrityKey(), fields), signature: null, signer: null };
     const s = this.signer.sign(auditSignatureInput(fields));
-    void this.registerSigner(s).catch(() => {}); // awaited, and retried, by the write
+    // Awaited, and retried, by write(). A change's prepared event goes into its
+    // own transaction without waiting, but changes need the keys, so only a
+    // Seal racing a change gets here for one; its signer is registered anyway.
+    void this.registerSigner(s).catch(() => {});
     return { ...fields, mac: null, signature: s.signature, signer: s.certificateSha256 };
   }
 
