@@ -50,10 +50,11 @@ export class SvidSigner {
 /** A stored signer chain, parsed once; answers whether it vouches for a signature. */
 export class SvidSignerChain {
   private readonly certificates: X509Certificate[];
-  private readonly anchored: boolean;
+  /** From the leaf to the bundle's authority; undefined unless the chain is this server's and anchored. */
+  private readonly path: X509Certificate[] | undefined;
 
   /**
-   * @param sha256 the SHA-256 a stored signature names; the chain's leaf must hash to it.
+   * @param leafSha256 the SHA-256 a stored signature names; the chain's leaf must hash to it.
    * @param expectedId the SPIFFE ID the leaf must carry (this server's own).
    */
   constructor(leafSha256: Uint8Array, chainPem: string, bundle: TrustBundleSet, expectedId: string) {
@@ -66,12 +67,13 @@ export class SvidSignerChain {
       id = undefined;
     }
     const leafMatches = leaf !== undefined && Buffer.from(leafSha256).equals(sha256(leaf.raw));
-    this.anchored = leafMatches && id !== undefined && id.toString() === expectedId && this.chainsTo(bundle, id.trustDomain);
+    const ours = leafMatches && id !== undefined && id.toString() === expectedId;
+    this.path = ours && id !== undefined ? pathToAuthority(this.certificates, bundle, id.trustDomain) : undefined;
   }
 
   /** Whether `signature` over `data` was made by this chain's key while every certificate of it was valid at `at`. */
   verifies(data: Buffer, signature: Uint8Array | null, at: Date): boolean {
-    if (!this.anchored || signature === null || signature.length === 0) return false;
+    if (this.path === undefined || signature === null || signature.length === 0) return false;
     if (!this.path.every((c) => validAt(c, at))) return false;
     const key = this.certificates[0].publicKey;
     try {
@@ -80,29 +82,24 @@ export class SvidSignerChain {
       return false;
     }
   }
+}
 
-  /** The certificates from the leaf to the bundle's authority that issued the chain's top. */
-  private path: X509Certificate[] = [];
-
-  private chainsTo(bundle: TrustBundleSet, trustDomain: string): boolean {
-    const pem = bundle.authoritiesFor(trustDomain);
-    if (pem === undefined) return false;
-    const roots = parseChain(pem);
-    const intermediates = this.certificates.slice(1);
-    const path = [this.certificates[0]];
-    for (let depth = 0; depth < MAX_CHAIN_LENGTH; depth++) {
-      const current = path[path.length - 1];
-      const root = roots.find((r) => issued(r, current));
-      if (root !== undefined) {
-        this.path = [...path, root];
-        return true;
-      }
-      const next = intermediates.find((i) => i.ca && !path.includes(i) && issued(i, current));
-      if (next === undefined) return false;
-      path.push(next);
-    }
-    return false;
+/** The certificates from the leaf, through the chain's intermediates, to an authority of the trust domain's bundle. */
+function pathToAuthority(chain: readonly X509Certificate[], bundle: TrustBundleSet, trustDomain: string): X509Certificate[] | undefined {
+  const pem = bundle.authoritiesFor(trustDomain);
+  if (pem === undefined) return undefined;
+  const roots = parseChain(pem);
+  const intermediates = chain.slice(1);
+  const path = [chain[0]];
+  for (let depth = 0; depth < MAX_CHAIN_LENGTH; depth++) {
+    const current = path[path.length - 1];
+    const root = roots.find((r) => issued(r, current));
+    if (root !== undefined) return [...path, root];
+    const next = intermediates.find((i) => !path.includes(i) && issued(i, current));
+    if (next === undefined) return undefined;
+    path.push(next);
   }
+  return undefined;
 }
 
 function issued(issuer: X509Certificate, subject: X509Certificate): boolean {
