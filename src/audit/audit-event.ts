@@ -1,9 +1,10 @@
 // One audit event: what a call was, who made it, how it ended. Never a secret
 // value, password or token. The MAC covers every field, including the replica
 // and its gapless sequence number, so an event cannot be altered, moved or
-// forged without the integrity key.
+// forged without the integrity key. An event recorded while sealed is signed
+// over the same fields with the server's SVID key instead (ADR 0003).
 
-import { mac, macMatches } from "../keys/integrity.js";
+import { canonicalJson, mac, macMatches } from "../keys/integrity.js";
 
 export type AuditOutcome = "ok" | "denied" | "error";
 
@@ -22,11 +23,16 @@ export interface AuditFields {
 }
 
 export interface AuditRow extends AuditFields {
-  /** Null when recorded while sealed; filled in once the integrity key is back. */
+  /** Null when recorded while sealed: such an event is signed instead, and never MAC'd later. */
   readonly mac: Buffer | null;
+  /** The SVID signature of an event recorded while sealed, else null. */
+  readonly signature: Buffer | null;
+  /** SHA-256 of the signing certificate (audit_signers), with the signature. */
+  readonly signer: Buffer | null;
 }
 
 export const AUDIT_MAC_LABEL = "nexus/v1/audit-event";
+const AUDIT_SIGNATURE_LABEL = "nexus/v1/audit-event-signature";
 
 export function auditMacInput(e: AuditFields): unknown {
   return [e.replicaId, e.sequence, e.time.toISOString(), e.requestId, e.caller, e.rpc, e.path, e.version, e.outcome, e.code, e.detail];
@@ -38,4 +44,9 @@ export function macAuditEvent(key: Buffer, e: AuditFields): Buffer {
 
 export function auditEventVerifies(key: Buffer, e: AuditFields, stored: Uint8Array | null): boolean {
   return macMatches(key, AUDIT_MAC_LABEL, auditMacInput(e), stored);
+}
+
+/** The bytes an event's signature covers: the MAC's input under a label of its own. */
+export function auditSignatureInput(e: AuditFields): Buffer {
+  return Buffer.from(`${AUDIT_SIGNATURE_LABEL}\0${canonicalJson(auditMacInput(e))}`, "utf8");
 }

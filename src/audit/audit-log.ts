@@ -6,19 +6,22 @@
 // until its event has committed. A GetSecret's read rides in that statement,
 // and its event is written only if the read found what it asked for (ADR 0005).
 // If an event cannot be written, the call fails (fail closed). Events recorded
-// while sealed have no MAC yet; they are MAC'd when the key returns, and only if
-// their content is what this replica wrote.
+// while sealed carry no MAC (the integrity key is not in memory): they are
+// signed with the server's SVID key, and never MAC'd afterwards — a later
+// replica cannot tell a forged unMAC'd row from a real one. Sequence numbers
+// given up (a write whose fate is unknown) are recorded in the checkpoints.
 
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { NexusError } from "../errors/nexus-error.js";
-import { canonicalJson, mac, macMatches } from "../keys/integrity.js";
+import { mac, macMatches } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
 import type { AuditedRead, AuditStore, BatchEvent, ReadableVersion } from "../store/audit-store.js";
 import { isDatabaseUnavailable } from "../store/database.js";
 import { GroupCommit } from "../store/group-commit.js";
-import { auditMacInput, macAuditEvent, type AuditFields, type AuditOutcome, type AuditRow } from "./audit-event.js";
+import { auditSignatureInput, macAuditEvent, type AuditFields, type AuditOutcome, type AuditRow } from "./audit-event.js";
+import { SequenceRanges } from "./sequence-ranges.js";
 
 const CHECKPOINT_MAC_LABEL = "nexus/v1/audit-checkpoint";
 
@@ -37,39 +40,45 @@ export interface CallAudit {
   recordRead(read: AuditedRead): Promise<ReadableVersion | undefined>;
 }
 
+/** Signs sealed-time events; the composition root backs it with the server's SVID (src/identity/svid-signature.ts). */
+export interface AuditSigner {
+  sign(data: Buffer): { signature: Buffer; certificateSha256: Buffer; certificateChainPem: string };
+}
+
 export class AuditLog {
   readonly replicaId: string;
   private nextSequence = 1;
   private committedThrough = 0;
   private readonly completed = new Set<number>();
+  private readonly givenUp = new SequenceRanges();
   private readonly batches: GroupCommit<BatchEvent, ReadableVersion | undefined>;
-  /** Sequence -> content digest of events written without a MAC. */
-  private readonly awaitingMac = new Map<number, string>();
+  /** Signer certificate (hex SHA-256) -> its registration in audit_signers. */
+  private readonly signers = new Map<string, Promise<void>>();
+  private readonly signerChains = new Map<string, string>();
 
   constructor(
     private readonly store: AuditStore,
     private readonly keys: KeyManager,
+    private readonly signer: AuditSigner,
     private readonly logger: Logger,
     replicaId = `${hostname().replace(/[^A-Za-z0-9.-]/g, "-").slice(0, 40)}-${randomBytes(4).toString("hex")}`,
     private readonly maxBatch = 512,
   ) {
     this.replicaId = replicaId;
     this.batches = new GroupCommit((batch) => this.writeBatch(batch), { maxBatch });
-    keys.onSealChange((sealed) => {
-      if (!sealed) void this.macEventsRecordedWhileSealed();
-    });
   }
 
-  /** Whether a row without a MAC is one this replica wrote while sealed, unchanged. */
-  wroteWhileSealed(fields: AuditFields): boolean {
-    return fields.replicaId === this.replicaId && this.awaitingMac.get(fields.sequence) === digest(fields);
+  /** Whether this replica gave `sequence` up: numbered, but its write failed or its fate is unknown. */
+  gaveUp(sequence: number): boolean {
+    return this.givenUp.has(sequence);
   }
 
   /**
    * The highest sequence such that it and every lower one are settled: written,
    * or given up after a write that failed or whose fate is unknown (those are
-   * missing from the log and VerifyAuditLog reports them; the head must not
-   * stop at them, or checkpoints would stop covering new events).
+   * missing from the log, and checkpoints list them so VerifyAuditLog does not
+   * call them deleted; the head must not stop at them, or checkpoints would
+   * stop covering new events).
    */
   get head(): number {
     return this.committedThrough;
@@ -80,17 +89,20 @@ export class AuditLog {
     return new CallRecord(this, this.nextSequence++, call);
   }
 
-  /** Builds the row for an event, MAC'd if the integrity key is available. */
+  /** Builds the row for an event: MAC'd if the integrity key is available, else signed with the SVID key. */
   row(fields: AuditFields): AuditRow {
-    if (this.keys.sealed) {
-      this.awaitingMac.set(fields.sequence, digest(fields));
-      return { ...fields, mac: null };
-    }
-    return { ...fields, mac: macAuditEvent(this.keys.integrityKey(), fields) };
+    if (!this.keys.sealed) return { ...fields, mac: macAuditEvent(this.keys.integrityKey(), fields), signature: null, signer: null };
+    const s = this.signer.sign(auditSignatureInput(fields));
+    // Awaited, and retried, by write(). A change's prepared event goes into its
+    // own transaction without waiting, but changes need the keys, so only a
+    // Seal racing a change gets here for one; its signer is registered anyway.
+    void this.registerSigner(s).catch(() => {});
+    return { ...fields, mac: null, signature: s.signature, signer: s.certificateSha256 };
   }
 
   /** Queues an event for the next group commit; resolves once it has committed. */
   async write(row: AuditRow): Promise<void> {
+    if (row.signer !== null) await this.signerRegistered(row.signer);
     await this.batches.submit({ row });
   }
 
@@ -99,8 +111,15 @@ export class AuditLog {
    * in the same group commit; resolves with that version, or undefined (and the
    * event's sequence number still unused) when there is none.
    */
-  writeWithRead(row: AuditRow, read: AuditedRead): Promise<ReadableVersion | undefined> {
+  async writeWithRead(row: AuditRow, read: AuditedRead): Promise<ReadableVersion | undefined> {
+    if (row.signer !== null) await this.signerRegistered(row.signer);
     return this.batches.submit({ row, read });
+  }
+
+  /** Marks a sequence number as given up: it will not be written (again), and checkpoints say so. */
+  giveUp(sequence: number): void {
+    this.givenUp.add(sequence);
+    this.markCompleted(sequence);
   }
 
   /** Marks a sequence number as used up (written, in a batch or with its change). */
@@ -110,14 +129,16 @@ export class AuditLog {
   }
 
   /**
-   * Writes a MAC'd checkpoint of this replica's written range; skipped while
-   * sealed. Its first sequence is 1: where retention pruning left the log
-   * starting is recorded by retention's own checkpoints, and verification takes
-   * the highest first sequence of any valid checkpoint.
+   * Writes a MAC'd checkpoint of this replica's written range and the numbers
+   * it gave up in it; skipped while sealed. Its first sequence is 1: where
+   * retention pruning left the log starting is recorded by retention's own
+   * checkpoints, and verification takes the highest first sequence of any
+   * valid checkpoint.
    */
   async checkpoint(final = false): Promise<void> {
     if (this.keys.sealed || this.committedThrough === 0) return;
-    const c = { replicaId: this.replicaId, writtenAt: new Date(), firstSequence: 1, lastSequence: this.committedThrough, final };
+    const last = this.committedThrough;
+    const c = { replicaId: this.replicaId, writtenAt: new Date(), firstSequence: 1, lastSequence: last, final, givenUp: this.givenUp.pairs(1, last) };
     await this.store.insertCheckpoint({ ...c, mac: checkpointMac(this.keys.integrityKey(), c) });
   }
 
@@ -155,19 +176,27 @@ export class AuditLog {
     });
   }
 
-  private async macEventsRecordedWhileSealed(): Promise<void> {
-    if (this.awaitingMac.size === 0) return;
+  /** Starts registering a signing certificate the first time it signs (again after a failed attempt). */
+  private registerSigner(s: { certificateSha256: Buffer; certificateChainPem: string }): Promise<void> {
+    const id = s.certificateSha256.toString("hex");
+    let registration = this.signers.get(id);
+    if (registration === undefined) {
+      registration = this.store.insertSigner({ certificateSha256: s.certificateSha256, certificateChainPem: s.certificateChainPem });
+      registration.catch(() => this.signers.delete(id));
+      this.signers.set(id, registration);
+      this.signerChains.set(id, s.certificateChainPem);
+    }
+    return registration;
+  }
+
+  /** A signed event is written only once its signer is on record: without it nothing could verify the event. */
+  private async signerRegistered(signer: Buffer): Promise<void> {
+    const id = signer.toString("hex");
     try {
-      const key = this.keys.integrityKey();
-      for (const row of await this.store.unsealedEvents(this.replicaId)) {
-        // Only rows this replica wrote, unchanged: a row inserted by someone
-        // else with a NULL mac must not get one from us.
-        if (this.awaitingMac.get(row.sequence) !== digest(row)) continue;
-        await this.store.setMac(row.id, macAuditEvent(key, row));
-        this.awaitingMac.delete(row.sequence);
-      }
+      await this.registerSigner({ certificateSha256: signer, certificateChainPem: this.signerChains.get(id)! });
     } catch (err) {
-      this.logger.warn("could not MAC events recorded while sealed; will retry at next unseal", { err });
+      this.logger.error("audit signer not registered; failing the call", { err });
+      throw new NexusError("unavailable", "the audit log cannot be written; the call was refused", { reason: "AUDIT_UNAVAILABLE", cause: err });
     }
   }
 }
@@ -240,15 +269,15 @@ export class CallRecord implements CallAudit {
     try {
       await this.log.write(this.log.row(this.fields(outcome, code, detail)));
     } catch (err) {
-      this.log.markCompleted(this.sequence); // given up: see giveUp
+      this.log.giveUp(this.sequence);
       throw err;
     }
   }
 
-  /** This call's sequence number will not be written (again): it no longer holds back the head. */
+  /** This call's sequence number will not be written (again): it no longer holds back the head, and checkpoints list it. */
   private giveUp(): void {
     this.written = true;
-    this.log.markCompleted(this.sequence);
+    this.log.giveUp(this.sequence);
   }
 
   private fields(outcome: AuditOutcome, code: string, detail: Record<string, unknown>): AuditFields {
@@ -274,10 +303,14 @@ interface CheckpointFields {
   readonly firstSequence: number;
   readonly lastSequence: number;
   readonly final: boolean;
+  /** Flat inclusive pairs of the sequence numbers given up. */
+  readonly givenUp: readonly number[];
 }
 
 function checkpointMacInput(c: CheckpointFields): unknown {
-  return [c.replicaId, c.writtenAt.toISOString(), c.firstSequence, c.lastSequence, c.final];
+  const input = [c.replicaId, c.writtenAt.toISOString(), c.firstSequence, c.lastSequence, c.final];
+  // Without given-up numbers, the input checkpoints had before they recorded any, so those still verify.
+  return c.givenUp.length === 0 ? input : [...input, c.givenUp];
 }
 
 export function checkpointMac(key: Buffer, c: CheckpointFields): Buffer {
@@ -287,8 +320,4 @@ export function checkpointMac(key: Buffer, c: CheckpointFields): Buffer {
 /** Whether a stored checkpoint's MAC is the one checkpointMac gives it (constant-time). */
 export function checkpointVerifies(key: Buffer, c: CheckpointFields, stored: Uint8Array | null): boolean {
   return macMatches(key, CHECKPOINT_MAC_LABEL, checkpointMacInput(c), stored);
-}
-
-function digest(fields: AuditFields): string {
-  return createHash("sha256").update(canonicalJson(auditMacInput(fields))).digest("hex");
 }

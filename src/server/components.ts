@@ -4,8 +4,11 @@
 // has started, so its ~0.5 s of module loading and set-up on the main thread
 // overlaps the scrypt of the password file on libuv's thread pool.
 
+import { X509Certificate } from "node:crypto";
 import { AuditLog } from "../audit/audit-log.js";
+import { AuditRetention } from "../audit/audit-retention.js";
 import { AuditVerifier } from "../audit/audit-verifier.js";
+import type { SignatureTrust } from "../audit/event-authenticator.js";
 import { AccessController } from "../authorization/access-policy.js";
 import { AdminCredentials } from "../authorization/admin-credentials.js";
 import { GrantEpochs } from "../authorization/grant-epochs.js";
@@ -14,6 +17,8 @@ import { PolicyEngine } from "../authorization/policy-engine.js";
 import { PolicySync } from "../authorization/policy-sync.js";
 import type { NexusConfig } from "../config/config.js";
 import { PeerAuthenticator } from "../identity/peer-authenticator.js";
+import { SvidSigner } from "../identity/svid-signature.js";
+import { inspectSvid } from "../identity/x509-svid.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import { SecretCipher } from "../keys/secret-cipher.js";
 import type { Logger } from "../log/logger.js";
@@ -68,7 +73,13 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   const policyStore = new PolicyStore(sql);
   const credentialStore = new CredentialStore(sql);
   const auditStore = new AuditStore(sql);
-  const auditLog = new AuditLog(auditStore, keys, logger);
+  // Events recorded while sealed are signed with this server's own SVID key,
+  // and verified against its SPIFFE ID and the trust bundle, as they are now.
+  const auditLog = new AuditLog(auditStore, keys, new SvidSigner(() => certificates.material), logger);
+  const signatureTrust = (): SignatureTrust => {
+    const { cert, bundle } = certificates.material;
+    return { serverId: inspectSvid(new X509Certificate(cert).raw).id.toString(), bundle };
+  };
   cleanup.push(() => auditLog.checkpoint(true).catch((err) => logger.warn("final audit checkpoint not written", { err })));
   const engine = new PolicyEngine();
   const epochs = new GrantEpochs(keys);
@@ -87,7 +98,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       attempts: new PasswordAttempts(credentialStore),
       auditStore,
       auditLog,
-      verifier: new AuditVerifier(auditStore, keys, auditLog),
+      verifier: new AuditVerifier(auditStore, keys, auditLog, signatureTrust),
       epochs,
       grantStore: new GrantEpochStore(sql),
       policyStore,
@@ -101,9 +112,9 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
     startMaintenance({
       secrets,
       credentials,
-      auditStore,
       auditLog,
       keys,
+      auditRetention: new AuditRetention(auditStore, keys, auditLog, signatureTrust, logger),
       logger,
       cleanupIntervalMs: config.cleanupIntervalMs,
       auditRetentionMs: config.auditRetentionMs,

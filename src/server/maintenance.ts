@@ -2,19 +2,19 @@
 // and admin credentials, audit checkpoints, and audit retention. Each job runs
 // on its own timer, never overlaps itself, and logs rather than throws.
 
-import { checkpointMac, type AuditLog } from "../audit/audit-log.js";
+import type { AuditLog } from "../audit/audit-log.js";
+import type { AuditRetention } from "../audit/audit-retention.js";
+import type { AdminCredentials } from "../authorization/admin-credentials.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
-import type { AuditStore } from "../store/audit-store.js";
-import type { AdminCredentials } from "../authorization/admin-credentials.js";
 import type { SecretStore } from "../store/secret-store.js";
 
 export interface MaintenanceDeps {
   readonly secrets: SecretStore;
   readonly credentials: AdminCredentials;
-  readonly auditStore: AuditStore;
   readonly auditLog: AuditLog;
   readonly keys: KeyManager;
+  readonly auditRetention: AuditRetention;
   readonly logger: Logger;
   readonly cleanupIntervalMs: number;
   readonly auditRetentionMs: number;
@@ -31,17 +31,9 @@ export function startMaintenance(d: MaintenanceDeps): () => void {
     }),
     every(d.checkpointIntervalMs ?? 10_000, "audit checkpoint", d.logger, () => d.auditLog.checkpoint()),
     every(Math.min(d.cleanupIntervalMs * 10, 3_600_000), "audit retention", d.logger, async () => {
-      if (d.keys.sealed) return;
-      const floors = await d.auditStore.prune(new Date(Date.now() - d.auditRetentionMs));
-      if (floors.size === 0) return;
-      // Record where each replica's retained log now starts, so pruning is not
-      // mistaken for deletion.
-      const latest = new Map((await d.auditStore.latestCheckpoints()).map((c) => [c.replicaId, c]));
-      for (const [replicaId, firstSequence] of floors) {
-        const c = { replicaId, writtenAt: new Date(), firstSequence, lastSequence: Math.max(latest.get(replicaId)?.lastSequence ?? 0, firstSequence - 1), final: latest.get(replicaId)?.final ?? false };
-        await d.auditStore.insertCheckpoint({ ...c, mac: checkpointMac(d.keys.integrityKey(), c) });
-      }
-      d.logger.info("audit events pruned", { replicas: floors.size });
+      // Pruning checks every event it deletes and records the new floors itself (ADR 0003).
+      const pruned = await d.auditRetention.prune(new Date(Date.now() - d.auditRetentionMs));
+      if (pruned.length > 0) d.logger.info("audit events pruned", { replicas: pruned.length, events: pruned.reduce((n, r) => n + r.pruned, 0) });
     }),
   ];
   return () => timers.forEach((t) => clearInterval(t));

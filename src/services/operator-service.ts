@@ -63,6 +63,7 @@ const PROBLEM_TO_PROTO: Record<ProblemKind, AuditProblemKind> = {
   deleted: AuditProblemKind.DELETED,
   reordered: AuditProblemKind.REORDERED,
   duplicated: AuditProblemKind.DUPLICATED,
+  crash_gap: AuditProblemKind.CRASH_GAP,
 };
 
 export function operatorService(deps: OperatorDeps): ServiceRegistration {
@@ -163,8 +164,9 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
       );
       const page = rows.slice(0, size);
       const last = page[page.length - 1];
+      const verified = await deps.verifier.authenticate(page);
       return {
-        events: page.map(auditEvent),
+        events: page.map((e, i) => ({ ...auditEvent(e), verified: verified[i] })),
         nextPageToken: rows.length > size ? Buffer.from(JSON.stringify({ t: last.time.toISOString(), i: last.id })).toString("base64url") : "",
       };
     },
@@ -177,7 +179,7 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
       });
       return {
         eventsChecked: BigInt(report.eventsChecked),
-        eventsUnsealed: BigInt(report.eventsAwaitingMac),
+        eventsUnsealed: BigInt(report.eventsSigned),
         problems: report.problems.map((p) => ({ kind: PROBLEM_TO_PROTO[p.kind], replicaId: p.replicaId, sequence: BigInt(p.sequence), description: p.description })),
       };
     },

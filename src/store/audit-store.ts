@@ -1,6 +1,6 @@
 // SQL for the audit log: single events inside a change's own transaction or
 // statement, batches for group commit, listing, verification reads,
-// checkpoints and retention.
+// checkpoints, the signers of sealed-time events, and retention.
 
 import type { AuditOutcome, AuditRow } from "../audit/audit-event.js";
 import { guarded, type Queryable, type Sql } from "./database.js";
@@ -11,7 +11,15 @@ export interface Checkpoint {
   readonly firstSequence: number;
   readonly lastSequence: number;
   readonly final: boolean;
+  /** Sequence numbers given up, as flat inclusive pairs [first, last, …]. */
+  readonly givenUp: readonly number[];
   readonly mac: Buffer;
+}
+
+/** A certificate chain that signed sealed-time events, keyed by its leaf's SHA-256. */
+export interface AuditSignerRecord {
+  readonly certificateSha256: Buffer;
+  readonly certificateChainPem: string;
 }
 
 export interface AuditFilter {
@@ -53,9 +61,9 @@ export interface StoredAuditRow extends AuditRow {
 /** Inserts one event, e.g. inside the transaction of the change it records. */
 export async function insertAuditRow(q: Queryable, r: AuditRow): Promise<void> {
   await q`
-    INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
+    INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac, signature, signer)
     VALUES (${r.replicaId}, ${r.sequence}, ${r.time}, ${r.requestId}, ${r.caller}, ${r.rpc}, ${r.path}, ${r.version},
-            ${r.outcome}, ${r.code}, ${q.json(r.detail as never)}, ${r.mac})`;
+            ${r.outcome}, ${r.code}, ${q.json(r.detail as never)}, ${r.mac}, ${r.signature}, ${r.signer})`;
 }
 
 /**
@@ -64,9 +72,9 @@ export async function insertAuditRow(q: Queryable, r: AuditRow): Promise<void> {
  */
 export function auditInsertFragment(sql: Queryable, r: AuditRow) {
   return sql`
-    INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
+    INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac, signature, signer)
     SELECT ${r.replicaId}, ${r.sequence}::bigint, ${r.time}::timestamptz, ${r.requestId}, ${r.caller}, ${r.rpc}, ${r.path}::text,
-           ${r.version}::int, ${r.outcome}, ${r.code}, ${sql.json(r.detail as never)}::jsonb, ${r.mac}::bytea`;
+           ${r.version}::int, ${r.outcome}, ${r.code}, ${sql.json(r.detail as never)}::jsonb, ${r.mac}::bytea, ${r.signature}::bytea, ${r.signer}::bytea`;
 }
 
 /** An event as a JSON object for json_to_recordset (column names as in audit_events; the MAC in hex). */
@@ -84,6 +92,8 @@ export function auditJson(r: AuditRow) {
     code: r.code,
     detail: r.detail,
     mac_hex: r.mac === null ? null : r.mac.toString("hex"),
+    // Only sealed-time events are signed: absent keys read as NULL and keep the batch small.
+    ...(r.signature === null ? {} : { signature_hex: r.signature.toString("hex"), signer_hex: r.signer?.toString("hex") }),
   };
 }
 
@@ -106,7 +116,7 @@ export class AuditStore {
         WITH t AS MATERIALIZED (
           SELECT * FROM json_to_recordset(${batch}::text::json) AS t(
             replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
-            outcome text, code text, detail jsonb, mac_hex text, i int, read_path text, read_version int)
+            outcome text, code text, detail jsonb, mac_hex text, signature_hex text, signer_hex text, i int, read_path text, read_version int)
         ), r AS MATERIALIZED (
           SELECT t.i, s.id, s.path, s.data_key_id, s.wrapped_data_key, s.keyring_key_id, v.version, v.ciphertext, v.created_at
           FROM t
@@ -116,8 +126,9 @@ export class AuditStore {
             AND v.version = CASE WHEN t.read_version = 0 THEN s.latest_version ELSE t.read_version END
             AND v.deleted_at IS NULL AND v.ciphertext IS NOT NULL
         ), ins AS (
-          INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
-          SELECT replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, decode(mac_hex, 'hex')
+          INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac, signature, signer)
+          SELECT replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, decode(mac_hex, 'hex'),
+                 decode(signature_hex, 'hex'), decode(signer_hex, 'hex')
           FROM t WHERE t.read_path IS NULL OR t.i IN (SELECT i FROM r)
         )
         SELECT * FROM r`,
@@ -167,56 +178,101 @@ export class AuditStore {
     return this.checkpoints(this.sql`ORDER BY replica_id, written_at DESC`);
   }
 
-  /** Per replica, the checkpoint with the highest first sequence (where retention left its log starting). */
+  /**
+   * Every checkpoint that moved a replica's floor (first sequence above 1),
+   * highest first: retention writes one per run that pruned, so they are few.
+   * The caller takes the highest whose MAC verifies; a forged one above it
+   * must not hide it.
+   */
   async floorCheckpoints(): Promise<Checkpoint[]> {
-    return this.checkpoints(this.sql`ORDER BY replica_id, first_sequence DESC, written_at DESC`);
+    return this.run(async () => (await this.sql`
+      SELECT * FROM audit_checkpoints WHERE first_sequence > 1 ORDER BY replica_id, first_sequence DESC, written_at DESC`).map(toCheckpoint));
   }
 
   private async checkpoints(order: ReturnType<Sql>): Promise<Checkpoint[]> {
-    return this.run(async () => {
-      const rows = await this.sql`
-        SELECT DISTINCT ON (replica_id) replica_id, written_at, first_sequence, last_sequence, final, mac
-        FROM audit_checkpoints ${order}`;
-      return rows.map((r) => ({
-        replicaId: r.replica_id,
-        writtenAt: r.written_at,
-        firstSequence: Number(r.first_sequence),
-        lastSequence: Number(r.last_sequence),
-        final: r.final,
-        mac: r.mac,
-      }));
-    });
+    return this.run(async () => (await this.sql`SELECT DISTINCT ON (replica_id) * FROM audit_checkpoints ${order}`).map(toCheckpoint));
   }
 
   async insertCheckpoint(c: Checkpoint): Promise<void> {
+    await this.run(() => insertCheckpointRow(this.sql, c));
+  }
+
+  /** Registers a signer's certificate chain (once; later calls change nothing). */
+  async insertSigner(s: AuditSignerRecord): Promise<void> {
     await this.run(
       () => this.sql`
-        INSERT INTO audit_checkpoints (replica_id, written_at, first_sequence, last_sequence, final, mac)
-        VALUES (${c.replicaId}, ${c.writtenAt}, ${c.firstSequence}, ${c.lastSequence}, ${c.final}, ${c.mac})
+        INSERT INTO audit_signers (certificate_sha256, certificate_chain) VALUES (${s.certificateSha256}, ${s.certificateChainPem})
         ON CONFLICT DO NOTHING`,
     );
   }
 
-  /** This replica's events still waiting for a MAC. */
-  async unsealedEvents(replicaId: string): Promise<StoredAuditRow[]> {
-    return this.run(async () => (await this.sql`SELECT * FROM audit_events WHERE replica_id = ${replicaId} AND mac IS NULL`).map(toRow));
+  /** Every registered signer (one per SVID the replicas signed with while sealed). */
+  async signers(): Promise<AuditSignerRecord[]> {
+    return this.run(async () =>
+      (await this.sql`SELECT certificate_sha256, certificate_chain FROM audit_signers`).map((r) => ({
+        certificateSha256: r.certificate_sha256 as Buffer,
+        certificateChainPem: r.certificate_chain as string,
+      })),
+    );
   }
 
-  async setMac(id: number, mac: Buffer): Promise<void> {
-    await this.run(() => this.sql`UPDATE audit_events SET mac = ${mac} WHERE id = ${id} AND mac IS NULL`);
+  /** Replicas that have events: one index probe per replica (a loose index scan), not a pass over every event. */
+  async replicaIds(): Promise<string[]> {
+    return this.run(async () =>
+      (await this.sql`
+        WITH RECURSIVE r AS (
+          (SELECT replica_id FROM audit_events ORDER BY replica_id LIMIT 1)
+          UNION ALL
+          SELECT (SELECT e.replica_id FROM audit_events e WHERE e.replica_id > r.replica_id ORDER BY e.replica_id LIMIT 1)
+          FROM r WHERE r.replica_id IS NOT NULL
+        )
+        SELECT replica_id FROM r WHERE replica_id IS NOT NULL`).map((r) => r.replica_id as string),
+    );
   }
 
-  /** Deletes events older than `before`; returns, per replica, the lowest sequence that remains. */
-  async prune(before: Date): Promise<Map<string, number>> {
-    return this.run(async () => {
-      const rows = await this.sql`
-        WITH gone AS (DELETE FROM audit_events WHERE time < ${before} RETURNING replica_id, sequence)
-        SELECT replica_id, max(sequence) + 1 AS floor FROM gone GROUP BY replica_id`;
-      return new Map(rows.map((r) => [r.replica_id as string, Number(r.floor)]));
-    });
+  /** A replica's events from `fromSequence` up, by sequence: retention selects by sequence, never by a row's own time. */
+  async eventsFrom(replicaId: string, fromSequence: number, limit: number): Promise<StoredAuditRow[]> {
+    return this.run(async () =>
+      (await this.sql`
+        SELECT * FROM audit_events WHERE replica_id = ${replicaId} AND sequence >= ${fromSequence}
+        ORDER BY sequence, id LIMIT ${limit}`).map(toRow),
+    );
+  }
+
+  /**
+   * Deletes the given events and records the replica's new floor in one
+   * transaction, so pruned events are never missing without the checkpoint
+   * that explains them.
+   */
+  async prune(ids: readonly number[], floor: Checkpoint): Promise<void> {
+    await this.run(() =>
+      this.sql.begin(async (tx) => {
+        for (let i = 0; i < ids.length; i += 10_000) await tx`DELETE FROM audit_events WHERE id = ANY(${ids.slice(i, i + 10_000) as never}::bigint[])`;
+        await insertCheckpointRow(tx, floor);
+      }),
+    );
   }
 
   private readonly run = guarded;
+}
+
+function insertCheckpointRow(q: Queryable, c: Checkpoint) {
+  return q`
+    INSERT INTO audit_checkpoints (replica_id, written_at, first_sequence, last_sequence, final, given_up, mac)
+    VALUES (${c.replicaId}, ${c.writtenAt}, ${c.firstSequence}, ${c.lastSequence}, ${c.final}, ${c.givenUp as never}::bigint[], ${c.mac})
+    ON CONFLICT DO NOTHING`;
+}
+
+function toCheckpoint(r: Record<string, unknown>): Checkpoint {
+  return {
+    replicaId: r.replica_id as string,
+    writtenAt: r.written_at as Date,
+    firstSequence: Number(r.first_sequence),
+    lastSequence: Number(r.last_sequence),
+    final: r.final as boolean,
+    givenUp: ((r.given_up as Array<string | number> | null) ?? []).map(Number),
+    mac: r.mac as Buffer,
+  };
 }
 
 function toRow(r: Record<string, unknown>): StoredAuditRow {
@@ -234,5 +290,7 @@ function toRow(r: Record<string, unknown>): StoredAuditRow {
     code: r.code as string,
     detail: r.detail as Record<string, unknown>,
     mac: (r.mac as Buffer | null) ?? null,
+    signature: (r.signature as Buffer | null) ?? null,
+    signer: (r.signer as Buffer | null) ?? null,
   };
 }

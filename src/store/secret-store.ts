@@ -196,7 +196,7 @@ export class SecretStore {
           SELECT * FROM json_to_recordset(${json}::text::json) AS t(
             i int, secret_id uuid, new_version int, ciphertext_hex text, created_by text, expires_at timestamptz,
             replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
-            outcome text, code text, detail jsonb, mac_hex text)
+            outcome text, code text, detail jsonb, mac_hex text, signature_hex text, signer_hex text)
         ), cur AS MATERIALIZED (
           SELECT id, latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
           -- NOWAIT: a row someone else holds fails the batch at once (each put then
@@ -216,8 +216,9 @@ export class SecretStore {
           DELETE FROM secret_versions v USING upd JOIN t ON t.i = upd.i
           WHERE v.secret_id = upd.id AND v.version <= t.new_version - upd.max_versions
         ), aud AS (
-          INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
-          SELECT t.replica_id, t.sequence, t.time, t.request_id, t.caller, t.rpc, t.path, t.version, t.outcome, t.code, t.detail, decode(t.mac_hex, 'hex')
+          INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac, signature, signer)
+          SELECT t.replica_id, t.sequence, t.time, t.request_id, t.caller, t.rpc, t.path, t.version, t.outcome, t.code, t.detail, decode(t.mac_hex, 'hex'),
+                 decode(t.signature_hex, 'hex'), decode(t.signer_hex, 'hex')
           FROM t JOIN upd ON upd.i = t.i
         )
         SELECT t.i, ins.created_at, cur.latest_version, cur.expired

@@ -5,12 +5,12 @@
 // the event was written gets a follow-up that points at it.
 
 import { expect } from "chai";
-import { AuditLog } from "../../../src/audit/audit-log.js";
+import { AuditLog, checkpointVerifies } from "../../../src/audit/audit-log.js";
 import { NexusError } from "../../../src/errors/nexus-error.js";
 import type { KeyManager } from "../../../src/keys/key-manager.js";
 import { silentLogger } from "../../../src/log/logger.js";
 import type { AuditRow } from "../../../src/audit/audit-event.js";
-import type { AuditStore, BatchEvent, ReadableVersion } from "../../../src/store/audit-store.js";
+import type { AuditStore, BatchEvent, Checkpoint, ReadableVersion } from "../../../src/store/audit-store.js";
 
 const VERSION: ReadableVersion = {
   secretId: "00000000-0000-4000-8000-000000000001", path: "a/b", dataKeyId: 1, wrappedDataKey: Buffer.alloc(1),
@@ -20,6 +20,7 @@ const VERSION: ReadableVersion = {
 /** Stores events; `mode` decides what the next batch does. */
 class MemoryStore {
   readonly rows: AuditRow[] = [];
+  readonly checkpoints: Checkpoint[] = [];
   mode: "ok" | "unreachable" = "ok";
   readable = new Set<string>();
 
@@ -33,13 +34,19 @@ class MemoryStore {
     });
     return found;
   }
+
+  async insertCheckpoint(c: Checkpoint): Promise<void> {
+    this.checkpoints.push(c);
+  }
 }
 
+// Unsealed throughout: nothing is signed.
+const noSigner = { sign: () => { throw new Error("unsealed events are MAC'd, not signed"); } };
 const keys = { sealed: false, integrityKey: () => Buffer.alloc(32, 1), onSealChange() {} } as unknown as KeyManager;
 
 function setup() {
   const store = new MemoryStore();
-  const log = new AuditLog(store as unknown as AuditStore, keys, silentLogger, "replica-1");
+  const log = new AuditLog(store as unknown as AuditStore, keys, noSigner, silentLogger, "replica-1");
   const call = () => log.begin({ requestId: "r", rpc: "/spike.nexus.v1.SecretService/GetSecret", time: new Date() });
   const written = () => store.rows.map((r) => `${r.sequence} ${r.outcome} ${r.code}${r.detail.after_sequence ? ` after ${String(r.detail.after_sequence)}` : ""}`);
   return { store, log, call, written };
@@ -73,6 +80,20 @@ describe("CallRecord sequence numbers", () => {
     await record.finish("error", "UNAVAILABLE");
     expect(written()).to.deep.equal(["2 error UNAVAILABLE after 1"]);
     expect(log.head, "1 is given up, not waited for: checkpoints go on covering new events").to.equal(2);
+  });
+
+  it("numbers given up are listed in the next checkpoint, under its MAC, so verification does not call them deleted", async () => {
+    const { store, log, call } = setup();
+    store.mode = "unreachable";
+    const record = call();
+    await record.recordRead({ path: "a/b", version: 0 }).catch(() => {});
+    store.mode = "ok";
+    await record.finish("error", "UNAVAILABLE");
+    await log.checkpoint();
+    const [c] = store.checkpoints;
+    expect({ last: c.lastSequence, givenUp: c.givenUp }).to.deep.equal({ last: 2, givenUp: [1, 1] });
+    expect(checkpointVerifies(keys.integrityKey(), c, c.mac)).to.equal(true);
+    expect(checkpointVerifies(keys.integrityKey(), { ...c, givenUp: [] }, c.mac), "the list is under the MAC").to.equal(false);
   });
 
   it("a change whose statement met an unreachable database is recorded the same way; a definite refusal reuses the number", async () => {

@@ -1,0 +1,132 @@
+// Audit retention: prunes events older than the retention, per replica, in
+// sequence order from where its retained log starts (its verified floor), and
+// only events that authenticate. It stops at the first event that is young,
+// does not authenticate, appears twice, or is missing for no recorded reason,
+// so a database writer cannot have tampered events pruned (a time set to 1970
+// fails the MAC) nor move the floor with a junk row (the floor is one past
+// the last event pruned, never taken from row contents). Each run deletes and
+// writes the MAC'd floor checkpoint in one transaction. See ADR 0003.
+
+import type { KeyManager } from "../keys/key-manager.js";
+import type { Logger } from "../log/logger.js";
+import type { AuditSignerRecord, AuditStore, Checkpoint, StoredAuditRow } from "../store/audit-store.js";
+import { checkpointMac, checkpointVerifies, type AuditLog } from "./audit-log.js";
+import { EventAuthenticator, type SignatureTrust } from "./event-authenticator.js";
+import { SequenceRanges } from "./sequence-ranges.js";
+
+const CHUNK = 1000;
+/** Per replica and run; the next run goes on from there. */
+const MAX_PRUNED_PER_RUN = 50_000;
+
+export interface PruneResult {
+  readonly replicaId: string;
+  readonly pruned: number;
+  /** The replica's first retained sequence now. */
+  readonly floor: number;
+}
+
+export class AuditRetention {
+  constructor(
+    private readonly store: AuditStore,
+    private readonly keys: KeyManager,
+    private readonly ownLog: AuditLog,
+    private readonly trust: () => SignatureTrust,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Prunes what may be pruned of every replica's events older than `before`. */
+  async prune(before: Date): Promise<PruneResult[]> {
+    if (this.keys.sealed) return [];
+    const [replicas, latest, floors, signers] = await Promise.all([
+      this.store.replicaIds(),
+      this.store.latestCheckpoints(),
+      this.store.floorCheckpoints(),
+      this.store.signers(),
+    ]);
+    const results: PruneResult[] = [];
+    for (const replicaId of replicas) {
+      const cp = latest.find((c) => c.replicaId === replicaId);
+      const result = await this.pruneReplica(replicaId, cp, floors.filter((f) => f.replicaId === replicaId), signers, before);
+      if (result !== undefined) results.push(result);
+    }
+    return results;
+  }
+
+  private async pruneReplica(
+    replicaId: string,
+    latest: Checkpoint | undefined,
+    floors: readonly Checkpoint[],
+    signers: readonly AuditSignerRecord[],
+    before: Date,
+  ): Promise<PruneResult | undefined> {
+    // Where the retained log starts and what is settled, from checkpoints whose MAC verifies (key taken and dropped synchronously).
+    if (this.keys.sealed) return undefined;
+    let key = this.keys.integrityKey();
+    if (latest !== undefined && !checkpointVerifies(key, latest, latest.mac)) {
+      this.logger.warn("audit retention skips a replica whose latest checkpoint fails its MAC", { replicaId });
+      return undefined;
+    }
+    const floorCp = floors.find((f) => checkpointVerifies(key, f, f.mac));
+    const floor = Math.max(floorCp?.firstSequence ?? 1, latest?.firstSequence ?? 1);
+    const own = replicaId === this.ownLog.replicaId;
+    const settled = Math.max(latest?.lastSequence ?? 0, own ? this.ownLog.head : 0);
+    const givenUp = SequenceRanges.fromPairs(latest?.givenUp ?? []);
+    // A number missing for a recorded reason (given up), or — another
+    // replica's — after its last checkpoint (a crash gap, which verification
+    // cannot tell from a deletion anyway), does not stop pruning.
+    const skippable = (s: number) => givenUp.has(s) || (own ? this.ownLog.gaveUp(s) : s > settled);
+
+    const ids: number[] = [];
+    let next = floor; // the sequence expected next
+    let prunedThrough = floor - 1;
+    for (;;) {
+      const rows = await this.store.eventsFrom(replicaId, next, CHUNK);
+      if (this.keys.sealed) return undefined;
+      // After the await: take the key again now, use it synchronously.
+      const auth = new EventAuthenticator(this.keys.integrityKey(), signers, this.trust());
+      const full = rows.length === CHUNK;
+      const bySequence = groupBySequence(rows);
+      // A full chunk may have cut the copies of its last sequence: that one is read again next time.
+      if (full) bySequence.delete(rows[rows.length - 1].sequence);
+      let stopped = bySequence.size === 0;
+      for (const [sequence, copies] of bySequence) {
+        while (next < sequence && skippable(next)) next++;
+        const prunable = next === sequence && copies.length === 1 && auth.check(copies[0]) !== undefined && copies[0].time < before;
+        if (!prunable) {
+          stopped = true;
+          break;
+        }
+        ids.push(copies[0].id);
+        prunedThrough = sequence;
+        next = sequence + 1;
+      }
+      if (stopped || !full || ids.length >= MAX_PRUNED_PER_RUN) break;
+    }
+    if (ids.length === 0) return undefined;
+
+    const newFloor = prunedThrough + 1;
+    const c = {
+      replicaId,
+      writtenAt: new Date(),
+      firstSequence: newFloor,
+      lastSequence: Math.max(latest?.lastSequence ?? 0, prunedThrough),
+      final: latest?.final ?? false,
+      givenUp: givenUp.pairs(newFloor),
+    };
+    if (this.keys.sealed) return undefined;
+    key = this.keys.integrityKey();
+    const floorCheckpoint = { ...c, mac: checkpointMac(key, c) };
+    await this.store.prune(ids, floorCheckpoint);
+    return { replicaId, pruned: ids.length, floor: newFloor };
+  }
+}
+
+function groupBySequence(rows: readonly StoredAuditRow[]): Map<number, StoredAuditRow[]> {
+  const out = new Map<number, StoredAuditRow[]>();
+  for (const r of rows) {
+    const group = out.get(r.sequence);
+    if (group === undefined) out.set(r.sequence, [r]);
+    else group.push(r);
+  }
+  return out;
+}
