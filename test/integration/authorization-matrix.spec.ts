@@ -378,6 +378,13 @@ describe("authorization over the wire", function () {
         request: async (cell) => ({ path: await seeded(cell, "update-metadata"), maxVersions: 5, updateMask: { paths: ["max_versions"] } }),
       }),
       row({ method: SecretService.method.purgeSecret, allowed: "OK", request: async (cell) => ({ path: await seeded(cell, "purge") }) }),
+      // Issue 12: moving labels and rotating need WRITE, like a put.
+      row({ method: SecretService.method.promoteSecretVersion, allowed: "OK", request: async (cell) => ({ path: await seeded(cell, "promote"), version: 1 }) }),
+      row({
+        method: SecretService.method.rotateSecret,
+        allowed: "OK",
+        request: async (cell) => ({ path: await seeded(cell, "rotate"), generator: { case: "randomBytes" as const, value: { length: 16 } }, dataKey: "v" }),
+      }),
     ];
 
     before(async () => {
