@@ -16,6 +16,9 @@ import {
   type RotationPolicySchema,
 } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { NexusClient } from "../../src/client/nexus-client.js";
+import { silentLogger } from "../../src/log/logger.js";
+import { connectDatabase } from "../../src/store/database.js";
+import { SecretStore } from "../../src/store/secret-store.js";
 import { ADMIN_PASSWORD, FAST_KDF, fails, ok, openDatabase, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { startTestServer, type TestServer } from "../support/test-server.js";
 import { eventually, sleep } from "../support/wait.js";
@@ -209,6 +212,31 @@ describe("secret rotation", function () {
       expect(JSON.stringify(events[0].detail), "the generated value is not in the event").not.to.include(read.data.key);
       const next = timestampDate((await metadata(path)).nextRotationAt!).getTime();
       expect(next).to.be.within(Date.now() + 40_000, Date.now() + 61_000);
+    });
+
+    it("concurrent claims from two replicas' stores hand each due rotation to exactly one of them", async () => {
+      const paths = Array.from({ length: 40 }, (_, i) => `rotation/claims/${String(i).padStart(2, "0")}`);
+      for (const p of paths) {
+        await put(p, { key: "v" });
+        ok(await setPolicy(p, bytes(16)));
+      }
+      // Far in the past, so the live schedulers (which claim the oldest first) race these stores for them too.
+      const sqls = [0, 1].map(() => connectDatabase({ url: server.nexus.databaseUrl, poolMax: 4, logger: silentLogger }));
+      try {
+        const stores = sqls.map((sql) => new SecretStore(sql));
+        await db`UPDATE secrets SET next_rotation_at = now() - interval '1 day' WHERE path LIKE 'rotation/claims/%'`;
+        const claimed: string[] = [];
+        await Promise.all(
+          stores.flatMap((store) => [0, 1, 2].map(async () => {
+            for (let round = 0; round < 10; round++) claimed.push(...(await store.claimDueRotations(3, 120_000)).map((c) => c.path));
+          })),
+        );
+        const mine = claimed.filter((p) => p.startsWith("rotation/claims/"));
+        expect(mine.length, "no rotation claimed twice").to.equal(new Set(mine).size);
+      } finally {
+        await Promise.all(sqls.map((sql) => sql.end()));
+        await db`UPDATE secrets SET rotation = NULL, rotation_mac = NULL, next_rotation_at = NULL WHERE path LIKE 'rotation/claims/%'`;
+      }
     });
 
     it("a rotation missed for many periods runs once, not once per missed period", async () => {
