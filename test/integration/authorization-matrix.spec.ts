@@ -89,6 +89,8 @@ const MATRIX: Record<string, string> = {
   "SecretService/DestroySecret":               "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
   "SecretService/UpdateSecretMetadata":        "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
   "SecretService/PurgeSecret":                 "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/PromoteSecretVersion":        "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/RotateSecret":                "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
 };
 
 type Expectation = "ok" | "UNAUTH" | "DENIED";

@@ -8,7 +8,11 @@ import { expect } from "chai";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { SecretLabel, SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { NexusClient } from "../../src/client/nexus-client.js";
-import { ADMIN_PASSWORD, fails, ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
+import { silentLogger } from "../../src/log/logger.js";
+import { connectDatabase } from "../../src/store/database.js";
+import { loadMigrations, Migrator } from "../../src/store/migrations.js";
+import { ADMIN_PASSWORD, FAST_KDF, fails, ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
+import { createTestPki, startTestServer, type TestServer } from "../support/test-server.js";
 
 const { CURRENT, PENDING, PREVIOUS } = SecretLabel;
 
@@ -287,22 +291,38 @@ describe("secret labels", function () {
   });
 
   describe("rows from before labels (migration 005)", () => {
-    it("an unbound row with CURRENT = latest_version reads as before, and the next put binds it with a MAC", async () => {
-      const path = "labels/legacy";
-      await put(path, "1");
-      await put(path, "2");
-      // What migration 005 leaves on a row written before it.
-      await db`UPDATE secrets SET current_version = latest_version, pending_version = NULL, previous_version = NULL, label_epoch = 0, labels_mac = NULL WHERE path = ${path}`;
-      const fresh = await server.restart();
-      server = fresh;
-      client = server.client("grpc");
-      ok(await client.call(OperatorService.method.unseal, { adminPassword: ADMIN_PASSWORD }), "Unseal");
-      expect(ok(await get(path))).to.deep.include({ version: 2, data: { n: "2" }, labels: [CURRENT] });
-      await put(path, "3");
-      const [row] = await db`SELECT label_epoch::int AS epoch, labels_mac FROM secrets WHERE path = ${path}`;
-      expect(row.epoch).to.equal(1);
-      expect(row.labels_mac).to.have.length(32);
-      expect(await labelMap(path)).to.deep.equal({ 1: [], 2: [PREVIOUS], 3: [CURRENT] });
+    it("a secret written before the migration reads as CURRENT = latest_version after it, and its next put binds the labels with a MAC", async () => {
+      const pki = await createTestPki();
+      let old: TestServer | undefined = await startSecretServer({ pki });
+      const url = old.nexus.databaseUrl;
+      const sql = connectDatabase({ url, poolMax: 2, logger: silentLogger });
+      try {
+        const c = old.client("grpc");
+        for (const n of ["1", "2"]) ok(await c.call(SecretService.method.putSecret, { path: "legacy/db", data: { n } }));
+        await old.stop();
+        old = undefined;
+        // Back to the schema before labels (reverting any migration after 005 too), then up again at the next start.
+        const migrator = new Migrator(sql, await loadMigrations(), silentLogger);
+        while ((await sql`SELECT 1 FROM information_schema.columns WHERE table_name = 'secrets' AND column_name = 'labels_mac'`).length > 0) await migrator.down();
+        const next = await startTestServer({ pki, databaseUrl: url, start: FAST_KDF });
+        old = next;
+        const n = next.client("grpc");
+        ok(await n.call(OperatorService.method.unseal, { adminPassword: ADMIN_PASSWORD }), "Unseal");
+        const [row] = await sql`SELECT current_version, label_epoch::int AS epoch, labels_mac FROM secrets WHERE path = 'legacy/db'`;
+        expect(row).to.deep.equal({ current_version: 2, epoch: 0, labels_mac: null });
+        expect(ok(await n.call(SecretService.method.getSecret, { path: "legacy/db" }))).to.deep.include({ version: 2, data: { n: "2" }, labels: [CURRENT] });
+        expect(ok(await n.call(SecretService.method.getSecretMetadata, { path: "legacy/db" })).metadata?.currentVersion).to.equal(2);
+        ok(await n.call(SecretService.method.putSecret, { path: "legacy/db", data: { n: "3" } }));
+        const [bound] = await sql`SELECT label_epoch::int AS epoch, labels_mac FROM secrets WHERE path = 'legacy/db'`;
+        expect(bound.epoch).to.equal(1);
+        expect(bound.labels_mac).to.have.length(32);
+        const versions = ok(await n.call(SecretService.method.getSecretMetadata, { path: "legacy/db" })).metadata!.versions;
+        expect(versions.map((v) => [v.version, v.labels])).to.deep.equal([[1, []], [2, [PREVIOUS]], [3, [CURRENT]]]);
+      } finally {
+        await sql.end();
+        await old?.stop();
+        await pki.remove();
+      }
     });
   });
 });
