@@ -484,7 +484,8 @@ export class SecretStore {
         UPDATE secrets SET next_rotation_at = now() + ${leaseMs} * interval '1 millisecond'
         WHERE id IN (
           SELECT id FROM secrets
-          WHERE next_rotation_at <= now() AND rotation IS NOT NULL AND ${this.sql.unsafe(LIVE)}
+          WHERE next_rotation_at <= now() AND rotation IS NOT NULL AND rotation->'generator'->>'kind' <> 'external'
+            AND ${this.sql.unsafe(LIVE)}
           ORDER BY next_rotation_at LIMIT ${limit} FOR UPDATE SKIP LOCKED
         )
         RETURNING id, path, rotation, rotation_mac`;
