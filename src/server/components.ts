@@ -24,6 +24,8 @@ import { SecretCipher } from "../keys/secret-cipher.js";
 import type { Logger } from "../log/logger.js";
 import { operatorService } from "../services/operator-service.js";
 import { policyService } from "../services/policy-service.js";
+import { LabelFreshness } from "../services/secret-labels.js";
+import { SecretRotator } from "../services/secret-rotation.js";
 import { secretService } from "../services/secret-service.js";
 import { AuditStore } from "../store/audit-store.js";
 import { CredentialStore } from "../store/credential-store.js";
@@ -36,6 +38,9 @@ import { SecretStore } from "../store/secret-store.js";
 import { CertificateSource } from "../transport/certificate-source.js";
 import { startListeners, type Listeners } from "./listeners.js";
 import { startMaintenance } from "./maintenance.js";
+
+/** How often a replica looks for due rotations: well inside the 30 s the scheduler promises. */
+const ROTATION_CHECK_INTERVAL_MS = 5_000;
 
 export interface ComponentDeps {
   readonly config: NexusConfig;
@@ -88,6 +93,9 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   cleanup.push(() => policySync.stop());
   const credentials = new AdminCredentials(credentialStore, keys, epochs);
 
+  const cipher = new SecretCipher(keys);
+  const freshness = new LabelFreshness();
+  const rotator = new SecretRotator({ keys, cipher, store: secrets, freshness, logger, maxSecretBytes: config.maxSecretBytes });
   const services = [
     operatorService({
       trustDomain: config.trustDomain,
@@ -104,7 +112,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       policyStore,
       policySync,
     }),
-    secretService({ keys, cipher: new SecretCipher(keys), store: secrets, maxSecretBytes: config.maxSecretBytes }),
+    secretService({ keys, cipher, store: secrets, maxSecretBytes: config.maxSecretBytes, freshness, rotator, logger }),
     policyService({ store: policyStore, keys, sync: policySync, epochs }),
   ];
 
@@ -118,6 +126,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       logger,
       cleanupIntervalMs: config.cleanupIntervalMs,
       auditRetentionMs: config.auditRetentionMs,
+      rotation: { store: secrets, rotator, auditLog, keys, logger, intervalMs: ROTATION_CHECK_INTERVAL_MS },
     }),
   );
 

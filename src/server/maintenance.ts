@@ -1,5 +1,6 @@
 // Periodic housekeeping (seed 002's cleanup of expired rows): expired secrets
-// and admin credentials, audit checkpoints, and audit retention. Each job runs
+// and admin credentials, audit checkpoints, audit retention, and the rotation
+// scheduler (rotation-scheduler.ts). Each job runs
 // on its own timer, never overlaps itself, and logs rather than throws.
 
 import type { AuditLog } from "../audit/audit-log.js";
@@ -8,6 +9,7 @@ import type { AdminCredentials } from "../authorization/admin-credentials.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
 import type { SecretStore } from "../store/secret-store.js";
+import { runDueRotations, type RotationSchedulerDeps } from "./rotation-scheduler.js";
 
 export interface MaintenanceDeps {
   readonly secrets: SecretStore;
@@ -19,6 +21,8 @@ export interface MaintenanceDeps {
   readonly cleanupIntervalMs: number;
   readonly auditRetentionMs: number;
   readonly checkpointIntervalMs?: number;
+  /** The rotation scheduler; omitted, nothing is rotated by schedule. */
+  readonly rotation?: RotationSchedulerDeps & { readonly intervalMs: number };
 }
 
 export function startMaintenance(d: MaintenanceDeps): () => void {
@@ -36,6 +40,8 @@ export function startMaintenance(d: MaintenanceDeps): () => void {
       if (pruned.length > 0) d.logger.info("audit events pruned", { replicas: pruned.length, events: pruned.reduce((n, r) => n + r.pruned, 0) });
     }),
   ];
+  const rotation = d.rotation;
+  if (rotation) timers.push(every(rotation.intervalMs, "rotation scheduler", d.logger, () => runDueRotations(rotation)));
   return () => timers.forEach((t) => clearInterval(t));
 }
 

@@ -2,7 +2,10 @@
 // first (sealed? valid request?), then encrypt or decrypt through keys/ and read
 // or write through store/. Every write is one conditional statement; a put that
 // loses a race is retried with the version the database reported, or ABORTED
-// when the caller asked for check-and-set.
+// when the caller asked for check-and-set. Labels (CURRENT, PENDING,
+// PREVIOUS) move with the writes that move them, sealed by the service and
+// checked on every read that uses them (secret-labels.ts); rotation policies
+// are validated and MAC'd here and run by secret-rotation.ts.
 
 import { randomUUID } from "node:crypto";
 import { timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
@@ -12,6 +15,7 @@ import { NexusError } from "../errors/nexus-error.js";
 import { ownedCopy } from "../keys/aead.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { DataKeyRef, SecretCipher } from "../keys/secret-cipher.js";
+import type { Logger } from "../log/logger.js";
 import type { SecretMetadataRow, SecretStore, VersionChange } from "../store/secret-store.js";
 import { registerService, type CallContext, type ServiceRegistration } from "../transport/call-context.js";
 import {
@@ -29,6 +33,29 @@ import {
   MAX_VERSION,
 } from "./secret-rules.js";
 import { maskedFields } from "./update-mask.js";
+import {
+  checkLabels,
+  labelName,
+  labelStateFromRow,
+  labelsAfterPromote,
+  labelsAfterPut,
+  labelsOf,
+  sealLabels,
+  type LabelFreshness,
+  type LabelState,
+} from "./secret-labels.js";
+import {
+  policyToProto,
+  rotationMac,
+  rotationPolicyAltered,
+  validateBytesGenerator,
+  validateDataKey,
+  validatePasswordGenerator,
+  validatePolicy,
+  verifiedPolicy,
+  type StoredPolicy,
+} from "./rotation-policy.js";
+import type { SecretRotator } from "./secret-rotation.js";
 
 export interface SecretServiceDeps {
   readonly keys: KeyManager;
@@ -37,21 +64,29 @@ export interface SecretServiceDeps {
   readonly maxSecretBytes: number;
   /** How many paths' key references a replica remembers for one-round-trip puts. */
   readonly knownSecretsLimit?: number;
+  /** This process's memory of label epochs, shared with the rotator. */
+  readonly freshness: LabelFreshness;
+  readonly rotator: SecretRotator;
+  readonly logger: Logger;
 }
 
 interface KnownSecret extends Omit<DataKeyRef, "wrappedDataKey"> {
   wrappedDataKey: Buffer;
   latestVersion: number;
+  /** The verified labels, as stored; a put writes only if they are still these. */
+  labels: LabelState;
 }
+
+const PROMOTE_ATTEMPTS = 10;
 
 /** An unconditional put retries while it keeps losing races; the database reports the fresh version each time. */
 const PUT_ATTEMPTS = 50;
 /** Rows one ListSecrets call may examine for a caller whose policies hide most paths. */
 const LIST_SCAN_LIMIT = 5000;
-const UPDATABLE_FIELDS = ["max_versions", "custom_metadata", "expires_at"];
+const UPDATABLE_FIELDS = ["max_versions", "custom_metadata", "expires_at", "rotation"];
 
 export function secretService(deps: SecretServiceDeps): ServiceRegistration {
-  const { keys, cipher, store } = deps;
+  const { keys, cipher, store, freshness, logger } = deps;
   const known = new Map<string, KnownSecret>();
   const knownLimit = deps.knownSecretsLimit ?? 10_000;
   keys.onSealChange((sealed) => sealed && known.clear());
@@ -64,7 +99,14 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     if (known.size > knownLimit) known.delete(known.keys().next().value as string);
   };
 
+  /** Verifies labels read by a statement begun at `started` (MAC and epoch), or throws LABELS_ALTERED. */
+  const verifyLabels = (secretId: string, path: string, labels: LabelState, started: number) => {
+    if (keys.sealed) throw keys.sealedError();
+    checkLabels(keys.integrityKey(), freshness, secretId, path, labels, started, (why) => logger.error("secret labels failed their integrity check; refused", { path, why }));
+  };
+
   const lookup = async (path: string): Promise<KnownSecret | undefined> => {
+    const started = freshness.start();
     const row = await store.findByPath(path);
     if (row === undefined) return undefined;
     if (row.expired) {
@@ -72,7 +114,11 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       cipher.forget(row.id);
       return undefined;
     }
-    const s: KnownSecret = { secretId: row.id, path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey, latestVersion: row.latestVersion };
+    const labels = labelStateFromRow(row);
+    verifyLabels(row.id, path, labels, started);
+    const s: KnownSecret = {
+      secretId: row.id, path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey, latestVersion: row.latestVersion, labels,
+    };
     remember(s);
     return s;
   };
@@ -94,6 +140,25 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     if (keys.sealed) throw keys.sealedError();
   };
 
+  /** The metadata with its labels verified (INTERNAL LABELS_ALTERED otherwise) and its policy checked. */
+  const readMetadata = async (path: string) => {
+    const started = freshness.start();
+    const row = await store.metadata(path);
+    if (row === undefined) throw notFound(path);
+    const labels = labelStateFromRow(row);
+    verifyLabels(row.id, path, labels, started);
+    let policy: StoredPolicy | undefined;
+    if (row.rotation.policy !== null) {
+      if (keys.sealed) throw keys.sealedError();
+      policy = verifiedPolicy(keys.integrityKey(), row.id, path, row.rotation.policy, row.rotation.mac);
+      if (policy === undefined) {
+        logger.error("rotation policy failed its integrity check", { path });
+        throw rotationPolicyAltered(path);
+      }
+    }
+    return toMetadata(row, labels, policy);
+  };
+
   return registerService(SecretService, {
     async putSecret(req, ctx) {
       requireUnsealed();
@@ -101,6 +166,12 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       const expiresAt = req.expiresAt ? validateFutureTime(req.expiresAt, "expires_at") : undefined;
       const plaintext = encodeData(req.data, deps.maxSecretBytes);
       const cas = req.cas;
+      const stageName = labelName(req.stage, "stage");
+      if (stageName === "previous") {
+        plaintext.fill(0);
+        throw NexusError.invalidArgument("stage", "a put can stage a version as CURRENT or PENDING; PREVIOUS is set only by moving CURRENT", "INVALID_STAGE");
+      }
+      const stage = stageName ?? "current";
       if (cas !== undefined && cas > MAX_VERSION) {
         plaintext.fill(0);
         throw casMismatch(path, cas, (await store.findByPath(path))?.latestVersion ?? 0);
@@ -114,14 +185,17 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
             const id = randomUUID();
             const dk = cipher.newDataKey(id, path);
             const ciphertext = cipher.encryptVersion({ secretId: id, path, dataKeyId: dk.dataKeyId }, dk.dataKey, 1, plaintext);
+            const labels = sealLabels(keys.integrityKey(), id, path, { epoch: 0 }, labelsAfterPut({ current: null, pending: null, previous: null }, 1, stage), 1);
             ctx.audit.subject(path, 1);
+            const started = freshness.start();
             const createdAt = await store.insertNew({
               id, path, maxVersions: DEFAULT_MAX_VERSIONS, dataKeyId: dk.dataKeyId, wrappedDataKey: dk.wrappedDataKey,
-              keyringKeyId: dk.keyringKeyId, expiresAt, ciphertext, createdBy: ctx.caller.toString(),
-            }, ctx.audit.prepare());
+              keyringKeyId: dk.keyringKeyId, expiresAt, ciphertext, createdBy: ctx.caller.toString(), labels,
+            }, ctx.audit.prepare(stage === "pending" ? { stage } : {}));
             if (createdAt !== undefined) {
               ctx.audit.markWritten();
-              remember({ secretId: id, path, dataKeyId: dk.dataKeyId, keyringKeyId: dk.keyringKeyId, wrappedDataKey: dk.wrappedDataKey, latestVersion: 1 });
+              freshness.accept(id, labels.epoch, started);
+              remember({ secretId: id, path, dataKeyId: dk.dataKeyId, keyringKeyId: dk.keyringKeyId, wrappedDataKey: dk.wrappedDataKey, latestVersion: 1, labels });
               return { version: 1, createdAt: timestampFromDate(createdAt) };
             }
             cipher.forget(id);
@@ -131,14 +205,19 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
           if (cas === 0) throw casMismatch(path, 0, secret.latestVersion);
           const version = (cas ?? secret.latestVersion) + 1;
           const ciphertext = cipher.encryptVersion(secret, cipher.dataKey(secret), version, plaintext);
+          const before = secret.labels;
+          const labels = sealLabels(keys.integrityKey(), secret.secretId, path, before, labelsAfterPut(before, version, stage), version);
           ctx.audit.subject(path, version);
+          const started = freshness.start();
           const result = await store.appendVersion(
-            { secretId: secret.secretId, version, ciphertext, createdBy: ctx.caller.toString(), expiresAt },
-            ctx.audit.prepare(),
+            { secretId: secret.secretId, version, ciphertext, createdBy: ctx.caller.toString(), expiresAt, labels, expectedLabelsMac: before.mac },
+            ctx.audit.prepare(stage === "pending" ? { stage } : {}),
           );
           if (result.kind === "written") {
             ctx.audit.markWritten();
+            freshness.accept(secret.secretId, labels.epoch, started);
             secret.latestVersion = version;
+            secret.labels = labels;
             return { version, createdAt: timestampFromDate(result.createdAt) };
           }
           known.delete(path);
@@ -149,8 +228,13 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
             if (cas !== undefined && cas !== 0) throw casMismatch(path, cas, 0);
             continue;
           }
-          if (cas !== undefined) throw casMismatch(path, cas, result.latestVersion);
+          // cas compares with latest_version only: labels moved by a promotion
+          // in between are not a mismatch, just a reason to write again.
+          if (cas !== undefined && result.latestVersion !== cas) throw casMismatch(path, cas, result.latestVersion);
+          const fresh = labelStateFromRow(result.labels);
+          verifyLabels(secret.secretId, path, fresh, started);
           secret.latestVersion = result.latestVersion;
+          secret.labels = fresh;
           remember(secret);
           // Spread out writers that keep colliding on one hot path.
           if (attempt >= 2) await new Promise((r) => setTimeout(r, Math.random() * attempt));
@@ -164,30 +248,43 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     async getSecret(req, ctx) {
       requireUnsealed();
       const path = validatePath(req.path);
+      const label = labelName(req.label, "label");
+      if (label !== undefined && req.version !== 0) {
+        throw NexusError.invalidArgument("label", "give a version or a label, not both", "VERSION_AND_LABEL");
+      }
       if (req.version > MAX_VERSION) {
         throw new NexusError("not_found", `version ${req.version} of secret "${path}" does not exist`, { reason: "VERSION_NOT_FOUND" });
       }
+      const byLabel = req.version === 0 ? (label ?? "current") : undefined;
       // The common case in one round trip: the read rides in the audit group
-      // commit and its "ok" event is written only if it found a servable version.
-      const found = await ctx.audit.recordRead({ path, version: req.version });
+      // commit and its "ok" event is written only if it found a servable
+      // version. The labels come from the same statement and are verified
+      // before anything is decrypted.
+      const started = freshness.start();
+      const found = await ctx.audit.recordRead({ path, version: req.version, label: byLabel });
       if (found !== undefined) {
+        const labels = labelStateFromRow(found.labels);
+        verifyLabels(found.secretId, path, labels, started);
         const data = cipher.decryptVersion(found, found.version, found.ciphertext);
-        return { path, version: found.version, data, createdAt: timestampFromDate(found.createdAt) };
+        return { path, version: found.version, data, createdAt: timestampFromDate(found.createdAt), labels: labelsOf(labels, found.version) };
       }
       // Nothing servable (or it appeared since): read again to serve it or say why not.
-      const row = await store.readVersion(path, req.version);
+      const again = freshness.start();
+      const row = await store.readVersion(path, req.version, byLabel);
       if (row === undefined || row.expired) throw notFound(path);
+      const labels = labelStateFromRow(row);
+      verifyLabels(row.id, path, labels, again);
       if (row.version === null) {
-        throw req.version === 0
-          ? new NexusError("not_found", `secret "${path}" has no current version`, { reason: "NO_CURRENT_VERSION" })
-          : new NexusError("not_found", `version ${req.version} of secret "${path}" does not exist`, { reason: "VERSION_NOT_FOUND" });
+        if (byLabel === undefined) throw new NexusError("not_found", `version ${req.version} of secret "${path}" does not exist`, { reason: "VERSION_NOT_FOUND" });
+        if (byLabel === "current") throw new NexusError("not_found", `secret "${path}" has no current version`, { reason: "NO_CURRENT_VERSION" });
+        throw new NexusError("not_found", `no version of secret "${path}" is labelled ${byLabel.toUpperCase()}`, { reason: "LABEL_NOT_ASSIGNED" });
       }
-      // A deleted or destroyed current version is NOT_FOUND, never an older
-      // value in its place: put a new version, undelete it, or read an older
-      // one by number.
+      // A deleted or destroyed CURRENT version is NOT_FOUND, never an older
+      // value in its place: put a new version, undelete it, promote one, or
+      // read an older one by number.
       const gone = row.ciphertext === null ? "destroyed" : row.deletedAt !== null ? "deleted" : undefined;
-      if (gone !== undefined && req.version === 0) {
-        throw new NexusError("not_found", `the current version (${row.version}) of secret "${path}" is ${gone}; read an older version by number, undelete it or put a new one`, {
+      if (gone !== undefined && byLabel === "current") {
+        throw new NexusError("not_found", `the current version (${row.version}) of secret "${path}" is ${gone}; read an older version by number, undelete it, promote one or put a new one`, {
           reason: "CURRENT_VERSION_DELETED",
         });
       }
@@ -198,7 +295,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
         row.version,
         row.ciphertext,
       );
-      return { path, version: row.version, data, createdAt: timestampFromDate(row.createdAt!) };
+      return { path, version: row.version, data, createdAt: timestampFromDate(row.createdAt!), labels: labelsOf(labels, row.version) };
     },
 
     // Only paths the caller may list are returned. The scan is bounded, so a
@@ -248,9 +345,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     async getSecretMetadata(req) {
       requireUnsealed();
       const path = validatePath(req.path);
-      const row = await store.metadata(path);
-      if (row === undefined) throw notFound(path);
-      return { metadata: toMetadata(row) };
+      return { metadata: await readMetadata(path) };
     },
 
     async updateSecretMetadata(req, ctx) {
@@ -258,23 +353,104 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       const path = validatePath(req.path);
       const mask = maskedFields(req.updateMask, UPDATABLE_FIELDS, ctx.wireFormat);
       const fields = [...mask];
-      const updated = await store.updateMetadata(
-        path,
-        {
-          maxVersions: mask.has("max_versions") ? validateMaxVersions(req.maxVersions) : undefined,
-          customMetadata: mask.has("custom_metadata") ? validateCustomMetadata(req.customMetadata) : undefined,
-          expiresAt: mask.has("expires_at") ? (req.expiresAt ? validateFutureTime(req.expiresAt, "expires_at") : null) : undefined,
-        },
-        ctx.audit.prepare({ fields }),
-      );
+      const maxVersions = mask.has("max_versions") ? validateMaxVersions(req.maxVersions) : undefined;
+      const customMetadata = mask.has("custom_metadata") ? validateCustomMetadata(req.customMetadata) : undefined;
+      const expiresAt = mask.has("expires_at") ? (req.expiresAt ? validateFutureTime(req.expiresAt, "expires_at") : null) : undefined;
+      const policy = mask.has("rotation") && req.rotation !== undefined ? validatePolicy(req.rotation) : undefined;
+      let rotation: { policy: Record<string, unknown>; mac: Buffer; nextRotationAt: Date | null } | null | undefined;
+      if (mask.has("rotation")) {
+        if (policy === undefined) {
+          rotation = null;
+        } else {
+          // The MAC binds the policy to the secret's id: read it first (a rare admin write).
+          const secret = await store.findByPath(path);
+          if (secret === undefined || secret.expired) throw notFound(path);
+          if (keys.sealed) throw keys.sealedError();
+          const nextRotationAt = policy.generator.kind === "external" ? null : new Date(Date.now() + policy.period_ms);
+          rotation = { policy: policy as unknown as Record<string, unknown>, mac: rotationMac(keys.integrityKey(), secret.id, path, policy), nextRotationAt };
+        }
+      }
+      const updated = await store.updateMetadata(path, { maxVersions, customMetadata, expiresAt, rotation }, ctx.audit.prepare({ fields }));
       if (!updated) throw notFound(path);
       // Recorded as committed before anything else can fail: a later failure
       // gets an event of its own instead of a second one with this number.
       ctx.audit.markWritten();
       known.delete(path);
-      const row = await store.metadata(path);
-      if (row === undefined) throw notFound(path); // purged in between
-      return { metadata: toMetadata(row) };
+      return { metadata: await readMetadata(path) }; // NOT_FOUND if purged in between
+    },
+
+    async promoteSecretVersion(req, ctx) {
+      requireUnsealed();
+      const path = validatePath(req.path);
+      if (req.version < 1) throw NexusError.invalidArgument("version", "name the version to promote (versions are numbered from 1)", "INVALID_VERSION");
+      const expected = req.expectedCurrentVersion;
+      ctx.audit.subject(path, req.version);
+      for (let attempt = 0; attempt < PROMOTE_ATTEMPTS; attempt++) {
+        const started = freshness.start();
+        const row = req.version > MAX_VERSION ? undefined : await store.readVersion(path, req.version);
+        if (req.version > MAX_VERSION || (row !== undefined && !row.expired && row.version === null)) {
+          throw new NexusError("not_found", `version ${req.version} of secret "${path}" does not exist`, { reason: "VERSION_NOT_FOUND" });
+        }
+        if (row === undefined || row.expired) throw notFound(path);
+        const before = labelStateFromRow(row);
+        verifyLabels(row.id, path, before, started);
+        if (expected !== undefined && (before.current ?? 0) !== expected) {
+          throw new NexusError("failed_precondition", `the current version of "${path}" is ${before.current ?? "none"}, not ${expected}; nothing was promoted`, {
+            reason: "CURRENT_VERSION_MISMATCH",
+          });
+        }
+        if (row.ciphertext === null || row.deletedAt !== null) {
+          throw new NexusError("failed_precondition", `version ${req.version} of "${path}" is ${row.ciphertext === null ? "destroyed" : "deleted"}; only a live version can be promoted (undelete it first)`, {
+            reason: "VERSION_NOT_LIVE",
+          });
+        }
+        const respond = (l: LabelState) => ({ currentVersion: l.current ?? 0, previousVersion: l.previous ?? 0, pendingVersion: l.pending ?? 0 });
+        if (before.current === req.version) return respond(before); // already CURRENT: nothing moves
+        if (keys.sealed) throw keys.sealedError();
+        const after = sealLabels(keys.integrityKey(), row.id, path, before, labelsAfterPromote(before, req.version), before.latestVersion);
+        const writeStarted = freshness.start();
+        const result = await store.promote(row.id, req.version, { labelsMac: before.mac, latestVersion: before.latestVersion }, after, ctx.audit.prepare({ previous_current: before.current }));
+        if (result.kind === "gone") throw notFound(path);
+        if (result.kind === "promoted") {
+          ctx.audit.markWritten();
+          freshness.accept(row.id, after.epoch, writeStarted);
+          known.delete(path);
+          return respond(after);
+        }
+        // Labels, latest version or the version's state changed in between: judge again.
+      }
+      throw new NexusError("aborted", `too many concurrent writes to "${path}"; retry`, { reason: "CONCURRENT_UPDATE" });
+    },
+
+    async rotateSecret(req, ctx) {
+      requireUnsealed();
+      const path = validatePath(req.path);
+      const g = req.generator;
+      const generator =
+        g.case === "randomPassword" ? validatePasswordGenerator(g.value, "random_password") : g.case === "randomBytes" ? validateBytesGenerator(g.value, "random_bytes") : undefined;
+      if (req.dataKey !== "") validateDataKey(req.dataKey, "data_key");
+      const stored = await store.rotationPolicy(path);
+      if (stored === undefined) throw notFound(path);
+      let policy: StoredPolicy | undefined;
+      if (stored.policy !== null) {
+        if (keys.sealed) throw keys.sealedError();
+        policy = verifiedPolicy(keys.integrityKey(), stored.id, path, stored.policy, stored.mac);
+        if (policy === undefined) {
+          logger.error("rotation policy failed its integrity check; not rotated", { path });
+          throw rotationPolicyAltered(path);
+        }
+      }
+      const result = await deps.rotator.rotate({
+        path,
+        policy,
+        generator: generator as Exclude<typeof generator, { kind: "external" }>,
+        dataKey: req.dataKey || undefined,
+        promote: req.promote,
+        createdBy: ctx.caller.toString(),
+        audit: ctx.audit,
+      });
+      known.delete(path);
+      return result;
     },
 
     async purgeSecret(req, ctx) {
@@ -285,6 +461,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       ctx.audit.markWritten();
       known.delete(path);
       cipher.forget(id);
+      freshness.forget(id);
       return {};
     },
   });
@@ -303,18 +480,29 @@ function ts(d: Date | null): Timestamp | undefined {
   return d === null ? undefined : timestampFromDate(d);
 }
 
-function toMetadata(row: SecretMetadataRow): MessageInitShape<typeof SecretMetadataSchema> {
+function toMetadata(row: SecretMetadataRow, labels: LabelState, policy: StoredPolicy | undefined): MessageInitShape<typeof SecretMetadataSchema> {
+  const current = row.versions.find((v) => v.version === labels.current);
+  // External rotation is due once CURRENT is one period old; a generated one when the scheduler's time comes.
+  const nextRotationAt =
+    policy === undefined ? null : policy.generator.kind === "external" ? (current ? new Date(current.createdAt.getTime() + policy.period_ms) : new Date()) : row.rotation.nextRotationAt;
+  const externalDue = policy?.generator.kind === "external" && nextRotationAt !== null && nextRotationAt.getTime() <= Date.now();
   return {
     path: row.path,
     latestVersion: row.latestVersion,
-    // The version a read without a version number addresses, deleted or not.
-    currentVersion: row.latestVersion,
+    // The version a read without a version number or label addresses, deleted or not.
+    currentVersion: labels.current ?? 0,
     oldestVersion: row.versions.length ? row.versions[0].version : 0,
     maxVersions: row.maxVersions,
     customMetadata: row.customMetadata,
     createdAt: ts(row.createdAt),
     updatedAt: ts(row.updatedAt),
     expiresAt: ts(row.expiresAt),
-    versions: row.versions.map((v) => ({ version: v.version, createdAt: ts(v.createdAt), deletedAt: ts(v.deletedAt), destroyed: v.destroyed, createdBy: v.createdBy })),
+    versions: row.versions.map((v) => ({
+      version: v.version, createdAt: ts(v.createdAt), deletedAt: ts(v.deletedAt), destroyed: v.destroyed, createdBy: v.createdBy, labels: labelsOf(labels, v.version),
+    })),
+    rotation: policy === undefined ? undefined : policyToProto(policy),
+    nextRotationAt: ts(nextRotationAt),
+    lastRotatedAt: ts(row.rotation.lastRotatedAt),
+    rotationDue: externalDue || (labels.pending !== null && labels.pending > (labels.current ?? 0)),
   };
 }

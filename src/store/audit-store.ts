@@ -4,6 +4,7 @@
 
 import type { AuditOutcome, AuditRow } from "../audit/audit-event.js";
 import { guarded, type Queryable, type Sql } from "./database.js";
+import { labelRow, type LabelRow } from "./secret-label-row.js";
 
 export interface Checkpoint {
   readonly replicaId: string;
@@ -31,10 +32,11 @@ export interface AuditFilter {
   readonly outcome?: AuditOutcome;
 }
 
-/** A secret version to read in the statement that writes the event (GetSecret); version 0 = current. */
+/** A secret version to read in the statement that writes the event (GetSecret); version 0 = the one `label` names (default CURRENT). */
 export interface AuditedRead {
   readonly path: string;
   readonly version: number;
+  readonly label?: "current" | "pending" | "previous";
 }
 
 export interface BatchEvent {
@@ -52,6 +54,8 @@ export interface ReadableVersion {
   readonly version: number;
   readonly ciphertext: Buffer;
   readonly createdAt: Date;
+  /** The secret's label columns as read in the same statement, for the service to verify. */
+  readonly labels: LabelRow;
 }
 
 export interface StoredAuditRow extends AuditRow {
@@ -110,20 +114,25 @@ export class AuditStore {
   async insertBatch(events: readonly BatchEvent[]): Promise<Map<number, ReadableVersion>> {
     // One JSON parameter for the whole batch: the driver sends it as it is,
     // where a column per field would be escaped element by element.
-    const batch = JSON.stringify(events.map((e, i) => ({ ...auditJson(e.row), i, read_path: e.read?.path, read_version: e.read?.version })));
+    const batch = JSON.stringify(events.map((e, i) => ({ ...auditJson(e.row), i, read_path: e.read?.path, read_version: e.read?.version, read_label: e.read?.label })));
     const rows = await this.run(
       () => this.sql`
         WITH t AS MATERIALIZED (
           SELECT * FROM json_to_recordset(${batch}::text::json) AS t(
             replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
-            outcome text, code text, detail jsonb, mac_hex text, signature_hex text, signer_hex text, i int, read_path text, read_version int)
+            outcome text, code text, detail jsonb, mac_hex text, signature_hex text, signer_hex text, i int, read_path text, read_version int, read_label text)
         ), r AS MATERIALIZED (
-          SELECT t.i, s.id, s.path, s.data_key_id, s.wrapped_data_key, s.keyring_key_id, v.version, v.ciphertext, v.created_at
+          SELECT t.i, s.id, s.path, s.data_key_id, s.wrapped_data_key, s.keyring_key_id, v.version, v.ciphertext, v.created_at,
+                 s.latest_version, s.current_version, s.pending_version, s.previous_version, s.label_epoch, s.labels_mac
           FROM t
           JOIN secrets s ON s.path = t.read_path AND (s.expires_at IS NULL OR s.expires_at > now())
-          -- version 0: the current version (the latest written), as readVersion; servable only if live.
+          -- version 0: the version the label names (CURRENT by default), as readVersion; servable only if live.
+          -- The labels come back with it, read in this snapshot, for the service to verify.
           JOIN secret_versions v ON v.secret_id = s.id
-            AND v.version = CASE WHEN t.read_version = 0 THEN s.latest_version ELSE t.read_version END
+            AND v.version = CASE WHEN t.read_version <> 0 THEN t.read_version
+                                 WHEN t.read_label = 'pending' THEN s.pending_version
+                                 WHEN t.read_label = 'previous' THEN s.previous_version
+                                 ELSE s.current_version END
             AND v.deleted_at IS NULL AND v.ciphertext IS NOT NULL
         ), ins AS (
           INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac, signature, signer)
@@ -144,6 +153,7 @@ export class AuditStore {
         version: row.version,
         ciphertext: row.ciphertext,
         createdAt: row.created_at,
+        labels: labelRow(row),
       });
     }
     return found;

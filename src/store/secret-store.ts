@@ -1,18 +1,32 @@
 // SQL for secrets and their versions. Every write is one statement (one round
 // trip) whose conditions make it safe under concurrency without a process lock:
 // the database settles races, so replicas can share it. Rows hold ciphertext
-// only; this layer never sees a key or a plaintext value.
+// only; this layer never sees a key or a plaintext value. Label assignments and
+// rotation policies are stored with MACs the service computes and checks; a
+// write that moves labels is conditional on the exact labels state (its MAC)
+// the service verified, so it never seals over a state it did not check.
 
 import type { AuditRow } from "../audit/audit-event.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { auditInsertFragment, auditJson, insertAuditRow } from "./audit-store.js";
 import { guarded, type Sql } from "./database.js";
 import { concurrencyLimit, GroupCommit } from "./group-commit.js";
+import { labelRow, type LabelRow } from "./secret-label-row.js";
 
-export interface SecretKeyRow {
+export type { LabelRow } from "./secret-label-row.js";
+
+/** A label state to store: the versions, its epoch and MAC. */
+export interface NewLabels {
+  readonly current: number | null;
+  readonly pending: number | null;
+  readonly previous: number | null;
+  readonly epoch: number;
+  readonly mac: Buffer;
+}
+
+export interface SecretKeyRow extends LabelRow {
   readonly id: string;
   readonly path: string;
-  readonly latestVersion: number;
   readonly dataKeyId: number;
   readonly wrappedDataKey: Buffer;
   readonly keyringKeyId: number;
@@ -29,6 +43,7 @@ export interface NewSecret {
   readonly expiresAt: Date | undefined;
   readonly ciphertext: Buffer;
   readonly createdBy: string;
+  readonly labels: NewLabels;
 }
 
 export interface AppendVersion {
@@ -37,11 +52,41 @@ export interface AppendVersion {
   readonly ciphertext: Buffer;
   readonly createdBy: string;
   readonly expiresAt: Date | undefined;
+  /** The labels after this version; written only if the stored labels MAC is `expectedLabelsMac`. */
+  readonly labels: NewLabels;
+  readonly expectedLabelsMac: Buffer | null;
+}
+
+/** A rotation's bookkeeping, set with its version. */
+export interface RotationMark {
+  readonly nextRotationAt: Date | null;
 }
 
 export type AppendResult =
   | { readonly kind: "written"; readonly createdAt: Date }
-  | { readonly kind: "conflict"; readonly latestVersion: number; readonly expired: boolean }
+  | { readonly kind: "conflict"; readonly latestVersion: number; readonly expired: boolean; readonly labels: LabelRow }
+  | { readonly kind: "gone" };
+
+/** A stored rotation policy with its MAC and schedule. */
+export interface RotationRow {
+  readonly policy: Record<string, unknown> | null;
+  readonly mac: Buffer | null;
+  readonly nextRotationAt: Date | null;
+  readonly lastRotatedAt: Date | null;
+}
+
+/** A rotation the scheduler claimed. */
+export interface ClaimedRotation {
+  readonly id: string;
+  readonly path: string;
+  readonly policy: Record<string, unknown>;
+  readonly mac: Buffer | null;
+}
+
+export type PromoteResult =
+  | { readonly kind: "promoted" }
+  /** The labels or latest version changed since they were read, or the version is no longer live. */
+  | { readonly kind: "changed" }
   | { readonly kind: "gone" };
 
 export interface VersionRow extends SecretKeyRow {
@@ -51,9 +96,10 @@ export interface VersionRow extends SecretKeyRow {
   readonly deletedAt: Date | null;
 }
 
-export interface SecretMetadataRow {
+export interface SecretMetadataRow extends LabelRow {
+  readonly id: string;
   readonly path: string;
-  readonly latestVersion: number;
+  readonly rotation: RotationRow;
   readonly maxVersions: number;
   readonly customMetadata: Record<string, string>;
   readonly createdAt: Date;
@@ -73,6 +119,8 @@ export interface MetadataChanges {
   readonly customMetadata?: Record<string, string>;
   /** null clears the expiry. */
   readonly expiresAt?: Date | null;
+  /** A policy (canonical JSON) with its MAC and first due time; null turns rotation off. */
+  readonly rotation?: { readonly policy: Record<string, unknown>; readonly mac: Buffer; readonly nextRotationAt: Date | null } | null;
 }
 
 export type VersionChange = "delete" | "undelete" | "destroy";
@@ -99,6 +147,7 @@ export class SecretStore {
     return this.run(async () => {
       const [row] = await this.sql`
         SELECT id, path, latest_version, data_key_id, wrapped_data_key, keyring_key_id,
+               current_version, pending_version, previous_version, label_epoch, labels_mac,
                (expires_at IS NOT NULL AND expires_at <= now()) AS expired
         FROM secrets WHERE path = ${path}`;
       return row ? keyRow(row) : undefined;
@@ -110,8 +159,10 @@ export class SecretStore {
     return this.run(async () => {
       const [row] = await this.sql`
         WITH s AS (
-          INSERT INTO secrets (id, path, latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, expires_at)
-          VALUES (${s.id}, ${s.path}, 1, ${s.maxVersions}, ${s.dataKeyId}, ${s.wrappedDataKey}, ${s.keyringKeyId}, ${s.expiresAt ?? null})
+          INSERT INTO secrets (id, path, latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, expires_at,
+                               current_version, pending_version, previous_version, label_epoch, labels_mac)
+          VALUES (${s.id}, ${s.path}, 1, ${s.maxVersions}, ${s.dataKeyId}, ${s.wrappedDataKey}, ${s.keyringKeyId}, ${s.expiresAt ?? null},
+                  ${s.labels.current}, ${s.labels.pending}, ${s.labels.previous}, ${s.labels.epoch}, ${s.labels.mac})
           ON CONFLICT (path) DO NOTHING
           RETURNING id
         ), a AS (
@@ -148,30 +199,45 @@ export class SecretStore {
     }
   }
 
-  private async appendOne(a: AppendVersion, audit: AuditRow): Promise<AppendResult> {
+  /** appendVersion for a rotation, outside group commit: also records when it ran and when the next is due. */
+  appendRotatedVersion(a: AppendVersion, audit: AuditRow, mark: RotationMark): Promise<AppendResult> {
+    return this.appendOne(a, audit, mark);
+  }
+
+  private async appendOne(a: AppendVersion, audit: AuditRow, mark?: RotationMark): Promise<AppendResult> {
+    const l = a.labels;
     return this.run(async () => {
       const [row] = await this.sql`
         WITH cur AS (
           -- FOR UPDATE: after waiting for a concurrent writer this sees its
-          -- committed latest_version, so a loser retries with a fresh number.
-          SELECT latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+          -- committed latest_version and labels, so a loser retries with fresh ones.
+          SELECT latest_version, current_version, pending_version, previous_version, label_epoch, labels_mac,
+                 (expires_at IS NOT NULL AND expires_at <= now()) AS expired
           FROM secrets WHERE id = ${a.secretId} FOR UPDATE
         ), upd AS (
           UPDATE secrets
-          SET latest_version = ${a.version}, updated_at = now(), expires_at = coalesce(${a.expiresAt ?? null}::timestamptz, expires_at)
-          WHERE id = ${a.secretId} AND latest_version = ${a.version - 1} AND ${this.sql.unsafe(LIVE)}
+          SET latest_version = ${a.version}, updated_at = now(), expires_at = coalesce(${a.expiresAt ?? null}::timestamptz, expires_at),
+              current_version = ${l.current}, pending_version = ${l.pending}, previous_version = ${l.previous},
+              label_epoch = ${l.epoch}, labels_mac = ${l.mac},
+              last_rotated_at = CASE WHEN ${mark !== undefined} THEN now() ELSE last_rotated_at END,
+              next_rotation_at = CASE WHEN ${mark !== undefined} THEN ${mark?.nextRotationAt ?? null}::timestamptz ELSE next_rotation_at END
+          WHERE id = ${a.secretId} AND latest_version = ${a.version - 1} AND labels_mac IS NOT DISTINCT FROM ${a.expectedLabelsMac}::bytea
+            AND ${this.sql.unsafe(LIVE)}
           RETURNING id, max_versions
         ), ins AS (
           INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
           SELECT id, ${a.version}, ${a.ciphertext}, ${a.createdBy} FROM upd
           RETURNING created_at
         ), pruned AS (
+          -- A labelled version is never pruned.
           DELETE FROM secret_versions v USING upd
           WHERE v.secret_id = upd.id AND v.version <= ${a.version} - upd.max_versions
+            AND v.version IS DISTINCT FROM ${l.current}::int AND v.version IS DISTINCT FROM ${l.pending}::int
+            AND v.version IS DISTINCT FROM ${l.previous}::int
         ), aud AS (
           ${auditInsertFragment(this.sql, audit)} FROM upd
         )
-        SELECT (SELECT created_at FROM ins) AS created_at, cur.latest_version, cur.expired FROM cur`;
+        SELECT (SELECT created_at FROM ins) AS created_at, cur.* FROM cur`;
       return appendResult(row);
     });
   }
@@ -187,6 +253,12 @@ export class SecretStore {
         ciphertext_hex: a.ciphertext.toString("hex"),
         created_by: a.createdBy,
         expires_at: a.expiresAt?.toISOString(),
+        new_current: a.labels.current,
+        new_pending: a.labels.pending,
+        new_previous: a.labels.previous,
+        new_epoch: a.labels.epoch,
+        new_labels_mac_hex: a.labels.mac.toString("hex"),
+        expected_labels_mac_hex: a.expectedLabelsMac?.toString("hex"),
         ...auditJson(audit),
       })),
     );
@@ -195,18 +267,23 @@ export class SecretStore {
         WITH t AS MATERIALIZED (
           SELECT * FROM json_to_recordset(${json}::text::json) AS t(
             i int, secret_id uuid, new_version int, ciphertext_hex text, created_by text, expires_at timestamptz,
+            new_current int, new_pending int, new_previous int, new_epoch bigint, new_labels_mac_hex text, expected_labels_mac_hex text,
             replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
             outcome text, code text, detail jsonb, mac_hex text, signature_hex text, signer_hex text)
         ), cur AS MATERIALIZED (
-          SELECT id, latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+          SELECT id, latest_version, current_version, pending_version, previous_version, label_epoch, labels_mac,
+                 (expires_at IS NOT NULL AND expires_at <= now()) AS expired
           -- NOWAIT: a row someone else holds fails the batch at once (each put then
           -- goes alone) instead of stalling every put of this replica behind it.
           FROM secrets WHERE id IN (SELECT secret_id FROM t) ORDER BY id FOR UPDATE NOWAIT
         ), upd AS (
           UPDATE secrets s
-          SET latest_version = t.new_version, updated_at = now(), expires_at = coalesce(t.expires_at, s.expires_at)
+          SET latest_version = t.new_version, updated_at = now(), expires_at = coalesce(t.expires_at, s.expires_at),
+              current_version = t.new_current, pending_version = t.new_pending, previous_version = t.new_previous,
+              label_epoch = t.new_epoch, labels_mac = decode(t.new_labels_mac_hex, 'hex')
           FROM t JOIN cur ON cur.id = t.secret_id
           WHERE s.id = t.secret_id AND s.latest_version = t.new_version - 1 AND (s.expires_at IS NULL OR s.expires_at > now())
+            AND s.labels_mac IS NOT DISTINCT FROM decode(t.expected_labels_mac_hex, 'hex')
           RETURNING s.id, s.max_versions, t.i
         ), ins AS (
           INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
@@ -215,13 +292,16 @@ export class SecretStore {
         ), pruned AS (
           DELETE FROM secret_versions v USING upd JOIN t ON t.i = upd.i
           WHERE v.secret_id = upd.id AND v.version <= t.new_version - upd.max_versions
+            AND v.version IS DISTINCT FROM t.new_current AND v.version IS DISTINCT FROM t.new_pending
+            AND v.version IS DISTINCT FROM t.new_previous
         ), aud AS (
           INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac, signature, signer)
           SELECT t.replica_id, t.sequence, t.time, t.request_id, t.caller, t.rpc, t.path, t.version, t.outcome, t.code, t.detail, decode(t.mac_hex, 'hex'),
                  decode(t.signature_hex, 'hex'), decode(t.signer_hex, 'hex')
           FROM t JOIN upd ON upd.i = t.i
         )
-        SELECT t.i, ins.created_at, cur.latest_version, cur.expired
+        SELECT t.i, ins.created_at, cur.latest_version, cur.expired, cur.current_version, cur.pending_version,
+               cur.previous_version, cur.label_epoch, cur.labels_mac
         FROM t LEFT JOIN cur ON cur.id = t.secret_id LEFT JOIN ins ON ins.secret_id = t.secret_id`,
     );
     const results = new Array<AppendResult>(batch.length);
@@ -235,20 +315,21 @@ export class SecretStore {
   }
 
   /**
-   * The secret and one version: `version` 0 is the current version, the
-   * latest written, deleted or not: a deleted current version is reported as
-   * such, never replaced by an older one (a database writer who sets
+   * The secret, its labels and one version: by number, or (`version` 0) the
+   * one `label` names, deleted or not: a deleted labelled version is reported
+   * as such, never replaced by an older one (a database writer who sets
    * deleted_at on it must not roll readers back). The version fields are null
    * when no such row exists.
    */
-  async readVersion(path: string, version: number): Promise<VersionRow | undefined> {
+  async readVersion(path: string, version: number, label: LabelColumn = "current"): Promise<VersionRow | undefined> {
     return this.run(async () => {
       const rows = await this.sql`
         SELECT s.id, s.path, s.latest_version, s.data_key_id, s.wrapped_data_key, s.keyring_key_id,
+               s.current_version, s.pending_version, s.previous_version, s.label_epoch, s.labels_mac,
                (s.expires_at IS NOT NULL AND s.expires_at <= now()) AS expired,
                v.version, v.ciphertext, v.created_at, v.deleted_at
         FROM secrets s
-        LEFT JOIN secret_versions v ON v.secret_id = s.id AND v.version = CASE WHEN ${version}::int = 0 THEN s.latest_version ELSE ${version}::int END
+        LEFT JOIN secret_versions v ON v.secret_id = s.id AND v.version = ${labelledVersion(this.sql, version, label)}
         WHERE s.path = ${path}`;
       const row = rows[0];
       if (!row) return undefined;
@@ -271,14 +352,15 @@ export class SecretStore {
 
   /**
    * Applies a change to versions of a live secret; `versions` empty means the
-   * current version (the latest written: if it is deleted already, nothing changes). Returns the versions that changed, or undefined if the
+   * version labelled CURRENT (if it is deleted already, nothing changes; the
+   * label never moves). Returns the versions that changed, or undefined if the
    * secret does not exist.
    */
   async changeVersions(path: string, change: VersionChange, versions: readonly number[], audit: AuditRow): Promise<number[] | undefined> {
     return this.run(async () => {
       const target = versions.length
         ? this.sql`v.version = ANY(${versions as number[]}::int[])`
-        : this.sql`v.version = s.latest_version`;
+        : this.sql`v.version = s.current_version`;
       const set = {
         delete: this.sql`deleted_at = now()`,
         undelete: this.sql`deleted_at = NULL`,
@@ -291,7 +373,7 @@ export class SecretStore {
       }[change];
       const [row] = await this.sql`
         WITH s AS (
-          SELECT id, latest_version FROM secrets WHERE path = ${path} AND ${this.sql.unsafe(LIVE)}
+          SELECT id, current_version FROM secrets WHERE path = ${path} AND ${this.sql.unsafe(LIVE)}
         ), changed AS (
           UPDATE secret_versions v SET ${set}
           FROM s WHERE v.secret_id = s.id AND ${target} AND ${eligible}
@@ -310,7 +392,9 @@ export class SecretStore {
   async metadata(path: string): Promise<SecretMetadataRow | undefined> {
     return this.run(async () => {
       const [row] = await this.sql`
-        SELECT s.path, s.latest_version, s.max_versions, s.custom_metadata, s.created_at, s.updated_at, s.expires_at,
+        SELECT s.id, s.path, s.latest_version, s.max_versions, s.custom_metadata, s.created_at, s.updated_at, s.expires_at,
+               s.current_version, s.pending_version, s.previous_version, s.label_epoch, s.labels_mac,
+               s.rotation, s.rotation_mac, s.next_rotation_at, s.last_rotated_at,
                coalesce(json_agg(json_build_object(
                  'version', v.version, 'created_at', v.created_at, 'deleted_at', v.deleted_at,
                  'destroyed', v.ciphertext IS NULL, 'created_by', v.created_by) ORDER BY v.version)
@@ -324,6 +408,7 @@ export class SecretStore {
 
   /** Sets the given fields (pruning if max_versions shrinks) with its audit event; false if the secret does not exist. */
   async updateMetadata(path: string, changes: MetadataChanges, audit: AuditRow): Promise<boolean> {
+    const rotation = changes.rotation;
     return this.run(async () => {
       return await this.sql.begin(async (tx) => {
         const [s] = await tx`
@@ -331,11 +416,18 @@ export class SecretStore {
             max_versions = coalesce(${changes.maxVersions ?? null}::int, max_versions),
             custom_metadata = coalesce(${changes.customMetadata === undefined ? null : tx.json(changes.customMetadata)}::jsonb, custom_metadata),
             expires_at = CASE WHEN ${changes.expiresAt !== undefined} THEN ${changes.expiresAt ?? null}::timestamptz ELSE expires_at END,
+            rotation = CASE WHEN ${rotation !== undefined} THEN ${rotation === undefined || rotation === null ? null : tx.json(rotation.policy as never)}::jsonb ELSE rotation END,
+            rotation_mac = CASE WHEN ${rotation !== undefined} THEN ${rotation?.mac ?? null}::bytea ELSE rotation_mac END,
+            next_rotation_at = CASE WHEN ${rotation !== undefined} THEN ${rotation?.nextRotationAt ?? null}::timestamptz ELSE next_rotation_at END,
             updated_at = now()
           WHERE path = ${path} AND ${tx.unsafe(LIVE)}
-          RETURNING id, latest_version, max_versions`;
+          RETURNING id, latest_version, max_versions, current_version, pending_version, previous_version`;
         if (!s) return false;
-        await tx`DELETE FROM secret_versions WHERE secret_id = ${s.id} AND version <= ${s.latest_version - s.max_versions}`;
+        // A labelled version is never pruned.
+        await tx`
+          DELETE FROM secret_versions WHERE secret_id = ${s.id} AND version <= ${s.latest_version - s.max_versions}
+            AND version IS DISTINCT FROM ${s.current_version}::int AND version IS DISTINCT FROM ${s.pending_version}::int
+            AND version IS DISTINCT FROM ${s.previous_version}::int`;
         await insertAuditRow(tx, audit);
         return true;
       });
@@ -349,6 +441,65 @@ export class SecretStore {
         WITH d AS (DELETE FROM secrets WHERE path = ${path} RETURNING id), a AS (${auditInsertFragment(this.sql, audit)} FROM d)
         SELECT id FROM d`;
       return row?.id as string | undefined;
+    });
+  }
+
+  /**
+   * Sets the labels of a live secret to `labels` if its stored labels MAC and
+   * latest version are still `expected` and `version` is live (neither
+   * deleted nor destroyed), with its audit event: one statement.
+   */
+  async promote(secretId: string, version: number, expected: { labelsMac: Buffer | null; latestVersion: number }, labels: NewLabels, audit: AuditRow): Promise<PromoteResult> {
+    return this.run(async () => {
+      const [row] = await this.sql`
+        WITH s AS (
+          SELECT id FROM secrets WHERE id = ${secretId} AND ${this.sql.unsafe(LIVE)}
+        ), upd AS (
+          UPDATE secrets SET current_version = ${labels.current}, pending_version = ${labels.pending}, previous_version = ${labels.previous},
+                             label_epoch = ${labels.epoch}, labels_mac = ${labels.mac}, updated_at = now()
+          WHERE id = (SELECT id FROM s) AND latest_version = ${expected.latestVersion}
+            AND labels_mac IS NOT DISTINCT FROM ${expected.labelsMac}::bytea
+            AND EXISTS (SELECT 1 FROM secret_versions v WHERE v.secret_id = ${secretId} AND v.version = ${version}
+                        AND v.deleted_at IS NULL AND v.ciphertext IS NOT NULL)
+          RETURNING id
+        ), aud AS (
+          ${auditInsertFragment(this.sql, audit)} FROM upd
+        )
+        SELECT (SELECT id FROM s) AS id, (SELECT id FROM upd) AS promoted`;
+      if (!row.id) return { kind: "gone" };
+      return row.promoted ? { kind: "promoted" } : { kind: "changed" };
+    });
+  }
+
+  /**
+   * Claims up to `limit` due rotations of live secrets for this replica: each
+   * row's next_rotation_at moves `leaseMs` ahead in the claiming statement, so
+   * no other replica claims it (SKIP LOCKED passes over rows being claimed; a
+   * row claimed meanwhile is re-checked and no longer due). The rotation's own
+   * write sets the real next time; a replica that dies holding a claim leaves
+   * it to another once the lease runs out. External policies are never claimed.
+   */
+  async claimDueRotations(limit: number, leaseMs: number): Promise<ClaimedRotation[]> {
+    return this.run(async () => {
+      const rows = await this.sql`
+        UPDATE secrets SET next_rotation_at = now() + ${leaseMs} * interval '1 millisecond'
+        WHERE id IN (
+          SELECT id FROM secrets
+          WHERE next_rotation_at <= now() AND rotation IS NOT NULL AND rotation->'generator'->>'kind' <> 'external'
+            AND ${this.sql.unsafe(LIVE)}
+          ORDER BY next_rotation_at LIMIT ${limit} FOR UPDATE SKIP LOCKED
+        )
+        RETURNING id, path, rotation, rotation_mac`;
+      return rows.map((r) => ({ id: r.id as string, path: r.path as string, policy: r.rotation as Record<string, unknown>, mac: (r.rotation_mac as Buffer | null) ?? null }));
+    });
+  }
+
+  /** The stored rotation policy of a live secret, or undefined if there is no such secret. */
+  async rotationPolicy(path: string): Promise<(RotationRow & { id: string }) | undefined> {
+    return this.run(async () => {
+      const [r] = await this.sql`
+        SELECT id, rotation, rotation_mac, next_rotation_at, last_rotated_at FROM secrets WHERE path = ${path} AND ${this.sql.unsafe(LIVE)}`;
+      return r ? { id: r.id as string, ...rotationRow(r) } : undefined;
     });
   }
 
@@ -373,11 +524,30 @@ export class SecretStore {
 function appendResult(row: Record<string, unknown> | undefined): AppendResult {
   if (!row) return { kind: "gone" };
   if (row.created_at) return { kind: "written", createdAt: row.created_at as Date };
-  return { kind: "conflict", latestVersion: row.latest_version as number, expired: row.expired as boolean };
+  return { kind: "conflict", latestVersion: row.latest_version as number, expired: row.expired as boolean, labels: labelRow(row) };
+}
+
+/** Which label a read by label (version 0) follows. */
+export type LabelColumn = "current" | "pending" | "previous";
+
+/** The version number a read addresses: `version`, or (0) the one `label` names on the secrets row `s`. */
+function labelledVersion(sql: Sql, version: number, label: LabelColumn) {
+  if (version !== 0) return sql`${version}::int`;
+  return { current: sql`s.current_version`, pending: sql`s.pending_version`, previous: sql`s.previous_version` }[label];
+}
+
+function rotationRow(r: Record<string, unknown>): RotationRow {
+  return {
+    policy: (r.rotation as Record<string, unknown> | null) ?? null,
+    mac: (r.rotation_mac as Buffer | null) ?? null,
+    nextRotationAt: (r.next_rotation_at as Date | null) ?? null,
+    lastRotatedAt: (r.last_rotated_at as Date | null) ?? null,
+  };
 }
 
 function keyRow(row: Record<string, unknown>): SecretKeyRow {
   return {
+    ...labelRow(row),
     id: row.id as string,
     path: row.path as string,
     latestVersion: row.latest_version as number,
@@ -391,8 +561,10 @@ function keyRow(row: Record<string, unknown>): SecretKeyRow {
 function metadataRow(row: Record<string, unknown>): SecretMetadataRow {
   const versions = row.versions as Array<Record<string, unknown>>;
   return {
+    ...labelRow(row),
+    id: row.id as string,
     path: row.path as string,
-    latestVersion: row.latest_version as number,
+    rotation: rotationRow(row),
     maxVersions: row.max_versions as number,
     customMetadata: row.custom_metadata as Record<string, string>,
     createdAt: row.created_at as Date,

@@ -89,6 +89,8 @@ const MATRIX: Record<string, string> = {
   "SecretService/DestroySecret":               "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
   "SecretService/UpdateSecretMetadata":        "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
   "SecretService/PurgeSecret":                 "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/PromoteSecretVersion":        "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/RotateSecret":                "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
 };
 
 type Expectation = "ok" | "UNAUTH" | "DENIED";
@@ -378,6 +380,13 @@ describe("authorization over the wire", function () {
         request: async (cell) => ({ path: await seeded(cell, "update-metadata"), maxVersions: 5, updateMask: { paths: ["max_versions"] } }),
       }),
       row({ method: SecretService.method.purgeSecret, allowed: "OK", request: async (cell) => ({ path: await seeded(cell, "purge") }) }),
+      // Issue 12: moving labels and rotating need WRITE, like a put.
+      row({ method: SecretService.method.promoteSecretVersion, allowed: "OK", request: async (cell) => ({ path: await seeded(cell, "promote"), version: 1 }) }),
+      row({
+        method: SecretService.method.rotateSecret,
+        allowed: "OK",
+        request: async (cell) => ({ path: await seeded(cell, "rotate"), generator: { case: "randomBytes" as const, value: { length: 16 } }, dataKey: "v" }),
+      }),
     ];
 
     before(async () => {

@@ -44,6 +44,8 @@ function everySecretRpc(path: string): RpcCall[] {
     rpc(SecretService.method.destroySecret, { path, versions: [1] }),
     rpc(SecretService.method.getSecretMetadata, { path }),
     rpc(SecretService.method.updateSecretMetadata, { path, maxVersions: 5, updateMask: { paths: ["max_versions"] } }),
+    rpc(SecretService.method.promoteSecretVersion, { path, version: 2 }),
+    rpc(SecretService.method.rotateSecret, { path, generator: { case: "randomBytes", value: { length: 16 } }, dataKey: "k" }),
     rpc(SecretService.method.purgeSecret, { path }),
   ];
 }
@@ -376,12 +378,14 @@ describe("SecretService", function () {
           expect(ok(await get(path, 5)).data).to.deep.equal({ n: "5" });
         });
 
-        it("lowering max_versions prunes at once, and the next put continues the numbering", async () => {
+        // Labelled versions are never pruned (issue 12): with max_versions 1,
+        // CURRENT and PREVIOUS both stay.
+        it("lowering max_versions prunes at once except labelled versions, and the next put continues the numbering", async () => {
           const updated = ok(await client.call(SecretService.method.updateSecretMetadata, { path, maxVersions: 1, updateMask: { paths: ["max_versions"] } }));
-          expect(updated.metadata?.versions.map((v) => v.version)).to.deep.equal([7]);
-          expect(updated.metadata?.oldestVersion).to.equal(7);
+          expect(updated.metadata?.versions.map((v) => v.version)).to.deep.equal([6, 7]);
+          expect(updated.metadata?.oldestVersion).to.equal(6);
           expect((await put(path, { n: "8" })).version).to.equal(8);
-          expect((await metadata(path)).versions.map((v) => v.version)).to.deep.equal([8]);
+          expect((await metadata(path)).versions.map((v) => v.version)).to.deep.equal([7, 8]);
         });
 
         it("a new secret keeps 10 versions by default", async () => {

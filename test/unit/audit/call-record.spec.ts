@@ -15,6 +15,7 @@ import type { AuditStore, BatchEvent, Checkpoint, ReadableVersion } from "../../
 const VERSION: ReadableVersion = {
   secretId: "00000000-0000-4000-8000-000000000001", path: "a/b", dataKeyId: 1, wrappedDataKey: Buffer.alloc(1),
   keyringKeyId: 1, version: 1, ciphertext: Buffer.alloc(1), createdAt: new Date(),
+  labels: { latestVersion: 1, currentVersion: 1, pendingVersion: null, previousVersion: null, labelEpoch: 0, labelsMac: null },
 };
 
 /** Stores events; `mode` decides what the next batch does. */

@@ -2,17 +2,17 @@
 // @generated from file spike/nexus/v1/secret.proto (package spike.nexus.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Duration, FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file spike/nexus/v1/secret.proto.
  */
 export const file_spike_nexus_v1_secret: GenFile = /*@__PURE__*/
-  fileDesc("ChtzcGlrZS9uZXh1cy92MS9zZWNyZXQucHJvdG8SDnNwaWtlLm5leHVzLnYxItEBChBQdXRTZWNyZXRSZXF1ZXN0EgwKBHBhdGgYASABKAkSOAoEZGF0YRgCIAMoCzIqLnNwaWtlLm5leHVzLnYxLlB1dFNlY3JldFJlcXVlc3QuRGF0YUVudHJ5EhAKA2NhcxgDIAEoDUgAiAEBEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGisKCURhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgYKBF9jYXMiVAoRUHV0U2VjcmV0UmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoDRIuCgpjcmVhdGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIxChBHZXRTZWNyZXRSZXF1ZXN0EgwKBHBhdGgYASABKAkSDwoHdmVyc2lvbhgCIAEoDSLKAQoRR2V0U2VjcmV0UmVzcG9uc2USDAoEcGF0aBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEjkKBGRhdGEYAyADKAsyKy5zcGlrZS5uZXh1cy52MS5HZXRTZWNyZXRSZXNwb25zZS5EYXRhRW50cnkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaKwoJRGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSwoSTGlzdFNlY3JldHNSZXF1ZXN0Eg4KBnByZWZpeBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSI9ChNMaXN0U2VjcmV0c1Jlc3BvbnNlEg0KBXBhdGhzGAEgAygJEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI1ChNEZWxldGVTZWNyZXRSZXF1ZXN0EgwKBHBhdGgYASABKAkSEAoIdmVyc2lvbnMYAiADKA0iKAoURGVsZXRlU2VjcmV0UmVzcG9uc2USEAoIdmVyc2lvbnMYASADKA0iNwoVVW5kZWxldGVTZWNyZXRSZXF1ZXN0EgwKBHBhdGgYASABKAkSEAoIdmVyc2lvbnMYAiADKA0iKgoWVW5kZWxldGVTZWNyZXRSZXNwb25zZRIQCgh2ZXJzaW9ucxgBIAMoDSI2ChREZXN0cm95U2VjcmV0UmVxdWVzdBIMCgRwYXRoGAEgASgJEhAKCHZlcnNpb25zGAIgAygNIikKFURlc3Ryb3lTZWNyZXRSZXNwb25zZRIQCgh2ZXJzaW9ucxgBIAMoDSIoChhHZXRTZWNyZXRNZXRhZGF0YVJlcXVlc3QSDAoEcGF0aBgBIAEoCSJNChlHZXRTZWNyZXRNZXRhZGF0YVJlc3BvbnNlEjAKCG1ldGFkYXRhGAEgASgLMh4uc3Bpa2UubmV4dXMudjEuU2VjcmV0TWV0YWRhdGEiygMKDlNlY3JldE1ldGFkYXRhEgwKBHBhdGgYASABKAkSFgoObGF0ZXN0X3ZlcnNpb24YAiABKA0SFwoPY3VycmVudF92ZXJzaW9uGAMgASgNEhYKDm9sZGVzdF92ZXJzaW9uGAQgASgNEhQKDG1heF92ZXJzaW9ucxgFIAEoDRJLCg9jdXN0b21fbWV0YWRhdGEYBiADKAsyMi5zcGlrZS5uZXh1cy52MS5TZWNyZXRNZXRhZGF0YS5DdXN0b21NZXRhZGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKCHZlcnNpb25zGAogAygLMiUuc3Bpa2UubmV4dXMudjEuU2VjcmV0VmVyc2lvbk1ldGFkYXRhGjUKE0N1c3RvbU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKvAQoVU2VjcmV0VmVyc2lvbk1ldGFkYXRhEg8KB3ZlcnNpb24YASABKA0SLgoKY3JlYXRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZGVsZXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZGVzdHJveWVkGAQgASgIEhIKCmNyZWF0ZWRfYnkYBSABKAkiswIKG1VwZGF0ZVNlY3JldE1ldGFkYXRhUmVxdWVzdBIMCgRwYXRoGAEgASgJEhQKDG1heF92ZXJzaW9ucxgCIAEoDRJYCg9jdXN0b21fbWV0YWRhdGEYAyADKAsyPy5zcGlrZS5uZXh1cy52MS5VcGRhdGVTZWNyZXRNZXRhZGF0YVJlcXVlc3QuQ3VzdG9tTWV0YWRhdGFFbnRyeRIuCgpleHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfbWFzaxgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2saNQoTQ3VzdG9tTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlAKHFVwZGF0ZVNlY3JldE1ldGFkYXRhUmVzcG9uc2USMAoIbWV0YWRhdGEYASABKAsyHi5zcGlrZS5uZXh1cy52MS5TZWNyZXRNZXRhZGF0YSIiChJQdXJnZVNlY3JldFJlcXVlc3QSDAoEcGF0aBgBIAEoCSIVChNQdXJnZVNlY3JldFJlc3BvbnNlMukGCg1TZWNyZXRTZXJ2aWNlElAKCVB1dFNlY3JldBIgLnNwaWtlLm5leHVzLnYxLlB1dFNlY3JldFJlcXVlc3QaIS5zcGlrZS5uZXh1cy52MS5QdXRTZWNyZXRSZXNwb25zZRJVCglHZXRTZWNyZXQSIC5zcGlrZS5uZXh1cy52MS5HZXRTZWNyZXRSZXF1ZXN0GiEuc3Bpa2UubmV4dXMudjEuR2V0U2VjcmV0UmVzcG9uc2UiA5ACARJbCgtMaXN0U2VjcmV0cxIiLnNwaWtlLm5leHVzLnYxLkxpc3RTZWNyZXRzUmVxdWVzdBojLnNwaWtlLm5leHVzLnYxLkxpc3RTZWNyZXRzUmVzcG9uc2UiA5ACARJZCgxEZWxldGVTZWNyZXQSIy5zcGlrZS5uZXh1cy52MS5EZWxldGVTZWNyZXRSZXF1ZXN0GiQuc3Bpa2UubmV4dXMudjEuRGVsZXRlU2VjcmV0UmVzcG9uc2USXwoOVW5kZWxldGVTZWNyZXQSJS5zcGlrZS5uZXh1cy52MS5VbmRlbGV0ZVNlY3JldFJlcXVlc3QaJi5zcGlrZS5uZXh1cy52MS5VbmRlbGV0ZVNlY3JldFJlc3BvbnNlElwKDURlc3Ryb3lTZWNyZXQSJC5zcGlrZS5uZXh1cy52MS5EZXN0cm95U2VjcmV0UmVxdWVzdBolLnNwaWtlLm5leHVzLnYxLkRlc3Ryb3lTZWNyZXRSZXNwb25zZRJtChFHZXRTZWNyZXRNZXRhZGF0YRIoLnNwaWtlLm5leHVzLnYxLkdldFNlY3JldE1ldGFkYXRhUmVxdWVzdBopLnNwaWtlLm5leHVzLnYxLkdldFNlY3JldE1ldGFkYXRhUmVzcG9uc2UiA5ACARJxChRVcGRhdGVTZWNyZXRNZXRhZGF0YRIrLnNwaWtlLm5leHVzLnYxLlVwZGF0ZVNlY3JldE1ldGFkYXRhUmVxdWVzdBosLnNwaWtlLm5leHVzLnYxLlVwZGF0ZVNlY3JldE1ldGFkYXRhUmVzcG9uc2USVgoLUHVyZ2VTZWNyZXQSIi5zcGlrZS5uZXh1cy52MS5QdXJnZVNlY3JldFJlcXVlc3QaIy5zcGlrZS5uZXh1cy52MS5QdXJnZVNlY3JldFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("ChtzcGlrZS9uZXh1cy92MS9zZWNyZXQucHJvdG8SDnNwaWtlLm5leHVzLnYxIv0BChBQdXRTZWNyZXRSZXF1ZXN0EgwKBHBhdGgYASABKAkSOAoEZGF0YRgCIAMoCzIqLnNwaWtlLm5leHVzLnYxLlB1dFNlY3JldFJlcXVlc3QuRGF0YUVudHJ5EhAKA2NhcxgDIAEoDUgAiAEBEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBXN0YWdlGAUgASgOMhsuc3Bpa2UubmV4dXMudjEuU2VjcmV0TGFiZWwaKwoJRGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCBgoEX2NhcyJUChFQdXRTZWNyZXRSZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgNEi4KCmNyZWF0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl0KEEdldFNlY3JldFJlcXVlc3QSDAoEcGF0aBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEioKBWxhYmVsGAMgASgOMhsuc3Bpa2UubmV4dXMudjEuU2VjcmV0TGFiZWwi9wEKEUdldFNlY3JldFJlc3BvbnNlEgwKBHBhdGgYASABKAkSDwoHdmVyc2lvbhgCIAEoDRI5CgRkYXRhGAMgAygLMisuc3Bpa2UubmV4dXMudjEuR2V0U2VjcmV0UmVzcG9uc2UuRGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKBmxhYmVscxgFIAMoDjIbLnNwaWtlLm5leHVzLnYxLlNlY3JldExhYmVsGisKCURhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIksKEkxpc3RTZWNyZXRzUmVxdWVzdBIOCgZwcmVmaXgYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiPQoTTGlzdFNlY3JldHNSZXNwb25zZRINCgVwYXRocxgBIAMoCRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiNQoTRGVsZXRlU2VjcmV0UmVxdWVzdBIMCgRwYXRoGAEgASgJEhAKCHZlcnNpb25zGAIgAygNIigKFERlbGV0ZVNlY3JldFJlc3BvbnNlEhAKCHZlcnNpb25zGAEgAygNIjcKFVVuZGVsZXRlU2VjcmV0UmVxdWVzdBIMCgRwYXRoGAEgASgJEhAKCHZlcnNpb25zGAIgAygNIioKFlVuZGVsZXRlU2VjcmV0UmVzcG9uc2USEAoIdmVyc2lvbnMYASADKA0iNgoURGVzdHJveVNlY3JldFJlcXVlc3QSDAoEcGF0aBgBIAEoCRIQCgh2ZXJzaW9ucxgCIAMoDSIpChVEZXN0cm95U2VjcmV0UmVzcG9uc2USEAoIdmVyc2lvbnMYASADKA0iKAoYR2V0U2VjcmV0TWV0YWRhdGFSZXF1ZXN0EgwKBHBhdGgYASABKAkiTQoZR2V0U2VjcmV0TWV0YWRhdGFSZXNwb25zZRIwCghtZXRhZGF0YRgBIAEoCzIeLnNwaWtlLm5leHVzLnYxLlNlY3JldE1ldGFkYXRhIv0ECg5TZWNyZXRNZXRhZGF0YRIMCgRwYXRoGAEgASgJEhYKDmxhdGVzdF92ZXJzaW9uGAIgASgNEhcKD2N1cnJlbnRfdmVyc2lvbhgDIAEoDRIWCg5vbGRlc3RfdmVyc2lvbhgEIAEoDRIUCgxtYXhfdmVyc2lvbnMYBSABKA0SSwoPY3VzdG9tX21ldGFkYXRhGAYgAygLMjIuc3Bpa2UubmV4dXMudjEuU2VjcmV0TWV0YWRhdGEuQ3VzdG9tTWV0YWRhdGFFbnRyeRIuCgpjcmVhdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI3Cgh2ZXJzaW9ucxgKIAMoCzIlLnNwaWtlLm5leHVzLnYxLlNlY3JldFZlcnNpb25NZXRhZGF0YRIwCghyb3RhdGlvbhgLIAEoCzIeLnNwaWtlLm5leHVzLnYxLlJvdGF0aW9uUG9saWN5EjQKEG5leHRfcm90YXRpb25fYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3Rfcm90YXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcm90YXRpb25fZHVlGA4gASgIGjUKE0N1c3RvbU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKkAgoOUm90YXRpb25Qb2xpY3kSKQoGcGVyaW9kGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEkIKD3JhbmRvbV9wYXNzd29yZBgCIAEoCzInLnNwaWtlLm5leHVzLnYxLlJhbmRvbVBhc3N3b3JkR2VuZXJhdG9ySAASPAoMcmFuZG9tX2J5dGVzGAMgASgLMiQuc3Bpa2UubmV4dXMudjEuUmFuZG9tQnl0ZXNHZW5lcmF0b3JIABI1CghleHRlcm5hbBgEIAEoCzIhLnNwaWtlLm5leHVzLnYxLkV4dGVybmFsR2VuZXJhdG9ySAASEAoIZGF0YV9rZXkYBSABKAkSDwoHcHJvbW90ZRgGIAEoCEILCglnZW5lcmF0b3IigQEKF1JhbmRvbVBhc3N3b3JkR2VuZXJhdG9yEg4KBmxlbmd0aBgBIAEoDRI5ChFjaGFyYWN0ZXJfY2xhc3NlcxgCIAMoDjIeLnNwaWtlLm5leHVzLnYxLkNoYXJhY3RlckNsYXNzEhsKE2V4Y2x1ZGVkX2NoYXJhY3RlcnMYAyABKAkiVgoUUmFuZG9tQnl0ZXNHZW5lcmF0b3ISDgoGbGVuZ3RoGAEgASgNEi4KCGVuY29kaW5nGAIgASgOMhwuc3Bpa2UubmV4dXMudjEuQnl0ZUVuY29kaW5nIhMKEUV4dGVybmFsR2VuZXJhdG9yItwBChVTZWNyZXRWZXJzaW9uTWV0YWRhdGESDwoHdmVyc2lvbhgBIAEoDRIuCgpjcmVhdGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpkZWxldGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglkZXN0cm95ZWQYBCABKAgSEgoKY3JlYXRlZF9ieRgFIAEoCRIrCgZsYWJlbHMYBiADKA4yGy5zcGlrZS5uZXh1cy52MS5TZWNyZXRMYWJlbCLlAgobVXBkYXRlU2VjcmV0TWV0YWRhdGFSZXF1ZXN0EgwKBHBhdGgYASABKAkSFAoMbWF4X3ZlcnNpb25zGAIgASgNElgKD2N1c3RvbV9tZXRhZGF0YRgDIAMoCzI/LnNwaWtlLm5leHVzLnYxLlVwZGF0ZVNlY3JldE1ldGFkYXRhUmVxdWVzdC5DdXN0b21NZXRhZGF0YUVudHJ5Ei4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV9tYXNrGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzaxIwCghyb3RhdGlvbhgGIAEoCzIeLnNwaWtlLm5leHVzLnYxLlJvdGF0aW9uUG9saWN5GjUKE0N1c3RvbU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJQChxVcGRhdGVTZWNyZXRNZXRhZGF0YVJlc3BvbnNlEjAKCG1ldGFkYXRhGAEgASgLMh4uc3Bpa2UubmV4dXMudjEuU2VjcmV0TWV0YWRhdGEiIgoSUHVyZ2VTZWNyZXRSZXF1ZXN0EgwKBHBhdGgYASABKAkiFQoTUHVyZ2VTZWNyZXRSZXNwb25zZSKAAQobUHJvbW90ZVNlY3JldFZlcnNpb25SZXF1ZXN0EgwKBHBhdGgYASABKAkSDwoHdmVyc2lvbhgCIAEoDRIlChhleHBlY3RlZF9jdXJyZW50X3ZlcnNpb24YAyABKA1IAIgBAUIbChlfZXhwZWN0ZWRfY3VycmVudF92ZXJzaW9uImoKHFByb21vdGVTZWNyZXRWZXJzaW9uUmVzcG9uc2USFwoPY3VycmVudF92ZXJzaW9uGAEgASgNEhgKEHByZXZpb3VzX3ZlcnNpb24YAiABKA0SFwoPcGVuZGluZ192ZXJzaW9uGAMgASgNIuYBChNSb3RhdGVTZWNyZXRSZXF1ZXN0EgwKBHBhdGgYASABKAkSQgoPcmFuZG9tX3Bhc3N3b3JkGAIgASgLMicuc3Bpa2UubmV4dXMudjEuUmFuZG9tUGFzc3dvcmRHZW5lcmF0b3JIABI8CgxyYW5kb21fYnl0ZXMYAyABKAsyJC5zcGlrZS5uZXh1cy52MS5SYW5kb21CeXRlc0dlbmVyYXRvckgAEhAKCGRhdGFfa2V5GAQgASgJEhQKB3Byb21vdGUYBSABKAhIAYgBAUILCglnZW5lcmF0b3JCCgoIX3Byb21vdGUiVAoUUm90YXRlU2VjcmV0UmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoDRIrCgZsYWJlbHMYAiADKA4yGy5zcGlrZS5uZXh1cy52MS5TZWNyZXRMYWJlbCp6CgtTZWNyZXRMYWJlbBIcChhTRUNSRVRfTEFCRUxfVU5TUEVDSUZJRUQQABIYChRTRUNSRVRfTEFCRUxfQ1VSUkVOVBABEhgKFFNFQ1JFVF9MQUJFTF9QRU5ESU5HEAISGQoVU0VDUkVUX0xBQkVMX1BSRVZJT1VTEAMqqAEKDkNoYXJhY3RlckNsYXNzEh8KG0NIQVJBQ1RFUl9DTEFTU19VTlNQRUNJRklFRBAAEh0KGUNIQVJBQ1RFUl9DTEFTU19MT1dFUkNBU0UQARIdChlDSEFSQUNURVJfQ0xBU1NfVVBQRVJDQVNFEAISGgoWQ0hBUkFDVEVSX0NMQVNTX0RJR0lUUxADEhsKF0NIQVJBQ1RFUl9DTEFTU19TWU1CT0xTEAQqewoMQnl0ZUVuY29kaW5nEh0KGUJZVEVfRU5DT0RJTkdfVU5TUEVDSUZJRUQQABIVChFCWVRFX0VOQ09ESU5HX0hFWBABEhgKFEJZVEVfRU5DT0RJTkdfQkFTRTY0EAISGwoXQllURV9FTkNPRElOR19CQVNFNjRVUkwQAzK3CAoNU2VjcmV0U2VydmljZRJQCglQdXRTZWNyZXQSIC5zcGlrZS5uZXh1cy52MS5QdXRTZWNyZXRSZXF1ZXN0GiEuc3Bpa2UubmV4dXMudjEuUHV0U2VjcmV0UmVzcG9uc2USVQoJR2V0U2VjcmV0EiAuc3Bpa2UubmV4dXMudjEuR2V0U2VjcmV0UmVxdWVzdBohLnNwaWtlLm5leHVzLnYxLkdldFNlY3JldFJlc3BvbnNlIgOQAgESWwoLTGlzdFNlY3JldHMSIi5zcGlrZS5uZXh1cy52MS5MaXN0U2VjcmV0c1JlcXVlc3QaIy5zcGlrZS5uZXh1cy52MS5MaXN0U2VjcmV0c1Jlc3BvbnNlIgOQAgESWQoMRGVsZXRlU2VjcmV0EiMuc3Bpa2UubmV4dXMudjEuRGVsZXRlU2VjcmV0UmVxdWVzdBokLnNwaWtlLm5leHVzLnYxLkRlbGV0ZVNlY3JldFJlc3BvbnNlEl8KDlVuZGVsZXRlU2VjcmV0EiUuc3Bpa2UubmV4dXMudjEuVW5kZWxldGVTZWNyZXRSZXF1ZXN0GiYuc3Bpa2UubmV4dXMudjEuVW5kZWxldGVTZWNyZXRSZXNwb25zZRJcCg1EZXN0cm95U2VjcmV0EiQuc3Bpa2UubmV4dXMudjEuRGVzdHJveVNlY3JldFJlcXVlc3QaJS5zcGlrZS5uZXh1cy52MS5EZXN0cm95U2VjcmV0UmVzcG9uc2USbQoRR2V0U2VjcmV0TWV0YWRhdGESKC5zcGlrZS5uZXh1cy52MS5HZXRTZWNyZXRNZXRhZGF0YVJlcXVlc3QaKS5zcGlrZS5uZXh1cy52MS5HZXRTZWNyZXRNZXRhZGF0YVJlc3BvbnNlIgOQAgEScQoUVXBkYXRlU2VjcmV0TWV0YWRhdGESKy5zcGlrZS5uZXh1cy52MS5VcGRhdGVTZWNyZXRNZXRhZGF0YVJlcXVlc3QaLC5zcGlrZS5uZXh1cy52MS5VcGRhdGVTZWNyZXRNZXRhZGF0YVJlc3BvbnNlElYKC1B1cmdlU2VjcmV0EiIuc3Bpa2UubmV4dXMudjEuUHVyZ2VTZWNyZXRSZXF1ZXN0GiMuc3Bpa2UubmV4dXMudjEuUHVyZ2VTZWNyZXRSZXNwb25zZRJxChRQcm9tb3RlU2VjcmV0VmVyc2lvbhIrLnNwaWtlLm5leHVzLnYxLlByb21vdGVTZWNyZXRWZXJzaW9uUmVxdWVzdBosLnNwaWtlLm5leHVzLnYxLlByb21vdGVTZWNyZXRWZXJzaW9uUmVzcG9uc2USWQoMUm90YXRlU2VjcmV0EiMuc3Bpa2UubmV4dXMudjEuUm90YXRlU2VjcmV0UmVxdWVzdBokLnNwaWtlLm5leHVzLnYxLlJvdGF0ZVNlY3JldFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * PutSecretRequest writes a new version of a secret.
@@ -48,6 +48,15 @@ export type PutSecretRequest = Message<"spike.nexus.v1.PutSecretRequest"> & {
    * @generated from field: google.protobuf.Timestamp expires_at = 4;
    */
   expiresAt?: Timestamp | undefined;
+
+  /**
+   * The label the new version gets: UNSPECIFIED or CURRENT makes it CURRENT
+   * (the old CURRENT becomes PREVIOUS); PENDING stages it without touching
+   * CURRENT (replacing an older PENDING label); PREVIOUS is INVALID_ARGUMENT.
+   *
+   * @generated from field: spike.nexus.v1.SecretLabel stage = 5;
+   */
+  stage: SecretLabel;
 };
 
 /**
@@ -99,11 +108,20 @@ export type GetSecretRequest = Message<"spike.nexus.v1.GetSecretRequest"> & {
   path: string;
 
   /**
-   * The version to read; 0 reads the current version.
+   * The version to read; 0 reads the version `label` names (CURRENT when no
+   * label is given). A version and a label together are INVALID_ARGUMENT.
    *
    * @generated from field: uint32 version = 2;
    */
   version: number;
+
+  /**
+   * The label of the version to read; UNSPECIFIED with version 0 reads CURRENT.
+   * A label that names no version is NOT_FOUND with reason LABEL_NOT_ASSIGNED.
+   *
+   * @generated from field: spike.nexus.v1.SecretLabel label = 3;
+   */
+  label: SecretLabel;
 };
 
 /**
@@ -146,6 +164,13 @@ export type GetSecretResponse = Message<"spike.nexus.v1.GetSecretResponse"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 4;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * The labels the returned version carries (possibly none), in enum order.
+   *
+   * @generated from field: repeated spike.nexus.v1.SecretLabel labels = 5;
+   */
+  labels: SecretLabel[];
 };
 
 /**
@@ -428,8 +453,8 @@ export type SecretMetadata = Message<"spike.nexus.v1.SecretMetadata"> & {
   latestVersion: number;
 
   /**
-   * The current version: the one GetSecret reads when no version is given.
-   * Today it is the latest version written; when it is deleted or destroyed a
+   * The version labelled CURRENT (0 when none): the one GetSecret reads when
+   * neither a version nor a label is given. When it is deleted or destroyed a
    * read of it is NOT_FOUND (CURRENT_VERSION_DELETED) and never falls back to
    * an older version.
    *
@@ -485,6 +510,38 @@ export type SecretMetadata = Message<"spike.nexus.v1.SecretMetadata"> & {
    * @generated from field: repeated spike.nexus.v1.SecretVersionMetadata versions = 10;
    */
   versions: SecretVersionMetadata[];
+
+  /**
+   * The rotation policy; unset when the secret is not rotated.
+   *
+   * @generated from field: spike.nexus.v1.RotationPolicy rotation = 11;
+   */
+  rotation?: RotationPolicy | undefined;
+
+  /**
+   * When the next rotation is due: for a generated policy, when the scheduler
+   * rotates next; for an external policy, when CURRENT becomes one period old.
+   * Unset without a policy.
+   *
+   * @generated from field: google.protobuf.Timestamp next_rotation_at = 12;
+   */
+  nextRotationAt?: Timestamp | undefined;
+
+  /**
+   * When the secret was last rotated (by RotateSecret or the scheduler); unset
+   * if never.
+   *
+   * @generated from field: google.protobuf.Timestamp last_rotated_at = 13;
+   */
+  lastRotatedAt?: Timestamp | undefined;
+
+  /**
+   * Whether the owner has rotation work to do: an external policy whose
+   * next_rotation_at has passed, or a staged PENDING version not yet promoted.
+   *
+   * @generated from field: bool rotation_due = 14;
+   */
+  rotationDue: boolean;
 };
 
 /**
@@ -493,6 +550,158 @@ export type SecretMetadata = Message<"spike.nexus.v1.SecretMetadata"> & {
  */
 export const SecretMetadataSchema: GenMessage<SecretMetadata> = /*@__PURE__*/
   messageDesc(file_spike_nexus_v1_secret, 14);
+
+/**
+ * RotationPolicy says how and how often a secret is rotated. The policy is
+ * MAC'd under the integrity key; the scheduler skips (and reports) one that
+ * does not verify.
+ *
+ * @generated from message spike.nexus.v1.RotationPolicy
+ */
+export type RotationPolicy = Message<"spike.nexus.v1.RotationPolicy"> & {
+  /**
+   * How often to rotate: 1 minute to 10 years, whole milliseconds.
+   *
+   * @generated from field: google.protobuf.Duration period = 1;
+   */
+  period?: Duration | undefined;
+
+  /**
+   * What produces the new value; exactly one must be set.
+   *
+   * @generated from oneof spike.nexus.v1.RotationPolicy.generator
+   */
+  generator: {
+    /**
+     * A random password.
+     *
+     * @generated from field: spike.nexus.v1.RandomPasswordGenerator random_password = 2;
+     */
+    value: RandomPasswordGenerator;
+    case: "randomPassword";
+  } | {
+    /**
+     * Random bytes, encoded as text.
+     *
+     * @generated from field: spike.nexus.v1.RandomBytesGenerator random_bytes = 3;
+     */
+    value: RandomBytesGenerator;
+    case: "randomBytes";
+  } | {
+    /**
+     * The owner rotates (e.g. a password only the database can change): Nexus
+     * only reports rotation_due once CURRENT is one period old.
+     *
+     * @generated from field: spike.nexus.v1.ExternalGenerator external = 4;
+     */
+    value: ExternalGenerator;
+    case: "external";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * The data key the generated value is written to (other keys are copied from
+   * CURRENT). Required for random_password and random_bytes.
+   *
+   * @generated from field: string data_key = 5;
+   */
+  dataKey: string;
+
+  /**
+   * false (the default): the new version is staged PENDING for the owner to
+   * test and promote. true: it becomes CURRENT at once, for values only
+   * Nexus's consumers use.
+   *
+   * @generated from field: bool promote = 6;
+   */
+  promote: boolean;
+};
+
+/**
+ * Describes the message spike.nexus.v1.RotationPolicy.
+ * Use `create(RotationPolicySchema)` to create a new message.
+ */
+export const RotationPolicySchema: GenMessage<RotationPolicy> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_secret, 15);
+
+/**
+ * RandomPasswordGenerator makes a password from the CSPRNG with at least one
+ * character of every chosen class.
+ *
+ * @generated from message spike.nexus.v1.RandomPasswordGenerator
+ */
+export type RandomPasswordGenerator = Message<"spike.nexus.v1.RandomPasswordGenerator"> & {
+  /**
+   * Length in characters: 8 to 1024.
+   *
+   * @generated from field: uint32 length = 1;
+   */
+  length: number;
+
+  /**
+   * Classes to draw from; empty means all four.
+   *
+   * @generated from field: repeated spike.nexus.v1.CharacterClass character_classes = 2;
+   */
+  characterClasses: CharacterClass[];
+
+  /**
+   * Characters never used (e.g. quotes a config format cannot hold); every
+   * chosen class must keep at least one character.
+   *
+   * @generated from field: string excluded_characters = 3;
+   */
+  excludedCharacters: string;
+};
+
+/**
+ * Describes the message spike.nexus.v1.RandomPasswordGenerator.
+ * Use `create(RandomPasswordGeneratorSchema)` to create a new message.
+ */
+export const RandomPasswordGeneratorSchema: GenMessage<RandomPasswordGenerator> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_secret, 16);
+
+/**
+ * RandomBytesGenerator makes random bytes from the CSPRNG, encoded as text.
+ *
+ * @generated from message spike.nexus.v1.RandomBytesGenerator
+ */
+export type RandomBytesGenerator = Message<"spike.nexus.v1.RandomBytesGenerator"> & {
+  /**
+   * Number of random bytes before encoding: 8 to 1024.
+   *
+   * @generated from field: uint32 length = 1;
+   */
+  length: number;
+
+  /**
+   * How the bytes are written into the data value; UNSPECIFIED means HEX.
+   *
+   * @generated from field: spike.nexus.v1.ByteEncoding encoding = 2;
+   */
+  encoding: ByteEncoding;
+};
+
+/**
+ * Describes the message spike.nexus.v1.RandomBytesGenerator.
+ * Use `create(RandomBytesGeneratorSchema)` to create a new message.
+ */
+export const RandomBytesGeneratorSchema: GenMessage<RandomBytesGenerator> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_secret, 17);
+
+/**
+ * ExternalGenerator marks a secret its owner rotates; it has no settings.
+ *
+ * @generated from message spike.nexus.v1.ExternalGenerator
+ */
+export type ExternalGenerator = Message<"spike.nexus.v1.ExternalGenerator"> & {
+};
+
+/**
+ * Describes the message spike.nexus.v1.ExternalGenerator.
+ * Use `create(ExternalGeneratorSchema)` to create a new message.
+ */
+export const ExternalGeneratorSchema: GenMessage<ExternalGenerator> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_secret, 18);
 
 /**
  * SecretVersionMetadata describes one version.
@@ -534,6 +743,13 @@ export type SecretVersionMetadata = Message<"spike.nexus.v1.SecretVersionMetadat
    * @generated from field: string created_by = 5;
    */
   createdBy: string;
+
+  /**
+   * The labels this version carries (possibly none), in enum order.
+   *
+   * @generated from field: repeated spike.nexus.v1.SecretLabel labels = 6;
+   */
+  labels: SecretLabel[];
 };
 
 /**
@@ -541,7 +757,7 @@ export type SecretVersionMetadata = Message<"spike.nexus.v1.SecretVersionMetadat
  * Use `create(SecretVersionMetadataSchema)` to create a new message.
  */
 export const SecretVersionMetadataSchema: GenMessage<SecretVersionMetadata> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_secret, 15);
+  messageDesc(file_spike_nexus_v1_secret, 19);
 
 /**
  * UpdateSecretMetadataRequest sets metadata fields (AIP-134).
@@ -578,11 +794,20 @@ export type UpdateSecretMetadataRequest = Message<"spike.nexus.v1.UpdateSecretMe
   expiresAt?: Timestamp | undefined;
 
   /**
-   * Which of max_versions, custom_metadata, expires_at to set.
+   * Which of max_versions, custom_metadata, expires_at, rotation to set.
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 5;
    */
   updateMask?: FieldMask | undefined;
+
+  /**
+   * New rotation policy, replacing the old one whole; unset with "rotation" in
+   * the mask turns rotation off. Setting it schedules the next rotation one
+   * period from now.
+   *
+   * @generated from field: spike.nexus.v1.RotationPolicy rotation = 6;
+   */
+  rotation?: RotationPolicy | undefined;
 };
 
 /**
@@ -590,7 +815,7 @@ export type UpdateSecretMetadataRequest = Message<"spike.nexus.v1.UpdateSecretMe
  * Use `create(UpdateSecretMetadataRequestSchema)` to create a new message.
  */
 export const UpdateSecretMetadataRequestSchema: GenMessage<UpdateSecretMetadataRequest> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_secret, 16);
+  messageDesc(file_spike_nexus_v1_secret, 20);
 
 /**
  * UpdateSecretMetadataResponse returns the updated metadata.
@@ -611,7 +836,7 @@ export type UpdateSecretMetadataResponse = Message<"spike.nexus.v1.UpdateSecretM
  * Use `create(UpdateSecretMetadataResponseSchema)` to create a new message.
  */
 export const UpdateSecretMetadataResponseSchema: GenMessage<UpdateSecretMetadataResponse> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_secret, 17);
+  messageDesc(file_spike_nexus_v1_secret, 21);
 
 /**
  * PurgeSecretRequest names a secret to remove entirely.
@@ -632,7 +857,7 @@ export type PurgeSecretRequest = Message<"spike.nexus.v1.PurgeSecretRequest"> & 
  * Use `create(PurgeSecretRequestSchema)` to create a new message.
  */
 export const PurgeSecretRequestSchema: GenMessage<PurgeSecretRequest> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_secret, 18);
+  messageDesc(file_spike_nexus_v1_secret, 22);
 
 /**
  * PurgeSecretResponse is empty.
@@ -647,7 +872,300 @@ export type PurgeSecretResponse = Message<"spike.nexus.v1.PurgeSecretResponse"> 
  * Use `create(PurgeSecretResponseSchema)` to create a new message.
  */
 export const PurgeSecretResponseSchema: GenMessage<PurgeSecretResponse> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_secret, 19);
+  messageDesc(file_spike_nexus_v1_secret, 23);
+
+/**
+ * PromoteSecretVersionRequest names the version to make CURRENT.
+ *
+ * @generated from message spike.nexus.v1.PromoteSecretVersionRequest
+ */
+export type PromoteSecretVersionRequest = Message<"spike.nexus.v1.PromoteSecretVersionRequest"> & {
+  /**
+   * The secret's path.
+   *
+   * @generated from field: string path = 1;
+   */
+  path: string;
+
+  /**
+   * The version to label CURRENT; it must exist and be neither deleted nor
+   * destroyed (else FAILED_PRECONDITION, VERSION_NOT_LIVE).
+   *
+   * @generated from field: uint32 version = 2;
+   */
+  version: number;
+
+  /**
+   * When set, promote only if CURRENT is this version (0: only if no version is
+   * CURRENT); else FAILED_PRECONDITION with reason CURRENT_VERSION_MISMATCH and
+   * nothing changes.
+   *
+   * @generated from field: optional uint32 expected_current_version = 3;
+   */
+  expectedCurrentVersion?: number | undefined;
+};
+
+/**
+ * Describes the message spike.nexus.v1.PromoteSecretVersionRequest.
+ * Use `create(PromoteSecretVersionRequestSchema)` to create a new message.
+ */
+export const PromoteSecretVersionRequestSchema: GenMessage<PromoteSecretVersionRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_secret, 24);
+
+/**
+ * PromoteSecretVersionResponse reports the labels after the promotion.
+ *
+ * @generated from message spike.nexus.v1.PromoteSecretVersionResponse
+ */
+export type PromoteSecretVersionResponse = Message<"spike.nexus.v1.PromoteSecretVersionResponse"> & {
+  /**
+   * The version now labelled CURRENT.
+   *
+   * @generated from field: uint32 current_version = 1;
+   */
+  currentVersion: number;
+
+  /**
+   * The version now labelled PREVIOUS (0 when none).
+   *
+   * @generated from field: uint32 previous_version = 2;
+   */
+  previousVersion: number;
+
+  /**
+   * The version now labelled PENDING (0 when none).
+   *
+   * @generated from field: uint32 pending_version = 3;
+   */
+  pendingVersion: number;
+};
+
+/**
+ * Describes the message spike.nexus.v1.PromoteSecretVersionResponse.
+ * Use `create(PromoteSecretVersionResponseSchema)` to create a new message.
+ */
+export const PromoteSecretVersionResponseSchema: GenMessage<PromoteSecretVersionResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_secret, 25);
+
+/**
+ * RotateSecretRequest asks for one rotation now.
+ *
+ * @generated from message spike.nexus.v1.RotateSecretRequest
+ */
+export type RotateSecretRequest = Message<"spike.nexus.v1.RotateSecretRequest"> & {
+  /**
+   * The secret's path; it must exist.
+   *
+   * @generated from field: string path = 1;
+   */
+  path: string;
+
+  /**
+   * A generator for this rotation instead of the policy's; without one the
+   * secret must have a random_password or random_bytes policy.
+   *
+   * @generated from oneof spike.nexus.v1.RotateSecretRequest.generator
+   */
+  generator: {
+    /**
+     * A random password.
+     *
+     * @generated from field: spike.nexus.v1.RandomPasswordGenerator random_password = 2;
+     */
+    value: RandomPasswordGenerator;
+    case: "randomPassword";
+  } | {
+    /**
+     * Random bytes, encoded as text.
+     *
+     * @generated from field: spike.nexus.v1.RandomBytesGenerator random_bytes = 3;
+     */
+    value: RandomBytesGenerator;
+    case: "randomBytes";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * With a generator: the data key to fill (empty: the policy's data_key).
+   *
+   * @generated from field: string data_key = 4;
+   */
+  dataKey: string;
+
+  /**
+   * With a generator: whether the new version becomes CURRENT at once (unset:
+   * the policy's promote, or false without a policy).
+   *
+   * @generated from field: optional bool promote = 5;
+   */
+  promote?: boolean | undefined;
+};
+
+/**
+ * Describes the message spike.nexus.v1.RotateSecretRequest.
+ * Use `create(RotateSecretRequestSchema)` to create a new message.
+ */
+export const RotateSecretRequestSchema: GenMessage<RotateSecretRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_secret, 26);
+
+/**
+ * RotateSecretResponse reports the version the rotation wrote.
+ *
+ * @generated from message spike.nexus.v1.RotateSecretResponse
+ */
+export type RotateSecretResponse = Message<"spike.nexus.v1.RotateSecretResponse"> & {
+  /**
+   * The version written.
+   *
+   * @generated from field: uint32 version = 1;
+   */
+  version: number;
+
+  /**
+   * The labels the new version carries: CURRENT or PENDING.
+   *
+   * @generated from field: repeated spike.nexus.v1.SecretLabel labels = 2;
+   */
+  labels: SecretLabel[];
+};
+
+/**
+ * Describes the message spike.nexus.v1.RotateSecretResponse.
+ * Use `create(RotateSecretResponseSchema)` to create a new message.
+ */
+export const RotateSecretResponseSchema: GenMessage<RotateSecretResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_secret, 27);
+
+/**
+ * SecretLabel names one version of a secret. Each label names at most one
+ * version; a version may carry several labels.
+ *
+ * @generated from enum spike.nexus.v1.SecretLabel
+ */
+export enum SecretLabel {
+  /**
+   * No label: in GetSecretRequest, read by version number (or CURRENT when the
+   * version is 0 too); in PutSecretRequest.stage, the same as CURRENT.
+   *
+   * @generated from enum value: SECRET_LABEL_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The version readers get by default.
+   *
+   * @generated from enum value: SECRET_LABEL_CURRENT = 1;
+   */
+  CURRENT = 1,
+
+  /**
+   * A staged version, not yet read by default; promote it to make it CURRENT.
+   *
+   * @generated from enum value: SECRET_LABEL_PENDING = 2;
+   */
+  PENDING = 2,
+
+  /**
+   * The version that was CURRENT before the last put or promotion.
+   *
+   * @generated from enum value: SECRET_LABEL_PREVIOUS = 3;
+   */
+  PREVIOUS = 3,
+}
+
+/**
+ * Describes the enum spike.nexus.v1.SecretLabel.
+ */
+export const SecretLabelSchema: GenEnum<SecretLabel> = /*@__PURE__*/
+  enumDesc(file_spike_nexus_v1_secret, 0);
+
+/**
+ * CharacterClass is a set of password characters.
+ *
+ * @generated from enum spike.nexus.v1.CharacterClass
+ */
+export enum CharacterClass {
+  /**
+   * Not a class; refused in a request.
+   *
+   * @generated from enum value: CHARACTER_CLASS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * a-z.
+   *
+   * @generated from enum value: CHARACTER_CLASS_LOWERCASE = 1;
+   */
+  LOWERCASE = 1,
+
+  /**
+   * A-Z.
+   *
+   * @generated from enum value: CHARACTER_CLASS_UPPERCASE = 2;
+   */
+  UPPERCASE = 2,
+
+  /**
+   * 0-9.
+   *
+   * @generated from enum value: CHARACTER_CLASS_DIGITS = 3;
+   */
+  DIGITS = 3,
+
+  /**
+   * The printable ASCII punctuation characters.
+   *
+   * @generated from enum value: CHARACTER_CLASS_SYMBOLS = 4;
+   */
+  SYMBOLS = 4,
+}
+
+/**
+ * Describes the enum spike.nexus.v1.CharacterClass.
+ */
+export const CharacterClassSchema: GenEnum<CharacterClass> = /*@__PURE__*/
+  enumDesc(file_spike_nexus_v1_secret, 1);
+
+/**
+ * ByteEncoding is the text form of random bytes.
+ *
+ * @generated from enum spike.nexus.v1.ByteEncoding
+ */
+export enum ByteEncoding {
+  /**
+   * Treated as HEX.
+   *
+   * @generated from enum value: BYTE_ENCODING_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Lowercase hexadecimal.
+   *
+   * @generated from enum value: BYTE_ENCODING_HEX = 1;
+   */
+  HEX = 1,
+
+  /**
+   * Standard base64 with padding (RFC 4648 section 4).
+   *
+   * @generated from enum value: BYTE_ENCODING_BASE64 = 2;
+   */
+  BASE64 = 2,
+
+  /**
+   * URL-safe base64 without padding (RFC 4648 section 5).
+   *
+   * @generated from enum value: BYTE_ENCODING_BASE64URL = 3;
+   */
+  BASE64URL = 3,
+}
+
+/**
+ * Describes the enum spike.nexus.v1.ByteEncoding.
+ */
+export const ByteEncodingSchema: GenEnum<ByteEncoding> = /*@__PURE__*/
+  enumDesc(file_spike_nexus_v1_secret, 2);
 
 /**
  * SecretService stores versioned key/value secrets, envelope-encrypted at rest.
@@ -659,10 +1177,14 @@ export const PurgeSecretResponseSchema: GenMessage<PurgeSecretResponse> = /*@__P
  */
 export const SecretService: GenService<{
   /**
-   * PutSecret writes a new version: latest_version + 1. With `cas` it writes only
-   * if latest_version equals cas (0: only if the path has no versions), else it
-   * is ABORTED and nothing is written. Versions beyond max_versions are pruned,
-   * oldest first, in the same statement.
+   * PutSecret writes a new version: latest_version + 1. Without a stage (or with
+   * stage CURRENT) the new version becomes CURRENT and the old CURRENT becomes
+   * PREVIOUS; an existing PENDING is left alone. With stage PENDING the new
+   * version becomes PENDING (replacing an older PENDING) and CURRENT stays.
+   * With `cas` it writes only if latest_version equals cas (0: only if the path
+   * has no versions), else it is ABORTED and nothing is written. Versions beyond
+   * max_versions are pruned, oldest first, in the same statement; a labelled
+   * version is never pruned.
    *
    * @generated from rpc spike.nexus.v1.SecretService.PutSecret
    */
@@ -672,9 +1194,11 @@ export const SecretService: GenService<{
     output: typeof PutSecretResponseSchema;
   },
   /**
-   * GetSecret reads one version; version 0 reads the current version (the
-   * latest written). A deleted or destroyed current version is NOT_FOUND with
-   * reason CURRENT_VERSION_DELETED: a read never falls back to an older value.
+   * GetSecret reads one version: by number, by label, or (neither given) the
+   * version labelled CURRENT. A deleted or destroyed CURRENT version is
+   * NOT_FOUND with reason CURRENT_VERSION_DELETED: a read never falls back to an
+   * older value. Label assignments are MAC'd; one that does not verify is
+   * INTERNAL with reason LABELS_ALTERED and returns no data.
    *
    * @generated from rpc spike.nexus.v1.SecretService.GetSecret
    */
@@ -696,8 +1220,9 @@ export const SecretService: GenService<{
     output: typeof ListSecretsResponseSchema;
   },
   /**
-   * DeleteSecret soft-deletes versions (none given: the current version, which
-   * then reads as NOT_FOUND until a new put or an undelete).
+   * DeleteSecret soft-deletes versions (none given: the version labelled
+   * CURRENT; the label does not move, so a read of CURRENT is NOT_FOUND with
+   * reason CURRENT_VERSION_DELETED until a new put, an undelete or a promotion).
    *
    * @generated from rpc spike.nexus.v1.SecretService.DeleteSecret
    */
@@ -739,7 +1264,7 @@ export const SecretService: GenService<{
   },
   /**
    * UpdateSecretMetadata sets the fields named in update_mask: max_versions,
-   * custom_metadata, expires_at.
+   * custom_metadata, expires_at, rotation.
    *
    * @generated from rpc spike.nexus.v1.SecretService.UpdateSecretMetadata
    */
@@ -757,6 +1282,33 @@ export const SecretService: GenService<{
     methodKind: "unary";
     input: typeof PurgeSecretRequestSchema;
     output: typeof PurgeSecretResponseSchema;
+  },
+  /**
+   * PromoteSecretVersion labels a live version CURRENT in one statement: the old
+   * CURRENT becomes PREVIOUS and a PENDING label on the promoted version goes
+   * away. Promoting an older live version is a rollback. FAILED_PRECONDITION
+   * with reason CURRENT_VERSION_MISMATCH when expected_current_version is set
+   * and differs, VERSION_NOT_LIVE when the version is deleted or destroyed.
+   *
+   * @generated from rpc spike.nexus.v1.SecretService.PromoteSecretVersion
+   */
+  promoteSecretVersion: {
+    methodKind: "unary";
+    input: typeof PromoteSecretVersionRequestSchema;
+    output: typeof PromoteSecretVersionResponseSchema;
+  },
+  /**
+   * RotateSecret writes a new version now, by the secret's rotation policy or
+   * by a generator given in the request: the generator fills one data key, the
+   * other keys are copied from CURRENT. The new version is staged PENDING, or
+   * becomes CURRENT when the policy (or request) says promote.
+   *
+   * @generated from rpc spike.nexus.v1.SecretService.RotateSecret
+   */
+  rotateSecret: {
+    methodKind: "unary";
+    input: typeof RotateSecretRequestSchema;
+    output: typeof RotateSecretResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_spike_nexus_v1_secret, 0);
