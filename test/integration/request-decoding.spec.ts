@@ -253,9 +253,9 @@ describe("request decoding on both listeners", function () {
       const res = await connectJson(session, UPDATE_METADATA, JSON.stringify({ path, maxVersions: 3, updateMask: "maxVersions,cass" }));
       expect(res.status, res.body).to.equal(400);
       const message = JSON.parse(res.body).message as string;
-      expect(message).to.equal('updateMask: "cass" cannot be updated; use maxVersions, customMetadata or expiresAt');
+      expect(message).to.equal('updateMask: "cass" cannot be updated; use maxVersions, customMetadata, expiresAt or rotation');
       const empty = await connectJson(session, UPDATE_METADATA, JSON.stringify({ path }));
-      expect(JSON.parse(empty.body).message).to.equal("updateMask: name at least one of maxVersions, customMetadata or expiresAt");
+      expect(JSON.parse(empty.body).message).to.equal("updateMask: name at least one of maxVersions, customMetadata, expiresAt or rotation");
       const snake = await connectJson(session, UPDATE_METADATA, JSON.stringify({ path, maxVersions: 3, updateMask: "max_versions" }));
       expect(snake.status, snake.body).to.equal(400);
       expect(JSON.parse(snake.body).message).to.include("FieldMask paths must be lowerCamelCase in JSON");
@@ -268,7 +268,7 @@ describe("request decoding on both listeners", function () {
       const client = server.client("grpc");
       ok(await client.call(SecretService.method.putSecret, { path, data: { k: "v" } }));
       const bad = await client.call(SecretService.method.updateSecretMetadata, { path, maxVersions: 3, updateMask: { paths: ["cass"] } });
-      expect(bad.message).to.equal('update_mask: "cass" cannot be updated; use max_versions, custom_metadata or expires_at');
+      expect(bad.message).to.equal('update_mask: "cass" cannot be updated; use max_versions, custom_metadata, expires_at or rotation');
       ok(await client.call(SecretService.method.updateSecretMetadata, { path, maxVersions: 4, updateMask: { paths: ["maxVersions"] } }));
       const meta = ok(await client.call(SecretService.method.getSecretMetadata, { path }));
       expect(meta.metadata?.maxVersions).to.equal(4);
