@@ -17,12 +17,21 @@ export const DEFAULT_KDF_PARAMS: KdfParams = { alg: "scrypt", N: 2 ** 17, r: 8, 
 
 /**
  * The parameters are stored beside the root key, where a database writer can
- * change them. They need no MAC of their own: the password check is keyed by
- * what scrypt derives with them, so other parameters fail the check. But they
- * size the memory scrypt takes, so they are bounded before scrypt runs: at most
- * 1 GiB (128 * N * r bytes), whatever the row says.
+ * change them. No MAC can protect them: any key to check one would come from
+ * scrypt run with these very parameters. Other parameters derive other keys
+ * and fail the password check, so a writer gains nothing but the cost of
+ * that scrypt; the bounds cap it before scrypt runs: memory (128 * N * r) at
+ * twice the default's 128 MiB, and work (N * r * p) at four times the
+ * default's, whatever the row says.
  */
-const KDF_BOUNDS = { minLogN: 10, maxLogN: 20, maxR: 16, maxP: 16, maxMemoryBytes: 1024 * 1024 * 1024 } as const;
+const KDF_BOUNDS = {
+  minLogN: 10,
+  maxLogN: 20,
+  maxR: 16,
+  maxP: 4,
+  maxMemoryBytes: 2 * 128 * DEFAULT_KDF_PARAMS.N * DEFAULT_KDF_PARAMS.r,
+  maxWork: 4 * DEFAULT_KDF_PARAMS.N * DEFAULT_KDF_PARAMS.r * DEFAULT_KDF_PARAMS.p,
+} as const;
 const CHECK_LABEL = Buffer.from("nexus/v1/admin-password-check");
 
 export interface DerivedKeys {
@@ -45,14 +54,14 @@ export function boundedKdfParams(raw: unknown): KdfParams | undefined {
   const logN = Math.log2(N);
   if (!Number.isInteger(logN) || logN < KDF_BOUNDS.minLogN || logN > KDF_BOUNDS.maxLogN) return undefined;
   if (r < 1 || r > KDF_BOUNDS.maxR || p < 1 || p > KDF_BOUNDS.maxP) return undefined;
-  if (128 * N * r > KDF_BOUNDS.maxMemoryBytes) return undefined;
+  if (128 * N * r > KDF_BOUNDS.maxMemoryBytes || N * r * p > KDF_BOUNDS.maxWork) return undefined;
   return { alg, N, r, p };
 }
 
 export async function derivePasswordKeys(password: string, salt: Buffer, params: KdfParams): Promise<DerivedKeys> {
   const bounded = boundedKdfParams(params);
   if (bounded === undefined) throw new Error("scrypt parameters out of bounds");
-  // scrypt needs 128 * N * r bytes; the bounds above cap that at 1 GiB.
+  // scrypt needs 128 * N * r bytes; the bounds above cap that at 256 MiB.
   const maxmem = 128 * bounded.N * bounded.r + 1024 * 1024;
   const out = await new Promise<Buffer>((resolve, reject) =>
     scrypt(password.normalize("NFC"), salt, 64, { N: params.N, r: params.r, p: params.p, maxmem }, (err, key) =>

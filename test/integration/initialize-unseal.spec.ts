@@ -198,6 +198,8 @@ describe("Initialize, Seal and Unseal", function () {
       { name: "N = 2^30 (128 GiB of memory)", params: { alg: "scrypt", N: 2 ** 30, r: 8, p: 1 }, code: "INTERNAL" },
       { name: "r = 2^20", params: { alg: "scrypt", N: 1024, r: 2 ** 20, p: 1 }, code: "INTERNAL" },
       { name: "N not a power of two", params: { alg: "scrypt", N: 1000, r: 8, p: 1 }, code: "INTERNAL" },
+      { name: "N = 2^20 (1 GiB, eight times the default's memory)", params: { alg: "scrypt", N: 2 ** 20, r: 8, p: 1 }, code: "INTERNAL" },
+      { name: "p = 16 at the default N (16 times the default's work)", params: { alg: "scrypt", N: 2 ** 17, r: 8, p: 16 }, code: "INTERNAL" },
       { name: "another algorithm", params: { alg: "md5", N: 1024, r: 8, p: 1 }, code: "INTERNAL" },
       { name: "in bounds but not the ones the password check was made with", params: { alg: "scrypt", N: 2048, r: 8, p: 1 }, code: "PERMISSION_DENIED" },
     ];
