@@ -16,10 +16,21 @@ CREATE TABLE grant_epochs (
 
 INSERT INTO grant_epochs (name, epoch) VALUES ('policies', 0), ('admin_credentials', 0);
 
--- A new policy epoch (a change, or an operator accepting a restored state)
--- makes every replica reload, as a policy change does.
+-- Every new epoch is announced, so each replica raises the epoch it will
+-- accept no lower than at once (not only when it next reads the set); a new
+-- policy epoch also makes every replica reload, as a policy change does.
+CREATE FUNCTION notify_grant_epoch_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('nexus_grant_epochs', NEW.name);
+    IF NEW.name = 'policies' THEN
+        PERFORM pg_notify('nexus_policies', '');
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
 CREATE TRIGGER grant_epochs_changed AFTER UPDATE ON grant_epochs
-    FOR EACH ROW WHEN (NEW.name = 'policies') EXECUTE FUNCTION notify_policies_changed();
+    FOR EACH ROW EXECUTE FUNCTION notify_grant_epoch_changed();
 
 -- Admin credential rows get a MAC of their own (covering their expiry), so a
 -- revoked credential cannot come back with a later expiry. Credentials issued

@@ -16,7 +16,8 @@ import { createHash } from "node:crypto";
 import { NexusError } from "../errors/nexus-error.js";
 import { mac, macMatches } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
-import type { EpochRow, EpochSeal, GrantSetName } from "../store/grant-epoch-store.js";
+import type { Logger } from "../log/logger.js";
+import type { EpochRow, EpochSeal, GrantEpochStore, GrantSetName } from "../store/grant-epoch-store.js";
 
 const EPOCH_MAC_LABEL = "nexus/v1/grant-epoch";
 const DIGEST_LABEL = "nexus/v1/grant-set";
@@ -75,6 +76,16 @@ export class GrantEpochs {
     return this.seal(key, rules, next, rows.filter((r) => rules.rowVerifies(key, r)));
   }
 
+  /**
+   * Raises the epoch this process will accept no lower than, from an epoch row
+   * another replica just stored, if its MAC verifies (a forged row raises
+   * nothing). The set itself is checked when it is next read.
+   */
+  observe(name: GrantSetName, epoch: EpochRow | undefined): void {
+    if (epoch?.mac == null || epoch.digest === null || this.keys.sealed) return;
+    if (macMatches(this.keys.integrityKey(), EPOCH_MAC_LABEL, epochMacInput(name, epoch.epoch, epoch.digest), epoch.mac)) this.advance(name, epoch.epoch);
+  }
+
   /** Records a committed epoch (or, after adopt, forgets higher ones). */
   advance(name: GrantSetName, epoch: number, reset = false): void {
     if (reset || epoch > (this.seen.get(name) ?? 0)) this.seen.set(name, epoch);
@@ -121,4 +132,41 @@ function altered(name: GrantSetName, problem: string): NexusError {
   return new NexusError("internal", `${what} failed their integrity check: ${problem}; an operator can accept the stored state with Unseal accept_restored_state`, {
     reason: "GRANT_SET_ALTERED",
   });
+}
+
+/**
+ * Follows the epochs other replicas store (NOTIFY on grant_epochs): each new
+ * epoch raises this process's floor for that set at once, so a set written
+ * back from an older copy is refused here too, not only on the replica that
+ * made the newer epoch.
+ */
+export class GrantEpochFollower {
+  private listener: { unlisten(): Promise<void> } | undefined;
+
+  constructor(
+    private readonly store: GrantEpochStore,
+    private readonly epochs: GrantEpochs,
+    private readonly keys: KeyManager,
+    private readonly logger: Logger,
+  ) {}
+
+  async start(): Promise<void> {
+    this.listener = await this.store.listen((name) => void this.follow(name));
+  }
+
+  async stop(): Promise<void> {
+    await this.listener?.unlisten().catch(() => {});
+  }
+
+  private async follow(name: GrantSetName): Promise<void> {
+    if (this.keys.sealed) return;
+    const generation = this.keys.generation;
+    try {
+      const epoch = await this.store.read(name);
+      // A seal in between may have zeroed the key the MAC would be checked with.
+      if (this.keys.generation === generation) this.epochs.observe(name, epoch);
+    } catch (err) {
+      this.logger.warn("could not read a new grant epoch", { set: name, err });
+    }
+  }
 }

@@ -11,7 +11,7 @@ import { AuditVerifier } from "../audit/audit-verifier.js";
 import type { SignatureTrust } from "../audit/event-authenticator.js";
 import { AccessController } from "../authorization/access-policy.js";
 import { AdminCredentials } from "../authorization/admin-credentials.js";
-import { GrantEpochs } from "../authorization/grant-epochs.js";
+import { GrantEpochFollower, GrantEpochs } from "../authorization/grant-epochs.js";
 import { PasswordAttempts } from "../authorization/password-attempts.js";
 import { PolicyEngine } from "../authorization/policy-engine.js";
 import { PolicySync } from "../authorization/policy-sync.js";
@@ -88,6 +88,10 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   cleanup.push(() => auditLog.checkpoint(true).catch((err) => logger.warn("final audit checkpoint not written", { err })));
   const engine = new PolicyEngine();
   const epochs = new GrantEpochs(keys);
+  const grantStore = new GrantEpochStore(sql);
+  const epochFollower = new GrantEpochFollower(grantStore, epochs, keys, logger);
+  await epochFollower.start();
+  cleanup.push(() => epochFollower.stop());
   const policySync = new PolicySync(policyStore, engine, keys, epochs, logger);
   await policySync.start();
   cleanup.push(() => policySync.stop());
@@ -108,7 +112,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       auditLog,
       verifier: new AuditVerifier(auditStore, keys, auditLog, signatureTrust),
       epochs,
-      grantStore: new GrantEpochStore(sql),
+      grantStore,
       policyStore,
       policySync,
     }),

@@ -8,6 +8,11 @@ import { insertAuditRow } from "./audit-store.js";
 import { guarded, type Queryable, type Sql } from "./database.js";
 
 export type GrantSetName = "policies" | "admin_credentials";
+export const GRANT_SET_NAMES: readonly GrantSetName[] = ["policies", "admin_credentials"];
+
+function isGrantSetName(name: string): name is GrantSetName {
+  return (GRANT_SET_NAMES as readonly string[]).includes(name);
+}
 
 /** The stored epoch row; `mac` and `digest` are null before the set's first change. */
 export interface EpochRow {
@@ -47,8 +52,21 @@ function toEpoch(row: Record<string, unknown>): EpochRow {
  * accept_restored_state), in one transaction with its audit event: the
  * policies are sealed as they are, every admin credential is revoked.
  */
+const EPOCH_CHANNEL = "nexus_grant_epochs";
+
 export class GrantEpochStore {
   constructor(private readonly sql: Sql) {}
+
+  async read(name: GrantSetName): Promise<EpochRow | undefined> {
+    return guarded(() => readEpoch(this.sql, name));
+  }
+
+  /** Calls `onChange` with the set's name whenever a replica stores a new epoch, and for every set after a reconnection. */
+  async listen(onChange: (name: GrantSetName) => void): Promise<{ unlisten(): Promise<void> }> {
+    const everySet = () => GRANT_SET_NAMES.forEach(onChange);
+    const meta = await this.sql.listen(EPOCH_CHANNEL, (name) => (isGrantSetName(name) ? onChange(name) : everySet()), everySet);
+    return { unlisten: () => meta.unlisten() };
+  }
 
   async acceptStored(
     policies: { adopt(tx: Queryable): Promise<number> },

@@ -27,7 +27,8 @@ import type { NexusClient } from "../../src/client/nexus-client.js";
 import { createAdminToken, createPolicy, exactly, issueSvid, login, spiffeId } from "../support/admin-fixtures.js";
 import { ADMIN_PASSWORD, FAST_KDF, fails, ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { createTestDatabase } from "../support/test-database.js";
-import { eventually } from "../support/wait.js";
+import { startTestServer } from "../support/test-server.js";
+import { eventually, sleep } from "../support/wait.js";
 
 const HOUR = 3_600_000;
 
@@ -158,6 +159,31 @@ describe("freshness of policies and admin credentials", function () {
       fails(await admin.call(OperatorService.method.listAdminTokens, {}, { bearerToken: session.token }), "UNAUTHENTICATED", "the extended session");
       await db`UPDATE admin_credentials SET expires_at = expires_at - interval '30 days' WHERE kind = 'session' AND expires_at = ${new Date(session.expiresAt.getTime() + 30 * 24 * HOUR)}`;
       ok(await admin.call(OperatorService.method.listAdminTokens, {}, { bearerToken: session.token }), "as it was");
+    });
+  });
+
+  describe("a revoked admin token written back under a second running replica", () => {
+    it("is refused there too: every replica hears of each new epoch as it is stored, not only the one that stored it", async () => {
+      const replica = await startTestServer({ pki: server.pki, databaseUrl: server.nexus.databaseUrl, start: FAST_KDF });
+      try {
+        ok(await replica.client("grpc").call(OperatorService.method.unseal, { adminPassword: ADMIN_PASSWORD }), "Unseal the replica");
+        const onReplica = replica.client("grpc");
+        const name = "fresh-second-replica";
+        const token = await createAdminToken(admin, adminToken, name, HOUR);
+        ok(await onReplica.call(OperatorService.method.listAdminTokens, {}, { bearerToken: token.token }), "the replica has read the set with the token");
+        const saved = { rows: await db`SELECT * FROM admin_credentials`, epoch: (await db`SELECT * FROM grant_epochs WHERE name = 'admin_credentials'`)[0] };
+        ok(await admin.call(OperatorService.method.revokeAdminToken, { name }, { bearerToken: adminToken }), "revoked through the first server");
+        await sleep(500); // the NOTIFY of the new epoch reaches the replica
+        await db.begin(async (tx) => {
+          await tx`DELETE FROM admin_credentials`;
+          for (const row of saved.rows) await tx`INSERT INTO admin_credentials ${tx(row)}`;
+          await tx`UPDATE grant_epochs SET epoch = ${saved.epoch.epoch}, digest = ${saved.epoch.digest}, mac = ${saved.epoch.mac} WHERE name = 'admin_credentials'`;
+        });
+        expect(fails(await onReplica.call(OperatorService.method.listAdminTokens, {}, { bearerToken: token.token }), "UNAUTHENTICATED", "the written-back token on the replica")).to.match(/went back/);
+        fails(await admin.call(OperatorService.method.listAdminTokens, {}, { bearerToken: token.token }), "UNAUTHENTICATED", "and on the first server");
+      } finally {
+        await replica.stop();
+      }
     });
   });
 });
