@@ -1,20 +1,22 @@
--- Freshness for rows that grant something (hardening, issue 10). A row's own
+-- Freshness for rows that grant something, or vouch for something (hardening,
+-- issue 10): the policies, the admin credentials, and each audit replica's
+-- latest checkpoint (what VerifyAuditLog trusts as written). A row's own
 -- MAC stops a database writer from forging or altering it, not from copying
 -- back a row that was deleted (a removed policy, a revoked admin token). Each
--- set that grants — the policies, the admin credentials — is therefore bound
+-- such set is therefore bound
 -- as a whole by one MAC'd row here: a counter that every change raises and a
 -- digest of the MACs of every row in the set. A replica refuses a set whose
 -- digest does not match, or whose epoch is lower than one it has seen.
 
 CREATE TABLE grant_epochs (
-    name   text   PRIMARY KEY CHECK (name IN ('policies', 'admin_credentials')),
+    name   text   PRIMARY KEY CHECK (name IN ('policies', 'admin_credentials', 'audit_checkpoints')),
     epoch  bigint NOT NULL CHECK (epoch >= 0),
     digest bytea,           -- SHA-256 over the MACs of the set's rows, in key order
     mac    bytea            -- HMAC-SHA256 under the integrity key over (name, epoch, digest);
                             -- NULL only before the first change (epoch 0, an empty set)
 );
 
-INSERT INTO grant_epochs (name, epoch) VALUES ('policies', 0), ('admin_credentials', 0);
+INSERT INTO grant_epochs (name, epoch) VALUES ('policies', 0), ('admin_credentials', 0), ('audit_checkpoints', 0);
 
 -- Every new epoch is announced, so each replica raises the epoch it will
 -- accept no lower than at once (not only when it next reads the set); a new

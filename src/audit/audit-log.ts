@@ -14,10 +14,11 @@
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { NexusError } from "../errors/nexus-error.js";
+import type { GrantEpochs, GrantSetRules } from "../keys/grant-epochs.js";
 import { mac, macMatches } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
-import type { AuditedRead, AuditStore, BatchEvent, ReadableVersion } from "../store/audit-store.js";
+import type { AuditedRead, AuditStore, BatchEvent, Checkpoint, ReadableVersion } from "../store/audit-store.js";
 import { isDatabaseUnavailable } from "../store/database.js";
 import { GroupCommit } from "../store/group-commit.js";
 import { auditSignatureInput, macAuditEvent, type AuditFields, type AuditOutcome, type AuditRow } from "./audit-event.js";
@@ -61,6 +62,7 @@ export class AuditLog {
     private readonly keys: KeyManager,
     private readonly signer: AuditSigner,
     private readonly logger: Logger,
+    private readonly epochs: GrantEpochs,
     replicaId = `${hostname().replace(/[^A-Za-z0-9.-]/g, "-").slice(0, 40)}-${randomBytes(4).toString("hex")}`,
     private readonly maxBatch = 512,
   ) {
@@ -139,7 +141,10 @@ export class AuditLog {
     if (this.keys.sealed || this.committedThrough === 0) return;
     const last = this.committedThrough;
     const c = { replicaId: this.replicaId, writtenAt: new Date(), firstSequence: 1, lastSequence: last, final, givenUp: this.givenUp.pairs(1, last) };
-    await this.store.insertCheckpoint({ ...c, mac: checkpointMac(this.keys.integrityKey(), c) });
+    const epoch = await this.store.insertCheckpoint({ ...c, mac: checkpointMac(this.keys.integrityKey(), c) }, (e, before, after) =>
+      this.epochs.next(CHECKPOINT_SET, e, before, after),
+    );
+    if (epoch !== undefined) this.epochs.advance("audit_checkpoints", epoch);
   }
 
   /**
@@ -321,3 +326,16 @@ export function checkpointMac(key: Buffer, c: CheckpointFields): Buffer {
 export function checkpointVerifies(key: Buffer, c: CheckpointFields, stored: Uint8Array | null): boolean {
   return macMatches(key, CHECKPOINT_MAC_LABEL, checkpointMacInput(c), stored);
 }
+
+/**
+ * Every replica's latest checkpoint, bound as one set by a MAC'd epoch
+ * (keys/grant-epochs.ts): deleting a checkpoint (to turn a deletion into a
+ * crash gap) or a whole replica's events and checkpoints is reported, not
+ * silently believed.
+ */
+export const CHECKPOINT_SET: GrantSetRules<Checkpoint> = {
+  name: "audit_checkpoints",
+  orderKey: (c) => c.replicaId,
+  rowVerifies: (key, c) => checkpointVerifies(key, c, c.mac),
+  storedMac: (c) => c.mac,
+};

@@ -7,10 +7,11 @@
 // the last event pruned, never taken from row contents). Each run deletes and
 // writes the MAC'd floor checkpoint in one transaction. See ADR 0003.
 
+import type { GrantEpochs } from "../keys/grant-epochs.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
 import type { AuditSignerRecord, AuditStore, Checkpoint, StoredAuditRow } from "../store/audit-store.js";
-import { checkpointMac, checkpointVerifies, type AuditLog } from "./audit-log.js";
+import { CHECKPOINT_SET, checkpointMac, checkpointVerifies, type AuditLog } from "./audit-log.js";
 import { EventAuthenticator, type SignatureTrust } from "./event-authenticator.js";
 import { SequenceRanges } from "./sequence-ranges.js";
 
@@ -32,20 +33,32 @@ export class AuditRetention {
     private readonly ownLog: AuditLog,
     private readonly trust: () => SignatureTrust,
     private readonly logger: Logger,
+    private readonly epochs: GrantEpochs,
   ) {}
 
   /** Prunes what may be pruned of every replica's events older than `before`. */
   async prune(before: Date): Promise<PruneResult[]> {
     if (this.keys.sealed) return [];
-    const [replicas, latest, floors, signers] = await Promise.all([
+    const [replicas, snapshot, floors, signers] = await Promise.all([
       this.store.replicaIds(),
-      this.store.latestCheckpoints(),
+      this.store.checkpointSnapshot(),
       this.store.floorCheckpoints(),
       this.store.signers(),
     ]);
+    if (this.keys.sealed) return [];
+    let latest: Checkpoint[];
+    try {
+      // The set of latest checkpoints must be whole and fresh: a deleted one would make its gaps look prunable.
+      latest = this.epochs.verify(CHECKPOINT_SET, snapshot.epoch, snapshot.latest).rows;
+    } catch (err) {
+      this.logger.warn("audit retention prunes nothing: the audit checkpoints fail their integrity check", { reason: (err as Error).message });
+      return [];
+    }
     const results: PruneResult[] = [];
     for (const replicaId of replicas) {
       const cp = latest.find((c) => c.replicaId === replicaId);
+      // Another replica with events but no checkpoint: what it settled is unknown, so nothing of it is pruned.
+      if (cp === undefined && replicaId !== this.ownLog.replicaId) continue;
       const result = await this.pruneReplica(replicaId, cp, floors.filter((f) => f.replicaId === replicaId), signers, before);
       if (result !== undefined) results.push(result);
     }
@@ -116,7 +129,8 @@ export class AuditRetention {
     if (this.keys.sealed) return undefined;
     key = this.keys.integrityKey();
     const floorCheckpoint = { ...c, mac: checkpointMac(key, c) };
-    await this.store.prune(ids, floorCheckpoint);
+    const epoch = await this.store.prune(ids, floorCheckpoint, (e, before, after) => this.epochs.next(CHECKPOINT_SET, e, before, after));
+    if (epoch !== undefined) this.epochs.advance("audit_checkpoints", epoch);
     return { replicaId, pruned: ids.length, floor: newFloor };
   }
 }

@@ -8,9 +8,11 @@
 // A time range selects problems by the authenticated times of their
 // neighbours in sequence, never by a suspect row's own (forgeable) time.
 
+import type { GrantEpochs } from "../keys/grant-epochs.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { AuditSignerRecord, AuditStore, Checkpoint, StoredAuditRow } from "../store/audit-store.js";
-import { checkpointVerifies, type AuditLog } from "./audit-log.js";
+import type { EpochRow } from "../store/grant-epoch-store.js";
+import { CHECKPOINT_SET, checkpointVerifies, type AuditLog } from "./audit-log.js";
 import { EventAuthenticator, type SignatureTrust } from "./event-authenticator.js";
 import { SequenceRanges } from "./sequence-ranges.js";
 
@@ -44,6 +46,7 @@ export class AuditVerifier {
     private readonly keys: KeyManager,
     private readonly ownLog: AuditLog,
     private readonly trust: () => SignatureTrust,
+    private readonly epochs: GrantEpochs,
   ) {}
 
   /** Per row, whether it is authentic (ListAuditEvents' `verified`). Only signatures count while sealed. */
@@ -57,7 +60,7 @@ export class AuditVerifier {
   async verify(range: { from?: Date; to?: Date } = {}): Promise<VerificationReport> {
     const [rows, checkpoints, floors, signers] = await Promise.all([
       this.store.allForVerification(),
-      this.store.latestCheckpoints(),
+      this.store.checkpointSnapshot(),
       this.store.floorCheckpoints(),
       this.store.signers(),
     ]);
@@ -69,7 +72,7 @@ export class AuditVerifier {
 
   private check(
     rows: readonly StoredAuditRow[],
-    checkpoints: readonly Checkpoint[],
+    checkpoints: { epoch: EpochRow | undefined; latest: Checkpoint[] },
     floors: readonly Checkpoint[],
     signers: readonly AuditSignerRecord[],
     range: { from?: Date; to?: Date },
@@ -78,10 +81,18 @@ export class AuditVerifier {
     const auth = new EventAuthenticator(key, signers, this.trust());
     const verifies = (c: Checkpoint) => checkpointVerifies(key, c, c.mac);
     const byReplica = groupBy(rows, (r) => r.replicaId);
-    const latest = new Map(checkpoints.map((c) => [c.replicaId, c]));
+    const kept: AuditProblem[] = [];
+    // Every replica's latest checkpoint is bound as one set: a checkpoint
+    // deleted (turning deletions into crash gaps) or a replica's whole history
+    // removed with its checkpoints is reported here.
+    try {
+      this.epochs.verify(CHECKPOINT_SET, checkpoints.epoch, checkpoints.latest);
+    } catch (err) {
+      kept.push({ kind: "deleted", replicaId: "", sequence: 0, description: (err as Error).message });
+    }
+    const latest = new Map(checkpoints.latest.map((c) => [c.replicaId, c]));
     const floorsOf = groupBy(floors, (c) => c.replicaId);
     const findings: Finding[] = [];
-    const kept: AuditProblem[] = [];
     let signed = 0;
 
     for (const replicaId of new Set([...byReplica.keys(), ...latest.keys()])) {

@@ -13,7 +13,7 @@ import type { SpiffeId } from "../identity/spiffe-id.js";
 import { mac, macMatches, tokenDigest } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { CredentialRow, CredentialStore } from "../store/credential-store.js";
-import type { GrantEpochs, GrantSetRules } from "./grant-epochs.js";
+import type { GrantEpochs, GrantSetRules } from "../keys/grant-epochs.js";
 
 const TOKEN_PREFIX = { session: "nxs_", token: "nxt_" } as const;
 const CREDENTIAL_MAC_LABEL = "nexus/v1/admin-credential-row";

@@ -9,7 +9,7 @@ import { macMatches } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
 import type { PolicyStore, StoredPolicy } from "../store/policy-store.js";
-import type { GrantEpochs, GrantSetRules } from "./grant-epochs.js";
+import type { GrantEpochs, GrantSetRules } from "../keys/grant-epochs.js";
 import { compilePolicy, POLICY_MAC_LABEL, policyMacInput, type CompiledPolicy } from "./policy.js";
 import type { PolicyEngine } from "./policy-engine.js";
 

@@ -11,7 +11,7 @@ import { AuditVerifier } from "../audit/audit-verifier.js";
 import type { SignatureTrust } from "../audit/event-authenticator.js";
 import { AccessController } from "../authorization/access-policy.js";
 import { AdminCredentials } from "../authorization/admin-credentials.js";
-import { GrantEpochFollower, GrantEpochs } from "../authorization/grant-epochs.js";
+import { GrantEpochFollower, GrantEpochs } from "../keys/grant-epochs.js";
 import { PasswordAttempts } from "../authorization/password-attempts.js";
 import { PolicyEngine } from "../authorization/policy-engine.js";
 import { PolicySync } from "../authorization/policy-sync.js";
@@ -78,16 +78,16 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   const policyStore = new PolicyStore(sql);
   const credentialStore = new CredentialStore(sql);
   const auditStore = new AuditStore(sql);
+  const epochs = new GrantEpochs(keys);
   // Events recorded while sealed are signed with this server's own SVID key,
   // and verified against its SPIFFE ID and the trust bundle, as they are now.
-  const auditLog = new AuditLog(auditStore, keys, new SvidSigner(() => certificates.material), logger);
+  const auditLog = new AuditLog(auditStore, keys, new SvidSigner(() => certificates.material), logger, epochs);
   const signatureTrust = (): SignatureTrust => {
     const { cert, bundle } = certificates.material;
     return { serverId: inspectSvid(new X509Certificate(cert).raw).id.toString(), bundle };
   };
   cleanup.push(() => auditLog.checkpoint(true).catch((err) => logger.warn("final audit checkpoint not written", { err })));
   const engine = new PolicyEngine();
-  const epochs = new GrantEpochs(keys);
   const grantStore = new GrantEpochStore(sql);
   const epochFollower = new GrantEpochFollower(grantStore, epochs, keys, logger);
   await epochFollower.start();
@@ -110,7 +110,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       attempts: new PasswordAttempts(credentialStore),
       auditStore,
       auditLog,
-      verifier: new AuditVerifier(auditStore, keys, auditLog, signatureTrust),
+      verifier: new AuditVerifier(auditStore, keys, auditLog, signatureTrust, epochs),
       epochs,
       grantStore,
       policyStore,
@@ -126,7 +126,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       credentials,
       auditLog,
       keys,
-      auditRetention: new AuditRetention(auditStore, keys, auditLog, signatureTrust, logger),
+      auditRetention: new AuditRetention(auditStore, keys, auditLog, signatureTrust, logger, epochs),
       logger,
       cleanupIntervalMs: config.cleanupIntervalMs,
       auditRetentionMs: config.auditRetentionMs,

@@ -8,7 +8,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Permission, PolicyService, type PolicySchema } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { compilePolicy, GRANTS, POLICY_MAC_LABEL, policyMacInput, type Grant, type PolicyRecord } from "../authorization/policy.js";
-import type { GrantEpochs } from "../authorization/grant-epochs.js";
+import type { GrantEpochs } from "../keys/grant-epochs.js";
 import { POLICY_SET, type PolicySync } from "../authorization/policy-sync.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { mac } from "../keys/integrity.js";

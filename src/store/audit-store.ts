@@ -4,7 +4,11 @@
 
 import type { AuditOutcome, AuditRow } from "../audit/audit-event.js";
 import { guarded, type Queryable, type Sql } from "./database.js";
+import { lockEpoch, readEpoch, writeEpoch, type EpochRow, type EpochSeal } from "./grant-epoch-store.js";
 import { labelRow, type LabelRow } from "./secret-label-row.js";
+
+/** Checks the set of latest checkpoints as it was and seals it as it will be; throws to refuse. */
+export type SealCheckpoints = (epoch: EpochRow | undefined, before: Checkpoint[], after: Checkpoint[]) => EpochSeal;
 
 export interface Checkpoint {
   readonly replicaId: string;
@@ -184,9 +188,6 @@ export class AuditStore {
     return this.run(async () => (await this.sql`SELECT * FROM audit_events ORDER BY replica_id, sequence, id`).map(toRow));
   }
 
-  async latestCheckpoints(): Promise<Checkpoint[]> {
-    return this.checkpoints(this.sql`ORDER BY replica_id, written_at DESC`);
-  }
 
   /**
    * Every checkpoint that moved a replica's floor (first sequence above 1),
@@ -199,12 +200,42 @@ export class AuditStore {
       SELECT * FROM audit_checkpoints WHERE first_sequence > 1 ORDER BY replica_id, first_sequence DESC, written_at DESC`).map(toCheckpoint));
   }
 
-  private async checkpoints(order: ReturnType<Sql>): Promise<Checkpoint[]> {
-    return this.run(async () => (await this.sql`SELECT DISTINCT ON (replica_id) * FROM audit_checkpoints ${order}`).map(toCheckpoint));
+
+
+  /** The latest checkpoint of every replica and the set's epoch row, in one snapshot. */
+  async checkpointSnapshot(): Promise<{ epoch: EpochRow | undefined; latest: Checkpoint[] }> {
+    return this.run(() =>
+      this.sql.begin("ISOLATION LEVEL REPEATABLE READ READ ONLY", async (tx) => ({ epoch: await readEpoch(tx, "audit_checkpoints"), latest: await latestCheckpointsOn(tx) })),
+    );
   }
 
-  async insertCheckpoint(c: Checkpoint): Promise<void> {
-    await this.run(() => insertCheckpointRow(this.sql, c));
+  /**
+   * Records a checkpoint and seals the set of every replica's latest one at
+   * its next epoch, in one transaction holding the epoch row's lock:
+   * `sealEpoch` checks the set as it was and seals it as it will be (it
+   * throws, and nothing is written, if the stored set was tampered with).
+   */
+  async insertCheckpoint(c: Checkpoint, sealEpoch: SealCheckpoints): Promise<number | undefined> {
+    return this.run(() => this.sql.begin((tx) => this.checkpointOn(tx, c, sealEpoch)));
+  }
+
+  /** The operator's acceptance of the stored checkpoints (Unseal with accept_restored_state). */
+  async adoptCheckpoints(sealEpoch: (epoch: EpochRow | undefined, latest: Checkpoint[]) => EpochSeal, tx: Queryable): Promise<number> {
+    const epoch = await lockEpoch(tx, "audit_checkpoints");
+    const seal = sealEpoch(epoch, await latestCheckpointsOn(tx));
+    await writeEpoch(tx, "audit_checkpoints", seal);
+    return seal.epoch;
+  }
+
+  private async checkpointOn(tx: Queryable, c: Checkpoint, sealEpoch: SealCheckpoints): Promise<number | undefined> {
+    const epoch = await lockEpoch(tx, "audit_checkpoints");
+    const before = await latestCheckpointsOn(tx);
+    const after = [...before.filter((b) => b.replicaId !== c.replicaId), c];
+    const seal = sealEpoch(epoch, before, after);
+    const inserted = await insertCheckpointRow(tx, c);
+    if (inserted.length === 0) return undefined; // one already at that instant: the set is as it was
+    await writeEpoch(tx, "audit_checkpoints", seal);
+    return seal.epoch;
   }
 
   /** Registers a signer's certificate chain (once; later calls change nothing). */
@@ -254,11 +285,13 @@ export class AuditStore {
    * transaction, so pruned events are never missing without the checkpoint
    * that explains them.
    */
-  async prune(ids: readonly number[], floor: Checkpoint): Promise<void> {
-    await this.run(() =>
+  async prune(ids: readonly number[], floor: Checkpoint, sealEpoch: SealCheckpoints): Promise<number | undefined> {
+    return this.run(() =>
       this.sql.begin(async (tx) => {
         for (let i = 0; i < ids.length; i += 10_000) await tx`DELETE FROM audit_events WHERE id = ANY(${ids.slice(i, i + 10_000) as never}::bigint[])`;
-        await insertCheckpointRow(tx, floor);
+        const epoch = await this.checkpointOn(tx, floor, sealEpoch);
+        if (epoch === undefined) throw new Error("the floor checkpoint was not recorded");
+        return epoch;
       }),
     );
   }
@@ -270,7 +303,13 @@ function insertCheckpointRow(q: Queryable, c: Checkpoint) {
   return q`
     INSERT INTO audit_checkpoints (replica_id, written_at, first_sequence, last_sequence, final, given_up, mac)
     VALUES (${c.replicaId}, ${c.writtenAt}, ${c.firstSequence}, ${c.lastSequence}, ${c.final}, ${c.givenUp as never}::bigint[], ${c.mac})
-    ON CONFLICT DO NOTHING`;
+    ON CONFLICT DO NOTHING
+    RETURNING 1`;
+}
+
+/** Each replica's latest checkpoint (by time written). */
+async function latestCheckpointsOn(q: Queryable): Promise<Checkpoint[]> {
+  return (await q`SELECT DISTINCT ON (replica_id) * FROM audit_checkpoints ORDER BY replica_id, written_at DESC`).map(toCheckpoint);
 }
 
 function toCheckpoint(r: Record<string, unknown>): Checkpoint {

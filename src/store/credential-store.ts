@@ -2,7 +2,7 @@
 // password attempts (auth_failures). Credentials are stored as HMACs; the
 // tokens themselves never reach the database. Every change to the set runs in
 // one transaction holding its grant_epochs row, so the set's next epoch is
-// sealed with it (authorization/grant-epochs.ts checks and seals; this layer
+// sealed with it (keys/grant-epochs.ts checks and seals; this layer
 // only moves rows).
 
 import type { AuditRow } from "../audit/audit-event.js";

@@ -7,8 +7,8 @@ import type { AuditRow } from "../audit/audit-event.js";
 import { insertAuditRow } from "./audit-store.js";
 import { guarded, type Queryable, type Sql } from "./database.js";
 
-export type GrantSetName = "policies" | "admin_credentials";
-export const GRANT_SET_NAMES: readonly GrantSetName[] = ["policies", "admin_credentials"];
+export type GrantSetName = "policies" | "admin_credentials" | "audit_checkpoints";
+export const GRANT_SET_NAMES: readonly GrantSetName[] = ["policies", "admin_credentials", "audit_checkpoints"];
 
 function isGrantSetName(name: string): name is GrantSetName {
   return (GRANT_SET_NAMES as readonly string[]).includes(name);
@@ -50,7 +50,8 @@ function toEpoch(row: Record<string, unknown>): EpochRow {
 /**
  * The operator's acceptance of the stored grant sets (Unseal with
  * accept_restored_state), in one transaction with its audit event: the
- * policies are sealed as they are, every admin credential is revoked.
+ * policies and the audit checkpoints are sealed as they are, every admin
+ * credential is revoked.
  */
 const EPOCH_CHANNEL = "nexus_grant_epochs";
 
@@ -71,11 +72,12 @@ export class GrantEpochStore {
   async acceptStored(
     policies: { adopt(tx: Queryable): Promise<number> },
     credentials: { adopt(tx: Queryable): Promise<number> },
+    checkpoints: { adopt(tx: Queryable): Promise<number> },
     audit: AuditRow,
-  ): Promise<{ policies: number; credentials: number }> {
+  ): Promise<{ policies: number; credentials: number; checkpoints: number }> {
     return guarded(() =>
       this.sql.begin(async (tx) => {
-        const result = { policies: await policies.adopt(tx), credentials: await credentials.adopt(tx) };
+        const result = { policies: await policies.adopt(tx), credentials: await credentials.adopt(tx), checkpoints: await checkpoints.adopt(tx) };
         await insertAuditRow(tx, audit);
         return result;
       }),

@@ -5,6 +5,7 @@
 // fail as an unreachable database would.
 
 import { expect } from "chai";
+import { GrantEpochs } from "../../src/keys/grant-epochs.js";
 import { AuditLog } from "../../src/audit/audit-log.js";
 import { AuditVerifier } from "../../src/audit/audit-verifier.js";
 import { NexusError } from "../../src/errors/nexus-error.js";
@@ -44,7 +45,7 @@ describe("a given-up audit sequence number", function () {
       await keys.unseal(ADMIN_PASSWORD);
       const noSigner = { sign: (): never => { throw new Error("unsealed: nothing is signed"); } };
       const store = new FlakyStore(sql);
-      const log = new AuditLog(store, keys, noSigner, silentLogger, "given-up-replica");
+      const log = new AuditLog(store, keys, noSigner, silentLogger, new GrantEpochs(keys), "given-up-replica");
       const call = () => log.begin({ requestId: "r", rpc: "/spike.nexus.v1.SecretService/GetSecret", time: new Date() });
 
       await call().finish("error", "NOT_FOUND"); // 1
@@ -58,8 +59,8 @@ describe("a given-up audit sequence number", function () {
       const [cp] = await (sql as unknown as ReturnType<typeof openDatabase>)`SELECT last_sequence::int AS last, given_up FROM audit_checkpoints WHERE replica_id = 'given-up-replica'`;
       expect({ last: cp.last, givenUp: cp.given_up.map(Number) }).to.deep.equal({ last: 4, givenUp: [2, 2] });
 
-      const other = new AuditLog(new AuditStore(sql), keys, noSigner, silentLogger, "another-replica");
-      const verifier = new AuditVerifier(new AuditStore(sql), keys, other, () => ({ serverId: NEXUS_ID, bundle: TrustBundleSet.single(TRUST_DOMAIN, caPem) }));
+      const other = new AuditLog(new AuditStore(sql), keys, noSigner, silentLogger, new GrantEpochs(keys), "another-replica");
+      const verifier = new AuditVerifier(new AuditStore(sql), keys, other, () => ({ serverId: NEXUS_ID, bundle: TrustBundleSet.single(TRUST_DOMAIN, caPem) }), new GrantEpochs(keys));
       const report = await verifier.verify();
       expect(report.problems.filter((p) => p.replicaId === "given-up-replica")).to.deep.equal([]);
     } finally {

@@ -6,6 +6,7 @@
 // the test has sealed.
 
 import { expect } from "chai";
+import { GrantEpochs } from "../../src/keys/grant-epochs.js";
 import { macAuditEvent, type AuditFields } from "../../src/audit/audit-event.js";
 import { AuditLog } from "../../src/audit/audit-log.js";
 import { AuditVerifier, type VerificationReport } from "../../src/audit/audit-verifier.js";
@@ -51,8 +52,8 @@ describe("the audit verifier and a Seal during its read", function () {
       const keys = new KeyManager(new RootKeyStore(sql), silentLogger, FAST_KDF.kdfParams, 0);
       await keys.unseal(ADMIN_PASSWORD);
       const store = new HeldStore(sql);
-      const log = new AuditLog(store, keys, { sign: () => { throw new Error("nothing is signed here"); } }, silentLogger, "race-replica");
-      const verifier = new AuditVerifier(store, keys, log, () => ({ serverId: NEXUS_ID, bundle: TrustBundleSet.single(TRUST_DOMAIN, caPem) }));
+      const log = new AuditLog(store, keys, { sign: () => { throw new Error("nothing is signed here"); } }, silentLogger, new GrantEpochs(keys), "race-replica");
+      const verifier = new AuditVerifier(store, keys, log, () => ({ serverId: NEXUS_ID, bundle: TrustBundleSet.single(TRUST_DOMAIN, caPem) }), new GrantEpochs(keys));
 
       const fields: AuditFields = {
         replicaId: "zero-key-replica", sequence: 1, time: new Date(), requestId: "zero", caller: "spiffe://spike.ist/workload/forger",

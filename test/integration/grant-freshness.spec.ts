@@ -11,7 +11,7 @@ import { createHash } from "node:crypto";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { Permission, PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
-import { GrantEpochs } from "../../src/authorization/grant-epochs.js";
+import { GrantEpochs } from "../../src/keys/grant-epochs.js";
 import { PolicyEngine } from "../../src/authorization/policy-engine.js";
 import { PolicySync } from "../../src/authorization/policy-sync.js";
 import { policyMacInput, POLICY_MAC_LABEL } from "../../src/authorization/policy.js";

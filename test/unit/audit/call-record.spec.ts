@@ -5,6 +5,7 @@
 // the event was written gets a follow-up that points at it.
 
 import { expect } from "chai";
+import { GrantEpochs } from "../../../src/keys/grant-epochs.js";
 import { AuditLog, checkpointVerifies } from "../../../src/audit/audit-log.js";
 import { NexusError } from "../../../src/errors/nexus-error.js";
 import type { KeyManager } from "../../../src/keys/key-manager.js";
@@ -47,7 +48,7 @@ const keys = { sealed: false, integrityKey: () => Buffer.alloc(32, 1), onSealCha
 
 function setup() {
   const store = new MemoryStore();
-  const log = new AuditLog(store as unknown as AuditStore, keys, noSigner, silentLogger, "replica-1");
+  const log = new AuditLog(store as unknown as AuditStore, keys, noSigner, silentLogger, new GrantEpochs(keys), "replica-1");
   const call = () => log.begin({ requestId: "r", rpc: "/spike.nexus.v1.SecretService/GetSecret", time: new Date() });
   const written = () => store.rows.map((r) => `${r.sequence} ${r.outcome} ${r.code}${r.detail.after_sequence ? ` after ${String(r.detail.after_sequence)}` : ""}`);
   return { store, log, call, written };

@@ -14,8 +14,8 @@
 
 import { createHash } from "node:crypto";
 import { NexusError } from "../errors/nexus-error.js";
-import { mac, macMatches } from "../keys/integrity.js";
-import type { KeyManager } from "../keys/key-manager.js";
+import { mac, macMatches } from "./integrity.js";
+import type { KeyManager } from "./key-manager.js";
 import type { Logger } from "../log/logger.js";
 import type { EpochRow, EpochSeal, GrantEpochStore, GrantSetName } from "../store/grant-epoch-store.js";
 
@@ -128,7 +128,7 @@ function setDigest<R>(rules: GrantSetRules<R>, rows: readonly R[]): Buffer {
 }
 
 function altered(name: GrantSetName, problem: string): NexusError {
-  const what = name === "policies" ? "the stored policies" : "the stored admin credentials";
+  const what = { policies: "the stored policies", admin_credentials: "the stored admin credentials", audit_checkpoints: "the stored audit checkpoints" }[name];
   return new NexusError("internal", `${what} failed their integrity check: ${problem}; an operator can accept the stored state with Unseal accept_restored_state`, {
     reason: "GRANT_SET_ALTERED",
   });
