@@ -1,7 +1,8 @@
 // What the listeners do with a request body before any service sees it: a field
 // this server does not know is INVALID_ARGUMENT (UNKNOWN_FIELD), never dropped;
 // a body that does not decode is MALFORMED_REQUEST; an oversized message is
-// MESSAGE_TOO_LARGE; a method nobody serves is UNKNOWN_METHOD; an enum value this
+// MESSAGE_TOO_LARGE; a method nobody serves is UNKNOWN_METHOD; a content type or
+// HTTP method a served method does not take is 415/405, audited; an enum value this
 // server does not know is UNKNOWN_FIELD, never read as "unset" — on the gRPC and
 // the Connect listener, in binary and JSON, and every one of them audited.
 
@@ -271,6 +272,48 @@ describe("request decoding on both listeners", function () {
       const { err, requestId } = await rawCall(grpcOnConnectPort, path, new Uint8Array());
       expect(err?.code).to.equal(grpc.status.UNIMPLEMENTED);
       expect(await auditOf(requestId)).to.deep.equal(["error UNIMPLEMENTED UNKNOWN_METHOD"]);
+    });
+  });
+
+  describe("request shapes a served method does not take (Connect port)", () => {
+    const GET_STATUS = "/spike.nexus.v1.OperatorService/GetStatus";
+    const refusals = [
+      { what: "a gRPC-Web text (base64) body", path: GET_STATUS, contentType: "application/grpc-web-text", body: "AAAAAAA=" },
+      { what: "a text/plain body", path: GET_STATUS, contentType: "text/plain", body: "{}" },
+      { what: "a Connect streaming content type on a unary method", path: GET_STATUS, contentType: "application/connect+json", body: "\0\0\0\0\x02{}" },
+      { what: "a PutSecret as text/plain", path: PUT_SECRET, contentType: "text/plain", body: JSON.stringify({ path: "shapes/plain", data: { k: "v" } }) },
+    ];
+    for (const { what, path, contentType, body } of refusals) {
+      it(`${what} is answered 415, as connect-es would, and audited as UNSUPPORTED_MEDIA_TYPE with its caller`, async () => {
+        const res = await connectCall(path, body, contentType);
+        expect(res.status, res.text).to.equal(415);
+        expect(await auditOf(res.requestId)).to.deep.equal(["error INVALID_ARGUMENT UNSUPPORTED_MEDIA_TYPE"]);
+        const [event] = await db`SELECT caller, rpc FROM audit_events WHERE request_id = ${res.requestId}`;
+        expect(event).to.deep.equal({ caller: SUPERUSER_ID, rpc: path });
+      });
+    }
+
+    const get = (path: string, requestId: string) =>
+      new Promise<number>((resolve, reject) => {
+        const stream = session.request({ ":method": "GET", ":path": path, "x-request-id": requestId });
+        stream.on("response", (h) => resolve(Number(h[":status"])));
+        stream.on("error", reject);
+        stream.resume();
+        stream.end();
+      });
+
+    it("a GET on a method with side effects (PutSecret) is answered 405, audited as METHOD_NOT_ALLOWED, and writes nothing", async () => {
+      const requestId = randomUUID();
+      const message = encodeURIComponent(JSON.stringify({ path: "shapes/get", data: { k: "v" } }));
+      expect(await get(`${PUT_SECRET}?encoding=json&message=${message}&connect=v1`, requestId)).to.equal(405);
+      expect(await auditOf(requestId)).to.deep.equal(["error INVALID_ARGUMENT METHOD_NOT_ALLOWED"]);
+      expect(ok(await server.client("grpc").call(SecretService.method.listSecrets, { prefix: "shapes/" })).paths).to.deep.equal([]);
+    });
+
+    it("a GET on a method without side effects in an encoding other than json or proto is answered 415 and audited", async () => {
+      const requestId = randomUUID();
+      expect(await get(`${GET_STATUS}?encoding=xml&message=x&connect=v1`, requestId)).to.equal(415);
+      expect(await auditOf(requestId)).to.deep.equal(["error INVALID_ARGUMENT UNSUPPORTED_MEDIA_TYPE"]);
     });
   });
 
