@@ -6,7 +6,10 @@
 // outcome goes into the call's context values, and connect-es is handed an
 // empty message in the same protocol and format. The handler then runs the
 // CallPipeline with the decoded message or the refusal, so every such call is
-// audited and answered in its own protocol's error form.
+// audited and answered in its own protocol's error form. A request for a served
+// method that connect-es would refuse before any handler (a content type or
+// HTTP method the method does not take: 415, 405) is audited here through the
+// `refuse` callback, then answered with the status connect-es gives it.
 
 import { create, toBinary, toJsonString, type DescMessage, type Message } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
@@ -38,12 +41,15 @@ type Framing =
 const ENVELOPE_HEADER = 5;
 const COMPRESSED_FLAG = 0x01;
 
+/** Audits a call to `rpc` refused before any handler; resolves once its event is written. */
+export type AuditRefusal = (req: UniversalServerRequest, rpc: string, failure: NexusError) => Promise<void>;
+
 /**
  * Wraps the handler connect-es built for one unary method. Requests it cannot
  * frame (a content type or HTTP method connect-es refuses with 415/405 before
- * any handler) pass through untouched.
+ * any handler) are audited through `refuse` and answered 415/405 as connect-es would.
  */
-export function decodeAhead(handler: UniversalHandler, limits: RequestBodyLimits): UniversalHandler {
+export function decodeAhead(handler: UniversalHandler, limits: RequestBodyLimits, refuse: AuditRefusal): UniversalHandler {
   // A stream is not one body to read ahead (reflection is the only one served).
   if (handler.method.methodKind !== "unary") return handler;
   const schema = handler.method.input;
@@ -51,7 +57,12 @@ export function decodeAhead(handler: UniversalHandler, limits: RequestBodyLimits
   const empty = { binary: emptyMessage(schema, "binary"), json: emptyMessage(schema, "json") };
   const wrapped = async (req: UniversalServerRequest) => {
     const framing = framingOf(req, getAllowed);
-    if (framing === undefined || req.contextValues === undefined) return handler(req);
+    if (framing === undefined) {
+      const [status, failure] = unframeable(req, handler.allowedMethods);
+      await refuse(req, handler.requestPath, failure);
+      return { status };
+    }
+    if (req.contextValues === undefined) return handler(req);
     const decoded = await readAndDecode(req, framing, schema, limits);
     req.contextValues.set(preparedRequestKey, { ...decoded, format: framing.format });
     return handler(withEmptyMessage(req, framing, empty[framing.format]));
@@ -64,6 +75,21 @@ export function decodeAhead(handler: UniversalHandler, limits: RequestBodyLimits
     allowedMethods: handler.allowedMethods,
     supportedContentType: handler.supportedContentType,
   });
+}
+
+/**
+ * What connect-es answers a request it cannot frame (its universal handler's
+ * negotiation): 405 for an HTTP method no protocol of the route takes, 415 for
+ * anything else (a content type it does not serve, gRPC-Web text, a streaming
+ * content type on a unary method, a GET without a known encoding).
+ */
+function unframeable(req: UniversalServerRequest, allowedMethods: readonly string[]): [number, NexusError] {
+  if (!allowedMethods.includes(req.method)) {
+    const allowed = allowedMethods.join(", ");
+    return [405, new NexusError("invalid_argument", `this method takes HTTP ${allowed}, not ${req.method.slice(0, 16)}`, { reason: "METHOD_NOT_ALLOWED" })];
+  }
+  const message = "this method does not take the request's content type; send application/json or application/proto (Connect), application/grpc or application/grpc-web (binary, +proto or +json)";
+  return [415, new NexusError("invalid_argument", message, { reason: "UNSUPPORTED_MEDIA_TYPE" })];
 }
 
 function framingOf(req: UniversalServerRequest, getAllowed: boolean): Framing | undefined {

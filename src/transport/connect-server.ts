@@ -15,7 +15,7 @@ import type { Logger } from "../log/logger.js";
 import type { CallPipeline } from "./call-pipeline.js";
 import type { ServiceRegistration } from "./call-context.js";
 import { secureContextOptions, type TlsMaterial } from "./certificate-source.js";
-import { decodeAhead, preparedRequestKey } from "./connect-request-body.js";
+import { decodeAhead, preparedRequestKey, type AuditRefusal } from "./connect-request-body.js";
 import { asNexusError, toConnectError, toGrpcError } from "./error-mapping.js";
 import { readPeerCertificateOnce } from "./peer-certificate.js";
 import { connectReflection } from "./reflection.js";
@@ -62,10 +62,20 @@ export function createConnectServer(opts: ConnectServerOptions): http2.Http2Secu
       router.service(desc, impl as never);
     }
     // Every unary route decodes its request ahead of connect-es (see connect-request-body.ts).
-    router.handlers.forEach((h, i) => (router.handlers[i] = decodeAhead(h, limits)));
+    router.handlers.forEach((h, i) => (router.handlers[i] = decodeAhead(h, limits, auditRefusal)));
     // Reflection: bidi-streaming and schema only, so neither decoded ahead nor run through the pipeline.
     const reflection = connectReflection(opts.services.map((s) => s.desc.file));
     router.service(reflection.desc, reflection.impl);
+  };
+  // A served method refused before any handler (HTTP 415/405) is audited like an unknown one.
+  const auditRefusal: AuditRefusal = async (req, rpc, failure) => {
+    await opts.pipeline.refuseUnknown(rpc, {
+      peerCertificate: req.contextValues?.get(peerCertificateKey),
+      authorization: req.header.get("authorization") ?? undefined,
+      requestId: req.header.get("x-request-id") ?? undefined,
+      transport: "connect",
+      wireFormat: "json",
+    }, failure);
   };
   const handler = connectNodeAdapter({
     routes,

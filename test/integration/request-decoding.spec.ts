@@ -1,7 +1,9 @@
 // What the listeners do with a request body before any service sees it: a field
 // this server does not know is INVALID_ARGUMENT (UNKNOWN_FIELD), never dropped;
 // a body that does not decode is MALFORMED_REQUEST; an oversized message is
-// MESSAGE_TOO_LARGE; a method nobody serves is UNKNOWN_METHOD — on the gRPC and
+// MESSAGE_TOO_LARGE; a method nobody serves is UNKNOWN_METHOD; a content type or
+// HTTP method a served method does not take is 415/405, audited; an enum value this
+// server does not know is UNKNOWN_FIELD, never read as "unset" — on the gRPC and
 // the Connect listener, in binary and JSON, and every one of them audited.
 
 import { expect } from "chai";
@@ -11,7 +13,9 @@ import { WireType } from "@bufbuild/protobuf/wire";
 import type http2 from "node:http2";
 import { randomUUID } from "node:crypto";
 import { gzipSync } from "node:zlib";
+import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { PutSecretRequestSchema, SecretService, UpdateSecretMetadataRequestSchema } from "../../gen/spike/nexus/v1/secret_pb.js";
+import { login } from "../support/admin-fixtures.js";
 import { connectJson, connectRaw, connectSession } from "../support/connect-json.js";
 import { ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { SUPERUSER_ID } from "../support/test-server.js";
@@ -123,6 +127,31 @@ describe("request decoding on both listeners", function () {
         const { err } = await rawCall(client, UPDATE_METADATA, toBinary(UpdateSecretMetadataRequestSchema, create(UpdateSecretMetadataRequestSchema, { path, maxVersions: 3, updateMask: { paths: ["max_versions"] } })));
         expect(err).to.equal(null);
       }
+    });
+  });
+
+  describe("unknown enum values", () => {
+    const LIST_AUDIT = "/spike.nexus.v1.OperatorService/ListAuditEvents";
+
+    it("ListAuditEvents with an outcome this server does not know (7) is INVALID_ARGUMENT UNKNOWN_FIELD naming outcome on gRPC and Connect JSON, not an unfiltered listing, and is audited", async () => {
+      const grpcClient = server.client("grpc");
+      const token = (await login(grpcClient)).token;
+      const refusals = async () => Number((await db`SELECT count(*)::int AS n FROM audit_events WHERE rpc = ${LIST_AUDIT} AND detail->>'reason' = 'UNKNOWN_FIELD'`)[0].n);
+      const before = await refusals();
+      const viaGrpc = await grpcClient.call(OperatorService.method.listAuditEvents, { outcome: 7 as never }, { bearerToken: token });
+      expect([viaGrpc.code, viaGrpc.reason, viaGrpc.violations?.[0]?.field], viaGrpc.message).to.deep.equal(["INVALID_ARGUMENT", "UNKNOWN_FIELD", "outcome"]);
+      expect(await refusals()).to.equal(before + 1);
+      for (const body of ['{"outcome": 7}', '{"outcome": "AUDIT_OUTCOME_TIMEOUT"}']) {
+        const requestId = randomUUID();
+        const res = await connectJson(session, LIST_AUDIT, body, { authorization: `Bearer ${token}`, "x-request-id": requestId });
+        expect(res.status, res.body).to.equal(400);
+        expect(res.body).to.include("UNKNOWN_FIELD").and.include('"field":"outcome"');
+        expect(await auditOf(requestId), body).to.deep.equal(["error INVALID_ARGUMENT UNKNOWN_FIELD"]);
+      }
+      // A known outcome still filters.
+      const filtered = await connectJson(session, LIST_AUDIT, '{"outcome": "AUDIT_OUTCOME_ERROR"}', { authorization: `Bearer ${token}` });
+      expect(filtered.status, filtered.body).to.equal(200);
+      expect([...new Set((JSON.parse(filtered.body).events ?? []).map((e: { outcome: string }) => e.outcome))]).to.deep.equal(["AUDIT_OUTCOME_ERROR"]);
     });
   });
 
@@ -243,6 +272,48 @@ describe("request decoding on both listeners", function () {
       const { err, requestId } = await rawCall(grpcOnConnectPort, path, new Uint8Array());
       expect(err?.code).to.equal(grpc.status.UNIMPLEMENTED);
       expect(await auditOf(requestId)).to.deep.equal(["error UNIMPLEMENTED UNKNOWN_METHOD"]);
+    });
+  });
+
+  describe("request shapes a served method does not take (Connect port)", () => {
+    const GET_STATUS = "/spike.nexus.v1.OperatorService/GetStatus";
+    const refusals = [
+      { what: "a gRPC-Web text (base64) body", path: GET_STATUS, contentType: "application/grpc-web-text", body: "AAAAAAA=" },
+      { what: "a text/plain body", path: GET_STATUS, contentType: "text/plain", body: "{}" },
+      { what: "a Connect streaming content type on a unary method", path: GET_STATUS, contentType: "application/connect+json", body: "\0\0\0\0\x02{}" },
+      { what: "a PutSecret as text/plain", path: PUT_SECRET, contentType: "text/plain", body: JSON.stringify({ path: "shapes/plain", data: { k: "v" } }) },
+    ];
+    for (const { what, path, contentType, body } of refusals) {
+      it(`${what} is answered 415, as connect-es would, and audited as UNSUPPORTED_MEDIA_TYPE with its caller`, async () => {
+        const res = await connectCall(path, body, contentType);
+        expect(res.status, res.text).to.equal(415);
+        expect(await auditOf(res.requestId)).to.deep.equal(["error INVALID_ARGUMENT UNSUPPORTED_MEDIA_TYPE"]);
+        const [event] = await db`SELECT caller, rpc FROM audit_events WHERE request_id = ${res.requestId}`;
+        expect(event).to.deep.equal({ caller: SUPERUSER_ID, rpc: path });
+      });
+    }
+
+    const get = (path: string, requestId: string) =>
+      new Promise<number>((resolve, reject) => {
+        const stream = session.request({ ":method": "GET", ":path": path, "x-request-id": requestId });
+        stream.on("response", (h) => resolve(Number(h[":status"])));
+        stream.on("error", reject);
+        stream.resume();
+        stream.end();
+      });
+
+    it("a GET on a method with side effects (PutSecret) is answered 405, audited as METHOD_NOT_ALLOWED, and writes nothing", async () => {
+      const requestId = randomUUID();
+      const message = encodeURIComponent(JSON.stringify({ path: "shapes/get", data: { k: "v" } }));
+      expect(await get(`${PUT_SECRET}?encoding=json&message=${message}&connect=v1`, requestId)).to.equal(405);
+      expect(await auditOf(requestId)).to.deep.equal(["error INVALID_ARGUMENT METHOD_NOT_ALLOWED"]);
+      expect(ok(await server.client("grpc").call(SecretService.method.listSecrets, { prefix: "shapes/" })).paths).to.deep.equal([]);
+    });
+
+    it("a GET on a method without side effects in an encoding other than json or proto is answered 415 and audited", async () => {
+      const requestId = randomUUID();
+      expect(await get(`${GET_STATUS}?encoding=xml&message=x&connect=v1`, requestId)).to.equal(415);
+      expect(await auditOf(requestId)).to.deep.equal(["error INVALID_ARGUMENT UNSUPPORTED_MEDIA_TYPE"]);
     });
   });
 

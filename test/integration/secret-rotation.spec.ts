@@ -66,7 +66,6 @@ describe("secret rotation", function () {
       { name: "a password of 1025 characters", policy: password({ case: "randomPassword", value: { length: 1025 } }), field: /random_password.length/, reason: "INVALID_GENERATOR_LENGTH" },
       { name: "7 random bytes", policy: bytes(7), field: /random_bytes.length/, reason: "INVALID_GENERATOR_LENGTH" },
       { name: "1025 random bytes", policy: bytes(1025), field: /random_bytes.length/, reason: "INVALID_GENERATOR_LENGTH" },
-      { name: "an unknown byte encoding", policy: bytes(16, 9 as ByteEncoding), field: /random_bytes.encoding/, reason: "INVALID_BYTE_ENCODING" },
       { name: "an unspecified character class", policy: password({ case: "randomPassword", value: { length: 12, characterClasses: [CharacterClass.UNSPECIFIED] } }), field: /character_classes/, reason: "INVALID_CHARACTER_CLASS" },
       {
         name: "excluded characters that empty a class",
@@ -87,6 +86,16 @@ describe("secret rotation", function () {
         expect(meta.nextRotationAt).to.equal(undefined);
       });
     }
+
+    it("an unknown byte encoding is INVALID_ARGUMENT UNKNOWN_FIELD naming it (refused as it is decoded) and sets nothing", async () => {
+      const path = "rotation/invalid";
+      if ((await db`SELECT 1 FROM secrets WHERE path = ${path}`).length === 0) await put(path, { key: "v" });
+      const result = await setPolicy(path, bytes(16, 9 as ByteEncoding));
+      fails(result, "INVALID_ARGUMENT");
+      expect(result.reason).to.equal("UNKNOWN_FIELD");
+      expect(result.violations?.[0]?.field).to.match(/random_bytes.encoding$/);
+      expect((await metadata(path)).rotation, "no policy was set").to.equal(undefined);
+    });
   });
 
   describe("policies and RotateSecret", () => {

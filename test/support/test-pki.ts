@@ -36,7 +36,7 @@ export interface Authority extends IssuedCert {
   /** Issues a certificate signed by this authority's key. */
   issue(opts: LeafOptions): Promise<IssuedCert>;
   /** Creates a CA (cA true, keyCertSign) signed by this authority; its `issue` signs with the intermediate's key. */
-  intermediate(opts?: { alg?: KeyAlg; name?: string }): Promise<Authority>;
+  intermediate(opts?: IntermediateOptions): Promise<Authority>;
 }
 
 export interface LeafOptions {
@@ -53,6 +53,21 @@ export interface LeafOptions {
   /** Default now - 5 minutes .. now + 1 day. */
   notBefore?: Date;
   notAfter?: Date;
+}
+
+export interface IntermediateOptions {
+  alg?: KeyAlg;
+  name?: string;
+  /** Default: this authority's validity. */
+  notBefore?: Date;
+  notAfter?: Date;
+  /**
+   * basicConstraints cA (default true). False makes a certificate that only
+   * poses as an issuer, e.g. a workload SVID whose key signs another certificate.
+   */
+  ca?: boolean;
+  /** URI SANs (default ["spiffe://<td>"]). */
+  uris?: string[];
 }
 
 const MINUTE = 60_000;
@@ -132,14 +147,16 @@ class TestAuthority implements Authority {
     return toIssued(cert, keys);
   }
 
-  async intermediate(opts: { alg?: KeyAlg; name?: string } = {}): Promise<Authority> {
+  async intermediate(opts: IntermediateOptions = {}): Promise<Authority> {
     const alg = opts.alg ?? "ec";
     const keys = await generateKeys(alg);
     const name = opts.name ?? "Nexus test intermediate CA";
-    const cert = await this.sign(keys, `CN=${name}`, this.cert.notBefore, this.cert.notAfter, [
-      new x509.BasicConstraintsExtension(true, undefined, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
-      ...sanExtension([`spiffe://${this.trustDomain}`], [], []),
+    // keyCertSign even when not a CA (OpenSSL's issuer check wants it), so only cA tells a poser apart.
+    const poser = opts.ca === false ? x509.KeyUsageFlags.digitalSignature : 0;
+    const cert = await this.sign(keys, `CN=${name}`, opts.notBefore ?? this.cert.notBefore, opts.notAfter ?? this.cert.notAfter, [
+      new x509.BasicConstraintsExtension(opts.ca ?? true, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | poser, true),
+      ...sanExtension(opts.uris ?? [`spiffe://${this.trustDomain}`], [], []),
     ]);
     return new TestAuthority(cert, keys, alg, this.trustDomain, await toIssued(cert, keys));
   }

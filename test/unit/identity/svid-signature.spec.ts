@@ -59,5 +59,20 @@ for (const alg of ["ec", "rsa"] as KeyAlg[]) {
       expect(check(signer(viaIntermediate, viaIntermediate.certPem + intermediate.certPem).sign(DATA)), "with").to.equal(true);
       expect(check(signer(viaIntermediate).sign(DATA)), "without").to.equal(false);
     });
+
+    it("a time at which the leaf is valid but its intermediate has expired: refused (every certificate of the path, not only the leaf)", async () => {
+      const now = Date.now();
+      const shortLived = await ca.intermediate({ alg, notBefore: new Date(now - DAY), notAfter: new Date(now + 3_600_000) });
+      const viaShortLived = await shortLived.issue({ uris: [SERVER_ID], alg, notBefore: new Date(now - 60_000), notAfter: new Date(now + DAY) });
+      const s = signer(viaShortLived, viaShortLived.certPem + shortLived.certPem).sign(DATA);
+      expect(check(s, { at: new Date(now + 60_000) }), "while the intermediate is valid").to.equal(true);
+      expect(check(s, { at: new Date(now + 2 * 3_600_000) }), "after the intermediate expired").to.equal(false);
+    });
+
+    it("a workload SVID (not a CA) posing as the intermediate that issued the server's SVID: refused", async () => {
+      const poser = await ca.intermediate({ alg, ca: false, name: "workload posing as CA", uris: [`spiffe://${TD}/workload/demo`] });
+      const forged = await poser.issue({ uris: [SERVER_ID], alg });
+      expect(check(signer(forged, forged.certPem + poser.certPem).sign(DATA))).to.equal(false);
+    });
   });
 }
