@@ -6,6 +6,9 @@
 // fails the MAC) nor move the floor with a junk row (the floor is one past
 // the last event pruned, never taken from row contents). Each run deletes and
 // writes the MAC'd floor checkpoint in one transaction. See ADR 0003.
+// Every replica runs it over every replica's events; of two passes that
+// overlap, only the first to commit prunes (AuditStore.prune), so events are
+// pruned and counted once and each floor is written once.
 
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
@@ -116,7 +119,10 @@ export class AuditRetention {
     if (this.keys.sealed) return undefined;
     key = this.keys.integrityKey();
     const floorCheckpoint = { ...c, mac: checkpointMac(key, c) };
-    await this.store.prune(ids, floorCheckpoint);
+    if (!(await this.store.prune(ids, floorCheckpoint))) {
+      this.logger.debug("audit retention pass overlapped another replica's; it pruned first", { replicaId });
+      return undefined;
+    }
     return { replicaId, pruned: ids.length, floor: newFloor };
   }
 }

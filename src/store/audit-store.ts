@@ -244,13 +244,26 @@ export class AuditStore {
    * transaction, so pruned events are never missing without the checkpoint
    * that explains them.
    */
-  async prune(ids: readonly number[], floor: Checkpoint): Promise<void> {
-    await this.run(() =>
-      this.sql.begin(async (tx) => {
-        for (let i = 0; i < ids.length; i += 10_000) await tx`DELETE FROM audit_events WHERE id = ANY(${ids.slice(i, i + 10_000) as never}::bigint[])`;
-        await insertCheckpointRow(tx, floor);
-      }),
-    );
+  async prune(ids: readonly number[], floor: Checkpoint): Promise<boolean> {
+    // Every replica runs retention over every replica's events. When two
+    // passes overlap, the one that commits second finds some of its events
+    // gone: it rolls back rather than write a second, competing floor, and
+    // says so (false); the next pass starts from the new floor.
+    const overlapped = new Error("another retention pass pruned these events first");
+    return this.run(async () => {
+      try {
+        await this.sql.begin(async (tx) => {
+          let deleted = 0;
+          for (let i = 0; i < ids.length; i += 10_000) deleted += (await tx`DELETE FROM audit_events WHERE id = ANY(${ids.slice(i, i + 10_000) as never}::bigint[])`).count;
+          if (deleted !== ids.length) throw overlapped;
+          await insertCheckpointRow(tx, floor);
+        });
+        return true;
+      } catch (err) {
+        if (err === overlapped) return false;
+        throw err;
+      }
+    });
   }
 
   private readonly run = guarded;
