@@ -17,7 +17,7 @@ import { connectDatabase } from "../../src/store/database.js";
 import { exactly } from "../support/admin-fixtures.js";
 import { addStandby, createDebianDatabase, startDebianPrimary, type DebianPostgres } from "../support/debian-postgres.js";
 import type { ServingStatusName } from "../support/health-client.js";
-import { startReplica, type NexusReplica } from "../support/nexus-replica.js";
+import { startReplica, unsealReplica, type NexusReplica } from "../support/nexus-replica.js";
 import { ADMIN_PASSWORD, adminSession, ok } from "../support/secret-server.js";
 import { createTestPki, WORKLOAD_ID, type TestPki } from "../support/test-server.js";
 import { eventually, sleep } from "../support/wait.js";
@@ -39,6 +39,7 @@ describe("PostgreSQL failover to a synchronous standby", function () {
   let standby: DebianPostgres;
   let pki: TestPki;
   let nexus: NexusReplica;
+  let second: NexusReplica | undefined;
   let multiHostUrl: string;
 
   before(async () => {
@@ -51,6 +52,7 @@ describe("PostgreSQL failover to a synchronous standby", function () {
 
   after(async () => {
     await nexus?.stop().catch(() => {});
+    await second?.stop().catch(() => {});
     await primary?.remove();
     await standby?.remove();
     await pki?.remove();
@@ -88,6 +90,10 @@ describe("PostgreSQL failover to a synchronous standby", function () {
     const token = await adminSession(superuser);
     const policy = { name: "failover-readers", spiffeIdPattern: exactly(WORKLOAD_ID), pathPattern: "failover/.*", permissions: [Permission.READ] };
     ok(await superuser.call(PolicyService.method.createPolicy, { policy }, { bearerToken: token }), "CreatePolicy");
+    // A second replica, idle through the failover: it must hear of policy
+    // changes afterwards, so its LISTEN connection has to find the new primary.
+    second = await startReplica({ name: "second", pki, databaseUrl: multiHostUrl });
+    await unsealReplica(second, ADMIN_PASSWORD);
 
     const acknowledged: Acknowledged[][] = Array.from({ length: WRITERS }, () => []);
     const attempted: Set<string>[] = Array.from({ length: WRITERS }, () => new Set());
@@ -220,7 +226,17 @@ describe("PostgreSQL failover to a synchronous standby", function () {
     expect(denied.code).to.equal("PERMISSION_DENIED");
     const after = { name: "after-failover", spiffeIdPattern: exactly(WORKLOAD_ID), pathPattern: "after/.*", permissions: [Permission.READ] };
     ok(await superuser.call(PolicyService.method.createPolicy, { policy: after }, { bearerToken: token }), "CreatePolicy with the session from before the failover");
-    expect(nexus.process.logMessages().filter((m) => m.startsWith("policies refused")), "grant-set refusals").to.deep.equal([]);
+    const secondWorkload = second.client(pki.workload);
+    const changed = Date.now();
+    // Allowed by the new policy, the missing path is NOT_FOUND rather than PERMISSION_DENIED.
+    await eventually(async () => expect((await secondWorkload.call(SecretService.method.getSecret, { path: "after/x" })).code).to.equal("NOT_FOUND"), {
+      timeoutMs: 5000,
+      intervalMs: 20,
+    });
+    expect(Date.now() - changed, "ms until the second replica enforced a policy created after the failover").to.be.below(1000);
+    for (const replica of [nexus, second]) {
+      expect(replica.process.logMessages().filter((m) => m.startsWith("policies refused")), `grant-set refusals on ${replica.name}`).to.deep.equal([]);
+    }
 
     // The audit log shows no tampering; calls cut off by the crash may leave
     // CRASH_GAPs (ADR 0003), nothing else.
