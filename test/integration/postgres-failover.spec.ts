@@ -8,6 +8,7 @@
 // tampering, and grant epochs (ADR 0006) that accept the standby's state.
 
 import { expect } from "chai";
+import { readFileSync } from "node:fs";
 import { OperatorService, AuditProblemKind } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { Permission, PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
@@ -27,6 +28,12 @@ const READERS = 16;
 // Long enough that a call waiting for the promotion is not cut off by its
 // client: the only acceptable failure is the server's UNAVAILABLE.
 const CALL_DEADLINE_MS = 20_000;
+
+/** User + system CPU seconds of a process so far (Linux /proc). */
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
 
 interface Acknowledged {
   readonly version: number;
@@ -170,6 +177,7 @@ describe("PostgreSQL failover to a synchronous standby", function () {
 
     await sleep(1500);
     const crashedAt = Date.now();
+    const cpuAtCrash = cpuSeconds(nexus.process.pid);
     await primary.stop("immediate");
     // A failover manager promotes after it has seen the primary gone; wait as
     // long as Nexus takes to notice, so the outage is visible in its health.
@@ -177,6 +185,7 @@ describe("PostgreSQL failover to a synchronous standby", function () {
       throw new Error(`${String(err)}; nexus stderr: ${nexus.process.stderr().slice(-3000)}; health: ${JSON.stringify(healthLog.slice(-30).map((h) => [h.at - crashedAt, h.status]))}`);
     });
     const promotedAt = Date.now();
+    const outageCpu = (cpuSeconds(nexus.process.pid) - cpuAtCrash) / ((promotedAt - crashedAt) / 1000);
     await standby.promote();
     const servingAgain = await eventually(
       () => {
@@ -193,7 +202,7 @@ describe("PostgreSQL failover to a synchronous standby", function () {
     const acked = acknowledged.reduce((n, a) => n + a.length, 0);
     console.log(
       `      failover: ${acked} writes acknowledged, ${policyChurn} policies created; NOT_SERVING after ${healthLog.find((h) => h.at > crashedAt && h.status !== "SERVING")!.at - crashedAt} ms, ` +
-        `promotion started ${promotedAt - crashedAt} ms after the crash, SERVING ${servingAgain - promotedAt} ms after that; failures ${JSON.stringify(Object.fromEntries(failures))}`,
+        `promotion started ${promotedAt - crashedAt} ms after the crash, SERVING ${servingAgain - promotedAt} ms after that; server CPU during the outage ${outageCpu.toFixed(2)} cores; failures ${JSON.stringify(Object.fromEntries(failures))}`,
     );
 
     expect([...failures.keys()].filter((k) => !k.endsWith("UNAVAILABLE")), "failures other than UNAVAILABLE").to.deep.equal([]);
