@@ -6,7 +6,7 @@
 // scheduled jobs (expiry, audit retention) do their work once, not once per
 // replica.
 
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { expect } from "chai";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { Permission, PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
@@ -106,23 +106,41 @@ describe("three replicas on one PostgreSQL", function () {
     }
   });
 
-  it("expired secrets are removed once: the replicas' expiry jobs together remove each exactly once", async () => {
+  it("expired secrets and admin sessions are removed once: the replicas' expiry jobs together remove each exactly once", async () => {
     const expiring = 12;
+    const sessions = 3;
+    const removedSoFar = () => {
+      const entries = replicas.flatMap((r) => logEntries(r, "expired rows removed"));
+      return { secrets: entries.reduce((n, e) => n + Number(e.secrets), 0), credentials: entries.reduce((n, e) => n + Number(e.credentials), 0) };
+    };
+    const before = removedSoFar();
     const expiresAt = timestampFromDate(new Date(Date.now() + 1500));
     for (let i = 0; i < expiring; i++) {
       ok(await superusers[i % 3].call(SecretService.method.putSecret, { path: `expiring/${i}`, data: { v: "x" }, expiresAt }), "PutSecret with expires_at");
     }
-    const removedBefore = replicas.reduce((n, r) => n + logEntries(r, "expired rows removed").reduce((m, e) => m + Number(e.secrets), 0), 0);
-    await sleep(1500);
-    await eventually(
-      async () => {
-        for (let i = 0; i < expiring; i++) expect((await superusers[0].call(SecretService.method.getSecretMetadata, { path: `expiring/${i}` })).code).to.equal("NOT_FOUND");
-      },
-      { timeoutMs: 10_000 },
-    );
-    await sleep(300); // the job logs after its transaction
-    const removed = replicas.reduce((n, r) => n + logEntries(r, "expired rows removed").reduce((m, e) => m + Number(e.secrets), 0), 0) - removedBefore;
-    expect(removed, "secrets removed by the three replicas together").to.equal(expiring);
+    for (let i = 0; i < sessions; i++) {
+      ok(await superusers[i % 3].call(OperatorService.method.login, { adminPassword: ADMIN_PASSWORD, ttl: durationFromMs(1000) }), "Login with a 1 s session");
+    }
+    const sql = openDatabase(databaseUrl);
+    try {
+      await sleep(1500);
+      await eventually(
+        async () => {
+          const [{ secrets }] = await sql`SELECT count(*)::int AS secrets FROM secrets WHERE path LIKE 'expiring/%'`;
+          const [{ credentials }] = await sql`SELECT count(*)::int AS credentials FROM admin_credentials WHERE expires_at <= now()`;
+          expect({ secrets, credentials }).to.deep.equal({ secrets: 0, credentials: 0 });
+        },
+        { timeoutMs: 10_000 },
+      );
+    } finally {
+      await sql.end();
+    }
+    await sleep(300); // each job logs after its transaction
+    const after = removedSoFar();
+    expect({ secrets: after.secrets - before.secrets, credentials: after.credentials - before.credentials }, "removed by the three replicas together").to.deep.equal({
+      secrets: expiring,
+      credentials: sessions,
+    });
   });
 
   it("audit retention prunes each event once across the replicas, and every replica's sequence stays gapless from its floor", async () => {
