@@ -34,7 +34,7 @@ export interface ReplicaOptions {
 /** Starts `nexus serve` and resolves once it logs "nexus serving". */
 export async function startReplica(opts: ReplicaOptions): Promise<NexusReplica> {
   const ports = { grpc: await freePort(), connect: await freePort(), health: await freePort() };
-  const process = startNexusProcess(
+  const child = startNexusProcess(
     ["serve"],
     cleanEnv({
       NEXUS_LISTEN: `127.0.0.1:${ports.grpc}`,
@@ -52,16 +52,16 @@ export async function startReplica(opts: ReplicaOptions): Promise<NexusReplica> 
     }),
   );
   try {
-    await process.waitForLog("nexus serving");
+    await child.waitForLog("nexus serving");
   } catch (err) {
-    await process.kill();
+    await child.kill();
     throw err;
   }
   const clients: NexusClient[] = [];
   const health = healthClient(`127.0.0.1:${ports.health}`, insecureCredentials());
   return {
     name: opts.name,
-    process,
+    process: child,
     grpcPort: ports.grpc,
     healthPort: ports.health,
     client(cert = opts.pki.superuser) {
@@ -73,7 +73,7 @@ export async function startReplica(opts: ReplicaOptions): Promise<NexusReplica> 
     async stop() {
       clients.forEach((c) => c.close());
       health.close();
-      await process.stop();
+      await child.stop();
     },
   };
 }
