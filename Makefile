@@ -18,7 +18,7 @@ help:
 	@echo "make certs  (re)create dev certificates in certs-dev/"
 
 # npm ci only when package-lock.json changed since the last install.
-node_modules/.installed: package.json package-lock.json
+node_modules/.installed: package.json package-lock.json $(wildcard patches/*.patch)
 	npm ci --no-audit --no-fund
 	@touch $@
 
@@ -36,9 +36,12 @@ run: build certs
 gen: deps
 	$(BIN)/buf generate
 
-# curl is used by the end-to-end tests against the Connect listener.
+# curl is used by the end-to-end tests against the Connect listener; Debian's
+# PostgreSQL server (pg_basebackup, streaming replication) by the failover tests,
+# since the embedded PostgreSQL ships no pg_basebackup.
 system-deps:
 	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+	@ls /usr/lib/postgresql/*/bin/pg_basebackup >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 typecheck: build
 

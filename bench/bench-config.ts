@@ -26,6 +26,10 @@ export interface BenchConfig {
   readonly pgbenchSeconds: number;
   readonly propagationRepeats: number;
   readonly startupRepeats: number;
+  /** GetSecret with 1, 2 and 3 replicas on one database (issue 16). */
+  readonly replicaScaling: boolean;
+  /** Failovers to a synchronous standby (Debian PostgreSQL packages; issue 16). */
+  readonly failoverRepeats: number;
 }
 
 const FULL: BenchConfig = {
@@ -45,6 +49,8 @@ const FULL: BenchConfig = {
   pgbenchSeconds: 7,
   propagationRepeats: 20,
   startupRepeats: 5,
+  replicaScaling: true,
+  failoverRepeats: 3,
 };
 
 const QUICK: BenchConfig = {
@@ -59,6 +65,8 @@ const QUICK: BenchConfig = {
   pgbenchSeconds: 2,
   propagationRepeats: 5,
   startupRepeats: 1,
+  replicaScaling: false,
+  failoverRepeats: 0,
 };
 
 const PROFILE: BenchConfig = {
@@ -70,6 +78,8 @@ const PROFILE: BenchConfig = {
   pgbench: false,
   propagationRepeats: 0,
   startupRepeats: 0,
+  replicaScaling: false,
+  failoverRepeats: 0,
 };
 
 const AB: BenchConfig = {
@@ -82,6 +92,8 @@ const AB: BenchConfig = {
   pgbench: false,
   propagationRepeats: 0,
   startupRepeats: 0,
+  replicaScaling: false,
+  failoverRepeats: 0,
 };
 
 export function benchConfig(env: NodeJS.ProcessEnv = process.env): BenchConfig {
@@ -107,5 +119,7 @@ export function benchConfig(env: NodeJS.ProcessEnv = process.env): BenchConfig {
     pgbenchSeconds: num("PGBENCH_SECONDS", base.pgbenchSeconds),
     propagationRepeats: num("PROPAGATION_REPEATS", base.propagationRepeats),
     startupRepeats: num("STARTUP_REPEATS", base.startupRepeats),
+    replicaScaling: env.BENCH_REPLICA_SCALING === undefined ? base.replicaScaling : env.BENCH_REPLICA_SCALING === "1",
+    failoverRepeats: num("FAILOVER_REPEATS", base.failoverRepeats),
   };
 }

@@ -4,6 +4,7 @@
 // pass/fail against those targets; and the machine it ran on. Writes
 // bench/results/latest.json and latest.md.
 
+import { highAvailabilityMarkdown, type HighAvailabilityResults } from "./high-availability.js";
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
@@ -40,6 +41,8 @@ export interface BenchRun {
   readonly rounds: Round[];
   readonly propagation?: Timings;
   readonly startup?: StartupTimings;
+  /** Replicas on one database and failover to a standby (full mode only). */
+  readonly highAvailability?: HighAvailabilityResults;
   readonly captures: StatementCapture[];
   readonly plans: QueryPlan[];
   readonly auditBatch?: number;
@@ -254,6 +257,7 @@ export function buildReport(run: BenchRun) {
     targets: ts,
     propagationMs: run.propagation,
     startupMs: run.startup,
+    highAvailability: run.highAvailability,
     auditBatchDuringGet: run.auditBatch,
     floorPuts: run.floorPuts,
     floorRunsServerStatements: run.floorMatch,
@@ -319,6 +323,7 @@ export function markdown(report: Report): string {
     const p = report.propagationMs;
     lines.push(`Policy propagation A → B (${p.samples.length} policies): p50 ${f(p.p50, 1)} ms, p99 ${f(p.p99, 1)} ms, max ${f(p.max, 1)} ms.`);
   }
+  if (report.highAvailability) lines.push("", ...highAvailabilityMarkdown(report.highAvailability));
   lines.push("");
   return lines.join("\n");
 }

@@ -8,7 +8,9 @@
 //      1,000,000 ListSecrets paths with generate_series; ANALYZE;
 //   3. rounds of interleaved scenarios (A B C … A B C …), load from forked
 //      worker processes, server CPU and RSS read from /proc around each window;
-//   4. policy propagation between two replicas, start-up time;
+//   4. policy propagation between two replicas, start-up time; in full mode,
+//      GetSecret with 1, 2 and 3 replicas and failover to a synchronous
+//      standby (high-availability.ts);
 //   5. bench/results/latest.{json,md}, and the table on stdout.
 //
 // BENCH_QUICK=1: the same in under a minute with less data. BENCH_PROFILE=1:
@@ -29,6 +31,7 @@ import { FLOOR_BOOKKEEPING, findPgbench, floorPutsWritten, pgbenchGet, pgbenchPu
 import { BENCH_POLICIES, createPolicy, initializeAndLogin, seedReadAndWriteSecrets } from "./nexus-setup.js";
 import { processRssMb } from "./process-stats.js";
 import { explainHotStatements } from "./query-plans.js";
+import { failoverTimes, replicaScaling, type HighAvailabilityResults } from "./high-availability.js";
 import { policyPropagation, startupTimes } from "./replica-timings.js";
 import { buildReport, label, writeReport, type BenchRun, type Round, type StatementCapture } from "./report.js";
 import { runScenario, type ScenarioResult, type ScenarioSpec, type Target, type WindowHooks } from "./scenario-runner.js";
@@ -224,7 +227,22 @@ async function main(): Promise<void> {
         }
       });
     }
+    let highAvailability: HighAvailabilityResults | undefined;
+    if (config.replicaScaling) {
+      const spec = specs.find((x) => x.kind === "get" && x.inFlight === config.inFlight)!;
+      const scaling = await phase("GetSecret with 1, 2 and 3 replicas", () => replicaScaling(spec, target, base, passwordFile));
+      highAvailability = { replicaScaling: scaling };
+    }
     await server.stop();
+    if (config.failoverRepeats > 0) {
+      try {
+        const failover = await phase(`failover to a synchronous standby ×${config.failoverRepeats}`, () => failoverTimes(pki, work, PASSWORD, config.poolMax, config.failoverRepeats));
+        highAvailability = { ...highAvailability, failover };
+      } catch (err) {
+        // Debian's PostgreSQL packages may be missing and not installable (not root, no network).
+        highAvailability = { ...highAvailability, skipped: `failover not measured: ${(err as Error).message.split("\n")[0]}` };
+      }
+    }
     let startup;
     if (config.startupRepeats > 0) {
       startup = await phase(`start-up ×${config.startupRepeats}`, () => startupTimes(base, pki, PASSWORD, passwordFile, config.startupRepeats));
@@ -252,6 +270,7 @@ async function main(): Promise<void> {
       rounds,
       propagation,
       startup,
+      highAvailability,
       captures: captures.map((c) => ({ label: c.label, statements: c.statements.filter(isInteresting) })),
       plans,
       auditBatch,

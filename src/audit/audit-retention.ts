@@ -6,6 +6,9 @@
 // fails the MAC) nor move the floor with a junk row (the floor is one past
 // the last event pruned, never taken from row contents). Each run deletes and
 // writes the MAC'd floor checkpoint in one transaction. See ADR 0003.
+// Every replica runs it over every replica's events; of two passes that
+// overlap, only the first to commit prunes (AuditStore.prune), so events are
+// pruned and counted once and each floor is written once.
 
 import type { GrantEpochs } from "../keys/grant-epochs.js";
 import type { KeyManager } from "../keys/key-manager.js";
@@ -130,7 +133,11 @@ export class AuditRetention {
     key = this.keys.integrityKey();
     const floorCheckpoint = { ...c, mac: checkpointMac(key, c) };
     const epoch = await this.store.prune(ids, floorCheckpoint, (e, before, after) => this.epochs.next(CHECKPOINT_SET, e, before, after));
-    if (epoch !== undefined) this.epochs.advance("audit_checkpoints", epoch);
+    if (epoch === undefined) {
+      this.logger.debug("audit retention pass overlapped another replica's; it pruned first", { replicaId });
+      return undefined;
+    }
+    this.epochs.advance("audit_checkpoints", epoch);
     return { replicaId, pruned: ids.length, floor: newFloor };
   }
 }

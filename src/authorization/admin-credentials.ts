@@ -90,13 +90,14 @@ export class AdminCredentials {
   /** Removes expired credentials (maintenance); returns how many. */
   async deleteExpired(): Promise<number> {
     const now = Date.now();
-    let count = 0;
+    // The store calls `pick` more than once per row: count rows, not calls.
+    const expired = new Set<string>();
     await this.remove((c) => {
-      const expired = c.expiresAt.getTime() <= now;
-      if (expired) count++;
-      return expired;
+      const isExpired = c.expiresAt.getTime() <= now;
+      if (isExpired) expired.add(c.tokenHmac.toString("hex"));
+      return isExpired;
     });
-    return count;
+    return expired.size;
   }
 
   private async remove(pick: (c: CredentialRow) => boolean, audit?: AuditRow): Promise<boolean> {

@@ -286,14 +286,26 @@ export class AuditStore {
    * that explains them.
    */
   async prune(ids: readonly number[], floor: Checkpoint, sealEpoch: SealCheckpoints): Promise<number | undefined> {
-    return this.run(() =>
-      this.sql.begin(async (tx) => {
-        for (let i = 0; i < ids.length; i += 10_000) await tx`DELETE FROM audit_events WHERE id = ANY(${ids.slice(i, i + 10_000) as never}::bigint[])`;
-        const epoch = await this.checkpointOn(tx, floor, sealEpoch);
-        if (epoch === undefined) throw new Error("the floor checkpoint was not recorded");
-        return epoch;
-      }),
-    );
+    // Every replica runs retention over every replica's events. When two
+    // passes overlap, the one that commits second finds some of its events
+    // gone: it rolls back rather than write a second, competing floor, and
+    // says so (undefined); the next pass starts from the new floor.
+    const overlapped = new Error("another retention pass pruned these events first");
+    return this.run(async () => {
+      try {
+        return await this.sql.begin(async (tx) => {
+          let deleted = 0;
+          for (let i = 0; i < ids.length; i += 10_000) deleted += (await tx`DELETE FROM audit_events WHERE id = ANY(${ids.slice(i, i + 10_000) as never}::bigint[])`).count;
+          if (deleted !== ids.length) throw overlapped;
+          const epoch = await this.checkpointOn(tx, floor, sealEpoch);
+          if (epoch === undefined) throw overlapped;
+          return epoch;
+        });
+      } catch (err) {
+        if (err === overlapped) return undefined;
+        throw err;
+      }
+    });
   }
 
   private readonly run = guarded;

@@ -1,6 +1,11 @@
 // Watches whether PostgreSQL answers, so health can say NOT_SERVING while it is
 // gone and SERVING again when it returns, without a restart. The driver
 // reconnects by itself; this only observes.
+//
+// A ping that does not answer in time counts as a failure: during a failover
+// the driver keeps a query waiting while it tries every host of a multi-host
+// URL (the old primary refuses, the standby is not yet read-write), so a ping
+// can hang rather than fail. It stays in flight and reports when it settles.
 
 import type { Logger } from "../log/logger.js";
 import type { Sql } from "./database.js";
@@ -8,13 +13,14 @@ import type { Sql } from "./database.js";
 export class DatabaseMonitor {
   private timer: NodeJS.Timeout | undefined;
   private healthy: boolean | undefined;
-  private checking = false;
+  private ping: Promise<boolean> | undefined;
 
   constructor(
     private readonly sql: Sql,
     private readonly onChange: (healthy: boolean) => void,
     private readonly logger: Logger,
     private readonly intervalMs = 1000,
+    private readonly timeoutMs = Math.max(2000, intervalMs),
   ) {}
 
   get isHealthy(): boolean {
@@ -33,23 +39,30 @@ export class DatabaseMonitor {
 
   /** Pings now; callers that just saw the database fail use it to report sooner. */
   async check(): Promise<boolean> {
-    if (this.checking) return this.isHealthy;
-    this.checking = true;
-    let ok: boolean;
-    try {
-      await this.sql`SELECT 1`.execute();
-      ok = true;
-    } catch {
-      ok = false;
-    } finally {
-      this.checking = false;
-    }
-    if (ok !== this.healthy) {
-      this.healthy = ok;
-      if (ok) this.logger.info("database reachable");
-      else this.logger.warn("database unreachable");
-      this.onChange(ok);
-    }
+    this.ping ??= this.sql`SELECT 1`
+      .execute()
+      .then(
+        () => true,
+        () => false,
+      )
+      .then((ok) => {
+        this.ping = undefined;
+        this.report(ok);
+        return ok;
+      });
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), this.timeoutMs)));
+    const ok = await Promise.race([this.ping, late]);
+    clearTimeout(timer);
+    if (!ok) this.report(false);
     return ok;
+  }
+
+  private report(ok: boolean): void {
+    if (ok === this.healthy) return;
+    this.healthy = ok;
+    if (ok) this.logger.info("database reachable");
+    else this.logger.warn("database unreachable");
+    this.onChange(ok);
   }
 }

@@ -40,7 +40,9 @@ export function connectDatabase(opts: DatabaseOptions): Sql {
 
 // SQLSTATE classes and driver codes that mean "the database is not there right
 // now" rather than "the request is wrong": connection exceptions (08), operator
-// intervention (57: shutdown, cannot connect now), insufficient resources (53).
+// intervention (57: shutdown, cannot connect now), insufficient resources (53),
+// and a server that is read-only for now (25006: a standby, or a primary an
+// operator or failover manager made read-only; writes succeed once it is not).
 const UNAVAILABLE_DRIVER_CODES = new Set([
   "ECONNREFUSED",
   "ECONNRESET",
@@ -58,6 +60,7 @@ export function isDatabaseUnavailable(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   if (typeof code !== "string") return false;
   if (UNAVAILABLE_DRIVER_CODES.has(code)) return true;
+  if (code === "25006") return true; // read_only_sql_transaction
   return /^(08|57|53)/.test(code) && code !== "57014"; // 57014 = query_canceled
 }
 

@@ -17,4 +17,16 @@ describe("dependency patches", () => {
       expect(source, file).to.include("xs = xs.slice(index)");
     }
   });
+
+  it("postgres.js treats a hot standby as never read-write and survives a connection lost mid-transaction (patches/postgres+3.4.9.patch)", () => {
+    const entry = fileURLToPath(import.meta.resolve("postgres"));
+    const root = path.join(entry.slice(0, entry.lastIndexOf(`${path.sep}node_modules${path.sep}postgres${path.sep}`)), "node_modules", "postgres");
+    for (const file of ["src/connection.js", "cjs/src/connection.js"]) {
+      const source = readFileSync(path.join(root, file), "utf8");
+      expect(source, file).to.include("(x === 'read-write' && (xs.default_transaction_read_only === 'on' || xs.in_hot_standby === 'on'))");
+      // A connection lost mid-transaction fails its queries instead of crashing the process.
+      expect(source, file).to.include("return queryError(q, Errors.connection('CONNECTION_CLOSED', options)), true");
+      expect(source, file).to.include("chunk = nextWriteTimer = null");
+    }
+  });
 });
