@@ -13,12 +13,7 @@ import type { IssuedCert } from "../support/test-pki.js";
 import { startSecretServer } from "../support/secret-server.js";
 import { createTestPki, NEXUS_ID, type TestPki, type TestServer } from "../support/test-server.js";
 import { eventually } from "../support/wait.js";
-import { startTestWorkloadApi, type TestWorkloadApi } from "../support/workload-api-server.js";
-
-/** The server settings that take the SVID from a Workload API instead of the files. */
-export function workloadApiEnv(socket: string): Record<string, string> {
-  return { NEXUS_SPIFFE_ENDPOINT_SOCKET: socket, NEXUS_TLS_CERT: "", NEXUS_TLS_KEY: "", NEXUS_TRUST_BUNDLE: "" };
-}
+import { startTestWorkloadApi, workloadApiEnv, type TestWorkloadApi } from "../support/workload-api-server.js";
 
 describe("server SVID from the Workload API", function () {
   this.timeout(60_000);

@@ -122,6 +122,11 @@ export async function startTestWorkloadApi(options: TestWorkloadApiOptions): Pro
   };
 }
 
+/** The server settings that take the SVID from a Workload API instead of the files. */
+export function workloadApiEnv(socket: string): Record<string, string> {
+  return { NEXUS_SPIFFE_ENDPOINT_SOCKET: socket, NEXUS_TLS_CERT: "", NEXUS_TLS_KEY: "", NEXUS_TRUST_BUNDLE: "" };
+}
+
 function pemBody(pem: string): Uint8Array {
   return Buffer.from(pem.replace(/-----[A-Z ]+-----/g, "").replace(/\s+/g, ""), "base64");
 }
