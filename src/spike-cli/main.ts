@@ -18,7 +18,11 @@ const ENVIRONMENT_HELP = `Connection (flag, or environment variable):
   --server-id SPIKE_NEXUS_SERVER_ID  the server's SPIFFE ID (default spiffe://<your trust domain>/spike/nexus);
                                      any other server is refused, whatever its host name
   --svid-dir SPIKE_SVID_DIR          folder with svid.pem, svid_key.pem, svid_bundle.pem (spiffe-helper)
-  --cert/--key/--bundle              SPIKE_CERT, SPIKE_KEY, SPIKE_BUNDLE: your SVID, its key, the trust bundle`;
+  --cert/--key/--bundle              SPIKE_CERT, SPIKE_KEY, SPIKE_BUNDLE: your SVID, its key, the trust bundle
+  --spiffe-endpoint-socket SPIFFE_ENDPOINT_SOCKET
+                                     take your SVID from the SPIFFE Workload API (unix:///path or tcp://IP:port)
+  --spiffe-id                        which of the Workload API's SVIDs to use (default: the first)
+  --addr accepts several replicas, comma-separated: reads move on to the next when one is away`;
 
 export function buildProgram(): Command {
   const program = new Command("spike")
@@ -33,6 +37,8 @@ export function buildProgram(): Command {
     .addOption(new Option("--key <file>", "your SVID's private key (PEM)").env("SPIKE_KEY"))
     .addOption(new Option("--bundle <file>", "the trust bundle (PEM)").env("SPIKE_BUNDLE"))
     .addOption(new Option("--svid-dir <dir>", "folder with spiffe-helper's svid.pem, svid_key.pem, svid_bundle.pem").env("SPIKE_SVID_DIR"))
+    .addOption(new Option("--spiffe-endpoint-socket <address>", "take your SVID from the SPIFFE Workload API (unix:///path or tcp://IP:port)").env("SPIFFE_ENDPOINT_SOCKET"))
+    .addOption(new Option("--spiffe-id <spiffe-id>", "which of the Workload API's SVIDs to use (default: the first)"))
     .addOption(new Option("--token-file <file>", "admin token (spike operator token create) instead of the login session").env("SPIKE_TOKEN_FILE"))
     .addOption(new Option("-o, --output <format>", "text or json (proto3 JSON, one document per command)").choices(["text", "json"]).default("text"))
     .addHelpText("after", `\n${ENVIRONMENT_HELP}\n\n${EXIT_CODES_HELP}\n\nExample:\n  $ spike --svid-dir /run/spire/svid secret get apps/billing/db --field password\n`);
