@@ -6,6 +6,7 @@
 import { Command, CommanderError, Option } from "commander";
 import { NEXUS_VERSION } from "../version.js";
 import { CliError } from "./cli-error.js";
+import { agentCommand, AgentExit } from "./agent-command.js";
 import { completionCommand } from "./completion-command.js";
 import { DEFAULT_ADDRESS } from "./connection.js";
 import { EXIT, EXIT_CODES_HELP } from "./exit-codes.js";
@@ -45,6 +46,7 @@ export function buildProgram(): Command {
   program.addCommand(secretCommands());
   program.addCommand(policyCommands());
   program.addCommand(operatorCommands());
+  program.addCommand(agentCommand());
   program.addCommand(completionCommand(() => program));
   // Subcommands inherit exitOverride only when created after it was set; set it everywhere.
   const everywhere = (c: Command) => {
@@ -71,6 +73,8 @@ export async function main(argv: readonly string[]): Promise<number> {
       // Commander has printed the help, version or usage error itself.
       return err.code === "commander.helpDisplayed" || err.code === "commander.version" || err.exitCode === 0 ? EXIT.ok : EXIT.usage;
     }
+    // The agent has reported its failures itself, one line each.
+    if (err instanceof AgentExit) return err.exitCode;
     if (err instanceof CliError) {
       process.stderr.write(`spike: ${err.message}\n`);
       return err.exitCode;
