@@ -32,16 +32,24 @@ async function run(options: { config: string; once?: boolean }, exec?: readonly 
 export function agentCommand(): Command {
   const agent = new Command("agent")
     .description("keep secrets in files fresh for a workload (a sidecar, or --once in an init container)")
-    .addOption(new Option("--config <file>", "the agent's YAML configuration").makeOptionMandatory())
+    // Not commander-mandatory: that would also demand it before `exec`, which takes its own.
+    .addOption(new Option("--config <file>", "the agent's YAML configuration (required)"))
     .option("--once", "render every output once and exit (0 rendered, 2 invalid config, 3 some output not rendered)")
-    .action((options: { config: string; once?: boolean }) => run(options));
+    .action((options: { config?: string; once?: boolean }) => {
+      if (!options.config) throw CliError.usage("spike agent needs --config <file> (see spike agent --help)");
+      return run({ config: options.config, once: options.once });
+    });
   example(agent, "spike agent --config /etc/spike/agent.yaml", "spike agent --config agent.yaml --once");
 
+  // --config is the parent's option (commander lets it stand after `exec` too).
   const exec = new Command("exec")
-    .description("run a command with the env outputs in its environment, restarting it when they change")
-    .addOption(new Option("--config <file>", "the agent's YAML configuration").makeOptionMandatory())
+    .description("run a command with the env outputs in its environment, restarting it when they change (--config as for spike agent)")
     .argument("<command...>", "the command and its arguments, after --")
-    .action((command: string[], options: { config: string }) => run(options, command));
+    .action((command: string[], _options: unknown, self: Command) => {
+      const { config } = self.optsWithGlobals<{ config?: string }>();
+      if (!config) throw CliError.usage("spike agent exec needs --config <file> (see spike agent exec --help)");
+      return run({ config }, command);
+    });
   example(exec, "spike agent exec --config agent.yaml -- node server.js");
   agent.addCommand(exec);
   return agent;
