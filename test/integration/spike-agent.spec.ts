@@ -7,7 +7,6 @@
 
 import { expect } from "chai";
 import { spawn, type ChildProcess } from "node:child_process";
-import { once } from "node:events";
 import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -201,5 +200,3 @@ describe("spike agent", function () {
     expect(run.logs().filter((l) => l.msg === "SVID received from the Workload API").length, "the rotated SVID arrived").to.be.at.least(2);
   });
 });
-
-void once;
