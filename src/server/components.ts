@@ -180,9 +180,11 @@ class SvidExpiry {
     private readonly changed: () => void,
   ) {
     this.track(certificates.material.cert);
+    // A new SVID matters to health only when it ends an expiry.
     certificates.onChange((m) => {
+      const wasExpired = this.expired;
       this.track(m.cert);
-      this.changed();
+      if (wasExpired) this.changed();
     });
   }
 
