@@ -82,14 +82,16 @@ describe("server SVID from the Workload API", function () {
     });
   });
 
-  it("health is NOT_SERVING once the SVID in use has expired", async () => {
+  it("health is NOT_SERVING once the SVID in use has expired, and SERVING again with the next one", async () => {
     const health = healthClient(`127.0.0.1:${server.nexus.healthPort}`, insecureCredentials());
     try {
       expect(await health.check()).to.deep.equal({ status: "SERVING" });
       await api.rotate(2500);
       await eventually(async () => expect(await presentedSerial(server.nexus.grpcPort)).to.equal(serialOf(api.current[0])));
-      await api.stop(); // no further rotation: the short-lived SVID runs out
+      api.pause(); // a stuck agent: no further rotation, the short-lived SVID runs out
       await eventually(async () => expect(await health.check()).to.deep.equal({ status: "NOT_SERVING" }), { timeoutMs: 10_000 });
+      await api.resume();
+      await eventually(async () => expect(await health.check()).to.deep.equal({ status: "SERVING" }), { timeoutMs: 10_000 });
     } finally {
       health.close();
     }

@@ -40,6 +40,10 @@ export interface TestWorkloadApi {
   rotate(ttlMs?: number): Promise<readonly IssuedCert[]>;
   /** Ends every open stream with UNAVAILABLE, as an agent restart does. */
   dropStreams(): void;
+  /** Sends nothing (no rotation, no first message) until resume(), as a stuck agent would. */
+  pause(): void;
+  /** Issues fresh SVIDs and sends them again. */
+  resume(): Promise<readonly IssuedCert[]>;
   stop(): Promise<void>;
 }
 
@@ -61,6 +65,7 @@ export async function startTestWorkloadApi(options: TestWorkloadApiOptions): Pro
   const streams = new Set<grpc.ServerWritableStream<X509SVIDRequest, X509SVIDResponse>>();
   let current: IssuedCert[] = [];
   let refusedWithoutHeader = 0;
+  let paused = false;
 
   const issueAll = async (ttlMs = options.ttlMs ?? 3_600_000) => {
     const notAfter = new Date(Date.now() + ttlMs);
@@ -86,7 +91,7 @@ export async function startTestWorkloadApi(options: TestWorkloadApiOptions): Pro
       streams.add(call);
       call.on("cancelled", () => streams.delete(call));
       call.on("close", () => streams.delete(call));
-      call.write(response());
+      if (!paused) call.write(response());
     },
   });
   await new Promise<void>((resolve, reject) =>
@@ -97,7 +102,7 @@ export async function startTestWorkloadApi(options: TestWorkloadApiOptions): Pro
 
   async function rotate(ttlMs?: number) {
     const issued = await issueAll(ttlMs);
-    for (const s of streams) s.write(response());
+    if (!paused) for (const s of streams) s.write(response());
     return issued;
   }
 
@@ -113,6 +118,13 @@ export async function startTestWorkloadApi(options: TestWorkloadApiOptions): Pro
     dropStreams() {
       for (const s of streams) s.emit("error", { code: grpc.status.UNAVAILABLE, details: "agent restarting" });
       streams.clear();
+    },
+    pause() {
+      paused = true;
+    },
+    resume() {
+      paused = false;
+      return rotate();
     },
     async stop() {
       clearInterval(timer);
