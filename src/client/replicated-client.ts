@@ -1,7 +1,8 @@
 // The client workloads use (`nexus/client`): one or more Nexus replicas, the
 // caller's SVID from a provider that follows rotation, and idempotent calls
 // retried on UNAVAILABLE with backoff and jitter, moving to the next replica,
-// so that a replica going away costs a retry, not an outage.
+// so that a replica going away costs a retry, not an outage. A replica that
+// answers sealed is passed over for the next one (it refused before acting).
 //
 // Connections come in generations: one gRPC channel per address, built with
 // one SVID. When the provider hands out a new SVID, later calls open a new
@@ -13,7 +14,7 @@ import type * as grpc from "@grpc/grpc-js";
 import { parseSpiffeId } from "../identity/spiffe-id.js";
 import { backoffDelay, sleep } from "../timing/backoff.js";
 import { grpcNexusClient, SERVER_IDENTITY_REJECTED, type CallOptions, type CallResult, type NexusClient } from "./nexus-client.js";
-import { DEFAULT_RETRY_POLICY, isIdempotent, isRetryableFailure, type RetryPolicy } from "./retry-policy.js";
+import { DEFAULT_RETRY_POLICY, isIdempotent, isRetryableFailure, isSealedRefusal, type RetryPolicy } from "./retry-policy.js";
 import type { ClientSvid, SvidProvider } from "./svid-provider.js";
 
 export interface NexusClientOptions {
@@ -105,6 +106,12 @@ export function createNexusClient(options: NexusClientOptions): ReplicatedNexusC
         } finally {
           g.inflight--;
           closeIfDone(g);
+        }
+        if (isSealedRefusal(result.code, result.reason)) {
+          // Sealed replicas are tried once each, without waiting: the next one may hold its keys.
+          if (preferred === index) preferred = (index + 1) % addresses.length;
+          if (attempt + 1 >= addresses.length || closed) return result;
+          continue;
         }
         if (!isRetryableFailure(result.code, result.reason, SERVER_IDENTITY_REJECTED)) return result;
         // This replica is away: the next call, retried or not, goes to the next one.

@@ -23,6 +23,16 @@ export function isIdempotent(method: DescMethodUnary): boolean {
   return method.idempotency === MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS || method.idempotency === MethodOptions_IdempotencyLevel.IDEMPOTENT;
 }
 
+/**
+ * A replica that refused as sealed (FAILED_PRECONDITION, reason SEALED) did so
+ * before acting, so any call may go on to another replica: a replica that
+ * restarted sealed is as good as away. With one address there is no one else
+ * to ask, and the caller sees the refusal at once.
+ */
+export function isSealedRefusal(code: string, reason: string | undefined): boolean {
+  return code === "FAILED_PRECONDITION" && reason === "SEALED";
+}
+
 /** The status a retry can help with. A server refused for its identity is not one: it will not change its mind. */
 export function isRetryableFailure(code: string, reason: string | undefined, serverIdentityRejected: string): boolean {
   return code === "UNAVAILABLE" && reason !== serverIdentityRejected;

@@ -72,6 +72,32 @@ describe("the nexus/client library", function () {
     });
   });
 
+  it("a replica that answers sealed is passed over for the next one, for reads and writes alike", async () => {
+    const pki = await createTestPki();
+    const unsealed = await startSecretServer({ pki });
+    const sealed = await startTestServer({ pki, databaseUrl: unsealed.nexus.databaseUrl, start: FAST_KDF });
+    const client = createNexusClient({
+      addresses: [`127.0.0.1:${sealed.nexus.grpcPort}`, `127.0.0.1:${unsealed.nexus.grpcPort}`],
+      svid: staticSvid({ certPem: pki.superuser.certPem, keyPem: pki.superuser.keyPem, bundlePem: pki.ca.certPem }),
+    });
+    const alone = createNexusClient({
+      addresses: `127.0.0.1:${sealed.nexus.grpcPort}`,
+      svid: staticSvid({ certPem: pki.superuser.certPem, keyPem: pki.superuser.keyPem, bundlePem: pki.ca.certPem }),
+    });
+    try {
+      ok(await client.call(SecretService.method.putSecret, { path: "apps/sealed/db", data: { password: "x" } }), "put past the sealed replica");
+      expect(ok(await client.call(SecretService.method.getSecret, { path: "apps/sealed/db" })).version).to.equal(1);
+      const refused = await alone.call(SecretService.method.getSecret, { path: "apps/sealed/db" });
+      expect([refused.code, refused.reason], "with no other replica, the refusal comes back").to.deep.equal(["FAILED_PRECONDITION", "SEALED"]);
+    } finally {
+      client.close();
+      alone.close();
+      await sealed.stop();
+      await unsealed.stop();
+      await pki.remove();
+    }
+  });
+
   it("with SVIDs from the Workload API, server and client both rotate mid-session and calls keep succeeding", async () => {
     const pki = await createTestPki();
     const serverApi = await startTestWorkloadApi({ ca: pki.ca, spiffeIds: [NEXUS_ID] });
