@@ -10,11 +10,13 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { Permission, PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { NexusClient } from "../../src/client/nexus-client.js";
-import { ok, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
+import { createPolicy, exactly } from "../support/admin-fixtures.js";
+import { adminSession, ok, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { startAgentProcess, writeAgentConfig, type AgentProcess } from "../support/spike-agent.js";
-import { createTestPki, SUPERUSER_ID, type TestPki } from "../support/test-server.js";
+import { createTestPki, SUPERUSER_ID, WORKLOAD_ID, type TestPki } from "../support/test-server.js";
 import { eventually, sleep } from "../support/wait.js";
 import { startTestWorkloadApi, type TestWorkloadApi } from "../support/workload-api-server.js";
 
@@ -182,6 +184,42 @@ describe("spike agent", function () {
       expect(lines[1].split(" ")[0], "a new process").to.not.equal(lines[0].split(" ")[0]);
     });
     expectNoValueLogged(run, ["exec-v1", "exec-v2"]);
+  });
+
+  it("a workload whose read is denied midway keeps its last good file and turns /healthz 503, then recovers", async () => {
+    const workloadApi = await startTestWorkloadApi({ ca: pki.ca, spiffeIds: [WORKLOAD_ID] });
+    try {
+      await put("apps/denied/db", { password: "den-v1" });
+      const token = await adminSession(client);
+      await createPolicy(client, token, { name: "agent-denied-read", spiffeIdPattern: exactly(WORKLOAD_ID), pathPattern: "apps/denied/.+", permissions: [Permission.READ] });
+      const file = `${dir}/denied.env`;
+      const config = await writeAgentConfig(path.join(dir, "denied.yaml"), {
+        nexus: nexus(),
+        svid: { socket: workloadApi.socket },
+        health: { listen: "127.0.0.1:0" },
+        poll_interval: "200ms",
+        outputs: [{ path: "apps/denied/db", file, format: "env" }],
+      });
+      const run = agent(["--config", config]);
+      await eventually(async () => expect(await readFile(file, "utf8")).to.equal('password="den-v1"\n'));
+      const port = await eventually(() => run.logs().find((l) => l.msg === "health endpoint listening")!.port as number);
+
+      ok(await client.call(PolicyService.method.deletePolicy, { name: "agent-denied-read" }, { bearerToken: token }), "DeletePolicy");
+      await put("apps/denied/db", { password: "den-v2" });
+      await eventually(async () => {
+        const health = await fetch(`http://127.0.0.1:${port}/healthz`);
+        expect(health.status).to.equal(503);
+        expect(JSON.stringify(await health.json())).to.include("PERMISSION_DENIED");
+      });
+      expect(await readFile(file, "utf8"), "the last good file is kept").to.equal('password="den-v1"\n');
+
+      await createPolicy(client, token, { name: "agent-denied-read", spiffeIdPattern: exactly(WORKLOAD_ID), pathPattern: "apps/denied/.+", permissions: [Permission.READ] });
+      await eventually(async () => expect(await readFile(file, "utf8")).to.equal('password="den-v2"\n'), { timeoutMs: 15_000 });
+      await eventually(async () => expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).to.equal(200));
+      expectNoValueLogged(run, ["den-v1", "den-v2"]);
+    } finally {
+      await workloadApi.stop();
+    }
   });
 
   it("follows an SVID rotation of the Workload API in the middle of a session", async () => {
