@@ -131,8 +131,8 @@ async function withDatabase(config: DatabaseConfig, logger: Logger, fn: (url: st
 
 function printDevHelp(config: NexusConfig, grpcPort: number, connectPort: number, healthPort: number): void {
   const rel = (p: string) => path.relative(process.cwd(), p) || p;
-  const certs = path.dirname(rel(config.certFile));
-  const pilot = `--cert ${certs}/pilot.pem --key ${certs}/pilot-key.pem --cacert ${rel(config.trustBundleFile)}`;
+  const certs = path.dirname(rel(config.certFile ?? "certs-dev/nexus.pem"));
+  const pilot = `--cert ${certs}/pilot.pem --key ${certs}/pilot-key.pem --cacert ${rel(config.trustBundleFile ?? "certs-dev/ca.pem")}`;
   const lines = [
     "",
     "Nexus is serving (dev mode). Try, from this folder:",

@@ -8,6 +8,7 @@ import { availableParallelism } from "node:os";
 import path from "node:path";
 import { isLogLevel, type LogLevel } from "../log/logger.js";
 import { parseSpiffeId, parseTrustDomain } from "../identity/spiffe-id.js";
+import { parseEndpointSocket } from "../workload-api/endpoint-socket.js";
 
 export type Mode = "serve" | "dev";
 
@@ -22,9 +23,14 @@ export interface NexusConfig {
   readonly connectListen: ListenAddress;
   readonly healthListen: ListenAddress;
   readonly trustDomain: string;
-  readonly trustBundleFile: string;
-  readonly certFile: string;
-  readonly keyFile: string;
+  /** The three SVID files; undefined when the SVID comes from the Workload API. */
+  readonly trustBundleFile: string | undefined;
+  readonly certFile: string | undefined;
+  readonly keyFile: string | undefined;
+  /** The SPIFFE Workload API address (unix:///path or tcp://IP:port), when the SVID comes from there. */
+  readonly spiffeEndpointSocket: string | undefined;
+  /** Which of the Workload API's SVIDs to use; undefined = the first. */
+  readonly spiffeId: string | undefined;
   readonly superuserId: string;
   /** Undefined: start the embedded PostgreSQL in dataDir. */
   readonly databaseUrl: string | undefined;
@@ -66,6 +72,8 @@ export const SETTINGS = {
   trustBundleFile: { env: "NEXUS_TRUST_BUNDLE", help: "PEM bundle of the trust domain's X.509 authorities", parse: text, devDefault: "certs-dev/ca.pem" },
   certFile: { env: "NEXUS_TLS_CERT", help: "this server's X.509-SVID (PEM chain)", parse: text, devDefault: "certs-dev/nexus.pem" },
   keyFile: { env: "NEXUS_TLS_KEY", help: "private key of the SVID (PEM)", parse: text, devDefault: "certs-dev/nexus-key.pem" },
+  spiffeEndpointSocket: { env: "NEXUS_SPIFFE_ENDPOINT_SOCKET", help: "take the SVID and bundle from the SPIFFE Workload API at this address (unix:///path or tcp://IP:port; SPIFFE_ENDPOINT_SOCKET also works) instead of files", parse: parseEndpointSocketSetting },
+  spiffeId: { env: "NEXUS_SPIFFE_ID", help: "which of the Workload API's SVIDs to serve with (default: the first)", parse: parseSpiffeIdSetting },
   superuserId: { env: "NEXUS_SUPERUSER_ID", help: "SPIFFE ID of the superuser (default spiffe://<trust domain>/spike/pilot/role/superuser)", parse: parseSpiffeIdSetting },
   databaseUrl: { env: "NEXUS_DATABASE_URL", help: "postgres:// URL; unset = embedded PostgreSQL", parse: text },
   databaseUrlFile: { env: "NEXUS_DATABASE_URL_FILE", help: "file holding the database URL (mounted secret)", parse: text },
@@ -95,19 +103,18 @@ export function flagName(env: string): string {
  * and the environment. `cwd` resolves relative file paths.
  */
 export function loadConfig(mode: Mode, flags: readonly string[], env: Source = process.env, cwd = process.cwd()): NexusConfig {
-  const { get, required, file } = settingsReader(mode, flags, env, cwd);
+  const { get, required, file, explicit } = settingsReader(mode, flags, env, cwd);
   const database = loadDatabaseConfig(mode, flags, env, cwd);
   const trustDomain = required<string>("trustDomain");
   const superuserId = get<string>("superuserId") ?? `spiffe://${trustDomain}/spike/pilot/role/superuser`;
+  const svid = svidSettings(mode, env, cwd, { get, required, explicit });
   return {
     ...database,
     listen: required("listen"),
     connectListen: required("connectListen"),
     healthListen: required("healthListen"),
     trustDomain,
-    trustBundleFile: path.resolve(cwd, required<string>("trustBundleFile")),
-    certFile: path.resolve(cwd, required<string>("certFile")),
-    keyFile: path.resolve(cwd, required<string>("keyFile")),
+    ...svid,
     superuserId,
     dbPoolMax: required("dbPoolMax"),
     shutdownGraceMs: required("shutdownGrace"),
@@ -140,8 +147,51 @@ export function loadDatabaseConfig(mode: Mode, flags: readonly string[], env: So
   };
 }
 
+/**
+ * Where the server's SVID comes from: the Workload API when a socket is set
+ * (NEXUS_SPIFFE_ENDPOINT_SOCKET, or the standard SPIFFE_ENDPOINT_SOCKET outside
+ * dev mode), otherwise the three files. A socket and explicitly set files
+ * together are refused, naming both: which one would win is not obvious.
+ */
+function svidSettings(mode: Mode, env: Source, cwd: string, reader: Pick<ReturnType<typeof settingsReader>, "get" | "required" | "explicit">) {
+  const { get, required, explicit } = reader;
+  let socket = get<string>("spiffeEndpointSocket");
+  let socketName = `${SETTINGS.spiffeEndpointSocket.env} (${flagName(SETTINGS.spiffeEndpointSocket.env)})`;
+  const standard = env.SPIFFE_ENDPOINT_SOCKET;
+  // Dev mode serves its own dev certificates even in a shell that has a SPIRE agent's variable.
+  if (socket === undefined && mode === "serve" && standard !== undefined && standard !== "") {
+    try {
+      socket = parseEndpointSocketSetting(standard);
+    } catch (err) {
+      throw new ConfigError(`SPIFFE_ENDPOINT_SOCKET: ${(err as Error).message}`);
+    }
+    socketName = "SPIFFE_ENDPOINT_SOCKET";
+  }
+  const spiffeId = get<string>("spiffeId");
+  if (socket === undefined) {
+    if (spiffeId !== undefined) throw new ConfigError(`${SETTINGS.spiffeId.env} (${flagName(SETTINGS.spiffeId.env)}) picks a Workload API SVID: set NEXUS_SPIFFE_ENDPOINT_SOCKET too`);
+    return {
+      trustBundleFile: path.resolve(cwd, required<string>("trustBundleFile")),
+      certFile: path.resolve(cwd, required<string>("certFile")),
+      keyFile: path.resolve(cwd, required<string>("keyFile")),
+      spiffeEndpointSocket: undefined,
+      spiffeId: undefined,
+    };
+  }
+  const files = (["certFile", "keyFile", "trustBundleFile"] as const).filter((n) => explicit(n)).map((n) => `${SETTINGS[n].env} (${flagName(SETTINGS[n].env)})`);
+  if (files.length > 0) {
+    throw new ConfigError(`${socketName} and ${files.join(", ")} are both set: take the SVID from the Workload API or from files, not both`);
+  }
+  return { trustBundleFile: undefined, certFile: undefined, keyFile: undefined, spiffeEndpointSocket: socket, spiffeId };
+}
+
 function settingsReader(mode: Mode, flags: readonly string[], env: Source, cwd: string) {
   const given = { ...pickEnv(env), ...parseFlags(flags) };
+  /** Whether the setting was given (not a default). */
+  const explicit = (name: SettingName): boolean => {
+    const v = given[SETTINGS[name].env];
+    return v !== undefined && v !== "";
+  };
   const get = <T>(name: SettingName): T | undefined => {
     const setting = SETTINGS[name] as Setting<T>;
     // An empty variable (common in manifests) means "not set": use the default.
@@ -166,7 +216,7 @@ function settingsReader(mode: Mode, flags: readonly string[], env: Source, cwd: 
     const value = get<string>(name);
     return value === undefined ? undefined : path.resolve(cwd, value);
   };
-  return { get, required, file };
+  return { get, required, file, explicit };
 }
 
 function readDatabaseUrl(url: string | undefined, urlFile: string | undefined): string | undefined {
@@ -237,6 +287,10 @@ function parseLogLevel(raw: string): LogLevel {
 
 function parseTrustDomainSetting(raw: string): string {
   return parseTrustDomain(raw);
+}
+
+function parseEndpointSocketSetting(raw: string): string {
+  return parseEndpointSocket(raw).address;
 }
 
 function parseSpiffeIdSetting(raw: string): string {

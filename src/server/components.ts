@@ -35,7 +35,9 @@ import { GrantEpochStore } from "../store/grant-epoch-store.js";
 import { PolicyStore } from "../store/policy-store.js";
 import type { RootKeyStore } from "../store/root-key-store.js";
 import { SecretStore } from "../store/secret-store.js";
-import { CertificateSource } from "../transport/certificate-source.js";
+import { CertificateSource, type TlsMaterialSource } from "../transport/certificate-source.js";
+import { WorkloadApiCertificateSource } from "../transport/workload-api-certificate-source.js";
+import { WorkloadApiSource } from "../workload-api/workload-api-source.js";
 import { startListeners, type Listeners } from "./listeners.js";
 import { startMaintenance } from "./maintenance.js";
 
@@ -55,7 +57,7 @@ export interface ComponentDeps {
 }
 
 export interface Components {
-  readonly certificates: CertificateSource;
+  readonly certificates: TlsMaterialSource;
   readonly listeners: Listeners;
   /** Resolves once the policies are loaded, if unsealed. */
   policiesLoaded(): Promise<void>;
@@ -65,13 +67,7 @@ export interface Components {
 
 export async function startComponents(deps: ComponentDeps): Promise<Components> {
   const { config, logger, sql, rootKeys, keys, cleanup } = deps;
-  const certificates = new CertificateSource(
-    { certFile: config.certFile, keyFile: config.keyFile, bundleFile: config.trustBundleFile },
-    config.trustDomain,
-    logger,
-    deps.certificateDebounceMs,
-  );
-  certificates.watch();
+  const certificates = await serverIdentity(config, logger, deps.certificateDebounceMs);
   cleanup.push(() => certificates.close());
 
   const secrets = new SecretStore(sql);
@@ -147,7 +143,11 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   // Serving means the database answers, this replica holds its keys and it
   // has loaded the policies it decides by.
   const monitor = new DatabaseMonitor(sql, () => updateHealth(), logger, deps.databaseCheckIntervalMs);
-  const updateHealth = () => listeners.health.set(monitor.isHealthy && policySync.loaded ? "SERVING" : "NOT_SERVING");
+  // An expired SVID is refused by every client, so the replica is not serving
+  // even though its process is fine (the Workload API stream may be failing).
+  const svidExpiry = new SvidExpiry(certificates, () => updateHealth());
+  cleanup.push(() => svidExpiry.stop());
+  const updateHealth = () => listeners.health.set(monitor.isHealthy && policySync.loaded && !svidExpiry.expired ? "SERVING" : "NOT_SERVING");
   keys.onSealChange((sealed) => (sealed ? updateHealth() : void policySync.ensureLoaded().then(updateHealth)));
   await monitor.check();
   monitor.start();
@@ -160,4 +160,69 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
     policiesLoaded: () => policySync.ensureLoaded(),
     updateHealth,
   };
+}
+
+/** This server's SVID: from the Workload API when a socket is configured, otherwise from the files. */
+async function serverIdentity(config: NexusConfig, logger: Logger, debounceMs: number | undefined): Promise<TlsMaterialSource> {
+  if (config.spiffeEndpointSocket !== undefined) {
+    const source = await WorkloadApiSource.start(config.spiffeEndpointSocket, { spiffeId: config.spiffeId, logger });
+    try {
+      return new WorkloadApiCertificateSource(source, config.trustDomain, logger);
+    } catch (err) {
+      source.close();
+      throw err;
+    }
+  }
+  const files = new CertificateSource(
+    { certFile: config.certFile!, keyFile: config.keyFile!, bundleFile: config.trustBundleFile! },
+    config.trustDomain,
+    logger,
+    debounceMs,
+  );
+  files.watch();
+  return files;
+}
+
+/** Tracks when the SVID in use expires and calls back at that moment (and whenever a new one arrives). */
+class SvidExpiry {
+  private timer: NodeJS.Timeout | undefined;
+  private notAfterMs = 0;
+
+  constructor(
+    certificates: TlsMaterialSource,
+    private readonly changed: () => void,
+  ) {
+    this.track(certificates.material.cert);
+    // A new SVID matters to health only when it ends an expiry.
+    certificates.onChange((m) => {
+      const wasExpired = this.expired;
+      this.track(m.cert);
+      if (wasExpired) this.changed();
+    });
+  }
+
+  get expired(): boolean {
+    return Date.now() >= this.notAfterMs;
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+  }
+
+  private track(cert: Buffer): void {
+    this.notAfterMs = Date.parse(new X509Certificate(cert).validTo);
+    this.arm();
+  }
+
+  private arm(): void {
+    clearTimeout(this.timer);
+    if (this.expired) return;
+    // setTimeout holds at most ~24.8 days: a longer wait is taken in steps.
+    const delay = Math.min(this.notAfterMs - Date.now() + 1, 2 ** 31 - 1);
+    this.timer = setTimeout(() => {
+      this.arm();
+      if (this.expired) this.changed();
+    }, delay);
+    this.timer.unref();
+  }
 }

@@ -18,7 +18,7 @@ import type { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
 import type { ServiceRegistration } from "../transport/call-context.js";
 import { CallPipeline } from "../transport/call-pipeline.js";
-import { secureContextOptions, type CertificateSource } from "../transport/certificate-source.js";
+import { secureContextOptions, type TlsMaterialSource } from "../transport/certificate-source.js";
 import { createConnectServer } from "../transport/connect-server.js";
 import { addServicesToGrpcServer, auditUnknownMethods, grpcServerOptions, listenGrpcTls } from "../transport/grpc-server.js";
 import { HealthReporter } from "../transport/health.js";
@@ -29,7 +29,7 @@ export interface ListenerDeps {
   readonly config: NexusConfig;
   readonly logger: Logger;
   readonly services: readonly ServiceRegistration[];
-  readonly certificates: CertificateSource;
+  readonly certificates: TlsMaterialSource;
   readonly authenticator: PeerAuthenticator;
   readonly access: AccessPolicy;
   readonly auditLog: AuditLog;

@@ -22,7 +22,7 @@ import { connectDatabase } from "../store/database.js";
 import { startEmbeddedPostgres, type EmbeddedPostgres } from "../store/embedded-postgres.js";
 import { loadMigrations, Migrator } from "../store/migrations.js";
 import { RootKeyStore } from "../store/root-key-store.js";
-import type { CertificateSource } from "../transport/certificate-source.js";
+import type { TlsMaterialSource } from "../transport/certificate-source.js";
 import type { HealthReporter } from "../transport/health.js";
 import { addressUnavailable } from "../transport/listen.js";
 import { unsealAtStart } from "./unseal-at-start.js";
@@ -32,7 +32,7 @@ export interface RunningNexus {
   readonly connectPort: number;
   readonly healthPort: number;
   readonly databaseUrl: string;
-  readonly certificates: CertificateSource;
+  readonly certificates: TlsMaterialSource;
   readonly health: HealthReporter;
   readonly keys: KeyManager;
   /** Stops accepting, lets in-flight calls finish up to the grace period, then closes everything. */

@@ -6,14 +6,15 @@
 
 import type { DescMethodUnary, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import { readFile } from "node:fs/promises";
-import { grpcNexusClient, type CallFailure, type NexusClient } from "../client/nexus-client.js";
+import type { CallFailure } from "../client/nexus-client.js";
+import { createNexusClient, type ReplicatedNexusClient } from "../client/replicated-client.js";
 import { parseSpiffeId } from "../identity/spiffe-id.js";
 import { CliError } from "./cli-error.js";
 import { failureMessage, type CallTarget } from "./error-message.js";
 import { EXIT, exitCodeFor } from "./exit-codes.js";
 import { createOutput, parseFormat, type Output } from "./output.js";
 import { sessionDir, sessionStore, type SessionStore } from "./session-store.js";
-import { svidSourceFrom, type Svid, type SvidSource } from "./svid-source.js";
+import { describeSvid, svidSourceFrom, type Svid, type SvidSource } from "./svid-source.js";
 
 export const DEFAULT_ADDRESS = "localhost:8553";
 const DEFAULT_DEADLINE_MS = 30_000;
@@ -26,6 +27,8 @@ export interface GlobalOptions {
   readonly key?: string;
   readonly bundle?: string;
   readonly svidDir?: string;
+  readonly spiffeEndpointSocket?: string;
+  readonly spiffeId?: string;
   readonly output?: string;
   readonly tokenFile?: string;
 }
@@ -53,15 +56,19 @@ export function outputFor(options: GlobalOptions): Output {
 }
 
 export async function connect(options: GlobalOptions, source: SvidSource = svidSourceFrom(options)): Promise<Connection> {
-  const address = normalizeAddress(options.addr || DEFAULT_ADDRESS);
-  const svid = await source.load();
+  // Several replicas: "host1:8553,host2:8553"; idempotent calls move on when one is away.
+  const addresses = (options.addr || DEFAULT_ADDRESS).split(",").map(normalizeAddress).filter((a) => a !== "");
+  const address = addresses.join(",");
+  const provider = await source.open();
+  const svid = describeSvid(provider.current());
   const serverId = options.serverId || `spiffe://${svid.trustDomain}/spike/nexus`;
   try {
     parseSpiffeId(serverId);
   } catch (err) {
+    provider.close();
     throw CliError.usage(`--server-id ${serverId}: ${(err as Error).message}`);
   }
-  const client: NexusClient = grpcNexusClient(address, { cert: svid.certPem, key: svid.keyPem, ca: svid.bundlePem, serverId });
+  const client: ReplicatedNexusClient = createNexusClient({ addresses, svid: provider, serverId });
   const sessions = sessionStore(sessionDir(process.env));
 
   const adminToken = async (): Promise<{ token: string; fromSession: boolean }> => {
@@ -104,5 +111,5 @@ export async function connect(options: GlobalOptions, source: SvidSource = svidS
 
 /** "https://host:port" and "host:port" both name the gRPC listener. */
 function normalizeAddress(raw: string): string {
-  return raw.replace(/^[a-z]+:\/\//i, "").replace(/\/+$/, "");
+  return raw.trim().replace(/^[a-z]+:\/\//i, "").replace(/\/+$/, "");
 }

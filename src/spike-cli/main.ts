@@ -6,6 +6,7 @@
 import { Command, CommanderError, Option } from "commander";
 import { NEXUS_VERSION } from "../version.js";
 import { CliError } from "./cli-error.js";
+import { agentCommand, AgentExit } from "./agent-command.js";
 import { completionCommand } from "./completion-command.js";
 import { DEFAULT_ADDRESS } from "./connection.js";
 import { EXIT, EXIT_CODES_HELP } from "./exit-codes.js";
@@ -18,7 +19,11 @@ const ENVIRONMENT_HELP = `Connection (flag, or environment variable):
   --server-id SPIKE_NEXUS_SERVER_ID  the server's SPIFFE ID (default spiffe://<your trust domain>/spike/nexus);
                                      any other server is refused, whatever its host name
   --svid-dir SPIKE_SVID_DIR          folder with svid.pem, svid_key.pem, svid_bundle.pem (spiffe-helper)
-  --cert/--key/--bundle              SPIKE_CERT, SPIKE_KEY, SPIKE_BUNDLE: your SVID, its key, the trust bundle`;
+  --cert/--key/--bundle              SPIKE_CERT, SPIKE_KEY, SPIKE_BUNDLE: your SVID, its key, the trust bundle
+  --spiffe-endpoint-socket SPIFFE_ENDPOINT_SOCKET
+                                     take your SVID from the SPIFFE Workload API (unix:///path or tcp://IP:port)
+  --spiffe-id                        which of the Workload API's SVIDs to use (default: the first)
+  --addr accepts several replicas, comma-separated: reads move on to the next when one is away`;
 
 export function buildProgram(): Command {
   const program = new Command("spike")
@@ -33,12 +38,15 @@ export function buildProgram(): Command {
     .addOption(new Option("--key <file>", "your SVID's private key (PEM)").env("SPIKE_KEY"))
     .addOption(new Option("--bundle <file>", "the trust bundle (PEM)").env("SPIKE_BUNDLE"))
     .addOption(new Option("--svid-dir <dir>", "folder with spiffe-helper's svid.pem, svid_key.pem, svid_bundle.pem").env("SPIKE_SVID_DIR"))
+    .addOption(new Option("--spiffe-endpoint-socket <address>", "take your SVID from the SPIFFE Workload API (unix:///path or tcp://IP:port)").env("SPIFFE_ENDPOINT_SOCKET"))
+    .addOption(new Option("--spiffe-id <spiffe-id>", "which of the Workload API's SVIDs to use (default: the first)"))
     .addOption(new Option("--token-file <file>", "admin token (spike operator token create) instead of the login session").env("SPIKE_TOKEN_FILE"))
     .addOption(new Option("-o, --output <format>", "text or json (proto3 JSON, one document per command)").choices(["text", "json"]).default("text"))
     .addHelpText("after", `\n${ENVIRONMENT_HELP}\n\n${EXIT_CODES_HELP}\n\nExample:\n  $ spike --svid-dir /run/spire/svid secret get apps/billing/db --field password\n`);
   program.addCommand(secretCommands());
   program.addCommand(policyCommands());
   program.addCommand(operatorCommands());
+  program.addCommand(agentCommand());
   program.addCommand(completionCommand(() => program));
   // Subcommands inherit exitOverride only when created after it was set; set it everywhere.
   const everywhere = (c: Command) => {
@@ -65,6 +73,8 @@ export async function main(argv: readonly string[]): Promise<number> {
       // Commander has printed the help, version or usage error itself.
       return err.code === "commander.helpDisplayed" || err.code === "commander.version" || err.exitCode === 0 ? EXIT.ok : EXIT.usage;
     }
+    // The agent has reported its failures itself, one line each.
+    if (err instanceof AgentExit) return err.exitCode;
     if (err instanceof CliError) {
       process.stderr.write(`spike: ${err.message}\n`);
       return err.exitCode;

@@ -39,7 +39,19 @@ export function secureContextOptions(m: TlsMaterial): { cert: Buffer; key: Buffe
   return { cert: m.cert, key: m.key, ca: m.ca, minVersion: "TLSv1.2" };
 }
 
-export class CertificateSource {
+/**
+ * Where the listeners get this server's SVID: files (CertificateSource) or the
+ * SPIFFE Workload API (WorkloadApiCertificateSource). Listeners call
+ * setSecureContext on every change, so new connections get the new SVID while
+ * open ones keep theirs.
+ */
+export interface TlsMaterialSource {
+  readonly material: TlsMaterial;
+  onChange(listener: (material: TlsMaterial) => void): void;
+  close(): void;
+}
+
+export class CertificateSource implements TlsMaterialSource {
   private current: TlsMaterial;
   private readonly changeListeners = new Set<(material: TlsMaterial) => void>();
   private watchers: FSWatcher[] = [];
@@ -129,30 +141,40 @@ function readMaterial(files: CertificateFiles, trustDomain: string): TlsMaterial
   const cert = readFileSync(files.certFile);
   const key = readFileSync(files.keyFile);
   const ca = readFileSync(files.bundleFile);
+  return checkMaterial({ cert, key, ca }, trustDomain, { cert: files.certFile, key: files.keyFile });
+}
+
+/**
+ * Checks that PEM certificate, key and bundle form this server's current
+ * identity: the key matches, the leaf is an unexpired X.509-SVID of our trust
+ * domain. `names` say where each part came from, for the message.
+ */
+export function checkMaterial(pem: { cert: Buffer; key: Buffer; ca: Buffer }, trustDomain: string, names: { cert: string; key: string }): TlsMaterial {
+  const { cert, key, ca } = pem;
   let leaf: X509Certificate;
   try {
     leaf = new X509Certificate(cert);
   } catch {
-    throw new Error(`${files.certFile} does not hold a PEM certificate`);
+    throw new Error(`${names.cert} does not hold a PEM certificate`);
   }
   let privateKey;
   try {
     privateKey = createPrivateKey(key);
   } catch {
-    throw new Error(`${files.keyFile} does not hold a PEM private key`);
+    throw new Error(`${names.key} does not hold a PEM private key`);
   }
   if (!leaf.checkPrivateKey(privateKey)) {
-    throw new Error(`the key in ${files.keyFile} does not match the certificate in ${files.certFile}`);
+    throw new Error(`the key in ${names.key} does not match the certificate in ${names.cert}`);
   }
   // Serve only our own, current X.509-SVID: clients authorize us by its SPIFFE ID.
   let svid;
   try {
     svid = inspectSvid(leaf.raw);
   } catch (err) {
-    throw new Error(`${files.certFile} is not an X.509-SVID: ${(err as Error).message}`, { cause: err });
+    throw new Error(`${names.cert} is not an X.509-SVID: ${(err as Error).message}`, { cause: err });
   }
-  if (!svid.id.memberOf(trustDomain)) throw new Error(`${files.certFile} is an SVID of ${svid.id.trustDomain}, not of ${trustDomain}`);
-  if (svid.notAfterMs <= Date.now()) throw new Error(`${files.certFile} expired at ${new Date(svid.notAfterMs).toISOString()}`);
+  if (!svid.id.memberOf(trustDomain)) throw new Error(`${names.cert} is an SVID of ${svid.id.trustDomain}, not of ${trustDomain}`);
+  if (svid.notAfterMs <= Date.now()) throw new Error(`${names.cert} expired at ${new Date(svid.notAfterMs).toISOString()}`);
   const bundle = TrustBundleSet.single(trustDomain, ca.toString("utf8"));
   return { cert, key, ca, bundle };
 }

@@ -8,7 +8,7 @@ import tls from "node:tls";
 import type { ListenAddress } from "../config/config.js";
 import { NexusError } from "../errors/nexus-error.js";
 import type { Logger } from "../log/logger.js";
-import { secureContextOptions, type CertificateSource } from "./certificate-source.js";
+import { secureContextOptions, type TlsMaterialSource } from "./certificate-source.js";
 import { listen } from "./listen.js";
 import type { CallPipeline } from "./call-pipeline.js";
 import { methodPath, type ServiceRegistration, type UnaryHandler } from "./call-context.js";
@@ -164,7 +164,7 @@ export interface TlsListener {
  * it on every call; measured at ~10 % of a GetSecret's CPU) and the secure
  * context follow the certificate files like the Connect listener's.
  */
-export async function listenGrpcTls(server: grpc.Server, address: ListenAddress, certificates: CertificateSource, logger: Logger): Promise<TlsListener> {
+export async function listenGrpcTls(server: grpc.Server, address: ListenAddress, certificates: TlsMaterialSource, logger: Logger): Promise<TlsListener> {
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   const tlsServer = tls.createServer({ ...secureContextOptions(certificates.material), requestCert: true, rejectUnauthorized: true, ALPNProtocols: ["h2"] }, (socket) => {
     socket.on("error", (err) => logger.debug("TLS socket error", { listener: "grpc", err }));

@@ -31,7 +31,7 @@ export interface SpikeRunOptions {
 
 /** The environment minus NEXUS_* and SPIKE_* settings of the machine running the tests. */
 export function cleanEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("NEXUS_") && !k.startsWith("SPIKE_") && k !== "XDG_RUNTIME_DIR"));
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("NEXUS_") && !k.startsWith("SPIKE_") && k !== "XDG_RUNTIME_DIR" && k !== "SPIFFE_ENDPOINT_SOCKET"));
   return { ...env, ...extra };
 }
 

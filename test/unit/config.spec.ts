@@ -123,6 +123,50 @@ describe("loadConfig", () => {
     });
   });
 
+  describe("the SVID from the SPIFFE Workload API", () => {
+    const { NEXUS_TLS_CERT: _c, NEXUS_TLS_KEY: _k, NEXUS_TRUST_BUNDLE: _b, ...NO_FILES } = SERVE_ENV;
+
+    it("NEXUS_SPIFFE_ENDPOINT_SOCKET replaces the three files", () => {
+      const config = load({ ...NO_FILES, NEXUS_SPIFFE_ENDPOINT_SOCKET: "unix:///run/spire/agent.sock" });
+      expect(config.spiffeEndpointSocket).to.equal("unix:///run/spire/agent.sock");
+      expect(config.certFile).to.equal(undefined);
+    });
+
+    it("--spiffe-endpoint-socket and --spiffe-id are the flags", () => {
+      const config = load(NO_FILES, ["--spiffe-endpoint-socket", "tcp://127.0.0.1:8081", "--spiffe-id", "spiffe://spike.ist/spike/nexus"]);
+      expect(config.spiffeEndpointSocket).to.equal("tcp://127.0.0.1:8081");
+      expect(config.spiffeId).to.equal("spiffe://spike.ist/spike/nexus");
+    });
+
+    it("the standard SPIFFE_ENDPOINT_SOCKET is honoured too", () => {
+      const config = load({ ...NO_FILES, SPIFFE_ENDPOINT_SOCKET: "unix:///run/spire/agent.sock" });
+      expect(config.spiffeEndpointSocket).to.equal("unix:///run/spire/agent.sock");
+    });
+
+    for (const [socketVar, fileVar] of [
+      ["NEXUS_SPIFFE_ENDPOINT_SOCKET", "NEXUS_TLS_CERT"],
+      ["NEXUS_SPIFFE_ENDPOINT_SOCKET", "NEXUS_TRUST_BUNDLE"],
+      ["SPIFFE_ENDPOINT_SOCKET", "NEXUS_TLS_KEY"],
+    ]) {
+      it(`${socketVar} with ${fileVar} is refused at start, naming both`, () => {
+        const err = configError(() => load({ ...NO_FILES, [socketVar]: "unix:///run/spire/agent.sock", [fileVar]: "/etc/nexus/x.pem" }));
+        expect(err.message).to.include(socketVar).and.to.include(fileVar);
+      });
+    }
+
+    it("a socket that is not unix:///path or tcp://IP:port is refused", () => {
+      for (const bad of ["/run/spire/agent.sock", "unix://relative", "tcp://spire-agent:8081", "http://127.0.0.1:1"]) {
+        const err = configError(() => load({ ...NO_FILES, NEXUS_SPIFFE_ENDPOINT_SOCKET: bad }));
+        expect(err.message, bad).to.include("NEXUS_SPIFFE_ENDPOINT_SOCKET");
+      }
+    });
+
+    it("--spiffe-id without a socket is refused", () => {
+      const err = configError(() => load({ ...SERVE_ENV, NEXUS_SPIFFE_ID: "spiffe://spike.ist/spike/nexus" }));
+      expect(err.message).to.include("NEXUS_SPIFFE_ID");
+    });
+  });
+
   describe("NEXUS_DATABASE_URL_FILE", () => {
     let dir: string;
     before(async () => {

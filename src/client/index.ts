@@ -1,0 +1,21 @@
+// The public entry point `nexus/client`: a typed client for Node workloads.
+//
+//   import { createNexusClient, svidFromWorkloadApi, SecretService } from "nexus/client";
+//   const client = createNexusClient({
+//     addresses: ["nexus-0.nexus:8553", "nexus-1.nexus:8553"],
+//     svid: await svidFromWorkloadApi(process.env.SPIFFE_ENDPOINT_SOCKET!),
+//   });
+//   const result = await client.call(SecretService.method.getSecret, { path: "apps/demo/db" });
+//   if (result.code === "OK") use(result.response.data);
+//
+// Calls return a CallResult (the status name, and the response or the
+// server's reason and field violations) instead of throwing, so callers branch
+// on codes and reasons. Everything else in this package is internal.
+
+export { createNexusClient, type NexusClientOptions, type ReplicatedCallOptions, type ReplicatedNexusClient } from "./replicated-client.js";
+export { staticSvid, svidFromFiles, svidFromWorkloadApi, type ClientSvid, type SvidFiles, type SvidProvider } from "./svid-provider.js";
+export { DEFAULT_RETRY_POLICY, isIdempotent, type RetryPolicy } from "./retry-policy.js";
+export { SERVER_IDENTITY_REJECTED, type CallFailure, type CallOptions, type CallResult, type FieldViolation, type NexusClient } from "./nexus-client.js";
+export { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
+export { PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
+export { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
