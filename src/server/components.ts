@@ -36,6 +36,11 @@ import { SecretStore } from "../store/secret-store.js";
 import { CertificateSource } from "../transport/certificate-source.js";
 import { startListeners, type Listeners } from "./listeners.js";
 import { startMaintenance } from "./maintenance.js";
+import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
+import { PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
+import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
+import { startMetricsListener } from "../metrics/metrics-listener.js";
+import { NexusMetrics } from "../metrics/nexus-metrics.js";
 
 export interface ComponentDeps {
   readonly config: NexusConfig;
@@ -52,6 +57,8 @@ export interface ComponentDeps {
 export interface Components {
   readonly certificates: CertificateSource;
   readonly listeners: Listeners;
+  /** The port of the Prometheus /metrics listener; undefined when NEXUS_METRICS_LISTEN is not set. */
+  readonly metricsPort: number | undefined;
   /** Resolves once the policies are loaded, if unsealed. */
   policiesLoaded(): Promise<void>;
   /** Sets the health status from the database monitor, the seal and the policies. */
@@ -73,9 +80,25 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   const policyStore = new PolicyStore(sql);
   const credentialStore = new CredentialStore(sql);
   const auditStore = new AuditStore(sql);
+  // Built only when someone scrapes it: off, nothing observes a call.
+  const metrics: NexusMetrics | undefined =
+    config.metricsListen === undefined
+      ? undefined
+      : new NexusMetrics(
+          [OperatorService, SecretService, PolicyService].flatMap((s) => s.methods.map((m) => `/${s.typeName}/${m.name}`)),
+          {
+            sealed: () => keys.sealed,
+            keyringKeys: () => keys.keyringSize,
+            activeKeyringKeyId: () => keys.activeKeyringKeyId,
+            databaseUp: () => monitor.isHealthy,
+            databasePoolMax: config.dbPoolMax,
+            auditEventsWaiting: (): number => auditLog.eventsWaiting,
+            svidNotAfterMs: () => new Date(new X509Certificate(certificates.material.cert).validTo).getTime(),
+          },
+        );
   // Events recorded while sealed are signed with this server's own SVID key,
   // and verified against its SPIFFE ID and the trust bundle, as they are now.
-  const auditLog = new AuditLog(auditStore, keys, new SvidSigner(() => certificates.material), logger);
+  const auditLog = new AuditLog(auditStore, keys, new SvidSigner(() => certificates.material), logger, undefined, undefined, metrics?.audit);
   const signatureTrust = (): SignatureTrust => {
     const { cert, bundle } = certificates.material;
     return { serverId: inspectSvid(new X509Certificate(cert).raw).id.toString(), bundle };
@@ -129,11 +152,12 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
     authenticator: new PeerAuthenticator({ trustDomains: [config.trustDomain] }),
     access: new AccessController(config.superuserId, engine, credentials, keys, () => policySync.loaded),
     auditLog,
+    callObserver: metrics?.calls,
     cleanup,
   });
   // Serving means the database answers, this replica holds its keys and it
   // has loaded the policies it decides by.
-  const monitor = new DatabaseMonitor(sql, () => updateHealth(), logger, deps.databaseCheckIntervalMs);
+  const monitor = new DatabaseMonitor(sql, () => updateHealth(), logger, deps.databaseCheckIntervalMs, (s) => metrics?.databasePinged(s));
   const updateHealth = () => listeners.health.set(monitor.isHealthy && policySync.loaded ? "SERVING" : "NOT_SERVING");
   keys.onSealChange((sealed) => (sealed ? updateHealth() : void policySync.ensureLoaded().then(updateHealth)));
   await monitor.check();
@@ -141,9 +165,17 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   cleanup.push(() => monitor.stop());
   updateHealth();
 
+  let metricsPort: number | undefined;
+  if (metrics !== undefined && config.metricsListen !== undefined) {
+    const metricsListener = await startMetricsListener(metrics, config.metricsListen, logger);
+    cleanup.push(() => metricsListener.close());
+    metricsPort = metricsListener.port;
+  }
+
   return {
     certificates,
     listeners,
+    metricsPort,
     policiesLoaded: () => policySync.ensureLoaded(),
     updateHealth,
   };

@@ -31,6 +31,8 @@ export interface RunningNexus {
   readonly grpcPort: number;
   readonly connectPort: number;
   readonly healthPort: number;
+  /** Undefined unless NEXUS_METRICS_LISTEN is set (dev mode: 127.0.0.1:9553). */
+  readonly metricsPort: number | undefined;
   readonly databaseUrl: string;
   readonly certificates: CertificateSource;
   readonly health: HealthReporter;
@@ -92,14 +94,14 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
       certificateDebounceMs: options.certificateDebounceMs,
       cleanup,
     });
-    const { certificates, listeners } = components;
+    const { certificates, listeners, metricsPort } = components;
     const { health, grpcPort, connectPort, healthPort } = listeners;
     await unsealing;
     // SERVING promises the policies too, not only the keys.
     await components.policiesLoaded();
     components.updateHealth();
 
-    logger.info("nexus serving", { grpcPort, connectPort, healthPort, trustDomain: config.trustDomain, mode: config.mode });
+    logger.info("nexus serving", { grpcPort, connectPort, healthPort, metricsPort, trustDomain: config.trustDomain, mode: config.mode });
 
     let stopping: Promise<void> | undefined;
     const shutdown = () =>
@@ -113,7 +115,7 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
         logger.info("stopped");
       })());
 
-    return { grpcPort, connectPort, healthPort, databaseUrl, certificates, health, keys, shutdown };
+    return { grpcPort, connectPort, healthPort, metricsPort, databaseUrl, certificates, health, keys, shutdown };
   } catch (err) {
     await unsealing?.catch(() => {});
     await undo();
@@ -127,6 +129,7 @@ async function checkListenAddresses(config: NexusConfig): Promise<void> {
     [config.listen, SETTINGS.listen.env],
     [config.connectListen, SETTINGS.connectListen.env],
     [config.healthListen, SETTINGS.healthListen.env],
+    ...(config.metricsListen === undefined ? [] : [[config.metricsListen, SETTINGS.metricsListen.env] as [ListenAddress, string]]),
   ];
   for (const [address, env] of listeners) {
     const code = await addressUnavailable(address);

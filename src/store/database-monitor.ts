@@ -15,6 +15,8 @@ export class DatabaseMonitor {
     private readonly onChange: (healthy: boolean) => void,
     private readonly logger: Logger,
     private readonly intervalMs = 1000,
+    /** Told each successful ping's round trip in seconds (metrics). */
+    private readonly onPing?: (seconds: number) => void,
   ) {}
 
   get isHealthy(): boolean {
@@ -37,7 +39,9 @@ export class DatabaseMonitor {
     this.checking = true;
     let ok: boolean;
     try {
+      const started = performance.now();
       await this.sql`SELECT 1`.execute();
+      this.onPing?.((performance.now() - started) / 1000);
       ok = true;
     } catch {
       ok = false;
