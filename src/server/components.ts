@@ -5,6 +5,8 @@
 // overlaps the scrypt of the password file on libuv's thread pool.
 
 import { X509Certificate } from "node:crypto";
+import { mkdir } from "node:fs/promises";
+import { AuditExporter, exportTarget } from "../audit/audit-export.js";
 import { AuditLog } from "../audit/audit-log.js";
 import { AuditRetention } from "../audit/audit-retention.js";
 import { AuditVerifier } from "../audit/audit-verifier.js";
@@ -164,6 +166,13 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   monitor.start();
   cleanup.push(() => monitor.stop());
   updateHealth();
+
+  if (config.auditExport !== undefined) {
+    if (config.auditExport === "-") await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+    const exporter = new AuditExporter(auditStore, exportTarget(config.auditExport, config.dataDir), logger);
+    await exporter.start();
+    cleanup.push(() => exporter.stop());
+  }
 
   let metricsPort: number | undefined;
   if (metrics !== undefined && config.metricsListen !== undefined) {
