@@ -36,9 +36,11 @@ run: build certs
 gen: deps
 	$(BIN)/buf generate
 
-# curl is used by the end-to-end tests against the Connect listener.
+# curl is used by the end-to-end tests against the Connect listener; Debian's
+# PostgreSQL 15 by the backup/restore test (its pg_dump cannot dump the embedded 18).
 system-deps:
 	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+	@test -x /usr/lib/postgresql/15/bin/initdb || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15; }
 
 typecheck: build
 
