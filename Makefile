@@ -8,7 +8,7 @@ BIN := node_modules/.bin
 MOCHA := $(BIN)/mocha --timeout 60000 --exit --forbid-only
 
 .PHONY: help deps build certs run test typecheck lint buf-lint gen gen-check unit integration e2e system-deps clean
-.PHONY: bench bench-3
+.PHONY: bench bench-3 bench-ab-metrics
 
 help:
 	@echo "make run    serve in dev mode (embedded PostgreSQL, dev certificates)"
@@ -87,3 +87,8 @@ bench-3: build certs
 	@mkdir -p bench/results/runs
 	@for i in 1 2 3; do node dist/bench/run.js && cp bench/results/latest.json bench/results/runs/run-$$i.json || exit 1; done
 	node dist/bench/median-of-runs.js bench/results/median-of-3.md bench/results/runs/run-1.json bench/results/runs/run-2.json bench/results/runs/run-3.json
+
+# Issue 17: server CPU per GetSecret with metrics on (B, scraped every second)
+# and off (A), interleaved; the report goes to bench/results/experiments/ab-metrics.md.
+bench-ab-metrics: build certs
+	BENCH_AB=1 BENCH_AB_METRICS=1 node dist/bench/run.js
