@@ -21,6 +21,7 @@
 
 import { open, readFile, rename, writeFile, type FileHandle } from "node:fs/promises";
 import path from "node:path";
+import { NexusError } from "../errors/nexus-error.js";
 import type { Logger } from "../log/logger.js";
 import type { AuditStore, StoredAuditRow } from "../store/audit-store.js";
 
@@ -64,8 +65,18 @@ export class AuditExporter {
     this.batchSize = options.batchSize ?? 500;
   }
 
+  /** Fails if the export has passed the end of this database's log (a restored backup): it would skip the ids drawn next. */
   async start(): Promise<void> {
     this.position = await this.target.resumeAfter();
+    const last = await this.store.lastIdDrawn();
+    if (this.position > last) {
+      await this.target.close();
+      throw new NexusError(
+        "failed_precondition",
+        `NEXUS_AUDIT_EXPORT: the export has passed audit event id ${this.position}, but this database's log ends at ${last} (restored from a backup?); move the export (or its position file) away to export this log afresh`,
+        { reason: "AUDIT_EXPORT_AHEAD" },
+      );
+    }
     this.logger.info("audit export started", { after: this.position });
     this.schedule(0);
   }

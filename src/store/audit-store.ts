@@ -244,6 +244,14 @@ export class AuditStore {
     return this.run(async () => (await this.sql`SELECT * FROM audit_events WHERE id > ${afterId} ORDER BY id LIMIT ${limit}`).map(toRow));
   }
 
+  /** The last id drawn for an audit event (committed or not); 0 if none ever was. */
+  async lastIdDrawn(): Promise<number> {
+    return this.run(async () => {
+      const [r] = await this.sql`SELECT pg_sequence_last_value(pg_get_serial_sequence('audit_events', 'id')::regclass)::text AS last`;
+      return r.last === null ? 0 : Number(r.last);
+    });
+  }
+
   /**
    * The transaction ids of a snapshot taken now: every transaction below
    * `xmin` has ended; every transaction that exists now is below `xmax`.

@@ -142,6 +142,25 @@ describe("audit export (NEXUS_AUDIT_EXPORT)", function () {
     }
   });
 
+  it("a server whose export has passed the end of its database's log (a restored backup) refuses to start, naming the setting", async () => {
+    const file = path.join(dir, "ahead.jsonl");
+    const databaseUrl = await createTestDatabase("ahead");
+    const first = await startSecretServer({ databaseUrl, env: { NEXUS_AUDIT_EXPORT: file } });
+    const db = openDatabase(databaseUrl);
+    try {
+      await exportCatchesUp(file, db);
+    } finally {
+      await db.end();
+      await first.stop();
+    }
+    const lines = await exported(file);
+    // The file claims more than the database holds, as after restoring an older dump.
+    await appendFile(file, JSON.stringify({ ...lines[lines.length - 1], id: lines[lines.length - 1].id + 1000 }) + "\n");
+    let failure: unknown;
+    await startSecretServer({ databaseUrl, initialize: false, env: { NEXUS_AUDIT_EXPORT: file } }).then((s) => s.stop(), (err: unknown) => (failure = err));
+    expect(String((failure as Error | undefined)?.message)).to.include("NEXUS_AUDIT_EXPORT").and.include("restored from a backup");
+  });
+
   describe("ids committed out of order", () => {
     let url: string;
     let db: postgres.Sql;
