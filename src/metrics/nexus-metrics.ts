@@ -17,6 +17,8 @@ export interface MetricSources {
   readonly activeKeyringKeyId: () => number;
   readonly databaseUp: () => boolean;
   readonly databasePoolMax: number;
+  /** This replica's connections as PostgreSQL sees them, sampled at scrape time. */
+  readonly databasePool?: () => Promise<{ inUse: number; open: number }>;
   readonly auditEventsWaiting: () => number;
   /** The server's own X.509-SVID's notAfter, in ms since the epoch. */
   readonly svidNotAfterMs: () => number;
@@ -76,6 +78,30 @@ export class NexusMetrics {
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 3],
       registers,
     });
+    const pool = sources.databasePool;
+    if (pool !== undefined) {
+      // One query per scrape, shared by both gauges; a failed sample leaves them as they were.
+      let sample: Promise<{ inUse: number; open: number } | undefined> | undefined;
+      const sampled = () => (sample ??= pool().then((s) => s, () => undefined).finally(() => setImmediate(() => (sample = undefined))));
+      new Gauge({
+        name: "nexus_database_pool_in_use",
+        help: "This replica's database connections running a statement or in a transaction (pg_stat_activity, sampled at scrape)",
+        registers,
+        async collect() {
+          const s = await sampled();
+          if (s !== undefined) this.set(s.inUse);
+        },
+      });
+      new Gauge({
+        name: "nexus_database_pool_open",
+        help: "This replica's open database connections (pg_stat_activity, sampled at scrape)",
+        registers,
+        async collect() {
+          const s = await sampled();
+          if (s !== undefined) this.set(s.open);
+        },
+      });
+    }
     new Gauge({ name: "nexus_database_pool_max", help: "Most connections the pool opens (NEXUS_DB_POOL_MAX)", registers }).set(sources.databasePoolMax);
 
     this.auditBatchSize = new Histogram({

@@ -31,6 +31,7 @@ import { AuditStore } from "../store/audit-store.js";
 import { CredentialStore } from "../store/credential-store.js";
 import type { Sql } from "../store/database.js";
 import { DatabaseMonitor } from "../store/database-monitor.js";
+import { poolActivity } from "../store/pool-activity.js";
 import { GrantEpochStore } from "../store/grant-epoch-store.js";
 import { PolicyStore } from "../store/policy-store.js";
 import type { RootKeyStore } from "../store/root-key-store.js";
@@ -48,6 +49,8 @@ export interface ComponentDeps {
   readonly config: NexusConfig;
   readonly logger: Logger;
   readonly sql: Sql;
+  /** The application_name this replica's pool connects with (pool metrics read pg_stat_activity by it). */
+  readonly databaseApplicationName?: string;
   readonly rootKeys: RootKeyStore;
   readonly keys: KeyManager;
   readonly databaseCheckIntervalMs?: number;
@@ -94,6 +97,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
             activeKeyringKeyId: () => keys.activeKeyringKeyId,
             databaseUp: () => monitor.isHealthy,
             databasePoolMax: config.dbPoolMax,
+            databasePool: deps.databaseApplicationName === undefined ? undefined : () => poolActivity(sql, deps.databaseApplicationName!),
             auditEventsWaiting: (): number => auditLog.eventsWaiting,
             svidNotAfterMs: () => new Date(new X509Certificate(certificates.material.cert).validTo).getTime(),
           },

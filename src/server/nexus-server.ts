@@ -19,6 +19,7 @@ import type { KdfParams } from "../keys/password-kdf.js";
 import type { Logger } from "../log/logger.js";
 import { lockDataFolder } from "../store/data-folder-lock.js";
 import { connectDatabase } from "../store/database.js";
+import { replicaApplicationName } from "../store/pool-activity.js";
 import { startEmbeddedPostgres, type EmbeddedPostgres } from "../store/embedded-postgres.js";
 import { loadMigrations, Migrator } from "../store/migrations.js";
 import { RootKeyStore } from "../store/root-key-store.js";
@@ -71,7 +72,8 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
       cleanup.push(() => embedded?.stop());
       databaseUrl = embedded.url;
     }
-    const sql = connectDatabase({ url: databaseUrl, caFile: config.databaseCaFile, poolMax: config.dbPoolMax, logger });
+    const applicationName = replicaApplicationName();
+    const sql = connectDatabase({ url: databaseUrl, caFile: config.databaseCaFile, poolMax: config.dbPoolMax, logger, applicationName });
     cleanup.push(() => sql.end({ timeout: 5 }));
     const applied = await new Migrator(sql, await loadMigrations(), logger).up();
     if (applied > 0) logger.info("schema migrated", { applied });
@@ -88,6 +90,7 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
       config,
       logger,
       sql,
+      databaseApplicationName: applicationName,
       rootKeys,
       keys,
       databaseCheckIntervalMs: options.databaseCheckIntervalMs,
