@@ -19,7 +19,7 @@
 // a crash between the two can repeat that batch, and each line carries its id
 // for the consumer to drop repeats.
 
-import { open, readFile, rename, writeFile, type FileHandle } from "node:fs/promises";
+import { open, stat, readFile, rename, writeFile, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { NexusError } from "../errors/nexus-error.js";
 import type { Logger } from "../log/logger.js";
@@ -39,6 +39,10 @@ export interface AuditExportOptions {
   readonly batchSize?: number;
 }
 
+const STOP_WAIT_MS = 2000;
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
+
 /** Missing ids the export waits for; it skips them once every transaction below `xmax` has ended. */
 interface Hole {
   readonly firstMissing: number;
@@ -51,6 +55,7 @@ export class AuditExporter {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private passes: Promise<void> = Promise.resolve();
+  private resync = false;
   private stopped = false;
   private readonly pollIntervalMs: number;
   private readonly batchSize: number;
@@ -81,13 +86,21 @@ export class AuditExporter {
     this.schedule(0);
   }
 
-  /** Exports what is exportable now, then stops. */
+  /**
+   * Exports what is exportable now, then stops. A destination that does not
+   * take the lines (a full pipe, a hung mount) gets STOP_WAIT_MS, never holds
+   * up the shutdown: the next start resumes where the export stopped.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
-    await this.running;
-    await this.exportAvailable().catch((err: unknown) => this.logger.warn("audit export: last pass failed; the next start resumes", { err }));
-    await this.target.close();
+    const finished = (async () => {
+      await this.running;
+      await this.exportAvailable();
+      await this.target.close();
+    })();
+    const waited = await Promise.race([finished.then(() => "done" as const), sleep(STOP_WAIT_MS).then(() => "timeout" as const)]).catch((err: unknown) => err);
+    if (waited !== "done") this.logger.warn("audit export stopped before it caught up; the next start resumes", { err: waited === "timeout" ? "destination not taking lines" : waited });
   }
 
   /**
@@ -101,11 +114,18 @@ export class AuditExporter {
   }
 
   private async pass(): Promise<void> {
+    // After a failed write the destination's state is unknown: ask it again where it stands.
+    if (this.resync) {
+      this.position = await this.target.resumeAfter();
+      this.resync = false;
+    }
     for (;;) {
       const rows = await this.store.eventsAfterId(this.position, this.batchSize);
       const take = await this.exportable(rows);
       if (take.length > 0) {
+        this.resync = true;
         await this.target.write(take.map(exportLine), take[take.length - 1].id);
+        this.resync = false;
         this.position = take[take.length - 1].id;
       }
       if (take.length < this.batchSize) return;
@@ -181,6 +201,16 @@ export class FileExportTarget implements ExportTarget {
   constructor(private readonly file: string) {}
 
   async resumeAfter(): Promise<number> {
+    await this.close();
+    // Only a regular file: a named pipe or a device cannot be read back to
+    // resume, and a write to one nobody reads would block a libuv thread for
+    // good (and with it the process's exit). "-" handles pipes without blocking.
+    const existing = await stat(this.file).catch(() => undefined);
+    if (existing !== undefined && !existing.isFile()) {
+      throw new NexusError("failed_precondition", `NEXUS_AUDIT_EXPORT: ${this.file} is not a regular file; name a regular file, or "-" for stdout`, {
+        reason: "AUDIT_EXPORT_NOT_A_FILE",
+      });
+    }
     this.handle = await open(this.file, "a+", 0o600);
     const { size } = await this.handle.stat();
     const { lastLine, completeBytes } = await lastCompleteLine(this.handle, size);
@@ -198,8 +228,9 @@ export class FileExportTarget implements ExportTarget {
   }
 
   async close(): Promise<void> {
-    await this.handle?.close();
+    const handle = this.handle;
     this.handle = undefined;
+    await handle?.close();
   }
 }
 
@@ -229,7 +260,12 @@ export class StreamExportTarget implements ExportTarget {
   async close(): Promise<void> {}
 }
 
-/** The target NEXUS_AUDIT_EXPORT names: "-" is stdout, with its position in the data folder. */
+/**
+ * The target NEXUS_AUDIT_EXPORT names: "-" is stdout, with its position in the
+ * data folder. A stdout pipe nobody reads (a stalled log collector) only stalls
+ * the export: process.stdout queues in the event loop rather than blocking it
+ * (audit-export.spec.ts fills a FIFO and keeps calling).
+ */
 export function exportTarget(setting: string, dataDir: string): ExportTarget {
   return setting === "-" ? new StreamExportTarget(process.stdout, path.join(dataDir, "audit-export.position")) : new FileExportTarget(setting);
 }

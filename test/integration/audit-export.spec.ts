@@ -6,6 +6,8 @@
 // back is passed once no transaction that could hold it is left.
 
 import { expect } from "chai";
+import { execFileSync } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
 import { randomUUID } from "node:crypto";
 import { mkdtemp, readFile, rm, truncate, appendFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -18,7 +20,10 @@ import { silentLogger } from "../../src/log/logger.js";
 import { AuditStore } from "../../src/store/audit-store.js";
 import { connectDatabase } from "../../src/store/database.js";
 import { createTestDatabase } from "../support/test-database.js";
-import { createTestPki } from "../support/test-server.js";
+import { grpcNexusClient } from "../../src/client/nexus-client.js";
+import { freePort } from "../../src/store/embedded-postgres.js";
+import { cleanEnv, startNexusProcess } from "../support/nexus-process.js";
+import { createTestPki, NEXUS_ID } from "../support/test-server.js";
 import { ADMIN_PASSWORD, ok, openDatabase, seal, startSecretServer } from "../support/secret-server.js";
 
 interface Line {
@@ -139,6 +144,101 @@ describe("audit export (NEXUS_AUDIT_EXPORT)", function () {
       await db.end();
       await server.stop();
       await pki.remove();
+    }
+  });
+
+  it("a named pipe or other non-regular file is refused at start, naming the setting (a write nobody reads would block a thread for good)", async () => {
+    const fifo = path.join(dir, "export.pipe");
+    execFileSync("mkfifo", [fifo]);
+    let failure: unknown;
+    await startSecretServer({ initialize: false, env: { NEXUS_AUDIT_EXPORT: fifo } }).then((s) => s.stop(), (err: unknown) => (failure = err));
+    expect(String((failure as Error | undefined)?.message)).to.include("NEXUS_AUDIT_EXPORT").and.include("not a regular file");
+  });
+
+  /** A `nexus serve` process exporting to stdout, initialized, with one secret written and read. */
+  async function stdoutExporter(stdout?: number) {
+    const pki = await createTestPki();
+    const ports = { grpc: await freePort(), connect: await freePort(), health: await freePort() };
+    const nexus = startNexusProcess(
+      ["serve"],
+      cleanEnv({
+        NEXUS_LISTEN: `127.0.0.1:${ports.grpc}`,
+        NEXUS_CONNECT_LISTEN: `127.0.0.1:${ports.connect}`,
+        NEXUS_HEALTH_LISTEN: `127.0.0.1:${ports.health}`,
+        NEXUS_TRUST_BUNDLE: pki.files.ca,
+        NEXUS_TLS_CERT: pki.files.cert,
+        NEXUS_TLS_KEY: pki.files.key,
+        NEXUS_DATABASE_URL: await createTestDatabase("stdout"),
+        NEXUS_DATA_DIR: dir,
+        NEXUS_AUDIT_EXPORT: "-",
+        NEXUS_SHUTDOWN_GRACE: "2s",
+        NEXUS_LOG_LEVEL: "info",
+      }),
+      { stdout },
+    );
+    const client = grpcNexusClient(`127.0.0.1:${ports.grpc}`, { cert: pki.superuser.certPem, key: pki.superuser.keyPem, ca: pki.ca.certPem, serverId: NEXUS_ID });
+    const p = `stdout/${randomUUID()}`;
+    const close = async () => {
+      client.close();
+      if (nexus.child.exitCode === null) await nexus.kill();
+      await pki.remove();
+    };
+    try {
+      await nexus.waitForLog("nexus serving");
+      ok(await client.call(OperatorService.method.initialize, { adminPassword: ADMIN_PASSWORD }));
+      ok(await client.call(SecretService.method.putSecret, { path: p, data: { k: "v" } }));
+      ok(await client.call(SecretService.method.getSecret, { path: p }));
+    } catch (err) {
+      await close();
+      throw err;
+    }
+    /** 800 reads, far more than a pipe's 64 KiB of export lines; resolves with how long they took. */
+    const manyReads = async () => {
+      const started = Date.now();
+      for (let i = 0; i < 40; i++) {
+        await Promise.all(Array.from({ length: 20 }, () => client.call(SecretService.method.getSecret, { path: p }).then((r) => ok(r))));
+      }
+      return Date.now() - started;
+    };
+    const stopTakes = async () => {
+      const stopping = Date.now();
+      expect(await nexus.stop()).to.equal(0);
+      return Date.now() - stopping;
+    };
+    return { nexus, manyReads, stopTakes, close };
+  }
+
+  it("`-` streams the lines to stdout, each with its MAC", async () => {
+    const s = await stdoutExporter();
+    try {
+      const deadline = Date.now() + 10_000;
+      while (s.nexus.stdout().split("\n").filter(Boolean).length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      const lines = s.nexus.stdout().split("\n").filter(Boolean).map((l) => JSON.parse(l) as Line);
+      expect(lines.map((l) => l.rpc)).to.deep.equal(["/spike.nexus.v1.OperatorService/Initialize", "/spike.nexus.v1.SecretService/PutSecret", "/spike.nexus.v1.SecretService/GetSecret"]);
+      expect(lines.every((l) => typeof l.mac === "string")).to.equal(true);
+      expect(await s.stopTakes()).to.be.below(15_000);
+      const position = JSON.parse(await readFile(path.join(dir, "audit-export.position"), "utf8")) as { after: number };
+      expect(position.after).to.equal(lines[lines.length - 1].id);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it("`-` into a pipe nobody reads (a stalled log collector) holds back no call and no shutdown", async () => {
+    const fifo = path.join(dir, "stdout.pipe");
+    execFileSync("mkfifo", [fifo]);
+    // Opened read-write, so the child's writes find a reader that never reads.
+    const fd = openSync(fifo, "r+");
+    try {
+      const s = await stdoutExporter(fd);
+      try {
+        expect(await s.manyReads(), "800 reads while the pipe is full").to.be.below(30_000);
+        expect(await s.stopTakes(), "the shutdown does not wait for the pipe").to.be.below(15_000);
+      } finally {
+        await s.close();
+      }
+    } finally {
+      closeSync(fd);
     }
   });
 
