@@ -1,11 +1,14 @@
 // Everything a server runs once its database and keys exist: certificates,
-// stores, audit, authorization, services, maintenance, listeners and the
-// database monitor. nexus-server.ts loads this module only after unsealing
+// stores, audit, authorization, services, maintenance, listeners, the
+// database monitor, and the optional metrics listener and audit export. nexus-server.ts loads this module only after unsealing
 // has started, so its ~0.5 s of module loading and set-up on the main thread
 // overlaps the scrypt of the password file on libuv's thread pool.
 
 import { X509Certificate } from "node:crypto";
 import { mkdir } from "node:fs/promises";
+import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
+import { PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
+import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { AuditExporter, exportTarget } from "../audit/audit-export.js";
 import { AuditLog } from "../audit/audit-log.js";
 import { AuditRetention } from "../audit/audit-retention.js";
@@ -24,6 +27,8 @@ import { inspectSvid } from "../identity/x509-svid.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import { SecretCipher } from "../keys/secret-cipher.js";
 import type { Logger } from "../log/logger.js";
+import { startMetricsListener } from "../metrics/metrics-listener.js";
+import { NexusMetrics } from "../metrics/nexus-metrics.js";
 import { operatorService } from "../services/operator-service.js";
 import { policyService } from "../services/policy-service.js";
 import { secretService } from "../services/secret-service.js";
@@ -39,11 +44,6 @@ import { SecretStore } from "../store/secret-store.js";
 import { CertificateSource } from "../transport/certificate-source.js";
 import { startListeners, type Listeners } from "./listeners.js";
 import { startMaintenance } from "./maintenance.js";
-import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
-import { PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
-import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
-import { startMetricsListener } from "../metrics/metrics-listener.js";
-import { NexusMetrics } from "../metrics/nexus-metrics.js";
 
 export interface ComponentDeps {
   readonly config: NexusConfig;
