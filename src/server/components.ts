@@ -1,8 +1,9 @@
 // Everything a server runs once its database and keys exist: certificates,
 // stores, audit, authorization, services, maintenance, listeners, the
-// database monitor, and the optional metrics listener and audit export. nexus-server.ts loads this module only after unsealing
-// has started, so its ~0.5 s of module loading and set-up on the main thread
-// overlaps the scrypt of the password file on libuv's thread pool.
+// database monitor, and the optional metrics listener and audit export.
+// nexus-server.ts loads this module only after unsealing has started, so its
+// ~0.5 s of module loading and set-up on the main thread overlaps the scrypt
+// of the password file on libuv's thread pool.
 
 import { X509Certificate } from "node:crypto";
 import { mkdir } from "node:fs/promises";
