@@ -8,7 +8,7 @@ BIN := node_modules/.bin
 MOCHA := $(BIN)/mocha --timeout 60000 --exit --forbid-only
 
 .PHONY: help deps build certs run test typecheck lint buf-lint gen gen-check unit integration e2e system-deps clean
-.PHONY: bench bench-3
+.PHONY: bench bench-3 bench-ab-metrics
 
 help:
 	@echo "make run    serve in dev mode (embedded PostgreSQL, dev certificates)"
@@ -37,11 +37,12 @@ gen: deps
 	$(BIN)/buf generate
 
 # curl is used by the end-to-end tests against the Connect listener; Debian's
-# PostgreSQL server (pg_basebackup, streaming replication) by the failover tests,
-# since the embedded PostgreSQL ships no pg_basebackup.
+# PostgreSQL server by the failover tests (pg_basebackup, streaming replication:
+# the embedded PostgreSQL ships no pg_basebackup) and by the backup/restore test
+# (Debian's pg_dump 15 cannot dump the embedded 18).
 system-deps:
 	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
-	@ls /usr/lib/postgresql/*/bin/pg_basebackup >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@{ test -x /usr/lib/postgresql/15/bin/initdb && ls /usr/lib/postgresql/*/bin/pg_basebackup >/dev/null 2>&1; } || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql >/dev/null; }
 
 typecheck: build
 
@@ -65,7 +66,7 @@ integration: build certs system-deps
 
 # The end-to-end specs start bin/nexus.js as a separate process (serve, dev,
 # migrate) and call it with grpc-js, buf curl and curl; `make test` runs them too.
-E2E_SPECS := dist/test/integration/end-to-end.spec.js dist/test/integration/dev-mode.spec.js dist/test/integration/migrate-command.spec.js
+E2E_SPECS := dist/test/integration/end-to-end.spec.js dist/test/integration/dev-mode.spec.js dist/test/integration/migrate-command.spec.js dist/test/integration/audit-export.spec.js
 
 e2e: build certs system-deps
 	$(MOCHA) --require dist/test/support/database-hooks.js $(E2E_SPECS)
@@ -88,3 +89,8 @@ bench-3: build certs
 	@mkdir -p bench/results/runs
 	@for i in 1 2 3; do node dist/bench/run.js && cp bench/results/latest.json bench/results/runs/run-$$i.json || exit 1; done
 	node dist/bench/median-of-runs.js bench/results/median-of-3.md bench/results/runs/run-1.json bench/results/runs/run-2.json bench/results/runs/run-3.json
+
+# Issue 17: server CPU per GetSecret with metrics on (B, scraped every second)
+# and off (A), interleaved; the report goes to bench/results/experiments/ab-metrics.md.
+bench-ab-metrics: build certs
+	BENCH_AB=1 BENCH_AB_METRICS=1 node dist/bench/run.js

@@ -4,6 +4,11 @@
 // patches emulating a proposed src/ change (server-patches.ts), another pool
 // size, other Node flags. Each server gets its own half of the write secrets,
 // so neither sees its cached latest versions go stale under the other's puts.
+//
+// The metrics cost (issue 17: within 5 % server CPU per GetSecret) is one such
+// experiment: BENCH_AB_METRICS=1 gives B a metrics listener (NEXUS_METRICS_LISTEN)
+// scraped every BENCH_AB_SCRAPE_MS (default 1000, far more often than the usual
+// 15 s, so the rendering cost shows), and A none — `make bench-ab-metrics`.
 
 import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
@@ -16,6 +21,7 @@ import { writePath } from "./load-protocol.js";
 import { medianOf } from "./report.js";
 import { runScenario, type ScenarioResult, type ScenarioSpec, type Target } from "./scenario-runner.js";
 import { readProbe, spawnServer, waitForHealth, type ServerOptions } from "./server-process.js";
+import { freePort } from "../src/store/embedded-postgres.js";
 
 export interface AbSettings {
   readonly label: string;
@@ -27,6 +33,8 @@ export interface AbSettings {
   /** Extra environment for B, e.g. MALLOC_ARENA_MAX=2. */
   readonly env: Record<string, string>;
   readonly scenarios: string[];
+  /** B runs with a metrics listener, scraped every this many ms; undefined: no metrics on either side. */
+  readonly metricsScrapeMs?: number;
 }
 
 export function abSettings(env: NodeJS.ProcessEnv = process.env): AbSettings {
@@ -35,11 +43,13 @@ export function abSettings(env: NodeJS.ProcessEnv = process.env): AbSettings {
   const nodeOptions = env.BENCH_AB_NODE_OPTIONS || undefined;
   const databaseParams = env.BENCH_AB_DATABASE_PARAMS || undefined;
   const extra = Object.fromEntries((env.BENCH_AB_ENV ?? "").split(",").filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
+  const metricsScrapeMs = env.BENCH_AB_METRICS === "1" ? Number(env.BENCH_AB_SCRAPE_MS ?? 1000) : undefined;
   const label =
     env.BENCH_AB_LABEL ||
+    (metricsScrapeMs !== undefined ? "metrics" : "") ||
     [...patches, poolMax ? `pool${poolMax}` : "", nodeOptions ? "node-options" : "", databaseParams ?? "", ...Object.keys(extra)].filter(Boolean).join("+") ||
     "same";
-  return { label, patches, poolMax, nodeOptions, databaseParams, env: extra, scenarios: (env.BENCH_AB_SCENARIOS ?? "health@64,get@64,put@64").split(",") };
+  return { label, patches, poolMax, nodeOptions, databaseParams, env: extra, scenarios: (env.BENCH_AB_SCENARIOS ?? (metricsScrapeMs !== undefined ? "get@64" : "health@64,get@64,put@64")).split(","), metricsScrapeMs };
 }
 
 export interface AbContext {
@@ -59,6 +69,8 @@ export async function abExperiment(ctx: AbContext, ab: AbSettings): Promise<stri
   const preload = pathToFileURL(fileURLToPath(new URL("./server-patches.js", import.meta.url))).href;
   const nodeOptions = [ab.patches.length ? `--import ${preload}` : "", ab.nodeOptions ?? ""].filter(Boolean).join(" ") || undefined;
   // Both fresh, both unsealed from the password file, both warmed the same way.
+  const metricsPort = ab.metricsScrapeMs === undefined ? undefined : await freePort();
+  const metricsEnv: Record<string, string> = metricsPort === undefined ? {} : { NEXUS_METRICS_LISTEN: `127.0.0.1:${metricsPort}` };
   const a = await spawnServer({ ...ctx.base, adminPasswordFile: ctx.passwordFile, probeFile: path.join(ctx.work, "ab-a.json") });
   const b = await spawnServer({
     ...ctx.base,
@@ -67,8 +79,16 @@ export async function abExperiment(ctx: AbContext, ab: AbSettings): Promise<stri
     probeFile: path.join(ctx.work, "ab-b.json"),
     nodeOptions,
     databaseUrl: ab.databaseParams ? `${ctx.base.databaseUrl}${ctx.base.databaseUrl.includes("?") ? "&" : "?"}${ab.databaseParams}` : ctx.base.databaseUrl,
-    extraEnv: { ...ab.env, ...(ab.patches.length ? { BENCH_PATCHES: ab.patches.join(",") } : {}) },
+    extraEnv: { ...ab.env, ...metricsEnv, ...(ab.patches.length ? { BENCH_PATCHES: ab.patches.join(",") } : {}) },
   });
+  // Prometheus, for B: the scrape's own CPU lands on B's server process, as in production.
+  let scrapes = 0;
+  const scraper =
+    metricsPort === undefined
+      ? undefined
+      : setInterval(() => {
+          void fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text()).then(() => scrapes++, () => {});
+        }, ab.metricsScrapeMs);
   try {
     await waitForHealth(a, "SERVING");
     await waitForHealth(b, "SERVING");
@@ -110,6 +130,8 @@ export async function abExperiment(ctx: AbContext, ab: AbSettings): Promise<stri
     await writeFile(path.join(ctx.resultsDir, `ab-${ab.label.replace(/[^A-Za-z0-9+._-]/g, "_")}.md`), md);
     return md;
   } finally {
+    clearInterval(scraper);
+    if (scraper !== undefined) ctx.log(`B's /metrics scraped ${scrapes} times`);
     await Promise.all([a.stop(), b.stop()]);
   }
 }
@@ -126,6 +148,7 @@ function abMarkdown(ctx: AbContext, ab: AbSettings, specs: ScenarioSpec[], resul
       ab.nodeOptions ? `NODE_OPTIONS="${ab.nodeOptions}"` : "",
       ab.databaseParams ? `NEXUS_DATABASE_URL=…?${ab.databaseParams}` : "",
       ...Object.entries(ab.env).map(([k, v]) => `${k}=${v}`),
+      ab.metricsScrapeMs !== undefined ? `NEXUS_METRICS_LISTEN, scraped every ${ab.metricsScrapeMs} ms (A: metrics off)` : "",
     ]
       .filter(Boolean)
       .join("; ") || "nothing changed (A/A: the noise floor)"}. Same database, alternating A B / B A for ${ctx.config.rounds} rounds × ${ctx.config.durationMs / 1000} s per scenario (${ctx.config.warmupMs / 1000} s warm-up). Throughput is the median of rounds; CPU per 1k requests and p99 are pooled.`,

@@ -46,6 +46,12 @@ export interface AuditSigner {
   sign(data: Buffer): { signature: Buffer; certificateSha256: Buffer; certificateChainPem: string };
 }
 
+/** Watches group commits (metrics): events per batch and its write time, or a batch that failed. */
+export interface AuditObserver {
+  batchWritten(events: number, seconds: number): void;
+  batchFailed(events: number): void;
+}
+
 export class AuditLog {
   readonly replicaId: string;
   private nextSequence = 1;
@@ -65,6 +71,7 @@ export class AuditLog {
     private readonly epochs: GrantEpochs,
     replicaId = `${hostname().replace(/[^A-Za-z0-9.-]/g, "-").slice(0, 40)}-${randomBytes(4).toString("hex")}`,
     private readonly maxBatch = 512,
+    private readonly observer?: AuditObserver,
   ) {
     this.replicaId = replicaId;
     this.batches = new GroupCommit((batch) => this.writeBatch(batch), { maxBatch });
@@ -84,6 +91,11 @@ export class AuditLog {
    */
   get head(): number {
     return this.committedThrough;
+  }
+
+  /** Events queued for the next group commit. */
+  get eventsWaiting(): number {
+    return this.batches.waiting;
   }
 
   /** Starts the record of one call. */
@@ -166,9 +178,12 @@ export class AuditLog {
 
   private async writeEvents(batch: BatchEvent[]): Promise<Array<ReadableVersion | undefined>> {
     let found: Map<number, ReadableVersion>;
+    const started = performance.now();
     try {
       found = await this.store.insertBatch(batch);
+      this.observer?.batchWritten(batch.length, (performance.now() - started) / 1000);
     } catch (err) {
+      this.observer?.batchFailed(batch.length);
       const cause = (err as { cause?: unknown }).cause ?? err;
       this.logger.error("audit events not written; failing their calls", { events: batch.length, err: cause });
       throw new NexusError("unavailable", "the audit log cannot be written; the call was refused", { reason: "AUDIT_UNAVAILABLE", cause });

@@ -22,6 +22,10 @@ export interface NexusConfig {
   readonly listen: ListenAddress;
   readonly connectListen: ListenAddress;
   readonly healthListen: ListenAddress;
+  /** Undefined: no metrics listener. */
+  readonly metricsListen: ListenAddress | undefined;
+  /** A file to append committed audit events to as JSON lines, "-" for stdout; undefined: no export. */
+  readonly auditExport: string | undefined;
   readonly trustDomain: string;
   /** The three SVID files; undefined when the SVID comes from the Workload API. */
   readonly trustBundleFile: string | undefined;
@@ -68,6 +72,8 @@ export const SETTINGS = {
   listen: { env: "NEXUS_LISTEN", help: "gRPC mTLS listener", parse: parseListen, serveDefault: "0.0.0.0:8553", devDefault: "127.0.0.1:8553" },
   connectListen: { env: "NEXUS_CONNECT_LISTEN", help: "Connect/gRPC-Web mTLS listener", parse: parseListen, serveDefault: "0.0.0.0:8554", devDefault: "127.0.0.1:8554" },
   healthListen: { env: "NEXUS_HEALTH_LISTEN", help: "plaintext gRPC health listener", parse: parseListen, serveDefault: "0.0.0.0:8555", devDefault: "127.0.0.1:8555" },
+  metricsListen: { env: "NEXUS_METRICS_LISTEN", help: "plain-HTTP Prometheus /metrics listener (serve: off unless set)", parse: parseListen, devDefault: "127.0.0.1:9553" },
+  auditExport: { env: "NEXUS_AUDIT_EXPORT", help: "append every committed audit event as a JSON line to this file (- = stdout)", parse: text },
   trustDomain: { env: "NEXUS_TRUST_DOMAIN", help: "SPIFFE trust domain", parse: parseTrustDomainSetting, serveDefault: "spike.ist", devDefault: "spike.ist" },
   trustBundleFile: { env: "NEXUS_TRUST_BUNDLE", help: "PEM bundle of the trust domain's X.509 authorities", parse: text, devDefault: "certs-dev/ca.pem" },
   certFile: { env: "NEXUS_TLS_CERT", help: "this server's X.509-SVID (PEM chain)", parse: text, devDefault: "certs-dev/nexus.pem" },
@@ -113,6 +119,8 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
     listen: required("listen"),
     connectListen: required("connectListen"),
     healthListen: required("healthListen"),
+    metricsListen: get<ListenAddress>("metricsListen"),
+    auditExport: auditExportTarget(get<string>("auditExport"), cwd),
     trustDomain,
     ...svid,
     superuserId,
@@ -217,6 +225,12 @@ function settingsReader(mode: Mode, flags: readonly string[], env: Source, cwd: 
     return value === undefined ? undefined : path.resolve(cwd, value);
   };
   return { get, required, file, explicit };
+}
+
+/** "-" stays stdout; a path is resolved against the working folder. */
+function auditExportTarget(raw: string | undefined, cwd: string): string | undefined {
+  if (raw === undefined) return undefined;
+  return raw === "-" ? "-" : path.resolve(cwd, raw);
 }
 
 function readDatabaseUrl(url: string | undefined, urlFile: string | undefined): string | undefined {

@@ -89,6 +89,11 @@ export class KeyManager {
     return this.state?.activeWrappingKeyId ?? 0;
   }
 
+  /** Wrapping keys in the unsealed keyring; 0 while sealed. */
+  get keyringSize(): number {
+    return this.state?.wrappingKeys.size ?? 0;
+  }
+
   onSealChange(listener: (sealed: boolean) => void): void {
     this.sealListeners.add(listener);
   }

@@ -1,10 +1,16 @@
 // Everything a server runs once its database and keys exist: certificates,
-// stores, audit, authorization, services, maintenance, listeners and the
-// database monitor. nexus-server.ts loads this module only after unsealing
-// has started, so its ~0.5 s of module loading and set-up on the main thread
-// overlaps the scrypt of the password file on libuv's thread pool.
+// stores, audit, authorization, services, maintenance, listeners, the
+// database monitor, and the optional metrics listener and audit export.
+// nexus-server.ts loads this module only after unsealing has started, so its
+// ~0.5 s of module loading and set-up on the main thread overlaps the scrypt
+// of the password file on libuv's thread pool.
 
 import { X509Certificate } from "node:crypto";
+import { mkdir } from "node:fs/promises";
+import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
+import { PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
+import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
+import { AuditExporter, exportTarget } from "../audit/audit-export.js";
 import { AuditLog } from "../audit/audit-log.js";
 import { AuditRetention } from "../audit/audit-retention.js";
 import { AuditVerifier } from "../audit/audit-verifier.js";
@@ -22,6 +28,8 @@ import { inspectSvid } from "../identity/x509-svid.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import { SecretCipher } from "../keys/secret-cipher.js";
 import type { Logger } from "../log/logger.js";
+import { startMetricsListener } from "../metrics/metrics-listener.js";
+import { NexusMetrics } from "../metrics/nexus-metrics.js";
 import { operatorService } from "../services/operator-service.js";
 import { policyService } from "../services/policy-service.js";
 import { LabelFreshness } from "../services/secret-labels.js";
@@ -31,6 +39,7 @@ import { AuditStore } from "../store/audit-store.js";
 import { CredentialStore } from "../store/credential-store.js";
 import type { Sql } from "../store/database.js";
 import { DatabaseMonitor } from "../store/database-monitor.js";
+import { poolActivity } from "../store/pool-activity.js";
 import { GrantEpochStore } from "../store/grant-epoch-store.js";
 import { PolicyStore } from "../store/policy-store.js";
 import type { RootKeyStore } from "../store/root-key-store.js";
@@ -48,6 +57,8 @@ export interface ComponentDeps {
   readonly config: NexusConfig;
   readonly logger: Logger;
   readonly sql: Sql;
+  /** The application_name this replica's pool connects with (pool metrics read pg_stat_activity by it). */
+  readonly databaseApplicationName?: string;
   readonly rootKeys: RootKeyStore;
   readonly keys: KeyManager;
   readonly databaseCheckIntervalMs?: number;
@@ -59,6 +70,8 @@ export interface ComponentDeps {
 export interface Components {
   readonly certificates: TlsMaterialSource;
   readonly listeners: Listeners;
+  /** The port of the Prometheus /metrics listener; undefined when NEXUS_METRICS_LISTEN is not set. */
+  readonly metricsPort: number | undefined;
   /** Resolves once the policies are loaded, if unsealed. */
   policiesLoaded(): Promise<void>;
   /** Sets the health status from the database monitor, the seal and the policies. */
@@ -75,9 +88,26 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   const credentialStore = new CredentialStore(sql);
   const auditStore = new AuditStore(sql);
   const epochs = new GrantEpochs(keys);
+  // Built only when someone scrapes it: off, nothing observes a call.
+  const metrics: NexusMetrics | undefined =
+    config.metricsListen === undefined
+      ? undefined
+      : new NexusMetrics(
+          [OperatorService, SecretService, PolicyService].flatMap((s) => s.methods.map((m) => `/${s.typeName}/${m.name}`)),
+          {
+            sealed: () => keys.sealed,
+            keyringKeys: () => keys.keyringSize,
+            activeKeyringKeyId: () => keys.activeKeyringKeyId,
+            databaseUp: () => monitor.isHealthy,
+            databasePoolMax: config.dbPoolMax,
+            databasePool: deps.databaseApplicationName === undefined ? undefined : () => poolActivity(sql, deps.databaseApplicationName!),
+            auditEventsWaiting: (): number => auditLog.eventsWaiting,
+            svidNotAfterMs: () => new Date(new X509Certificate(certificates.material.cert).validTo).getTime(),
+          },
+        );
   // Events recorded while sealed are signed with this server's own SVID key,
   // and verified against its SPIFFE ID and the trust bundle, as they are now.
-  const auditLog = new AuditLog(auditStore, keys, new SvidSigner(() => certificates.material), logger, epochs);
+  const auditLog = new AuditLog(auditStore, keys, new SvidSigner(() => certificates.material), logger, epochs, undefined, undefined, metrics?.audit);
   const signatureTrust = (): SignatureTrust => {
     const { cert, bundle } = certificates.material;
     return { serverId: inspectSvid(new X509Certificate(cert).raw).id.toString(), bundle };
@@ -138,11 +168,12 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
     authenticator: new PeerAuthenticator({ trustDomains: [config.trustDomain] }),
     access: new AccessController(config.superuserId, engine, credentials, keys, () => policySync.loaded),
     auditLog,
+    callObserver: metrics?.calls,
     cleanup,
   });
   // Serving means the database answers, this replica holds its keys and it
   // has loaded the policies it decides by.
-  const monitor = new DatabaseMonitor(sql, () => updateHealth(), logger, deps.databaseCheckIntervalMs);
+  const monitor = new DatabaseMonitor(sql, () => updateHealth(), logger, deps.databaseCheckIntervalMs, undefined, (s) => metrics?.databasePinged(s));
   // An expired SVID is refused by every client, so the replica is not serving
   // even though its process is fine (the Workload API stream may be failing).
   const svidExpiry = new SvidExpiry(certificates, () => updateHealth());
@@ -154,9 +185,24 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   cleanup.push(() => monitor.stop());
   updateHealth();
 
+  if (config.auditExport !== undefined) {
+    if (config.auditExport === "-") await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+    const exporter = new AuditExporter(auditStore, exportTarget(config.auditExport, config.dataDir), logger);
+    await exporter.start();
+    cleanup.push(() => exporter.stop());
+  }
+
+  let metricsPort: number | undefined;
+  if (metrics !== undefined && config.metricsListen !== undefined) {
+    const metricsListener = await startMetricsListener(metrics, config.metricsListen, logger);
+    cleanup.push(() => metricsListener.close());
+    metricsPort = metricsListener.port;
+  }
+
   return {
     certificates,
     listeners,
+    metricsPort,
     policiesLoaded: () => policySync.ensureLoaded(),
     updateHealth,
   };

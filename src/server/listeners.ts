@@ -17,7 +17,7 @@ import type { ListenAddress, NexusConfig } from "../config/config.js";
 import type { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
 import type { ServiceRegistration } from "../transport/call-context.js";
-import { CallPipeline } from "../transport/call-pipeline.js";
+import { CallPipeline, type CallObserver } from "../transport/call-pipeline.js";
 import { secureContextOptions, type TlsMaterialSource } from "../transport/certificate-source.js";
 import { createConnectServer } from "../transport/connect-server.js";
 import { addServicesToGrpcServer, auditUnknownMethods, grpcServerOptions, listenGrpcTls } from "../transport/grpc-server.js";
@@ -33,6 +33,8 @@ export interface ListenerDeps {
   readonly authenticator: PeerAuthenticator;
   readonly access: AccessPolicy;
   readonly auditLog: AuditLog;
+  /** Told of every call (metrics); none when metrics are off. */
+  readonly callObserver?: CallObserver;
   /** Where each listener registers how to take it down. */
   readonly cleanup: Array<() => Promise<void> | void>;
 }
@@ -48,7 +50,7 @@ export interface Listeners {
 
 export async function startListeners(deps: ListenerDeps): Promise<Listeners> {
   const { config, logger, services, certificates, cleanup } = deps;
-  const pipeline = new CallPipeline(deps.authenticator, deps.access, deps.auditLog, logger);
+  const pipeline = new CallPipeline(deps.authenticator, deps.access, deps.auditLog, logger, deps.callObserver);
   const health = new HealthReporter(services.map((s) => s.desc.typeName));
 
   const grpcServer = new grpc.Server(grpcServerOptions(config));

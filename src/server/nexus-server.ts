@@ -19,6 +19,7 @@ import type { KdfParams } from "../keys/password-kdf.js";
 import type { Logger } from "../log/logger.js";
 import { lockDataFolder } from "../store/data-folder-lock.js";
 import { connectDatabase } from "../store/database.js";
+import { replicaApplicationName } from "../store/pool-activity.js";
 import { startEmbeddedPostgres, type EmbeddedPostgres } from "../store/embedded-postgres.js";
 import { loadMigrations, Migrator } from "../store/migrations.js";
 import { RootKeyStore } from "../store/root-key-store.js";
@@ -31,6 +32,8 @@ export interface RunningNexus {
   readonly grpcPort: number;
   readonly connectPort: number;
   readonly healthPort: number;
+  /** Undefined unless NEXUS_METRICS_LISTEN is set (dev mode: 127.0.0.1:9553). */
+  readonly metricsPort: number | undefined;
   readonly databaseUrl: string;
   readonly certificates: TlsMaterialSource;
   readonly health: HealthReporter;
@@ -69,7 +72,8 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
       cleanup.push(() => embedded?.stop());
       databaseUrl = embedded.url;
     }
-    const sql = connectDatabase({ url: databaseUrl, caFile: config.databaseCaFile, poolMax: config.dbPoolMax, logger });
+    const applicationName = replicaApplicationName();
+    const sql = connectDatabase({ url: databaseUrl, caFile: config.databaseCaFile, poolMax: config.dbPoolMax, logger, applicationName });
     cleanup.push(() => sql.end({ timeout: 5 }));
     const applied = await new Migrator(sql, await loadMigrations(), logger).up();
     if (applied > 0) logger.info("schema migrated", { applied });
@@ -86,20 +90,21 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
       config,
       logger,
       sql,
+      databaseApplicationName: applicationName,
       rootKeys,
       keys,
       databaseCheckIntervalMs: options.databaseCheckIntervalMs,
       certificateDebounceMs: options.certificateDebounceMs,
       cleanup,
     });
-    const { certificates, listeners } = components;
+    const { certificates, listeners, metricsPort } = components;
     const { health, grpcPort, connectPort, healthPort } = listeners;
     await unsealing;
     // SERVING promises the policies too, not only the keys.
     await components.policiesLoaded();
     components.updateHealth();
 
-    logger.info("nexus serving", { grpcPort, connectPort, healthPort, trustDomain: config.trustDomain, mode: config.mode });
+    logger.info("nexus serving", { grpcPort, connectPort, healthPort, metricsPort, trustDomain: config.trustDomain, mode: config.mode });
 
     let stopping: Promise<void> | undefined;
     const shutdown = () =>
@@ -113,7 +118,7 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
         logger.info("stopped");
       })());
 
-    return { grpcPort, connectPort, healthPort, databaseUrl, certificates, health, keys, shutdown };
+    return { grpcPort, connectPort, healthPort, metricsPort, databaseUrl, certificates, health, keys, shutdown };
   } catch (err) {
     await unsealing?.catch(() => {});
     await undo();
@@ -127,6 +132,7 @@ async function checkListenAddresses(config: NexusConfig): Promise<void> {
     [config.listen, SETTINGS.listen.env],
     [config.connectListen, SETTINGS.connectListen.env],
     [config.healthListen, SETTINGS.healthListen.env],
+    ...(config.metricsListen === undefined ? [] : [[config.metricsListen, SETTINGS.metricsListen.env] as [ListenAddress, string]]),
   ];
   for (const [address, env] of listeners) {
     const code = await addressUnavailable(address);

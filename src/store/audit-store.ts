@@ -280,6 +280,31 @@ export class AuditStore {
     );
   }
 
+  /** Events after `afterId`, by id: the audit export follows the table in the order ids were drawn. */
+  async eventsAfterId(afterId: number, limit: number): Promise<StoredAuditRow[]> {
+    return this.run(async () => (await this.sql`SELECT * FROM audit_events WHERE id > ${afterId} ORDER BY id LIMIT ${limit}`).map(toRow));
+  }
+
+  /** The last id drawn for an audit event (committed or not); 0 if none ever was. */
+  async lastIdDrawn(): Promise<number> {
+    return this.run(async () => {
+      const [r] = await this.sql`SELECT pg_sequence_last_value(pg_get_serial_sequence('audit_events', 'id')::regclass)::text AS last`;
+      return r.last === null ? 0 : Number(r.last);
+    });
+  }
+
+  /**
+   * The transaction ids of a snapshot taken now: every transaction below
+   * `xmin` has ended; every transaction that exists now is below `xmax`.
+   */
+  async transactionHorizon(): Promise<{ xmin: bigint; xmax: bigint }> {
+    return this.run(async () => {
+      const [r] = await this.sql`
+        SELECT pg_snapshot_xmin(s)::text AS xmin, pg_snapshot_xmax(s)::text AS xmax FROM pg_current_snapshot() AS s`;
+      return { xmin: BigInt(r.xmin as string), xmax: BigInt(r.xmax as string) };
+    });
+  }
+
   /**
    * Deletes the given events and records the replica's new floor in one
    * transaction, so pruned events are never missing without the checkpoint

@@ -21,6 +21,8 @@ export class DatabaseMonitor {
     private readonly logger: Logger,
     private readonly intervalMs = 1000,
     private readonly timeoutMs = Math.max(2000, intervalMs),
+    /** Told each successful ping's round trip in seconds (metrics). */
+    private readonly onPing?: (seconds: number) => void,
   ) {}
 
   get isHealthy(): boolean {
@@ -39,10 +41,14 @@ export class DatabaseMonitor {
 
   /** Pings now; callers that just saw the database fail use it to report sooner. */
   async check(): Promise<boolean> {
+    const started = performance.now();
     this.ping ??= this.sql`SELECT 1`
       .execute()
       .then(
-        () => true,
+        () => {
+          this.onPing?.((performance.now() - started) / 1000);
+          return true;
+        },
         () => false,
       )
       .then((ok) => {

@@ -29,6 +29,11 @@ export class GroupCommit<T, R> {
     private readonly options: GroupCommitOptions<T>,
   ) {}
 
+  /** Items waiting for a batch (not counting the one being written). */
+  get waiting(): number {
+    return this.queue.length;
+  }
+
   submit(item: T): Promise<R> {
     return new Promise<R>((resolve, reject) => {
       this.queue.push({ item, resolve, reject });

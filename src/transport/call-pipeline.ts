@@ -16,16 +16,34 @@ import { asNexusError, grpcStatusName } from "./error-mapping.js";
 
 const BEARER = /^Bearer\s+(\S+)$/i;
 
+/** Watches calls from start to finish (metrics); `path` is the method path, the result gets the gRPC status name. */
+export interface CallObserver {
+  callStarted(path: string): (code: string) => void;
+}
+
 export class CallPipeline {
   constructor(
     private readonly authenticator: PeerAuthenticator,
     private readonly access: AccessPolicy,
     private readonly audit: AuditLog,
     private readonly logger: Logger,
+    private readonly observer?: CallObserver,
   ) {}
 
   /** Runs one unary call; resolves with the response message or rejects with a NexusError. */
   async unary(method: DescMethodUnary, handler: UnaryHandler<DescMethodUnary>, request: Message, call: IncomingCall): Promise<Message> {
+    const ended = this.observer?.callStarted(methodPath(method));
+    if (ended === undefined) return this.runUnary(method, handler, request, call);
+    return this.runUnary(method, handler, request, call).then(
+      (response) => (ended("OK"), response),
+      (err: unknown) => {
+        ended(grpcStatusName(asNexusError(err).code));
+        throw err;
+      },
+    );
+  }
+
+  private async runUnary(method: DescMethodUnary, handler: UnaryHandler<DescMethodUnary>, request: Message, call: IncomingCall): Promise<Message> {
     const path = methodPath(method);
     const requestId = validRequestId(call.requestId) ?? randomUUID();
     const record = this.audit.begin({ requestId, rpc: path, time: new Date() });
@@ -55,6 +73,7 @@ export class CallPipeline {
    * certificate is a valid SVID, so the event says who probed.
    */
   async refuseUnknown(rpc: string, call: IncomingCall, failure: NexusError): Promise<NexusError> {
+    this.observer?.callStarted(rpc)(grpcStatusName(failure.code));
     const path = auditText(rpc === "" ? "(none)" : rpc);
     const requestId = validRequestId(call.requestId) ?? randomUUID();
     const record = this.audit.begin({ requestId, rpc: path, time: new Date() });

@@ -42,6 +42,8 @@ describe("dev mode (`nexus dev`, what `make run` starts)", function () {
       NEXUS_LISTEN: `127.0.0.1:${p.grpc}`,
       NEXUS_CONNECT_LISTEN: `127.0.0.1:${p.connect}`,
       NEXUS_HEALTH_LISTEN: `127.0.0.1:${p.health}`,
+      // Dev mode would scrape on 127.0.0.1:9553; a test must not take a developer's port.
+      NEXUS_METRICS_LISTEN: "127.0.0.1:0",
       NEXUS_TLS_CERT: pki.files.cert,
       NEXUS_TLS_KEY: pki.files.key,
       NEXUS_TRUST_BUNDLE: pki.files.ca,

@@ -218,3 +218,9 @@ export async function createDebianDatabase(primary: DebianPostgres, name: string
   }
   return primary.urlFor(name);
 }
+
+/** Runs one of the cluster's client tools (pg_dump, pg_restore, psql …) as the invoking user; they connect over TCP. */
+export async function debianTool(name: string, args: readonly string[]): Promise<{ stdout: string; stderr: string }> {
+  const bin = await debianPostgresBinDir();
+  return run(path.join(bin, name), [...args], { maxBuffer: 512 * 1024 * 1024 });
+}

@@ -33,11 +33,12 @@ export interface NexusProcess {
   kill(): Promise<void>;
 }
 
-export function startNexusProcess(args: readonly string[], env: NodeJS.ProcessEnv): NexusProcess {
-  const child = spawn(process.execPath, [NEXUS_BIN, ...args], { cwd: REPO, env, stdio: ["ignore", "pipe", "pipe"] });
+/** `stdout`: a file descriptor for the child's stdout instead of a pipe the test reads. */
+export function startNexusProcess(args: readonly string[], env: NodeJS.ProcessEnv, opts: { stdout?: number } = {}): NexusProcess {
+  const child = spawn(process.execPath, [NEXUS_BIN, ...args], { cwd: REPO, env, stdio: ["ignore", opts.stdout ?? "pipe", "pipe"] });
   let out = "";
   let err = "";
-  child.stdout!.setEncoding("utf8").on("data", (chunk: string) => (out += chunk));
+  child.stdout?.setEncoding("utf8").on("data", (chunk: string) => (out += chunk));
   child.stderr!.setEncoding("utf8").on("data", (chunk: string) => (err += chunk));
   const exit = once(child, "exit").then(([code, signal]) => (code ?? signal) as number | string);
   const logMessages = () =>

@@ -112,6 +112,18 @@ describe("loadConfig", () => {
       expect(config.trustDomain).to.equal("spike.ist");
     });
 
+    it("metrics are off by default in serve mode and on 127.0.0.1:9553 in dev mode; NEXUS_METRICS_LISTEN sets them", () => {
+      expect(load(SERVE_ENV).metricsListen).to.equal(undefined);
+      expect(load({}, [], "dev").metricsListen).to.deep.equal({ host: "127.0.0.1", port: 9553 });
+      expect(load({ ...SERVE_ENV, NEXUS_METRICS_LISTEN: "0.0.0.0:9090" }).metricsListen).to.deep.equal({ host: "0.0.0.0", port: 9090 });
+    });
+
+    it("NEXUS_AUDIT_EXPORT is off by default, \"-\" means stdout and a path is resolved", () => {
+      expect(load(SERVE_ENV).auditExport).to.equal(undefined);
+      expect(load({ ...SERVE_ENV, NEXUS_AUDIT_EXPORT: "-" }).auditExport).to.equal("-");
+      expect(load({ ...SERVE_ENV, NEXUS_AUDIT_EXPORT: "audit.jsonl" }).auditExport).to.equal(path.join(CWD, "audit.jsonl"));
+    });
+
     it("NEXUS_SUPERUSER_ID derives from NEXUS_TRUST_DOMAIN", () => {
       const config = load({ ...SERVE_ENV, NEXUS_TRUST_DOMAIN: "example.org" });
       expect(config.superuserId).to.equal("spiffe://example.org/spike/pilot/role/superuser");
