@@ -133,9 +133,17 @@ function printDevHelp(config: NexusConfig, grpcPort: number, connectPort: number
   const rel = (p: string) => path.relative(process.cwd(), p) || p;
   const certs = path.dirname(rel(config.certFile ?? "certs-dev/nexus.pem"));
   const pilot = `--cert ${certs}/pilot.pem --key ${certs}/pilot-key.pem --cacert ${rel(config.trustBundleFile ?? "certs-dev/ca.pem")}`;
+  const bundle = rel(config.trustBundleFile ?? "certs-dev/ca.pem");
+  const spike = `npx spike --cert ${certs}/pilot.pem --key ${certs}/pilot-key.pem --bundle ${bundle}${grpcPort === 8553 ? "" : ` --addr localhost:${grpcPort}`}`;
   const lines = [
     "",
-    "Nexus is serving (dev mode). Try, from this folder:",
+    "Nexus is serving (dev mode). Try, from this folder, with the spike CLI (docs/cli.md):",
+    "",
+    `  ${spike} operator status`,
+    `  printf 's3cret' | ${spike} secret put apps/demo/db username=demo password=-`,
+    `  ${spike} secret get apps/demo/db --field password`,
+    "",
+    "or with buf curl and curl:",
     "",
     `  npx buf curl --protocol grpc ${pilot} https://localhost:${grpcPort}/spike.nexus.v1.OperatorService/GetStatus`,
     "",
