@@ -91,3 +91,43 @@ export function parseEdits(pairs: readonly string[], flag: string): Map<string, 
 export function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
 }
+
+/** A --label or --stage value: current, pending or previous. */
+export function parseLabel(raw: string, flag: string, allowed: readonly string[] = ["current", "pending", "previous"]): string {
+  const label = raw.toLowerCase();
+  if (!allowed.includes(label)) throw CliError.usage(`${flag} ${raw}: say ${allowed.join(", ").replace(/, ([^,]*)$/, " or $1")}`);
+  return label;
+}
+
+export type GeneratorSpec =
+  | { readonly kind: "password"; readonly length: number; readonly classes: readonly ("lowercase" | "uppercase" | "digits" | "symbols")[] }
+  | { readonly kind: "bytes"; readonly length: number; readonly encoding: "hex" | "base64" | "base64url" }
+  | { readonly kind: "external" };
+
+const CLASS_NAMES: Record<string, "lowercase" | "uppercase" | "digits" | "symbols"> = {
+  lower: "lowercase",
+  lowercase: "lowercase",
+  upper: "uppercase",
+  uppercase: "uppercase",
+  digits: "digits",
+  digit: "digits",
+  symbols: "symbols",
+  symbol: "symbols",
+};
+
+/** password:32[:lower,upper,digits,symbols] | bytes:32[:hex|base64|base64url] | external. */
+export function parseGenerator(raw: string, flag: string): GeneratorSpec {
+  const [kind, length, extra, ...rest] = raw.split(":");
+  const usage = () => CliError.usage(`${flag} ${raw}: say password:LENGTH[:lower,upper,digits,symbols], bytes:LENGTH[:hex|base64|base64url] or external`);
+  if (rest.length > 0) throw usage();
+  if (kind === "external" && length === undefined) return { kind };
+  if ((kind !== "password" && kind !== "bytes") || length === undefined) throw usage();
+  const n = parseCount(length, flag);
+  if (kind === "password") {
+    const classes = extra === undefined || extra === "" ? [] : extra.split(",").map((c) => CLASS_NAMES[c.trim().toLowerCase()] ?? (() => { throw usage(); })());
+    return { kind, length: n, classes };
+  }
+  const encoding = (extra ?? "base64").toLowerCase();
+  if (encoding !== "hex" && encoding !== "base64" && encoding !== "base64url") throw usage();
+  return { kind, length: n, encoding };
+}

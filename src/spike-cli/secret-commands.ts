@@ -1,23 +1,31 @@
 // `spike secret …`: SecretService for people and scripts. Values come from
 // key=@file or key=- (stdin) as well as key=value, which lands in shell history.
 
-import { create } from "@bufbuild/protobuf";
-import { FieldMaskSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { durationFromMs, durationMs, FieldMaskSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Command, Option } from "commander";
 import {
+  ByteEncoding,
+  CharacterClass,
   DeleteSecretResponseSchema,
   DestroySecretResponseSchema,
   GetSecretMetadataResponseSchema,
   GetSecretResponseSchema,
   ListSecretsResponseSchema,
   PurgeSecretResponseSchema,
+  PromoteSecretVersionResponseSchema,
   PutSecretResponseSchema,
+  RotateSecretResponseSchema,
+  SecretLabel,
   SecretService,
   UndeleteSecretResponseSchema,
   UpdateSecretMetadataResponseSchema,
+  type RandomBytesGeneratorSchema,
+  type RandomPasswordGeneratorSchema,
+  type RotationPolicySchema,
   type SecretMetadata,
 } from "../../gen/spike/nexus/v1/secret_pb.js";
-import { collect, parseCount, parseEdits, parseTime, parseVersions, readPairs } from "./argument-values.js";
+import { collect, parseCount, parseDuration, parseEdits, parseGenerator, parseLabel, parseTime, parseVersions, readPairs, type GeneratorSpec } from "./argument-values.js";
 import { CliError } from "./cli-error.js";
 import { example, withConnection } from "./command-context.js";
 import type { Connection } from "./connection.js";
@@ -34,19 +42,22 @@ export function secretCommands(): Command {
       .argument("<path>", "secret path, e.g. apps/billing/db")
       .argument("<pairs...>", "key=value, key=@file or key=- (stdin)")
       .option("--cas <version>", "write only if the latest version is this one (0: only if the secret is new)")
+      .option("--stage <label>", "pending: stage the new version PENDING and leave CURRENT alone (current: the default)")
       .option("--expires-at <time>", "the secret expires at this RFC 3339 time, or after a duration (30d)")
       .action(async (path: string, pairs: string[], _o: unknown, cmd: Command) =>
-        withConnection<{ cas?: string; expiresAt?: string }>(cmd, async ({ opts, out, conn }) => {
+        withConnection<{ cas?: string; stage?: string; expiresAt?: string }>(cmd, async ({ opts, out, conn }) => {
           const cas = opts.cas === undefined ? undefined : parseCount(opts.cas, "--cas");
+          const stage = opts.stage === undefined ? SecretLabel.UNSPECIFIED : LABELS[parseLabel(opts.stage, "--stage", ["current", "pending"])];
           const expiresAt = opts.expiresAt === undefined ? undefined : timestampFromDate(parseTime(opts.expiresAt, "--expires-at"));
           const data = await readPairs(pairs, "secret put");
-          const res = await conn.call(SecretService.method.putSecret, { path, data, cas, expiresAt }, { target: { permission: "WRITE", path } });
+          const res = await conn.call(SecretService.method.putSecret, { path, data, cas, stage, expiresAt }, { target: { permission: "WRITE", path } });
           if (out.format === "json") out.message(PutSecretResponseSchema, res);
-          else out.note(`wrote ${path} version ${res.version}`);
+          else out.note(`wrote ${path} version ${res.version}${stage === SecretLabel.PENDING ? " (PENDING: promote it with spike secret promote)" : ""}`);
         }),
       ),
     "spike secret put apps/billing/db username=billing password=-   # the password from stdin",
     "spike secret put apps/billing/tls cert=@tls.pem key=@tls-key.pem --cas 0",
+    "spike secret put apps/billing/db username=billing password=- --stage pending",
   );
 
   example(
@@ -74,23 +85,27 @@ export function secretCommands(): Command {
       .description("read a version of a secret (default: the current one)")
       .argument("<path>", "secret path")
       .option("--version <n>", "read this version")
+      .option("--label <label>", "read the version with this label: current, pending or previous")
       .option("--field <key>", "print only this key's value and a newline")
       .action(async (path: string, _o: unknown, cmd: Command) =>
-        withConnection<{ version?: string; field?: string }>(cmd, async ({ opts, out, conn }) => {
+        withConnection<{ version?: string; label?: string; field?: string }>(cmd, async ({ opts, out, conn }) => {
+          if (opts.version !== undefined && opts.label !== undefined) throw CliError.usage("secret get: --version and --label cannot go together");
           const version = opts.version === undefined ? 0 : parseCount(opts.version, "--version");
-          const res = await conn.call(SecretService.method.getSecret, { path, version }, { target: { permission: "READ", path } });
+          const label = opts.label === undefined ? SecretLabel.UNSPECIFIED : LABELS[parseLabel(opts.label, "--label")];
+          const res = await conn.call(SecretService.method.getSecret, { path, version, label }, { target: { permission: "READ", path } });
           if (opts.field !== undefined) {
             if (!(opts.field in res.data)) throw new CliError(`not found: ${path} version ${res.version} has no key ${opts.field}`, EXIT.notFound);
             process.stdout.write(res.data[opts.field] + "\n");
           } else if (out.format === "json") {
             out.message(GetSecretResponseSchema, res);
           } else {
-            out.note(`${res.path} version ${res.version}, written ${relativeTime(res.createdAt)}`);
+            out.note(`${res.path} version ${res.version}${res.labels.length ? ` (${res.labels.map(labelName).join(", ")})` : ""}, written ${relativeTime(res.createdAt)}`);
             out.table(["KEY", "VALUE"], Object.entries(res.data).sort(([a], [b]) => (a < b ? -1 : 1)));
           }
         }),
       ),
     "spike secret get apps/billing/db",
+    "spike secret get apps/billing/db --label pending",
     'PGPASSWORD="$(spike secret get apps/billing/db --field password)" psql …',
   );
 
@@ -157,8 +172,74 @@ export function secretCommands(): Command {
     "spike secret purge apps/billing/old-db",
   );
 
+  example(
+    secret
+      .command("promote")
+      .description("label a version CURRENT (the old CURRENT becomes PREVIOUS); promoting an older version is a rollback")
+      .argument("<path>", "secret path")
+      .argument("<version>", "the version to make CURRENT")
+      .option("--expect-current <n>", "promote only if CURRENT is this version (0: only if none is)")
+      .action(async (path: string, versionArg: string, _o: unknown, cmd: Command) =>
+        withConnection<{ expectCurrent?: string }>(cmd, async ({ opts, out, conn }) => {
+          const version = parseCount(versionArg, "<version>");
+          const expectedCurrentVersion = opts.expectCurrent === undefined ? undefined : parseCount(opts.expectCurrent, "--expect-current");
+          const res = await conn.call(SecretService.method.promoteSecretVersion, { path, version, expectedCurrentVersion }, { target: { permission: "WRITE", path } });
+          if (out.format === "json") out.message(PromoteSecretVersionResponseSchema, res);
+          else out.note(`${path}: version ${res.currentVersion} is CURRENT${res.previousVersion ? `, ${res.previousVersion} PREVIOUS` : ""}`);
+        }),
+      ),
+    "spike secret promote apps/billing/db 7",
+    "spike secret promote apps/billing/db 7 --expect-current 6",
+  );
+
+  example(
+    secret
+      .command("rotate")
+      .description("rotate a secret now by its rotation policy (spike secret metadata set --rotation-period …)")
+      .argument("<path>", "secret path")
+      .action(async (path: string, _o: unknown, cmd: Command) =>
+        withConnection(cmd, async ({ out, conn }) => {
+          const res = await conn.call(SecretService.method.rotateSecret, { path }, { target: { permission: "WRITE", path } });
+          if (out.format === "json") out.message(RotateSecretResponseSchema, res);
+          else out.note(`rotated ${path}: version ${res.version}${res.labels.length ? ` (${res.labels.map(labelName).join(", ")})` : ""}`);
+        }),
+      ),
+    "spike secret rotate apps/billing/db",
+  );
+
   secret.addCommand(metadataCommands());
   return secret;
+}
+
+const LABELS: Record<string, SecretLabel> = { current: SecretLabel.CURRENT, pending: SecretLabel.PENDING, previous: SecretLabel.PREVIOUS };
+
+function labelName(label: SecretLabel): string {
+  return (SecretLabel[label] ?? String(label)).toLowerCase();
+}
+
+const CLASSES: Record<string, CharacterClass> = {
+  lowercase: CharacterClass.LOWERCASE,
+  uppercase: CharacterClass.UPPERCASE,
+  digits: CharacterClass.DIGITS,
+  symbols: CharacterClass.SYMBOLS,
+};
+const ENCODINGS: Record<string, ByteEncoding> = { hex: ByteEncoding.HEX, base64: ByteEncoding.BASE64, base64url: ByteEncoding.BASE64URL };
+
+/** A rotation policy from --rotation-period, --generator, --data-key and --promote. */
+function rotationPolicy(period: number, generator: GeneratorSpec, dataKey: string, promote: boolean): MessageInitShape<typeof RotationPolicySchema> {
+  const base = { period: durationFromMs(period), promote, dataKey: generator.kind === "external" ? "" : dataKey };
+  switch (generator.kind) {
+    case "password": {
+      const value: MessageInitShape<typeof RandomPasswordGeneratorSchema> = { length: generator.length, characterClasses: generator.classes.map((c) => CLASSES[c]) };
+      return { ...base, generator: { case: "randomPassword", value } };
+    }
+    case "bytes": {
+      const value: MessageInitShape<typeof RandomBytesGeneratorSchema> = { length: generator.length, encoding: ENCODINGS[generator.encoding] };
+      return { ...base, generator: { case: "randomBytes", value } };
+    }
+    case "external":
+      return { ...base, generator: { case: "external", value: {} } };
+  }
 }
 
 function metadataCommands(): Command {
@@ -187,10 +268,30 @@ function metadataCommands(): Command {
       .option("--max-versions <n>", "keep at most this many versions (1-1000)")
       .option("--custom <k=v>", "set a custom metadata key (repeatable); k= removes it", collect)
       .addOption(new Option("--expires-at <time>", "expire the secret at this RFC 3339 time or after a duration (30d); never: no expiry"))
+      .option("--rotation-period <duration>", "rotate every period (1m to 10 years, e.g. 30d), with --generator; off: no rotation")
+      .option("--generator <spec>", "password:LENGTH[:lower,upper,digits,symbols], bytes:LENGTH[:hex|base64|base64url] or external")
+      .option("--data-key <key>", "the data key the generated value replaces (other keys are copied from CURRENT)", "password")
+      .option("--promote", "make each rotated value CURRENT at once (default: staged PENDING for you to test and promote)")
       .action(async (path: string, _o: unknown, cmd: Command) =>
-        withConnection<{ maxVersions?: string; custom?: string[]; expiresAt?: string }>(cmd, async ({ opts, out, conn }) => {
+        withConnection<{ maxVersions?: string; custom?: string[]; expiresAt?: string; rotationPeriod?: string; generator?: string; dataKey: string; promote?: boolean }>(cmd, async ({ opts, out, conn }) => {
           const paths: string[] = [];
-          const request: { path: string; maxVersions?: number; customMetadata?: Record<string, string>; expiresAt?: ReturnType<typeof timestampFromDate> } = { path };
+          const request: {
+            path: string;
+            maxVersions?: number;
+            customMetadata?: Record<string, string>;
+            expiresAt?: ReturnType<typeof timestampFromDate>;
+            rotation?: MessageInitShape<typeof RotationPolicySchema>;
+          } = { path };
+          if (opts.rotationPeriod === "off") {
+            if (opts.generator !== undefined || opts.promote) throw CliError.usage("secret metadata set: --rotation-period off turns rotation off; drop --generator and --promote");
+            paths.push("rotation");
+          } else if (opts.rotationPeriod !== undefined || opts.generator !== undefined || opts.promote) {
+            if (opts.rotationPeriod === undefined || opts.generator === undefined) {
+              throw CliError.usage("secret metadata set: a rotation policy needs both --rotation-period and --generator");
+            }
+            request.rotation = rotationPolicy(parseDuration(opts.rotationPeriod, "--rotation-period"), parseGenerator(opts.generator, "--generator"), opts.dataKey, opts.promote === true);
+            paths.push("rotation");
+          }
           if (opts.maxVersions !== undefined) {
             request.maxVersions = parseCount(opts.maxVersions, "--max-versions");
             paths.push("max_versions");
@@ -211,7 +312,7 @@ function metadataCommands(): Command {
             if (opts.expiresAt !== "never") request.expiresAt = timestampFromDate(parseTime(opts.expiresAt, "--expires-at"));
             paths.push("expires_at");
           }
-          if (paths.length === 0) throw CliError.usage("secret metadata set: say what to change (--max-versions, --custom, --expires-at)");
+          if (paths.length === 0) throw CliError.usage("secret metadata set: say what to change (--max-versions, --custom, --expires-at, --rotation-period)");
           const res = await conn.call(
             SecretService.method.updateSecretMetadata,
             { ...request, updateMask: create(FieldMaskSchema, { paths }) },
@@ -222,6 +323,7 @@ function metadataCommands(): Command {
         }),
       ),
     "spike secret metadata set apps/billing/db --max-versions 5 --custom owner=billing --custom ticket=",
+    "spike secret metadata set apps/billing/db --rotation-period 30d --generator password:32:lower,upper,digits",
   );
   return metadata;
 }
@@ -247,12 +349,31 @@ function printMetadata(out: Output, m: SecretMetadata): void {
       ["created", relativeTime(m.createdAt)],
       ["updated", relativeTime(m.updatedAt)],
       ["expires", m.expiresAt ? relativeTime(m.expiresAt) : "never"],
+      ["rotation", m.rotation ? describeRotation(m.rotation) : "off"],
+      ...(m.rotation ? [["next rotation", m.nextRotationAt ? relativeTime(m.nextRotationAt) : "-"], ["rotation due", m.rotationDue ? "yes" : "no"]] : []),
       ...Object.entries(m.customMetadata).map(([k, v]) => [`custom ${k}`, v]),
     ],
   );
   out.line("");
   out.table(
-    ["VERSION", "CREATED", "BY", "STATE"],
-    m.versions.map((v) => [String(v.version), relativeTime(v.createdAt), v.createdBy, v.destroyed ? "destroyed" : v.deletedAt ? `deleted ${relativeTime(v.deletedAt)}` : "live"]),
+    ["VERSION", "LABELS", "CREATED", "BY", "STATE"],
+    m.versions.map((v) => [
+      String(v.version),
+      v.labels.map(labelName).join(",") || "-",
+      relativeTime(v.createdAt),
+      v.createdBy,
+      v.destroyed ? "destroyed" : v.deletedAt ? `deleted ${relativeTime(v.deletedAt)}` : "live",
+    ]),
   );
+}
+
+function describeRotation(r: NonNullable<SecretMetadata["rotation"]>): string {
+  const every = r.period ? `every ${Math.round(durationMs(r.period) / 60_000)} min` : "";
+  const how =
+    r.generator.case === "randomPassword"
+      ? `password of ${r.generator.value.length}`
+      : r.generator.case === "randomBytes"
+        ? `${r.generator.value.length} random bytes`
+        : "external";
+  return `${every}, ${how}${r.dataKey ? ` into ${r.dataKey}` : ""}, ${r.promote ? "promoted at once" : "staged PENDING"}`;
 }

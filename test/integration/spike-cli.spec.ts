@@ -230,7 +230,40 @@ describe("spike, the command line, end to end against a nexus child process", fu
     expect((res.metadata as Record<string, unknown>).maxVersions).to.equal(5);
     const text = await spike(["secret", "metadata", "get", "apps/billing/db"]);
     expect(text.stdout).to.match(/^max versions\s+5$/m);
-    expect(text.stdout).to.match(/^VERSION\s+CREATED\s+BY\s+STATE$/m);
+    expect(text.stdout).to.match(/^VERSION\s+LABELS\s+CREATED\s+BY\s+STATE$/m);
+  });
+
+  it("secret put --stage pending, get --label, promote --expect-current: the zero-downtime rotation steps, with their exit codes", async () => {
+    const p = "apps/rotation/db";
+    json(await spike(["secret", "put", p, "password=v1", "-o", "json"]));
+    expect(json(await spike(["secret", "put", p, "password=v2", "--stage", "pending", "-o", "json"])).version).to.equal(2);
+    expect((await spike(["secret", "get", p, "--field", "password"])).stdout, "CURRENT is still version 1").to.equal("v1\n");
+    expect((await spike(["secret", "get", p, "--label", "pending", "--field", "password"])).stdout).to.equal("v2\n");
+    expect(failed(await spike(["secret", "promote", p, "2", "--expect-current", "7"]), 4)).to.match(/current/i);
+    expect(json(await spike(["secret", "promote", p, "2", "--expect-current", "1", "-o", "json"]))).to.include({ currentVersion: 2, previousVersion: 1 });
+    expect((await spike(["secret", "get", p, "--label", "previous", "--field", "password"])).stdout).to.equal("v1\n");
+    failed(await spike(["secret", "put", p, "password=x", "--stage", "previous"]), 1);
+    failed(await spike(["secret", "get", p, "--label", "pending", "--version", "1"]), 1);
+    failed(await spike(["secret", "promote", "apps/rotation/missing", "1"]), 2);
+  });
+
+  it("secret metadata set --rotation-period --generator sets a rotation policy; secret rotate stages a generated value PENDING", async () => {
+    const p = "apps/rotation/generated";
+    json(await spike(["secret", "put", p, "username=app", "password=initial", "-o", "json"]));
+    const set = json(await spike(["secret", "metadata", "set", p, "--rotation-period", "30d", "--generator", "password:24:lower,digits", "-o", "json"]));
+    const rotation = (set.metadata as Record<string, Record<string, unknown>>).rotation;
+    expect(rotation).to.deep.include({ period: "2592000s", dataKey: "password" });
+    expect(rotation.randomPassword).to.deep.include({ length: 24, characterClasses: ["CHARACTER_CLASS_LOWERCASE", "CHARACTER_CLASS_DIGITS"] });
+    const rotated = json(await spike(["secret", "rotate", p, "-o", "json"]));
+    expect(rotated).to.deep.include({ version: 2, labels: ["SECRET_LABEL_PENDING"] });
+    const pending = JSON.parse((await spike(["secret", "get", p, "--label", "pending", "-o", "json"])).stdout) as { data: Record<string, string> };
+    expect(pending.data.username, "other keys are copied from CURRENT").to.equal("app");
+    expect(pending.data.password).to.match(/^[a-z0-9]{24}$/);
+    expect((await spike(["secret", "get", p, "--field", "password"])).stdout, "CURRENT untouched").to.equal("initial\n");
+    failed(await spike(["secret", "metadata", "set", p, "--rotation-period", "30d", "--generator", "password:4"]), 1);
+    failed(await spike(["secret", "metadata", "set", p, "--generator", "nonsense:1"]), 1);
+    json(await spike(["secret", "metadata", "set", p, "--rotation-period", "off", "-o", "json"]));
+    failed(await spike(["secret", "rotate", p]), 4);
   });
 
   it("secret delete, undelete and destroy change the named versions; purge removes the secret", async () => {
