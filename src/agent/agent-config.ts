@@ -11,6 +11,9 @@ import { parseSpiffeId } from "../identity/spiffe-id.js";
 import { parseEndpointSocket } from "../workload-api/endpoint-socket.js";
 import { parseTemplate } from "./output-format.js";
 
+/** The labels an output may follow (SecretLabel without UNSPECIFIED). */
+const AGENT_LABELS = ["current", "pending", "previous"];
+
 export type OutputFormat = "env" | "json" | "value" | "template";
 export const OUTPUT_FORMATS: readonly OutputFormat[] = ["env", "json", "value", "template"];
 
@@ -147,7 +150,8 @@ class Reader {
     if (!/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/.test(path)) this.fail(at("path"), `"${path}" is not a secret path like apps/demo/db`);
     const format = this.string(at("format")) as OutputFormat;
     if (!OUTPUT_FORMATS.includes(format)) this.fail(at("format"), `"${format}" is not one of ${OUTPUT_FORMATS.join(", ")}`);
-    const label = this.optionalString(at("label"));
+    const label = this.optionalString(at("label"))?.toLowerCase();
+    if (label !== undefined && !AGENT_LABELS.includes(label)) this.fail(at("label"), `"${label}" is not one of ${AGENT_LABELS.join(", ")}`);
     let version: number | undefined;
     if (this.has(at("version"))) {
       const v = this.value(at("version"));

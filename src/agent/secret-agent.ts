@@ -9,7 +9,7 @@
 // streaming) will replace the wait between polls with a stream and keep
 // polling as the safety-net resync.
 
-import { GetSecretRequestSchema, SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
+import { SecretLabel, SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { NexusClient } from "../client/nexus-client.js";
 import type { Logger } from "../log/logger.js";
 import { backoffDelay, sleep } from "../timing/backoff.js";
@@ -40,7 +40,6 @@ export interface SecretAgentOptions {
 
 // The server resolves labels once it knows them (secret labels issue); until
 // then only the current version can be asked for by label.
-const LABEL_FIELD = GetSecretRequestSchema.fields.find((f) => f.localName === "label");
 
 export class SecretAgent {
   private readonly statuses = new Map<string, OutputStatus>();
@@ -128,12 +127,8 @@ export class SecretAgent {
   }
 
   private async fetch(o: OutputConfig): Promise<SecretVersion> {
-    const request: Record<string, unknown> = { path: o.path, version: o.version ?? 0 };
-    if (o.label !== undefined && o.label !== "current") {
-      if (LABEL_FIELD === undefined) throw new Error(`label "${o.label}": this server API knows only the current version (use version: N)`);
-      request[LABEL_FIELD.localName] = o.label;
-    }
-    const result = await this.client.call(SecretService.method.getSecret, request);
+    const label = o.label === "pending" ? SecretLabel.PENDING : o.label === "previous" ? SecretLabel.PREVIOUS : SecretLabel.UNSPECIFIED;
+    const result = await this.client.call(SecretService.method.getSecret, { path: o.path, version: o.version ?? 0, label });
     if (result.code !== "OK") throw new Error(`GetSecret ${o.path}: ${result.code}${result.reason ? ` (${result.reason})` : ""}: ${result.message}`);
     const response = result.response!;
     return { path: o.path, version: response.version, data: response.data };

@@ -148,7 +148,7 @@ export function secretCommands(): Command {
             const res = await conn.call(method, { path, versions }, { target: { permission: "WRITE", path } });
             const schema = { deleteSecret: DeleteSecretResponseSchema, undeleteSecret: UndeleteSecretResponseSchema, destroySecret: DestroySecretResponseSchema }[rpc];
             if (out.format === "json") out.message(schema, res);
-            else out.note(res.versions.length ? `${name}d ${path} version${res.versions.length > 1 ? "s" : ""} ${res.versions.join(", ")}` : `${path}: no version changed`);
+            else out.note(res.versions.length ? `${name === "destroy" ? "destroyed" : `${name}d`} ${path} version${res.versions.length > 1 ? "s" : ""} ${res.versions.join(", ")}` : `${path}: no version changed`);
           }),
         ),
       `spike secret ${name} apps/billing/db --versions 1,2`,

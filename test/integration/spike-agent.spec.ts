@@ -11,7 +11,7 @@ import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { Permission, PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
-import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
+import { SecretLabel, SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { NexusClient } from "../../src/client/nexus-client.js";
 import { createPolicy, exactly } from "../support/admin-fixtures.js";
 import { adminSession, ok, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
@@ -81,6 +81,23 @@ describe("spike agent", function () {
     expect(await readFile(`${dir}/db.url`, "utf8")).to.equal(`postgres://demo:${PASSWORD}@db/demo?v=1&x=<1>`);
     for (const f of ["db.env", "db.json", "password", "db.url"]) expect((await stat(`${dir}/${f}`)).mode & 0o777, f).to.equal(0o600);
     expectNoValueLogged(run, [PASSWORD]);
+  });
+
+  it("--once renders the version a label names: pending and previous as well as current", async () => {
+    const p = "apps/demo/staged";
+    await put(p, { password: "first" });
+    await put(p, { password: "second" });
+    ok(await client.call(SecretService.method.putSecret, { path: p, data: { password: "staged" }, stage: SecretLabel.PENDING }), "stage PENDING");
+    const config = await writeAgentConfig(path.join(dir, "labels.yaml"), {
+      nexus: nexus(),
+      svid: svid(),
+      outputs: ["current", "pending", "previous"].map((label) => ({ path: p, label, file: `${dir}/${label}`, format: "value", key: "password" })),
+    });
+    const run = agent(["--config", config, "--once"]);
+    expect(await run.exited(), run.stderr()).to.equal(0);
+    for (const [label, value] of [["current", "second"], ["pending", "staged"], ["previous", "first"]]) {
+      expect(await readFile(`${dir}/${label}`, "utf8"), label).to.equal(value);
+    }
   });
 
   it("--once exits 2 on an invalid config naming the field, and 3 naming each output it could not render", async () => {
