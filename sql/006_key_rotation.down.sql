@@ -1,3 +1,4 @@
+ALTER TABLE secrets DROP COLUMN data_key_origin_key_id;
 DROP TRIGGER keyring_keys_changed ON keyring_keys;
 DROP FUNCTION notify_keyring_changed();
 ALTER TABLE keyring_keys DROP COLUMN encryptions;

@@ -42,3 +42,11 @@ BEGIN
 END $$;
 CREATE TRIGGER keyring_keys_changed AFTER INSERT OR UPDATE OR DELETE ON keyring_keys
     FOR EACH STATEMENT EXECUTE FUNCTION notify_keyring_changed();
+
+-- The wrapping key that was active when each secret's data key was made (a
+-- re-wrap changes keyring_key_id, not this): a data key older than the active
+-- wrapping key is replaced, with every live version re-encrypted, on the
+-- secret's next write after a rotation.
+ALTER TABLE secrets ADD COLUMN data_key_origin_key_id integer;
+UPDATE secrets SET data_key_origin_key_id = keyring_key_id;
+ALTER TABLE secrets ALTER COLUMN data_key_origin_key_id SET NOT NULL;

@@ -116,14 +116,19 @@ export class KeyRotation {
       throw new NexusError("internal", "the rotation's wrapping key is not the active key here", { reason: "ROTATION_KEY_MISSING" });
     }
     this.logger.info("key rotation: re-wrapping", { rotationId: rotation.id, from: rotation.oldWrappingKeyId, to: rotation.newWrappingKeyId });
-    const batch = { id: rotation.id, newWrappingKeyId: rotation.newWrappingKeyId, worker: this.worker, leaseMs: this.options.leaseMs };
+    const batch = { id: rotation.id, newWrappingKeyId: rotation.newWrappingKeyId, reencrypt: rotation.reencrypt, worker: this.worker, leaseMs: this.options.leaseMs };
     let phase = rotation.phase;
     while (phase === "rewrapping") {
       if (this.keys.sealed) return;
       const generation = this.keys.generation;
       const n = await this.store.rewrapBatch(batch, this.options.batchSize, (rows) => {
         if (this.keys.generation !== generation) throw this.keys.sealedError();
-        return rows.map((r) => this.cipher.rewrap(r));
+        return rows.map((r) => {
+          if (r.versions === undefined) return this.cipher.rewrap(r);
+          // reencrypt: a fresh data key under the new wrapping key, every live version re-encrypted under it.
+          const replaced = this.cipher.replaceDataKey(r, r.versions);
+          return { keyringKeyId: replaced.key.keyringKeyId, wrappedDataKey: replaced.key.wrappedDataKey, dataKeyId: replaced.key.dataKeyId, versions: replaced.versions };
+        });
       });
       if (n > 0) {
         if (this.options.pauseMs > 0) await new Promise((r) => setTimeout(r, this.options.pauseMs));

@@ -12,7 +12,8 @@ import { NexusError } from "../errors/nexus-error.js";
 import { ownedCopy } from "../keys/aead.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { DataKeyRef, SecretCipher } from "../keys/secret-cipher.js";
-import type { SecretMetadataRow, SecretStore, VersionChange } from "../store/secret-store.js";
+import type { AppendResult, SecretMetadataRow, SecretStore, VersionChange } from "../store/secret-store.js";
+import type { AuditRow } from "../audit/audit-event.js";
 import { registerService, type CallContext, type ServiceRegistration } from "../transport/call-context.js";
 import {
   DEFAULT_MAX_VERSIONS,
@@ -42,6 +43,8 @@ export interface SecretServiceDeps {
 interface KnownSecret extends Omit<DataKeyRef, "wrappedDataKey"> {
   wrappedDataKey: Buffer;
   latestVersion: number;
+  /** The wrapping key active when its data key was made: older than the active one means a rotation since. */
+  dataKeyOriginKeyId: number;
 }
 
 /** An unconditional put retries while it keeps losing races; the database reports the fresh version each time. */
@@ -72,9 +75,24 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       cipher.forget(row.id);
       return undefined;
     }
-    const s: KnownSecret = { secretId: row.id, path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey, latestVersion: row.latestVersion };
+    const s: KnownSecret = { secretId: row.id, path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey, latestVersion: row.latestVersion, dataKeyOriginKeyId: row.dataKeyOriginKeyId };
     remember(s);
     return s;
+  };
+
+  const appendWithFreshDataKey = async (secret: KnownSecret, version: number, plaintext: Buffer, createdBy: string, expiresAt: Date | undefined, audit: AuditRow): Promise<AppendResult> => {
+    const versions = await store.liveCiphertexts(secret.secretId);
+    if (!keys.hasWrappingKey(secret.keyringKeyId)) return { kind: "gone" }; // re-wrapped meanwhile: read the row again
+    const replaced = cipher.replaceDataKey(secret, versions);
+    const ciphertext = cipher.encryptVersion({ secretId: secret.secretId, path: secret.path, dataKeyId: replaced.key.dataKeyId }, replaced.key.dataKey, version, plaintext);
+    const key = { previousDataKeyId: secret.dataKeyId, dataKeyId: replaced.key.dataKeyId, wrappedDataKey: replaced.key.wrappedDataKey, keyringKeyId: replaced.key.keyringKeyId };
+    const result = await store.appendWithNewDataKey({ secretId: secret.secretId, dataKeyId: secret.dataKeyId, version, ciphertext, createdBy, expiresAt }, key, replaced.versions, audit);
+    if (result.kind === "written") {
+      Object.assign(secret, { dataKeyId: key.dataKeyId, wrappedDataKey: key.wrappedDataKey, keyringKeyId: key.keyringKeyId, dataKeyOriginKeyId: key.keyringKeyId });
+    } else {
+      cipher.forget(secret.secretId);
+    }
+    return result;
   };
 
   /**
@@ -134,7 +152,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
             }, ctx.audit.prepare());
             if (createdAt !== undefined) {
               ctx.audit.markWritten();
-              remember({ secretId: id, path, dataKeyId: dk.dataKeyId, keyringKeyId: dk.keyringKeyId, wrappedDataKey: dk.wrappedDataKey, latestVersion: 1 });
+              remember({ secretId: id, path, dataKeyId: dk.dataKeyId, keyringKeyId: dk.keyringKeyId, wrappedDataKey: dk.wrappedDataKey, latestVersion: 1, dataKeyOriginKeyId: dk.keyringKeyId });
               return { version: 1, createdAt: timestampFromDate(createdAt) };
             }
             cipher.forget(id);
@@ -143,12 +161,15 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
           }
           if (cas === 0) throw casMismatch(path, 0, secret.latestVersion);
           const version = (cas ?? secret.latestVersion) + 1;
-          const ciphertext = cipher.encryptVersion(secret, cipher.dataKey(secret), version, plaintext);
           ctx.audit.subject(path, version);
-          const result = await store.appendVersion(
-            { secretId: secret.secretId, version, ciphertext, createdBy: ctx.caller.toString(), expiresAt },
-            ctx.audit.prepare(),
-          );
+          let result: AppendResult;
+          if (secret.dataKeyOriginKeyId < keys.activeWrappingKey().id) {
+            // The first write after a key rotation: a fresh data key, every live version re-encrypted under it.
+            result = await appendWithFreshDataKey(secret, version, plaintext, ctx.caller.toString(), expiresAt, ctx.audit.prepare());
+          } else {
+            const ciphertext = cipher.encryptVersion(secret, cipher.dataKey(secret), version, plaintext);
+            result = await store.appendVersion({ secretId: secret.secretId, dataKeyId: secret.dataKeyId, version, ciphertext, createdBy: ctx.caller.toString(), expiresAt }, ctx.audit.prepare());
+          }
           if (result.kind === "written") {
             ctx.audit.markWritten();
             secret.latestVersion = version;
@@ -160,6 +181,11 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
             await store.purgeIfExpired(secret.secretId);
             cipher.forget(secret.secretId);
             if (cas !== undefined && cas !== 0) throw casMismatch(path, cas, 0);
+            continue;
+          }
+          // Another replica gave the secret a fresh data key: read its row again.
+          if (result.dataKeyId !== secret.dataKeyId) {
+            if (cas !== undefined && result.latestVersion !== cas) throw casMismatch(path, cas, result.latestVersion);
             continue;
           }
           if (cas !== undefined) throw casMismatch(path, cas, result.latestVersion);

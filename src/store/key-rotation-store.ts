@@ -27,13 +27,22 @@ export interface RotationRow {
   readonly startedBy: string;
 }
 
-/** A data key as a re-wrap batch reads it. */
+/** A data key as a re-wrap batch reads it (with its live versions when the rotation re-encrypts). */
 export interface WrappedDataKeyRow {
   readonly secretId: string;
   readonly path: string;
   readonly dataKeyId: number;
   readonly keyringKeyId: number;
   readonly wrappedDataKey: Buffer;
+  readonly versions?: ReadonlyArray<{ readonly version: number; readonly ciphertext: Buffer }>;
+}
+
+/** What a batch writes back: the data key wrapped anew, or (re-encrypting) a fresh data key and its versions. */
+export interface RewrappedDataKey {
+  readonly keyringKeyId: number;
+  readonly wrappedDataKey: Buffer;
+  readonly dataKeyId?: number;
+  readonly versions?: ReadonlyArray<{ readonly version: number; readonly ciphertext: Buffer }>;
 }
 
 /** What the start transaction asks of the layers above, with the highest keyring id and the active wrapping key id as stored. */
@@ -122,9 +131,9 @@ export class KeyRotationStore {
    * many it did (0: the pass reached the end).
    */
   async rewrapBatch(
-    rotation: { id: number; newWrappingKeyId: number; worker: string; leaseMs: number },
+    rotation: { id: number; newWrappingKeyId: number; reencrypt: boolean; worker: string; leaseMs: number },
     limit: number,
-    rewrap: (rows: WrappedDataKeyRow[]) => Array<{ keyringKeyId: number; wrappedDataKey: Buffer }>,
+    rewrap: (rows: WrappedDataKeyRow[]) => RewrappedDataKey[],
   ): Promise<number> {
     return guarded(() =>
       this.sql.begin(async (tx) => {
@@ -136,12 +145,33 @@ export class KeyRotationStore {
           WHERE keyring_key_id <> ${rotation.newWrappingKeyId} AND id > ${r.resume_after ?? "00000000-0000-0000-0000-000000000000"}
           ORDER BY id LIMIT ${limit} FOR UPDATE`;
         if (rows.length === 0) return 0;
-        const refs = rows.map((x) => ({ secretId: x.id as string, path: x.path as string, dataKeyId: x.data_key_id as number, keyringKeyId: x.keyring_key_id as number, wrappedDataKey: x.wrapped_data_key as Buffer }));
+        const versions = new Map<string, Array<{ version: number; ciphertext: Buffer }>>();
+        if (rotation.reencrypt) {
+          // Rows locked above: no version of these secrets changes under us.
+          const ids = rows.map((x) => x.id as string);
+          for (const v of await tx`SELECT secret_id, version, ciphertext FROM secret_versions WHERE secret_id = ANY(${ids}::uuid[]) AND ciphertext IS NOT NULL ORDER BY secret_id, version`) {
+            const list = versions.get(v.secret_id as string) ?? [];
+            list.push({ version: v.version as number, ciphertext: v.ciphertext as Buffer });
+            versions.set(v.secret_id as string, list);
+          }
+        }
+        const refs = rows.map((x) => ({
+          secretId: x.id as string, path: x.path as string, dataKeyId: x.data_key_id as number, keyringKeyId: x.keyring_key_id as number,
+          wrappedDataKey: x.wrapped_data_key as Buffer, versions: versions.get(x.id as string),
+        }));
         const wrapped = rewrap(refs);
-        const json = JSON.stringify(refs.map((ref, i) => ({ id: ref.secretId, k: wrapped[i].keyringKeyId, w: wrapped[i].wrappedDataKey.toString("hex") })));
+        const json = JSON.stringify(refs.map((ref, i) => ({ id: ref.secretId, k: wrapped[i].keyringKeyId, w: wrapped[i].wrappedDataKey.toString("hex"), d: wrapped[i].dataKeyId ?? ref.dataKeyId })));
         await tx`
-          UPDATE secrets s SET keyring_key_id = t.k, wrapped_data_key = decode(t.w, 'hex')
-          FROM json_to_recordset(${json}::text::json) AS t(id uuid, k int, w text) WHERE s.id = t.id`;
+          UPDATE secrets s SET keyring_key_id = t.k, wrapped_data_key = decode(t.w, 'hex'), data_key_id = t.d,
+                 data_key_origin_key_id = CASE WHEN t.d <> s.data_key_id THEN t.k ELSE s.data_key_origin_key_id END
+          FROM json_to_recordset(${json}::text::json) AS t(id uuid, k int, w text, d int) WHERE s.id = t.id`;
+        const reencrypted = refs.flatMap((ref, i) => (wrapped[i].versions ?? []).map((v) => ({ id: ref.secretId, v: v.version, c: v.ciphertext.toString("hex") })));
+        if (reencrypted.length > 0) {
+          await tx`
+            UPDATE secret_versions sv SET ciphertext = decode(t.c, 'hex')
+            FROM json_to_recordset(${JSON.stringify(reencrypted)}::text::json) AS t(id uuid, v int, c text)
+            WHERE sv.secret_id = t.id AND sv.version = t.v AND sv.ciphertext IS NOT NULL`;
+        }
         await tx`
           UPDATE key_rotations SET done = done + ${rows.length}, resume_after = ${refs[refs.length - 1].secretId},
                  lease_until = now() + ${rotation.leaseMs} * interval '1 millisecond'

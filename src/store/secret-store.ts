@@ -16,6 +16,8 @@ export interface SecretKeyRow {
   readonly dataKeyId: number;
   readonly wrappedDataKey: Buffer;
   readonly keyringKeyId: number;
+  /** The wrapping key active when the data key was made (a rotation's re-wrap leaves it). */
+  readonly dataKeyOriginKeyId: number;
   readonly expired: boolean;
 }
 
@@ -33,15 +35,25 @@ export interface NewSecret {
 
 export interface AppendVersion {
   readonly secretId: string;
+  /** The data key the ciphertext is under: written only if the secret still has it (a rotation's fresh data key may have replaced it). */
+  readonly dataKeyId: number;
   readonly version: number;
   readonly ciphertext: Buffer;
   readonly createdBy: string;
   readonly expiresAt: Date | undefined;
 }
 
+/** A secret's replacement data key, and the one it replaces (compare-and-swap). */
+export interface NewDataKeyRow {
+  readonly previousDataKeyId: number;
+  readonly dataKeyId: number;
+  readonly wrappedDataKey: Buffer;
+  readonly keyringKeyId: number;
+}
+
 export type AppendResult =
   | { readonly kind: "written"; readonly createdAt: Date }
-  | { readonly kind: "conflict"; readonly latestVersion: number; readonly expired: boolean }
+  | { readonly kind: "conflict"; readonly latestVersion: number; readonly expired: boolean; readonly dataKeyId: number }
   | { readonly kind: "gone" };
 
 export interface VersionRow extends SecretKeyRow {
@@ -98,7 +110,7 @@ export class SecretStore {
   async findByPath(path: string): Promise<SecretKeyRow | undefined> {
     return this.run(async () => {
       const [row] = await this.sql`
-        SELECT id, path, latest_version, data_key_id, wrapped_data_key, keyring_key_id,
+        SELECT id, path, latest_version, data_key_id, wrapped_data_key, keyring_key_id, data_key_origin_key_id,
                (expires_at IS NOT NULL AND expires_at <= now()) AS expired
         FROM secrets WHERE path = ${path}`;
       return row ? keyRow(row) : undefined;
@@ -110,8 +122,8 @@ export class SecretStore {
     return this.run(async () => {
       const [row] = await this.sql`
         WITH s AS (
-          INSERT INTO secrets (id, path, latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, expires_at)
-          VALUES (${s.id}, ${s.path}, 1, ${s.maxVersions}, ${s.dataKeyId}, ${s.wrappedDataKey}, ${s.keyringKeyId}, ${s.expiresAt ?? null})
+          INSERT INTO secrets (id, path, latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, data_key_origin_key_id, expires_at)
+          VALUES (${s.id}, ${s.path}, 1, ${s.maxVersions}, ${s.dataKeyId}, ${s.wrappedDataKey}, ${s.keyringKeyId}, ${s.keyringKeyId}, ${s.expiresAt ?? null})
           ON CONFLICT (path) DO NOTHING
           RETURNING id
         ), a AS (
@@ -154,12 +166,12 @@ export class SecretStore {
         WITH cur AS (
           -- FOR UPDATE: after waiting for a concurrent writer this sees its
           -- committed latest_version, so a loser retries with a fresh number.
-          SELECT latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+          SELECT latest_version, data_key_id, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
           FROM secrets WHERE id = ${a.secretId} FOR UPDATE
         ), upd AS (
           UPDATE secrets
           SET latest_version = ${a.version}, updated_at = now(), expires_at = coalesce(${a.expiresAt ?? null}::timestamptz, expires_at)
-          WHERE id = ${a.secretId} AND latest_version = ${a.version - 1} AND ${this.sql.unsafe(LIVE)}
+          WHERE id = ${a.secretId} AND latest_version = ${a.version - 1} AND data_key_id = ${a.dataKeyId} AND ${this.sql.unsafe(LIVE)}
           RETURNING id, max_versions
         ), ins AS (
           INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
@@ -171,7 +183,7 @@ export class SecretStore {
         ), aud AS (
           ${auditInsertFragment(this.sql, audit)} FROM upd
         )
-        SELECT (SELECT created_at FROM ins) AS created_at, cur.latest_version, cur.expired FROM cur`;
+        SELECT (SELECT created_at FROM ins) AS created_at, cur.latest_version, cur.expired, cur.data_key_id FROM cur`;
       return appendResult(row);
     });
   }
@@ -184,6 +196,7 @@ export class SecretStore {
         i,
         secret_id: a.secretId,
         new_version: a.version,
+        data_key_id: a.dataKeyId,
         ciphertext_hex: a.ciphertext.toString("hex"),
         created_by: a.createdBy,
         expires_at: a.expiresAt?.toISOString(),
@@ -194,11 +207,11 @@ export class SecretStore {
       () => this.sql`
         WITH t AS MATERIALIZED (
           SELECT * FROM json_to_recordset(${json}::text::json) AS t(
-            i int, secret_id uuid, new_version int, ciphertext_hex text, created_by text, expires_at timestamptz,
+            i int, secret_id uuid, new_version int, data_key_id int, ciphertext_hex text, created_by text, expires_at timestamptz,
             replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
             outcome text, code text, detail jsonb, mac_hex text, signature_hex text, signer_hex text)
         ), cur AS MATERIALIZED (
-          SELECT id, latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+          SELECT id, latest_version, data_key_id, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
           -- NOWAIT: a row someone else holds fails the batch at once (each put then
           -- goes alone) instead of stalling every put of this replica behind it.
           FROM secrets WHERE id IN (SELECT secret_id FROM t) ORDER BY id FOR UPDATE NOWAIT
@@ -206,7 +219,7 @@ export class SecretStore {
           UPDATE secrets s
           SET latest_version = t.new_version, updated_at = now(), expires_at = coalesce(t.expires_at, s.expires_at)
           FROM t JOIN cur ON cur.id = t.secret_id
-          WHERE s.id = t.secret_id AND s.latest_version = t.new_version - 1 AND (s.expires_at IS NULL OR s.expires_at > now())
+          WHERE s.id = t.secret_id AND s.latest_version = t.new_version - 1 AND s.data_key_id = t.data_key_id AND (s.expires_at IS NULL OR s.expires_at > now())
           RETURNING s.id, s.max_versions, t.i
         ), ins AS (
           INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
@@ -221,12 +234,59 @@ export class SecretStore {
                  decode(t.signature_hex, 'hex'), decode(t.signer_hex, 'hex')
           FROM t JOIN upd ON upd.i = t.i
         )
-        SELECT t.i, ins.created_at, cur.latest_version, cur.expired
+        SELECT t.i, ins.created_at, cur.latest_version, cur.expired, cur.data_key_id
         FROM t LEFT JOIN cur ON cur.id = t.secret_id LEFT JOIN ins ON ins.secret_id = t.secret_id`,
     );
     const results = new Array<AppendResult>(batch.length);
     for (const row of rows) results[row.i as number] = appendResult(row.latest_version === null ? undefined : row);
     return results;
+  }
+
+  /** The versions of a secret that still hold ciphertext (for a data-key replacement). */
+  async liveCiphertexts(secretId: string): Promise<Array<{ version: number; ciphertext: Buffer }>> {
+    return this.run(async () => {
+      const rows = await this.sql`SELECT version, ciphertext FROM secret_versions WHERE secret_id = ${secretId} AND ciphertext IS NOT NULL ORDER BY version`;
+      return rows.map((r) => ({ version: r.version as number, ciphertext: r.ciphertext as Buffer }));
+    });
+  }
+
+  /**
+   * appendOne with a fresh data key (the first write after a key rotation):
+   * the secret's data key is replaced, every version read before is written
+   * re-encrypted under it, and the new version appended, in one statement that
+   * writes nothing unless the data key and latest version are still the ones
+   * read. A version destroyed meanwhile stays destroyed.
+   */
+  async appendWithNewDataKey(a: AppendVersion, key: NewDataKeyRow, reencrypted: ReadonlyArray<{ version: number; ciphertext: Buffer }>, audit: AuditRow): Promise<AppendResult> {
+    const json = JSON.stringify(reencrypted.map((v) => ({ version: v.version, c: v.ciphertext.toString("hex") })));
+    return this.run(async () => {
+      const [row] = await this.sql`
+        WITH cur AS (
+          SELECT latest_version, data_key_id, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+          FROM secrets WHERE id = ${a.secretId} FOR UPDATE
+        ), upd AS (
+          UPDATE secrets
+          SET latest_version = ${a.version}, updated_at = now(), expires_at = coalesce(${a.expiresAt ?? null}::timestamptz, expires_at),
+              data_key_id = ${key.dataKeyId}, wrapped_data_key = ${key.wrappedDataKey}, keyring_key_id = ${key.keyringKeyId}, data_key_origin_key_id = ${key.keyringKeyId}
+          WHERE id = ${a.secretId} AND latest_version = ${a.version - 1} AND data_key_id = ${key.previousDataKeyId} AND ${this.sql.unsafe(LIVE)}
+          RETURNING id, max_versions
+        ), re AS (
+          UPDATE secret_versions v SET ciphertext = decode(t.c, 'hex')
+          FROM upd, json_to_recordset(${json}::text::json) AS t(version int, c text)
+          WHERE v.secret_id = upd.id AND v.version = t.version AND v.ciphertext IS NOT NULL
+        ), ins AS (
+          INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
+          SELECT id, ${a.version}, ${a.ciphertext}, ${a.createdBy} FROM upd
+          RETURNING created_at
+        ), pruned AS (
+          DELETE FROM secret_versions v USING upd
+          WHERE v.secret_id = upd.id AND v.version <= ${a.version} - upd.max_versions
+        ), aud AS (
+          ${auditInsertFragment(this.sql, audit)} FROM upd
+        )
+        SELECT (SELECT created_at FROM ins) AS created_at, cur.latest_version, cur.expired, cur.data_key_id FROM cur`;
+      return appendResult(row);
+    });
   }
 
   /** Removes a secret only if it has expired (so a put can reuse its path). */
@@ -373,7 +433,7 @@ export class SecretStore {
 function appendResult(row: Record<string, unknown> | undefined): AppendResult {
   if (!row) return { kind: "gone" };
   if (row.created_at) return { kind: "written", createdAt: row.created_at as Date };
-  return { kind: "conflict", latestVersion: row.latest_version as number, expired: row.expired as boolean };
+  return { kind: "conflict", latestVersion: row.latest_version as number, expired: row.expired as boolean, dataKeyId: row.data_key_id as number };
 }
 
 function keyRow(row: Record<string, unknown>): SecretKeyRow {
@@ -384,6 +444,7 @@ function keyRow(row: Record<string, unknown>): SecretKeyRow {
     dataKeyId: row.data_key_id as number,
     wrappedDataKey: row.wrapped_data_key as Buffer,
     keyringKeyId: row.keyring_key_id as number,
+    dataKeyOriginKeyId: (row.data_key_origin_key_id as number | undefined) ?? (row.keyring_key_id as number),
     expired: row.expired as boolean,
   };
 }

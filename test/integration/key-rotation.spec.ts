@@ -137,6 +137,41 @@ describe("RotateEncryptionKey (a server stream on both listeners)", function () 
     await waitFor(async () => (await reader.call(SecretService.method.getSecret, { path: "app/s1" })).code === "OK");
   });
 
+  it("each secret's next write after a rotation uses a fresh data key; its older versions are re-encrypted under it and still decrypt", async () => {
+    ok(await admin.call(SecretService.method.putSecret, { path: "fresh/a", data: { v: "1" } }));
+    ok(await admin.call(SecretService.method.putSecret, { path: "fresh/a", data: { v: "2" } }));
+    const [before] = await db`SELECT data_key_id, (SELECT ciphertext FROM secret_versions WHERE secret_id = s.id AND version = 1) AS v1 FROM secrets s WHERE path = 'fresh/a'`;
+    await collect(admin.stream(ROTATE, {}, { bearerToken: token }));
+    const [rewrapped] = await db`SELECT data_key_id FROM secrets WHERE path = 'fresh/a'`;
+    expect(rewrapped.data_key_id, "a re-wrap keeps the data key").to.equal(before.data_key_id);
+    ok(await admin.call(SecretService.method.putSecret, { path: "fresh/a", data: { v: "3" } }));
+    const [after] = await db`SELECT data_key_id, (SELECT ciphertext FROM secret_versions WHERE secret_id = s.id AND version = 1) AS v1 FROM secrets s WHERE path = 'fresh/a'`;
+    expect(after.data_key_id).to.equal(before.data_key_id + 1);
+    expect(after.v1.equals(before.v1)).to.equal(false);
+    for (const [version, v] of [[1, "1"], [2, "2"], [3, "3"]] as const) {
+      for (const listener of LISTENERS) {
+        expect(ok(await server.client(listener).call(SecretService.method.getSecret, { path: "fresh/a", version })).data).to.deep.equal({ v });
+      }
+    }
+    // The write after that keeps the fresh key.
+    ok(await admin.call(SecretService.method.putSecret, { path: "fresh/a", data: { v: "4" } }));
+    const [later] = await db`SELECT data_key_id FROM secrets WHERE path = 'fresh/a'`;
+    expect(later.data_key_id).to.equal(after.data_key_id);
+  });
+
+  it("reencrypt: true gives every secret a fresh data key and re-encrypts every live version; all still decrypt", async () => {
+    const before = new Map((await db`SELECT path, data_key_id FROM secrets`).map((r) => [r.path as string, r.data_key_id as number]));
+    const messages = await collect(admin.stream(ROTATE, { reencrypt: true }, { bearerToken: token }));
+    expect(messages[messages.length - 1].phase).to.equal(RotationPhase.DONE);
+    const after = await db`SELECT path, data_key_id, data_key_origin_key_id, keyring_key_id FROM secrets`;
+    for (const r of after) {
+      expect(r.data_key_id, r.path).to.equal(before.get(r.path)! + 1);
+      expect(r.data_key_origin_key_id).to.equal(r.keyring_key_id);
+    }
+    for (const i of [0, 1, 1199]) expect(ok(await admin.call(SecretService.method.getSecret, { path: `app/s${i}` })).data).to.deep.equal({ v: `value-${i}` });
+    expect(ok(await admin.call(SecretService.method.getSecret, { path: "fresh/a", version: 1 })).data).to.deep.equal({ v: "1" });
+  });
+
   it("refusals are audited: a workload SVID is PERMISSION_DENIED, no credential UNAUTHENTICATED", async () => {
     const workload = server.client("connect", server.pki.workload);
     expect((await streamFailure(workload.stream(ROTATE, {}))).code).to.equal("PERMISSION_DENIED");
