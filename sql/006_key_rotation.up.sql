@@ -47,6 +47,14 @@ CREATE TRIGGER keyring_keys_changed AFTER INSERT OR UPDATE OR DELETE ON keyring_
 -- re-wrap changes keyring_key_id, not this): a data key older than the active
 -- wrapping key is replaced, with every live version re-encrypted, on the
 -- secret's next write after a rotation.
+-- A row inserted without it (tools, restores of older dumps) takes its wrapping key.
 ALTER TABLE secrets ADD COLUMN data_key_origin_key_id integer;
 UPDATE secrets SET data_key_origin_key_id = keyring_key_id;
 ALTER TABLE secrets ALTER COLUMN data_key_origin_key_id SET NOT NULL;
+CREATE FUNCTION secrets_default_data_key_origin() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.data_key_origin_key_id := coalesce(NEW.data_key_origin_key_id, NEW.keyring_key_id);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER secrets_data_key_origin BEFORE INSERT ON secrets
+    FOR EACH ROW EXECUTE FUNCTION secrets_default_data_key_origin();

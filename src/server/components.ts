@@ -5,7 +5,8 @@
 // overlaps the scrypt of the password file on libuv's thread pool.
 
 import { X509Certificate } from "node:crypto";
-import { AuditLog } from "../audit/audit-log.js";
+import { randomUUID } from "node:crypto";
+import { AuditLog, type CallRecord } from "../audit/audit-log.js";
 import { AuditRetention } from "../audit/audit-retention.js";
 import { AuditVerifier } from "../audit/audit-verifier.js";
 import type { SignatureTrust } from "../audit/event-authenticator.js";
@@ -22,7 +23,7 @@ import { inspectSvid } from "../identity/x509-svid.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import { SecretCipher } from "../keys/secret-cipher.js";
 import type { Logger } from "../log/logger.js";
-import { grantSetParticipants, KeyRotation } from "../services/key-rotation.js";
+import { DEFAULT_ROTATION_OPTIONS, grantSetParticipants, KeyRotation, SCHEDULE_CHECK_MS } from "../services/key-rotation.js";
 import { operatorService } from "../services/operator-service.js";
 import { policyService } from "../services/policy-service.js";
 import { secretService } from "../services/secret-service.js";
@@ -47,6 +48,8 @@ export interface ComponentDeps {
   readonly keys: KeyManager;
   readonly databaseCheckIntervalMs?: number;
   readonly certificateDebounceMs?: number;
+  /** How often this replica checks whether a scheduled key rotation is due (tests shorten it). */
+  readonly keyRotationCheckMs?: number;
   /** Teardown steps, run in reverse order. */
   readonly cleanup: Array<() => Promise<void> | void>;
 }
@@ -90,7 +93,11 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   cleanup.push(() => policySync.stop());
   const credentials = new AdminCredentials(credentialStore, keys, epochs);
   const cipher = new SecretCipher(keys);
-  const rotation = new KeyRotation(new KeyRotationStore(sql), keys, cipher, grantSetParticipants(epochs, policyStore, credentialStore), auditLog.replicaId, logger);
+  const rotation = new KeyRotation(new KeyRotationStore(sql), keys, cipher, grantSetParticipants(epochs, policyStore, credentialStore), auditLog.replicaId, logger, {
+    ...DEFAULT_ROTATION_OPTIONS,
+    batchSize: config.keyRotationBatch,
+    pauseMs: config.keyRotationPauseMs,
+  });
   // Keys another replica creates (a rotation) are taken up within a moment;
   // a rotation left unfinished (a crash) is resumed after an unseal, or when
   // its driver's lease runs out.
@@ -100,8 +107,28 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   if (!keys.sealed) rotation.resume();
   const rotationCheck = setInterval(() => rotation.resume(), 5000);
   rotationCheck.unref();
+  // The schedule: every replica checks, the database lets one start it.
+  const schedule = { intervalMs: config.keyRotationIntervalMs, maxEncryptions: config.keyRotationMaxEncryptions };
+  const scheduleCheck = setInterval(() => void scheduledRotation(), deps.keyRotationCheckMs ?? SCHEDULE_CHECK_MS);
+  scheduleCheck.unref();
+  const scheduledRotation = async () => {
+    let record: CallRecord | undefined;
+    try {
+      const started = await rotation.startIfDue(schedule, () => {
+        record = auditLog.begin({ requestId: randomUUID(), rpc: "/spike.nexus.v1.OperatorService/RotateEncryptionKey", time: new Date() });
+        record.identify("schedule");
+        return record.prepare({ scheduled: true, ...schedule });
+      });
+      if (started) record?.markWritten();
+      else if (record !== undefined) await record.finish("error", "ABORTED");
+    } catch (err) {
+      logger.warn("scheduled key rotation check failed", { err });
+      if (record !== undefined && !record.isWritten) await record.finish("error", "INTERNAL").catch(() => {});
+    }
+  };
   cleanup.push(async () => {
     clearInterval(rotationCheck);
+    clearInterval(scheduleCheck);
     await rotation.idle();
   });
 

@@ -43,6 +43,9 @@ export interface KeyRotationOptions {
 
 export const DEFAULT_ROTATION_OPTIONS: KeyRotationOptions = { batchSize: 500, pauseMs: 0, retireAfterMs: 3000, leaseMs: 15_000 };
 
+/** How often each replica checks whether a scheduled rotation is due. */
+export const SCHEDULE_CHECK_MS = 60_000;
+
 export function grantSetParticipants(epochs: GrantEpochs, policies: PolicyStore, credentials: CredentialStore): RemacParticipant[] {
   return [
     { name: "policies", remac: (tx, newKey) => policies.remac(tx, (epoch, rows) => epochs.reseal(POLICY_SET, epoch, rows, newKey)) },
@@ -65,12 +68,34 @@ export class KeyRotation {
 
   /** Starts a rotation, or attaches to the one running on any replica; the re-wrap goes on in the background. */
   async start(startedBy: string, reencrypt: boolean, audit: AuditRow): Promise<{ rotation: RotationRow; started: boolean }> {
+    return (await this.startIf(startedBy, reencrypt, () => audit, undefined))!;
+  }
+
+  /**
+   * The schedule (every replica checks; the first to find a rotation due
+   * under the lock starts it, the others find it running or not due).
+   * Returns whether this call started one.
+   */
+  async startIfDue(schedule: { intervalMs: number; maxEncryptions: number }, audit: () => AuditRow): Promise<boolean> {
+    if (this.keys.sealed) return false;
+    const result = await this.startIf("schedule", false, audit, schedule);
+    if (result?.started) this.logger.info("scheduled key rotation started", { rotationId: result.rotation.id });
+    return result?.started ?? false;
+  }
+
+  private async startIf(
+    startedBy: string,
+    reencrypt: boolean,
+    audit: () => AuditRow,
+    schedule: { intervalMs: number; maxEncryptions: number } | undefined,
+  ): Promise<{ rotation: RotationRow; started: boolean } | undefined> {
     const generation = this.keys.generation;
     let made: Array<{ key: Buffer }> = [];
     const result = await this.store.start({
       startedBy,
       reencrypt,
       audit,
+      schedule,
       keys: (maxKeyId) => {
         const wrapping = this.keys.newKeyringKey(maxKeyId + 1, "wrapping");
         const integrity = this.keys.newKeyringKey(maxKeyId + 2, "integrity");
@@ -88,6 +113,7 @@ export class KeyRotation {
       },
     });
     made.forEach((m) => m.key.fill(0));
+    if (result === undefined) return undefined;
     // Take the new keys up at once here; other replicas follow by NOTIFY.
     await this.keys.refreshKeyring();
     this.resume(result.rotation.id);

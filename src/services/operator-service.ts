@@ -87,13 +87,29 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
   const { keys, credentials } = deps;
   return registerService(OperatorService, {
     async getStatus(_req, ctx) {
-      return {
+      const status = {
         version: NEXUS_VERSION,
         initialized: await deps.initialized(),
         sealed: keys.sealed,
         trustDomain: deps.trustDomain,
         callerSpiffeId: ctx.caller.toString(),
         activeKeyringKeyId: keys.activeKeyringKeyId,
+      };
+      // The admin view: authorization granted it (superuser SVID and a live admin credential).
+      if (ctx.access.credential === undefined || keys.sealed) return status;
+      const [perKey, running] = await Promise.all([deps.rotationStore.dataKeysPerWrappingKey(), deps.rotationStore.running()]);
+      return {
+        ...status,
+        rootKeyId: keys.rootKeyId,
+        keyring: keys.keyringIds().map((k) => ({ ...k, dataKeys: BigInt(k.purpose === "wrapping" ? (perKey.get(k.id) ?? 0) : 0) })),
+        rotation: running && {
+          rotationId: BigInt(running.id),
+          phase: PHASE_TO_PROTO[running.phase],
+          done: BigInt(running.done),
+          total: BigInt(Math.max(running.total, running.done)),
+          startedAt: timestampFromDate(running.startedAt),
+          startedBy: running.startedBy,
+        },
       };
     },
 

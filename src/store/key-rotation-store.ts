@@ -53,7 +53,10 @@ export interface RotationStart {
   remac(tx: Queryable): Promise<void>;
   readonly startedBy: string;
   readonly reencrypt: boolean;
-  readonly audit: AuditRow;
+  /** The start's audit event, asked for only once the rotation will start. */
+  audit(): AuditRow;
+  /** A scheduled start: only if a rotation is due (checked under the lock, so one replica starts it). */
+  readonly schedule?: { readonly intervalMs: number; readonly maxEncryptions: number };
 }
 
 const LOCK = "nexus/key-rotation";
@@ -82,12 +85,13 @@ export class KeyRotationStore {
    * One at a time across replicas: the transaction holds an advisory lock, and
    * a unique index allows one unfinished row.
    */
-  async start(s: RotationStart): Promise<{ rotation: RotationRow; started: boolean }> {
+  async start(s: RotationStart): Promise<{ rotation: RotationRow; started: boolean } | undefined> {
     return guarded(() =>
       this.sql.begin(async (tx) => {
         await tx`SELECT pg_advisory_xact_lock(hashtext(${LOCK}))`;
         const [running] = await tx`SELECT ${tx.unsafe(COLUMNS)} FROM key_rotations WHERE phase <> 'done'`;
-        if (running) return { rotation: toRotation(running), started: false };
+        if (running) return s.schedule ? undefined : { rotation: toRotation(running), started: false };
+        if (s.schedule && !(await rotationDue(tx, s.schedule))) return undefined;
         const [ids] = await tx`
           SELECT max(id) AS max_id, max(id) FILTER (WHERE purpose = 'wrapping') AS wrapping_id FROM keyring_keys`;
         const made = s.keys(Number(ids.max_id));
@@ -104,7 +108,7 @@ export class KeyRotationStore {
           INSERT INTO key_rotations (phase, reencrypt, old_wrapping_key_id, new_wrapping_key_id, new_integrity_key_id, total, started_by)
           VALUES ('rewrapping', ${s.reencrypt}, ${Number(ids.wrapping_id)}, ${made.wrappingKeyId}, ${made.integrityKeyId}, ${Number(count.n)}, ${s.startedBy})
           RETURNING ${tx.unsafe(COLUMNS)}`;
-        await insertAuditRow(tx, s.audit);
+        await insertAuditRow(tx, s.audit());
         return { rotation: toRotation(row), started: true };
       }),
     );
@@ -217,6 +221,23 @@ export class KeyRotationStore {
       return new Map(rows.map((r) => [r.id as number, Number(r.n)]));
     });
   }
+}
+
+/**
+ * Whether a scheduled rotation is due: the active wrapping key is older than
+ * the interval, or has wrapped `maxEncryptions` data keys (data keys made under
+ * it plus those a rotation re-wrapped to it: each is one AES-GCM encryption
+ * with a random nonce under that key; deleted secrets are not counted, so the
+ * count errs low — keep the limit well below 2^32).
+ */
+async function rotationDue(tx: Queryable, schedule: { intervalMs: number; maxEncryptions: number }): Promise<boolean> {
+  const [row] = await tx`
+    WITH active AS (SELECT id, created_at FROM keyring_keys WHERE purpose = 'wrapping' ORDER BY id DESC LIMIT 1)
+    SELECT extract(epoch FROM now() - (SELECT created_at FROM active)) * 1000 AS age_ms,
+           (SELECT count(*) FROM secrets WHERE data_key_origin_key_id = (SELECT id FROM active))
+             + coalesce((SELECT sum(done) FROM key_rotations WHERE new_wrapping_key_id = (SELECT id FROM active)), 0) AS encryptions`;
+  if (schedule.intervalMs > 0 && Number(row.age_ms) >= schedule.intervalMs) return true;
+  return Number(row.encryptions) >= schedule.maxEncryptions;
 }
 
 function toRotation(row: Record<string, unknown>): RotationRow {

@@ -200,6 +200,29 @@ describe("RotateEncryptionKey (a server stream on both listeners)", function () 
     }
   });
 
+  it("GetStatus shows the superuser with an admin credential the root key, the keyring and data keys per wrapping key; everyone else sees what they saw before", async () => {
+    for (const listener of LISTENERS) {
+      const status = ok(await server.client(listener).call(OperatorService.method.getStatus, {}, { bearerToken: token }));
+      expect(status.rootKeyId).to.equal(1);
+      const wrapping = status.keyring.filter((k) => k.purpose === "wrapping" && k.active);
+      expect(wrapping.map((k) => k.id)).to.deep.equal([status.activeKeyringKeyId]);
+      const [count] = await db`SELECT count(*)::int AS n FROM secrets`;
+      expect(Number(wrapping[0].dataKeys)).to.equal(count.n);
+      expect(status.keyring.filter((k) => k.purpose === "integrity" && k.active)).to.have.length(1);
+      expect(status.rotation).to.equal(undefined);
+      for (const [who, options] of [
+        [server.client(listener, server.pki.workload), {}],
+        [server.client(listener, server.pki.workload), { bearerToken: token }],
+        [server.client(listener), {}],
+        [server.client(listener), { bearerToken: "nxs_not-a-real-token" }],
+      ] as const) {
+        const plain = ok(await who.call(OperatorService.method.getStatus, {}, options));
+        expect([plain.rootKeyId, plain.keyring.length, plain.rotation]).to.deep.equal([0, 0, undefined]);
+        expect(plain.activeKeyringKeyId).to.equal(status.activeKeyringKeyId);
+      }
+    }
+  });
+
   it("sealed: FAILED_PRECONDITION", async () => {
     await seal(admin);
     expect((await streamFailure(admin.stream(ROTATE, {}, { bearerToken: token }))).code).to.equal("FAILED_PRECONDITION");
