@@ -81,9 +81,11 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
   };
 
   const appendWithFreshDataKey = async (secret: KnownSecret, version: number, plaintext: Buffer, createdBy: string, expiresAt: Date | undefined, audit: AuditRow): Promise<AppendResult> => {
-    const versions = await store.liveCiphertexts(secret.secretId);
-    if (!keys.hasWrappingKey(secret.keyringKeyId)) return { kind: "gone" }; // re-wrapped meanwhile: read the row again
-    const replaced = cipher.replaceDataKey(secret, versions);
+    const read = await store.keyAndLiveCiphertexts(secret.secretId);
+    // Gone, or its data key replaced or re-wrapped since it was remembered: read the row again.
+    if (read === undefined || read.key.dataKeyId !== secret.dataKeyId || !read.key.wrappedDataKey.equals(secret.wrappedDataKey)) return { kind: "gone" };
+    if (!keys.hasWrappingKey(read.key.keyringKeyId)) return { kind: "gone" };
+    const replaced = cipher.replaceDataKey(secret, read.versions);
     const ciphertext = cipher.encryptVersion({ secretId: secret.secretId, path: secret.path, dataKeyId: replaced.key.dataKeyId }, replaced.key.dataKey, version, plaintext);
     const key = { previousDataKeyId: secret.dataKeyId, dataKeyId: replaced.key.dataKeyId, wrappedDataKey: replaced.key.wrappedDataKey, keyringKeyId: replaced.key.keyringKeyId };
     const result = await store.appendWithNewDataKey({ secretId: secret.secretId, dataKeyId: secret.dataKeyId, version, ciphertext, createdBy, expiresAt }, key, replaced.versions, audit);

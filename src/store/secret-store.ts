@@ -242,11 +242,23 @@ export class SecretStore {
     return results;
   }
 
-  /** The versions of a secret that still hold ciphertext (for a data-key replacement). */
-  async liveCiphertexts(secretId: string): Promise<Array<{ version: number; ciphertext: Buffer }>> {
+  /**
+   * A secret's data key and the versions that still hold ciphertext, read in
+   * one statement (one snapshot: the versions are under that data key), for a
+   * data-key replacement. Undefined if the secret is gone.
+   */
+  async keyAndLiveCiphertexts(secretId: string): Promise<{ key: SecretKeyRow; versions: Array<{ version: number; ciphertext: Buffer }> } | undefined> {
     return this.run(async () => {
-      const rows = await this.sql`SELECT version, ciphertext FROM secret_versions WHERE secret_id = ${secretId} AND ciphertext IS NOT NULL ORDER BY version`;
-      return rows.map((r) => ({ version: r.version as number, ciphertext: r.ciphertext as Buffer }));
+      const rows = await this.sql`
+        SELECT s.id, s.path, s.latest_version, s.data_key_id, s.wrapped_data_key, s.keyring_key_id, s.data_key_origin_key_id,
+               (s.expires_at IS NOT NULL AND s.expires_at <= now()) AS expired, v.version, v.ciphertext
+        FROM secrets s LEFT JOIN secret_versions v ON v.secret_id = s.id AND v.ciphertext IS NOT NULL
+        WHERE s.id = ${secretId} ORDER BY v.version`;
+      if (rows.length === 0) return undefined;
+      return {
+        key: keyRow(rows[0]),
+        versions: rows.filter((r) => r.version !== null).map((r) => ({ version: r.version as number, ciphertext: r.ciphertext as Buffer })),
+      };
     });
   }
 
