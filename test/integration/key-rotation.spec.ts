@@ -13,6 +13,10 @@ import { StreamFailure, type NexusClient } from "../../src/client/nexus-client.j
 import { createPolicy, exactly, forEachConcurrently, issueSvid, spiffeId } from "../support/admin-fixtures.js";
 import { adminSession, ADMIN_PASSWORD, ok, openDatabase, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { LISTENERS, startTestServer } from "../support/test-server.js";
+import { PolicyStore } from "../../src/store/policy-store.js";
+import { CredentialStore } from "../../src/store/credential-store.js";
+import { POLICY_SET } from "../../src/authorization/policy-sync.js";
+import { CREDENTIAL_SET } from "../../src/authorization/admin-credentials.js";
 import { FAST_KDF } from "../support/secret-server.js";
 
 const ROTATE = OperatorService.method.rotateEncryptionKey;
@@ -170,6 +174,27 @@ describe("RotateEncryptionKey (a server stream on both listeners)", function () 
     }
     for (const i of [0, 1, 1199]) expect(ok(await admin.call(SecretService.method.getSecret, { path: `app/s${i}` })).data).to.deep.equal({ v: `value-${i}` });
     expect(ok(await admin.call(SecretService.method.getSecret, { path: "fresh/a", version: 1 })).data).to.deep.equal({ v: "1" });
+  });
+
+  it("the keys from before a rotation cannot verify a policy, a credential or an epoch written after it (the new ones can)", async () => {
+    const oldKey = Buffer.from(server.nexus.keys.integrityKey());
+    await collect(admin.stream(ROTATE, {}, { bearerToken: token }));
+    await createPolicy(admin, token, { name: "after-rotation", spiffeIdPattern: exactly(spiffeId("workload/after")), pathPattern: "^x$", permissions: [Permission.READ] });
+    const session = await adminSession(admin);
+    const newKey = server.nexus.keys.integrityKey();
+    const policies = await new PolicyStore(db as never).all();
+    const credentials = (await new CredentialStore(db as never).snapshot()).rows;
+    const after = policies.find((p) => p.name === "after-rotation")!;
+    expect(POLICY_SET.rowVerifies(oldKey, after)).to.equal(false);
+    expect(POLICY_SET.rowVerifies(newKey, after)).to.equal(true);
+    expect(credentials.length).to.be.greaterThan(0);
+    for (const c of credentials) {
+      expect(CREDENTIAL_SET.rowVerifies(oldKey, c)).to.equal(false);
+      expect(CREDENTIAL_SET.rowVerifies(newKey, c)).to.equal(true);
+    }
+    // Every row re-MAC'd: not one policy from before verifies under the old key any more.
+    expect(policies.filter((p) => POLICY_SET.rowVerifies(oldKey, p))).to.deep.equal([]);
+    ok(await admin.call(OperatorService.method.listAdminTokens, {}, { bearerToken: session }));
   });
 
   it("refusals are audited: a workload SVID is PERMISSION_DENIED, no credential UNAUTHENTICATED", async () => {
