@@ -26,6 +26,10 @@ export interface BenchConfig {
   readonly pgbenchSeconds: number;
   readonly propagationRepeats: number;
   readonly startupRepeats: number;
+  /** Data keys in the database for the timed key rotation (0: skip it). */
+  readonly rotationDataKeys: number;
+  /** GetSecret's open-loop window without a re-wrap, before the one during it. */
+  readonly rotationWindowMs: number;
 }
 
 const FULL: BenchConfig = {
@@ -45,6 +49,8 @@ const FULL: BenchConfig = {
   pgbenchSeconds: 7,
   propagationRepeats: 20,
   startupRepeats: 5,
+  rotationDataKeys: 100_000,
+  rotationWindowMs: 10_000,
 };
 
 const QUICK: BenchConfig = {
@@ -59,6 +65,8 @@ const QUICK: BenchConfig = {
   pgbenchSeconds: 2,
   propagationRepeats: 5,
   startupRepeats: 1,
+  rotationDataKeys: 3000,
+  rotationWindowMs: 1500,
 };
 
 const PROFILE: BenchConfig = {
@@ -70,6 +78,7 @@ const PROFILE: BenchConfig = {
   pgbench: false,
   propagationRepeats: 0,
   startupRepeats: 0,
+  rotationDataKeys: 0,
 };
 
 const AB: BenchConfig = {
@@ -82,6 +91,7 @@ const AB: BenchConfig = {
   pgbench: false,
   propagationRepeats: 0,
   startupRepeats: 0,
+  rotationDataKeys: 0,
 };
 
 export function benchConfig(env: NodeJS.ProcessEnv = process.env): BenchConfig {
