@@ -30,6 +30,10 @@ export interface BenchConfig {
   readonly replicaScaling: boolean;
   /** Failovers to a synchronous standby (Debian PostgreSQL packages; issue 16). */
   readonly failoverRepeats: number;
+  /** Data keys in the database for the timed key rotation (0: skip it). */
+  readonly rotationDataKeys: number;
+  /** GetSecret's open-loop window without a re-wrap, before the one during it. */
+  readonly rotationWindowMs: number;
 }
 
 const FULL: BenchConfig = {
@@ -51,6 +55,8 @@ const FULL: BenchConfig = {
   startupRepeats: 5,
   replicaScaling: true,
   failoverRepeats: 3,
+  rotationDataKeys: 100_000,
+  rotationWindowMs: 10_000,
 };
 
 const QUICK: BenchConfig = {
@@ -67,6 +73,8 @@ const QUICK: BenchConfig = {
   startupRepeats: 1,
   replicaScaling: false,
   failoverRepeats: 0,
+  rotationDataKeys: 3000,
+  rotationWindowMs: 1500,
 };
 
 const PROFILE: BenchConfig = {
@@ -80,6 +88,7 @@ const PROFILE: BenchConfig = {
   startupRepeats: 0,
   replicaScaling: false,
   failoverRepeats: 0,
+  rotationDataKeys: 0,
 };
 
 const AB: BenchConfig = {
@@ -94,6 +103,7 @@ const AB: BenchConfig = {
   startupRepeats: 0,
   replicaScaling: false,
   failoverRepeats: 0,
+  rotationDataKeys: 0,
 };
 
 export function benchConfig(env: NodeJS.ProcessEnv = process.env): BenchConfig {

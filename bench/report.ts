@@ -12,6 +12,7 @@ import os from "node:os";
 import path from "node:path";
 import type { BenchConfig } from "./bench-config.js";
 import type { CapturedStatement } from "./bench-database.js";
+import type { RotationBench } from "./key-rotation-bench.js";
 import type { PgbenchBinary, PgbenchResult } from "./database-floor.js";
 import { LatencyHistogram } from "./latency-histogram.js";
 import type { QueryPlan } from "./query-plans.js";
@@ -43,6 +44,8 @@ export interface BenchRun {
   readonly startup?: StartupTimings;
   /** Replicas on one database and failover to a standby (full mode only). */
   readonly highAvailability?: HighAvailabilityResults;
+  /** RotateEncryptionKey: the re-wrap rate, and GetSecret p99 during a re-wrap ÷ without (open loop). */
+  readonly rotation?: RotationBench;
   readonly captures: StatementCapture[];
   readonly plans: QueryPlan[];
   readonly auditBatch?: number;
@@ -231,6 +234,8 @@ export function targets(run: BenchRun, pooled: PooledScenario[], rs: Ratio[]): T
     t("Server RSS under load (max)", "≤ 150 MB", rss, "MB", (v) => v <= 150),
     t("Start to SERVING, existing migrated database (median)", "≤ 1000 ms", run.startup?.servingWithPasswordFile.p50 ?? NaN, "ms", (v) => v <= 1000),
     t("Policy propagation between replicas (p99)", "≤ 1000 ms", run.propagation?.p99 ?? NaN, "ms", (v) => v <= 1000),
+    t(`Key rotation re-wrap rate, no other load (${(run.rotation?.dataKeys ?? 0).toLocaleString("en-US")} data keys)`, "≥ 5000 /s", run.rotation?.keysPerSecond ?? NaN, "/s", (v) => v >= 5000),
+    t("GetSecret p99 during a re-wrap ÷ without (open loop at half the GetSecret maximum)", "≤ 2", run.rotation?.p99Ratio ?? NaN, "×", (v) => v <= 2),
   ];
 }
 
@@ -256,6 +261,7 @@ export function buildReport(run: BenchRun) {
     ratios: rs,
     targets: ts,
     propagationMs: run.propagation,
+    rotation: run.rotation,
     startupMs: run.startup,
     highAvailability: run.highAvailability,
     auditBatchDuringGet: run.auditBatch,
@@ -319,6 +325,12 @@ export function markdown(report: Report): string {
         ? ` At the end of ${heaviest.name} (max RSS ${f(heaviest.maxRssMb, 0)} MB): rss ${heaviest.serverMemory.rss} MB = V8 heap ${heaviest.serverMemory.heapTotal} MB (${heaviest.serverMemory.heapUsed} MB used) + external ${heaviest.serverMemory.external} MB (array buffers ${heaviest.serverMemory.arrayBuffers} MB) + ${f(heaviest.serverMemory.rss - heaviest.serverMemory.heapTotal - heaviest.serverMemory.external, 0)} MB code, stacks and native allocations.`
         : ""),
   );
+  if (report.rotation) {
+    const r = report.rotation;
+    lines.push(
+      `Key rotation: ${r.dataKeys.toLocaleString("en-US")} data keys re-wrapped in ${f(r.rewrapSeconds, 1)} s (${f(r.keysPerSecond, 0)}/s, no other load); GetSecret open loop at ${r.getRate}/s: p99 ${f(r.p99WithoutRewrap, 2)} ms without, ${f(r.p99DuringRewrap, 2)} ms during a re-wrap (×${f(r.p99Ratio, 2)}), ${r.getErrors} errors.`,
+    );
+  }
   if (report.propagationMs) {
     const p = report.propagationMs;
     lines.push(`Policy propagation A → B (${p.samples.length} policies): p50 ${f(p.p50, 1)} ms, p99 ${f(p.p99, 1)} ms, max ${f(p.max, 1)} ms.`);

@@ -32,6 +32,7 @@ import { BENCH_POLICIES, createPolicy, initializeAndLogin, seedReadAndWriteSecre
 import { processRssMb } from "./process-stats.js";
 import { explainHotStatements } from "./query-plans.js";
 import { failoverTimes, replicaScaling, type HighAvailabilityResults } from "./high-availability.js";
+import { keyRotationBench, type RotationBench } from "./key-rotation-bench.js";
 import { policyPropagation, startupTimes } from "./replica-timings.js";
 import { buildReport, label, writeReport, type BenchRun, type Round, type StatementCapture } from "./report.js";
 import { runScenario, type ScenarioResult, type ScenarioSpec, type Target, type WindowHooks } from "./scenario-runner.js";
@@ -209,6 +210,16 @@ async function main(): Promise<void> {
 
     const plans = await phase("EXPLAIN ANALYZE the hot statements", () => explainHotStatements(db.sql));
 
+    // Key rotation, after the scenarios (it adds secrets and changes the keys they read under).
+    let rotation: RotationBench | undefined;
+    if (config.rotationDataKeys > 0) {
+      const getMaxRps = Math.max(...rounds.map((r) => r.scenarios.find((x) => x.name === `get@${config.inFlight}`)?.rps ?? 0));
+      rotation = await phase(`key rotation (${config.rotationDataKeys} data keys)`, () =>
+        keyRotationBench({ address: server.address, pki, operator, readSecrets: config.readSecrets, dataKeys: config.rotationDataKeys, getMaxRps, windowMs: config.rotationWindowMs, log }),
+      );
+      log(`key rotation: ${rotation.keysPerSecond.toFixed(0)} data keys/s; GetSecret p99 at ${rotation.getRate}/s ${rotation.p99WithoutRewrap.toFixed(2)} ms without, ${rotation.p99DuringRewrap.toFixed(2)} ms during a re-wrap (×${rotation.p99Ratio.toFixed(2)})`);
+    }
+
     let propagation;
     if (config.propagationRepeats > 0) {
       propagation = await phase(`policy propagation ×${config.propagationRepeats}`, async () => {
@@ -271,6 +282,7 @@ async function main(): Promise<void> {
       propagation,
       startup,
       highAvailability,
+      rotation,
       captures: captures.map((c) => ({ label: c.label, statements: c.statements.filter(isInteresting) })),
       plans,
       auditBatch,

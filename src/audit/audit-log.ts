@@ -239,6 +239,11 @@ export class CallRecord implements CallAudit {
     this.caller = caller;
   }
 
+  /** Whether this record's event is written (with a change or a read) or given up. */
+  get isWritten(): boolean {
+    return this.written;
+  }
+
   subject(path: string | null, version: number | null): void {
     this.path = path;
     this.version = version;
@@ -353,4 +358,5 @@ export const CHECKPOINT_SET: GrantSetRules<Checkpoint> = {
   orderKey: (c) => c.replicaId,
   rowVerifies: (key, c) => checkpointVerifies(key, c, c.mac),
   storedMac: (c) => c.mac,
+  remac: (key, c) => ({ ...c, mac: checkpointMac(key, c) }),
 };

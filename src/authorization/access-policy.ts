@@ -1,6 +1,7 @@
 // The authorization decision, in one place and default deny. Each RPC has one
 // rule:
-//   any        any valid SVID of the trust domain (GetStatus)
+//   any        any valid SVID of the trust domain (GetStatus; the superuser with a
+//              live admin credential also gets the admin view: the grant names it)
 //   superuser  the superuser SVID (Initialize, Unseal, Login: the password is the second factor)
 //   admin      the superuser SVID and a live admin credential (policies, Seal, tokens, audit)
 //   secret     a policy granting READ or WRITE on the request's path, or the superuser
@@ -74,6 +75,12 @@ export class AccessController implements AccessPolicy {
     const superuser = caller.toString() === this.superuserId;
     switch (rule?.kind) {
       case "any":
+        // The admin view of GetStatus: the superuser with a credential that
+        // verifies. Anything else gets what every caller gets, never an error.
+        if (superuser && bearerToken !== undefined && !this.keys.sealed) {
+          const credential = await this.credentials.verify(bearerToken, caller).catch(() => undefined);
+          if (credential !== undefined) return { mayList: NONE.mayList, credential };
+        }
         return NONE;
       case "superuser":
         if (superuser) return NONE;

@@ -46,6 +46,8 @@ export interface StartOptions {
   /** Overrides for tests: how often the database is pinged, the certificate debounce. */
   readonly databaseCheckIntervalMs?: number;
   readonly certificateDebounceMs?: number;
+  /** How often this replica checks whether a scheduled key rotation is due (tests shorten it). */
+  readonly keyRotationCheckMs?: number;
   /** Tests lower the scrypt cost; production always uses the default. */
   readonly kdfParams?: KdfParams;
   readonly failedUnsealDelayMs?: number;
@@ -95,6 +97,7 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
       keys,
       databaseCheckIntervalMs: options.databaseCheckIntervalMs,
       certificateDebounceMs: options.certificateDebounceMs,
+      keyRotationCheckMs: options.keyRotationCheckMs,
       cleanup,
     });
     const { certificates, listeners, metricsPort } = components;

@@ -68,6 +68,8 @@ export class SecretRotator {
       const row = await store.readVersion(r.path, 0, "current");
       if (row === undefined || row.expired) throw new NexusError("not_found", `secret "${r.path}" does not exist`, { reason: "SECRET_NOT_FOUND" });
       const before = labelStateFromRow(row);
+      // Re-wrapped under a key another replica created a moment ago: take it up first.
+      if (!keys.sealed && !keys.hasWrappingKey(row.keyringKeyId)) await keys.refreshKeyring();
       if (keys.sealed) throw keys.sealedError();
       checkLabels(keys.integrityKey(), freshness, row.id, row.path, before, started, (why) => this.d.logger.error("secret labels failed their integrity check", { path: r.path, why }));
       const ref = { secretId: row.id, path: row.path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey };
@@ -88,7 +90,7 @@ export class SecretRotator {
         r.audit.subject(r.path, version);
         const writeStarted = freshness.start();
         const result = await store.appendRotatedVersion(
-          { secretId: row.id, version, ciphertext, createdBy: r.createdBy, expiresAt: undefined, labels: after, expectedLabelsMac: before.mac },
+          { secretId: row.id, dataKeyId: row.dataKeyId, version, ciphertext, createdBy: r.createdBy, expiresAt: undefined, labels: after, expectedLabelsMac: before.mac },
           r.audit.prepare({ ...r.detail, stage, generator: generator.kind, data_key: dataKey }),
           { nextRotationAt },
         );

@@ -15,8 +15,9 @@ import { NexusError } from "../errors/nexus-error.js";
 import { ownedCopy } from "../keys/aead.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { DataKeyRef, SecretCipher } from "../keys/secret-cipher.js";
+import type { AuditRow } from "../audit/audit-event.js";
 import type { Logger } from "../log/logger.js";
-import type { SecretMetadataRow, SecretStore, VersionChange } from "../store/secret-store.js";
+import type { AppendResult, AppendVersion, SecretMetadataRow, SecretStore, VersionChange } from "../store/secret-store.js";
 import { registerService, type CallContext, type ServiceRegistration } from "../transport/call-context.js";
 import {
   DEFAULT_MAX_VERSIONS,
@@ -75,6 +76,8 @@ interface KnownSecret extends Omit<DataKeyRef, "wrappedDataKey"> {
   latestVersion: number;
   /** The verified labels, as stored; a put writes only if they are still these. */
   labels: LabelState;
+  /** The wrapping key active when its data key was made: older than the active one means a rotation since. */
+  dataKeyOriginKeyId: number;
 }
 
 const PROMOTE_ATTEMPTS = 10;
@@ -118,9 +121,40 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     verifyLabels(row.id, path, labels, started);
     const s: KnownSecret = {
       secretId: row.id, path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey, latestVersion: row.latestVersion, labels,
+      dataKeyOriginKeyId: row.dataKeyOriginKeyId,
     };
     remember(s);
     return s;
+  };
+
+  const appendWithFreshDataKey = async (secret: KnownSecret, a: Omit<AppendVersion, "ciphertext">, plaintext: Buffer, audit: AuditRow): Promise<AppendResult> => {
+    const version = a.version;
+    const read = await store.keyAndLiveCiphertexts(secret.secretId);
+    // Gone, or its data key replaced or re-wrapped since it was remembered: read the row again.
+    if (read === undefined || read.key.dataKeyId !== secret.dataKeyId || !read.key.wrappedDataKey.equals(secret.wrappedDataKey)) return { kind: "gone" };
+    if (!keys.hasWrappingKey(read.key.keyringKeyId)) return { kind: "gone" };
+    const replaced = cipher.replaceDataKey(secret, read.versions);
+    const ciphertext = cipher.encryptVersion({ secretId: secret.secretId, path: secret.path, dataKeyId: replaced.key.dataKeyId }, replaced.key.dataKey, version, plaintext);
+    const key = { previousDataKeyId: secret.dataKeyId, dataKeyId: replaced.key.dataKeyId, wrappedDataKey: replaced.key.wrappedDataKey, keyringKeyId: replaced.key.keyringKeyId };
+    const result = await store.appendWithNewDataKey({ ...a, ciphertext }, key, replaced.versions, audit);
+    if (result.kind === "written") {
+      Object.assign(secret, { dataKeyId: key.dataKeyId, wrappedDataKey: key.wrappedDataKey, keyringKeyId: key.keyringKeyId, dataKeyOriginKeyId: key.keyringKeyId });
+    } else {
+      cipher.forget(secret.secretId);
+    }
+    return result;
+  };
+
+  /**
+   * A remembered secret whose wrapping key this replica no longer holds (a
+   * rotation re-wrapped it and retired the key): read its row again, and take
+   * up a wrapping key another replica created if the row names one.
+   */
+  const rewrappedSince = async (stale: KnownSecret): Promise<KnownSecret | undefined> => {
+    known.delete(stale.path);
+    const fresh = await lookup(stale.path);
+    if (fresh !== undefined && !keys.hasWrappingKey(fresh.keyringKeyId)) await keys.refreshKeyring();
+    return fresh;
   };
 
   // Soft delete, undelete and destroy share one statement. Explicit version
@@ -179,7 +213,8 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       try {
         for (let attempt = 0; attempt < PUT_ATTEMPTS; attempt++) {
           // A cas of 0 asserts the path is new: ask the database, not the cache.
-          const secret = cas === 0 ? await lookup(path) : (known.get(path) ?? (await lookup(path)));
+          let secret = cas === 0 ? await lookup(path) : (known.get(path) ?? (await lookup(path)));
+          if (secret !== undefined && !keys.hasWrappingKey(secret.keyringKeyId)) secret = await rewrappedSince(secret);
           if (secret === undefined) {
             if (cas !== undefined && cas !== 0) throw casMismatch(path, cas, 0);
             const id = randomUUID();
@@ -195,7 +230,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
             if (createdAt !== undefined) {
               ctx.audit.markWritten();
               freshness.accept(id, labels.epoch, started);
-              remember({ secretId: id, path, dataKeyId: dk.dataKeyId, keyringKeyId: dk.keyringKeyId, wrappedDataKey: dk.wrappedDataKey, latestVersion: 1, labels });
+              remember({ secretId: id, path, dataKeyId: dk.dataKeyId, keyringKeyId: dk.keyringKeyId, wrappedDataKey: dk.wrappedDataKey, latestVersion: 1, labels, dataKeyOriginKeyId: dk.keyringKeyId });
               return { version: 1, createdAt: timestampFromDate(createdAt) };
             }
             cipher.forget(id);
@@ -204,15 +239,20 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
           }
           if (cas === 0) throw casMismatch(path, 0, secret.latestVersion);
           const version = (cas ?? secret.latestVersion) + 1;
-          const ciphertext = cipher.encryptVersion(secret, cipher.dataKey(secret), version, plaintext);
           const before = secret.labels;
           const labels = sealLabels(keys.integrityKey(), secret.secretId, path, before, labelsAfterPut(before, version, stage), version);
           ctx.audit.subject(path, version);
           const started = freshness.start();
-          const result = await store.appendVersion(
-            { secretId: secret.secretId, version, ciphertext, createdBy: ctx.caller.toString(), expiresAt, labels, expectedLabelsMac: before.mac },
-            ctx.audit.prepare(stage === "pending" ? { stage } : {}),
-          );
+          const audit = ctx.audit.prepare(stage === "pending" ? { stage } : {});
+          const append = { secretId: secret.secretId, dataKeyId: secret.dataKeyId, version, createdBy: ctx.caller.toString(), expiresAt, labels, expectedLabelsMac: before.mac };
+          let result: AppendResult;
+          if (secret.dataKeyOriginKeyId < keys.activeWrappingKey().id) {
+            // The first write after a key rotation: a fresh data key, every live version re-encrypted under it.
+            result = await appendWithFreshDataKey(secret, append, plaintext, audit);
+          } else {
+            const ciphertext = cipher.encryptVersion(secret, cipher.dataKey(secret), version, plaintext);
+            result = await store.appendVersion({ ...append, ciphertext }, audit);
+          }
           if (result.kind === "written") {
             ctx.audit.markWritten();
             freshness.accept(secret.secretId, labels.epoch, started);
@@ -226,6 +266,11 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
             await store.purgeIfExpired(secret.secretId);
             cipher.forget(secret.secretId);
             if (cas !== undefined && cas !== 0) throw casMismatch(path, cas, 0);
+            continue;
+          }
+          // Another replica gave the secret a fresh data key: read its row again.
+          if (result.dataKeyId !== secret.dataKeyId) {
+            if (cas !== undefined && result.latestVersion !== cas) throw casMismatch(path, cas, result.latestVersion);
             continue;
           }
           // cas compares with latest_version only: labels moved by a promotion
@@ -263,6 +308,8 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       const started = freshness.start();
       const found = await ctx.audit.recordRead({ path, version: req.version, label: byLabel });
       if (found !== undefined) {
+        // Re-wrapped under a key another replica created a moment ago: take it up first.
+        if (!keys.hasWrappingKey(found.keyringKeyId)) await keys.refreshKeyring();
         const labels = labelStateFromRow(found.labels);
         verifyLabels(found.secretId, path, labels, started);
         const data = cipher.decryptVersion(found, found.version, found.ciphertext);
@@ -290,6 +337,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       }
       if (row.ciphertext === null) throw new NexusError("not_found", `version ${row.version} of secret "${path}" is destroyed`, { reason: "VERSION_DESTROYED" });
       if (gone === "deleted") throw new NexusError("not_found", `version ${row.version} of secret "${path}" is deleted`, { reason: "VERSION_DELETED" });
+      if (!keys.hasWrappingKey(row.keyringKeyId)) await keys.refreshKeyring();
       const data = cipher.decryptVersion(
         { secretId: row.id, path: row.path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey },
         row.version,
