@@ -219,6 +219,11 @@ export class CallRecord implements CallAudit {
     this.caller = caller;
   }
 
+  /** Whether this record's event is written (with a change or a read) or given up. */
+  get isWritten(): boolean {
+    return this.written;
+  }
+
   subject(path: string | null, version: number | null): void {
     this.path = path;
     this.version = version;

@@ -61,12 +61,14 @@ export class AuditRetention {
   ): Promise<PruneResult | undefined> {
     // Where the retained log starts and what is settled, from checkpoints whose MAC verifies (key taken and dropped synchronously).
     if (this.keys.sealed) return undefined;
-    let key = this.keys.integrityKey();
-    if (latest !== undefined && !checkpointVerifies(key, latest, latest.mac)) {
+    // Checkpoints keep the integrity key they were MAC'd with (a rotation retires keys, not checkpoints).
+    const held = this.keys.integrityKeys().map((k) => k.key);
+    const verifies = (c: NonNullable<typeof latest>) => held.some((k) => checkpointVerifies(k, c, c.mac));
+    if (latest !== undefined && !verifies(latest)) {
       this.logger.warn("audit retention skips a replica whose latest checkpoint fails its MAC", { replicaId });
       return undefined;
     }
-    const floorCp = floors.find((f) => checkpointVerifies(key, f, f.mac));
+    const floorCp = floors.find((f) => verifies(f));
     const floor = Math.max(floorCp?.firstSequence ?? 1, latest?.firstSequence ?? 1);
     const own = replicaId === this.ownLog.replicaId;
     const settled = Math.max(latest?.lastSequence ?? 0, own ? this.ownLog.head : 0);
@@ -83,7 +85,7 @@ export class AuditRetention {
       const rows = await this.store.eventsFrom(replicaId, next, CHUNK);
       if (this.keys.sealed) return undefined;
       // After the await: take the key again now, use it synchronously.
-      const auth = new EventAuthenticator(this.keys.integrityKey(), signers, this.trust());
+      const auth = new EventAuthenticator(this.keys.integrityKeys().map((k) => k.key), signers, this.trust());
       const full = rows.length === CHUNK;
       const bySequence = groupBySequence(rows);
       // A full chunk may have cut the copies of its last sequence: that one is read again next time.
@@ -114,7 +116,7 @@ export class AuditRetention {
       givenUp: givenUp.pairs(newFloor),
     };
     if (this.keys.sealed) return undefined;
-    key = this.keys.integrityKey();
+    const key = this.keys.integrityKey();
     const floorCheckpoint = { ...c, mac: checkpointMac(key, c) };
     await this.store.prune(ids, floorCheckpoint);
     return { replicaId, pruned: ids.length, floor: newFloor };

@@ -35,6 +35,7 @@ export const CREDENTIAL_SET: GrantSetRules<CredentialRow> = {
   orderKey: (c) => c.tokenHmac.toString("hex"),
   rowVerifies: (key, c) => macMatches(key, CREDENTIAL_MAC_LABEL, credentialMacInput(c), c.mac),
   storedMac: (c) => c.mac,
+  remac: (key, c) => ({ ...c, mac: mac(key, CREDENTIAL_MAC_LABEL, credentialMacInput(c)) }),
 };
 
 export class AdminCredentials {
@@ -60,8 +61,13 @@ export class AdminCredentials {
     if (token === undefined) {
       throw new NexusError("unauthenticated", "admin RPCs need an admin credential: send `authorization: Bearer <token>` from Login or CreateAdminToken", { reason: "NO_ADMIN_CREDENTIAL" });
     }
-    const hmac = tokenDigest(this.keys.integrityKey(), token);
-    const row = (await this.verifiedSet(await this.store.snapshotForUse(hmac))).find((c) => c.tokenHmac.equals(hmac));
+    // A credential keeps the digest it was issued with; its row is re-MAC'd by a
+    // key rotation, but the token is not known then. So look it up under every
+    // integrity key held (the row's own MAC and its set's epoch are still
+    // checked under the active key only).
+    const digests = this.keys.integrityKeys().map((k) => tokenDigest(k.key, token));
+    const rows = await this.verifiedSet(await this.store.snapshotForUse(digests));
+    const row = rows.find((c) => digests.some((d) => c.tokenHmac.equals(d)));
     if (row === undefined || row.expiresAt.getTime() <= Date.now()) {
       throw new NexusError("unauthenticated", "the admin credential is invalid, expired or revoked", { reason: "INVALID_ADMIN_CREDENTIAL" });
     }
@@ -79,8 +85,18 @@ export class AdminCredentials {
   }
 
   async revokeSession(token: string, audit: AuditRow): Promise<boolean> {
-    const hmac = tokenDigest(this.keys.integrityKey(), token);
-    return this.remove((c) => c.tokenHmac.equals(hmac), audit);
+    const digests = this.keys.integrityKeys().map((k) => tokenDigest(k.key, token));
+    return this.remove((c) => digests.some((d) => c.tokenHmac.equals(d)), audit);
+  }
+
+  /** Ends every admin session (ChangeAdminPassword); admin tokens stay. Returns how many. */
+  async revokeAllSessions(): Promise<number> {
+    const ended = new Set<string>();
+    await this.remove((c) => {
+      if (c.kind === "session") ended.add(c.tokenHmac.toString("hex"));
+      return c.kind === "session";
+    });
+    return ended.size;
   }
 
   async revokeToken(name: string, audit: AuditRow): Promise<boolean> {
@@ -111,6 +127,7 @@ export class AdminCredentials {
   }
 
   private async verifiedSet(snapshot: Awaited<ReturnType<CredentialStore["snapshot"]>>): Promise<CredentialRow[]> {
+    await this.epochs.ensureKeyOf(snapshot.epoch);
     try {
       return this.epochs.verify(CREDENTIAL_SET, snapshot.epoch, snapshot.rows).rows;
     } catch (err) {

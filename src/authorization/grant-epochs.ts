@@ -11,6 +11,12 @@
 // a running replica, is refused. What remains (a whole older snapshot written
 // while every replica is down) is in docs/threat-model.md. An operator accepts
 // a restored database explicitly: Unseal with accept_restored_state.
+//
+// A set is MAC'd under one integrity key, named by its epoch row. A key
+// rotation re-MACs the rows and re-seals the epoch under the new key in one
+// transaction (reseal); a replica accepts a set only under its own active
+// integrity key — a set under a retired key is refused, and one under a newer
+// key makes the replica read the keyring first (ensureKeyOf).
 
 import { createHash } from "node:crypto";
 import { NexusError } from "../errors/nexus-error.js";
@@ -29,6 +35,8 @@ export interface GrantSetRules<R> {
   /** Whether the row's own MAC verifies under `integrityKey`. */
   rowVerifies(integrityKey: Buffer, row: R): boolean;
   storedMac(row: R): Buffer;
+  /** The row MAC'd again under `integrityKey` (key rotation). */
+  remac(integrityKey: Buffer, row: R): R;
 }
 
 export class GrantEpochs {
@@ -45,7 +53,7 @@ export class GrantEpochs {
    */
   verify<R>(rules: GrantSetRules<R>, epoch: EpochRow | undefined, rows: readonly R[]): { rows: R[]; epoch: number } {
     // Synchronous from here: the key is used where it is taken.
-    const key = this.keys.integrityKey();
+    const key = this.keyFor(rules.name, epoch);
     const valid = rows.filter((r) => rules.rowVerifies(key, r));
     const problem = this.problem(key, rules, epoch, valid);
     if (problem !== undefined) throw altered(rules.name, problem);
@@ -58,10 +66,10 @@ export class GrantEpochs {
    * seals the set as it will be at the next epoch. Call `advance` once committed.
    */
   next<R>(rules: GrantSetRules<R>, epoch: EpochRow | undefined, before: readonly R[], after: readonly R[]): EpochSeal {
-    const key = this.keys.integrityKey();
+    const key = this.keyFor(rules.name, epoch);
     const problem = this.problem(key, rules, epoch, before.filter((r) => rules.rowVerifies(key, r)));
     if (problem !== undefined) throw altered(rules.name, problem);
-    return this.seal(key, rules, epoch!.epoch + 1, after.filter((r) => rules.rowVerifies(key, r)));
+    return this.seal(key, rules, epoch!.epoch + 1, after.filter((r) => rules.rowVerifies(key, r)), this.keys.activeIntegrityKeyId);
   }
 
   /**
@@ -72,12 +80,54 @@ export class GrantEpochs {
   adopt<R>(rules: GrantSetRules<R>, epoch: EpochRow | undefined, rows: readonly R[]): EpochSeal {
     const key = this.keys.integrityKey();
     const next = Math.max(epoch?.epoch ?? 0, this.seen.get(rules.name) ?? 0) + 1;
-    return this.seal(key, rules, next, rows.filter((r) => rules.rowVerifies(key, r)));
+    return this.seal(key, rules, next, rows.filter((r) => rules.rowVerifies(key, r)), this.keys.activeIntegrityKeyId);
+  }
+
+  /**
+   * Key rotation, for a writer holding the epoch row's lock: checks the set as
+   * it is under the key its epoch names, then MACs every row again under
+   * `newKey` and seals the set at the next epoch under it. Rows whose own MAC
+   * does not verify are left out (they grant nothing now either).
+   */
+  reseal<R>(rules: GrantSetRules<R>, epoch: EpochRow | undefined, rows: readonly R[], newKey: { id: number; key: Buffer }): { rows: R[]; seal: EpochSeal } {
+    const oldKey = this.keyFor(rules.name, epoch);
+    const valid = rows.filter((r) => rules.rowVerifies(oldKey, r));
+    const problem = this.problem(oldKey, rules, epoch, valid);
+    if (problem !== undefined) throw altered(rules.name, problem);
+    const remacd = valid.map((r) => rules.remac(newKey.key, r));
+    return { rows: remacd, seal: this.seal(newKey.key, rules, epoch!.epoch + 1, remacd, newKey.id) };
+  }
+
+  /**
+   * Before verifying a set read from the database: if its epoch names an
+   * integrity key newer than this replica's (another replica rotated), read
+   * the keyring first.
+   */
+  async ensureKeyOf(epoch: EpochRow | undefined): Promise<void> {
+    if (epoch !== undefined && !this.keys.sealed && epoch.integrityKeyId > this.keys.activeIntegrityKeyId) await this.keys.refreshKeyring();
   }
 
   /** Records a committed epoch (or, after adopt, forgets higher ones). */
   advance(name: GrantSetName, epoch: number, reset = false): void {
     if (reset || epoch > (this.seen.get(name) ?? 0)) this.seen.set(name, epoch);
+  }
+
+  /**
+   * The integrity key a set must verify under: the active one, named by its
+   * epoch row. A set under a retired key is refused (a copy from before a
+   * rotation, or forged with an old key); one under a key not held yet asks
+   * the caller to retry once the keyring has been read.
+   */
+  private keyFor(name: GrantSetName, epoch: EpochRow | undefined): Buffer {
+    const active = this.keys.activeIntegrityKeyId;
+    const key = this.keys.integrityKey();
+    if (epoch === undefined || epoch.mac === null) return key;
+    if (epoch.integrityKeyId < active) throw altered(name, `it is MAC'd under integrity key ${epoch.integrityKeyId}, which a rotation retired (a copy from before the rotation written back?)`);
+    if (epoch.integrityKeyId > active) {
+      void this.keys.refreshKeyring().catch(() => {});
+      throw new NexusError("unavailable", "the keyring is changing (a key rotation on another replica); retry in a moment", { reason: "KEYRING_CHANGING" });
+    }
+    return key;
   }
 
   private problem<R>(key: Buffer, rules: GrantSetRules<R>, epoch: EpochRow | undefined, valid: readonly R[]): string | undefined {
@@ -95,9 +145,9 @@ export class GrantEpochs {
     return undefined;
   }
 
-  private seal<R>(key: Buffer, rules: GrantSetRules<R>, epoch: number, valid: readonly R[]): EpochSeal {
+  private seal<R>(key: Buffer, rules: GrantSetRules<R>, epoch: number, valid: readonly R[], integrityKeyId: number): EpochSeal {
     const digest = setDigest(rules, valid);
-    return { epoch, digest, mac: mac(key, EPOCH_MAC_LABEL, epochMacInput(rules.name, epoch, digest)) };
+    return { epoch, integrityKeyId, digest, mac: mac(key, EPOCH_MAC_LABEL, epochMacInput(rules.name, epoch, digest)) };
   }
 }
 

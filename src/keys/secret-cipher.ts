@@ -65,6 +65,22 @@ export class SecretCipher {
     return key;
   }
 
+  /**
+   * The data key of `ref` wrapped again under the active wrapping key (key
+   * rotation); the data key itself, and so every version, stays as it is.
+   * Synchronous: keys are taken and used here, never across an await.
+   */
+  rewrap(ref: DataKeyRef): { keyringKeyId: number; wrappedDataKey: Buffer } {
+    if (sealedKeyId(ref.wrappedDataKey) !== ref.keyringKeyId) throw undecryptable();
+    const wrapping = this.keys.activeWrappingKey();
+    const dataKey = open(this.keys.wrappingKey(ref.keyringKeyId), ref.wrappedDataKey, dataKeyAad(ref.secretId, ref.path, ref.keyringKeyId));
+    try {
+      return { keyringKeyId: wrapping.id, wrappedDataKey: seal(wrapping.key, wrapping.id, dataKey, dataKeyAad(ref.secretId, ref.path, wrapping.id)) };
+    } finally {
+      dataKey.fill(0);
+    }
+  }
+
   encryptVersion(ref: Omit<DataKeyRef, "keyringKeyId" | "wrappedDataKey">, dataKey: Buffer, version: number, plaintext: Buffer): Buffer {
     return seal(dataKey, ref.dataKeyId, plaintext, versionAad(ref.dataKeyId, ref.secretId, ref.path, version));
   }

@@ -22,6 +22,7 @@ import { inspectSvid } from "../identity/x509-svid.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import { SecretCipher } from "../keys/secret-cipher.js";
 import type { Logger } from "../log/logger.js";
+import { grantSetParticipants, KeyRotation } from "../services/key-rotation.js";
 import { operatorService } from "../services/operator-service.js";
 import { policyService } from "../services/policy-service.js";
 import { LabelFreshness } from "../services/secret-labels.js";
@@ -32,6 +33,7 @@ import { CredentialStore } from "../store/credential-store.js";
 import type { Sql } from "../store/database.js";
 import { DatabaseMonitor } from "../store/database-monitor.js";
 import { GrantEpochStore } from "../store/grant-epoch-store.js";
+import { KeyRotationStore } from "../store/key-rotation-store.js";
 import { PolicyStore } from "../store/policy-store.js";
 import type { RootKeyStore } from "../store/root-key-store.js";
 import { SecretStore } from "../store/secret-store.js";
@@ -92,8 +94,22 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   await policySync.start();
   cleanup.push(() => policySync.stop());
   const credentials = new AdminCredentials(credentialStore, keys, epochs);
-
   const cipher = new SecretCipher(keys);
+  const rotation = new KeyRotation(new KeyRotationStore(sql), keys, cipher, grantSetParticipants(epochs, policyStore, credentialStore), auditLog.replicaId, logger);
+  // Keys another replica creates (a rotation) are taken up within a moment;
+  // a rotation left unfinished (a crash) is resumed after an unseal, or when
+  // its driver's lease runs out.
+  const keyringListener = await rootKeys.listen(() => void keys.refreshKeyring().catch((err) => logger.warn("keyring refresh failed", { err })));
+  cleanup.push(() => keyringListener.unlisten().catch(() => {}));
+  keys.onSealChange((sealed) => sealed || rotation.resume());
+  if (!keys.sealed) rotation.resume();
+  const rotationCheck = setInterval(() => rotation.resume(), 5000);
+  rotationCheck.unref();
+  cleanup.push(async () => {
+    clearInterval(rotationCheck);
+    await rotation.idle();
+  });
+
   const freshness = new LabelFreshness();
   const rotator = new SecretRotator({ keys, cipher, store: secrets, freshness, logger, maxSecretBytes: config.maxSecretBytes });
   const services = [
@@ -111,6 +127,9 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       grantStore: new GrantEpochStore(sql),
       policyStore,
       policySync,
+      rotation,
+      rootKeys,
+      rotationStore: new KeyRotationStore(sql),
     }),
     secretService({ keys, cipher, store: secrets, maxSecretBytes: config.maxSecretBytes, freshness, rotator, logger }),
     policyService({ store: policyStore, keys, sync: policySync, epochs }),

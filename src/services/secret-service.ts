@@ -123,6 +123,18 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     return s;
   };
 
+  /**
+   * A remembered secret whose wrapping key this replica no longer holds (a
+   * rotation re-wrapped it and retired the key): read its row again, and take
+   * up a wrapping key another replica created if the row names one.
+   */
+  const rewrappedSince = async (stale: KnownSecret): Promise<KnownSecret | undefined> => {
+    known.delete(stale.path);
+    const fresh = await lookup(stale.path);
+    if (fresh !== undefined && !keys.hasWrappingKey(fresh.keyringKeyId)) await keys.refreshKeyring();
+    return fresh;
+  };
+
   // Soft delete, undelete and destroy share one statement. Explicit version
   // numbers that cannot exist match nothing (and never mean "current").
   const changeVersions = async (path: string, change: VersionChange, versions: number[], explicit: boolean, ctx: CallContext) => {
@@ -179,7 +191,8 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       try {
         for (let attempt = 0; attempt < PUT_ATTEMPTS; attempt++) {
           // A cas of 0 asserts the path is new: ask the database, not the cache.
-          const secret = cas === 0 ? await lookup(path) : (known.get(path) ?? (await lookup(path)));
+          let secret = cas === 0 ? await lookup(path) : (known.get(path) ?? (await lookup(path)));
+          if (secret !== undefined && !keys.hasWrappingKey(secret.keyringKeyId)) secret = await rewrappedSince(secret);
           if (secret === undefined) {
             if (cas !== undefined && cas !== 0) throw casMismatch(path, cas, 0);
             const id = randomUUID();
@@ -265,6 +278,8 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       if (found !== undefined) {
         const labels = labelStateFromRow(found.labels);
         verifyLabels(found.secretId, path, labels, started);
+        // Re-wrapped under a key another replica created a moment ago: take it up first.
+        if (!keys.hasWrappingKey(found.keyringKeyId)) await keys.refreshKeyring();
         const data = cipher.decryptVersion(found, found.version, found.ciphertext);
         return { path, version: found.version, data, createdAt: timestampFromDate(found.createdAt), labels: labelsOf(labels, found.version) };
       }
@@ -290,6 +305,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       }
       if (row.ciphertext === null) throw new NexusError("not_found", `version ${row.version} of secret "${path}" is destroyed`, { reason: "VERSION_DESTROYED" });
       if (gone === "deleted") throw new NexusError("not_found", `version ${row.version} of secret "${path}" is deleted`, { reason: "VERSION_DELETED" });
+      if (!keys.hasWrappingKey(row.keyringKeyId)) await keys.refreshKeyring();
       const data = cipher.decryptVersion(
         { secretId: row.id, path: row.path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey },
         row.version,

@@ -1,4 +1,4 @@
-// SQL for the watch event log (migration 007): triggers on secrets and
+// SQL for the watch event log (migration 008): triggers on secrets and
 // secret_versions write the events, so this layer only reads them in delivery
 // order, LISTENs for new ones and removes old ones. Delivery order is
 // (xid, id) and only events of transactions that have ended are read (xid

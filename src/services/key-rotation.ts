@@ -1,0 +1,154 @@
+// Online rotation of the keyring (RotateEncryptionKey): a new wrapping key and
+// a new integrity key, the grant sets re-MAC'd under the new integrity key in
+// the same transaction, then every data key re-wrapped in the background in
+// batches, and the old wrapping key deleted once nothing references it. The
+// state lives in key_rotations, so a rotation survives kill -9: whichever
+// replica next unseals (or finds the driver's lease expired) resumes it.
+// See docs/adr/0008-key-rotation.md.
+
+import type { Queryable } from "../store/database.js";
+import { CREDENTIAL_SET } from "../authorization/admin-credentials.js";
+import type { GrantEpochs } from "../authorization/grant-epochs.js";
+import { POLICY_SET } from "../authorization/policy-sync.js";
+import type { AuditRow } from "../audit/audit-event.js";
+import { NexusError } from "../errors/nexus-error.js";
+import type { KeyManager } from "../keys/key-manager.js";
+import type { SecretCipher } from "../keys/secret-cipher.js";
+import type { Logger } from "../log/logger.js";
+import type { CredentialStore } from "../store/credential-store.js";
+import type { KeyRotationStore, RotationRow } from "../store/key-rotation-store.js";
+import type { PolicyStore } from "../store/policy-store.js";
+
+/**
+ * Something the integrity key protects, re-MAC'd in the rotation's key
+ * transaction: it reads its rows (locking what it must), checks them under
+ * the old key and writes them MAC'd under `newKey`. Secret labels and rotation
+ * policies plug in here as further participants.
+ */
+export interface RemacParticipant {
+  readonly name: string;
+  remac(tx: Queryable, newKey: { readonly id: number; readonly key: Buffer }): Promise<void>;
+}
+
+export interface KeyRotationOptions {
+  /** Data keys per re-wrap transaction. */
+  readonly batchSize: number;
+  /** Pause between batches, so the re-wrap leaves room for requests. */
+  readonly pauseMs: number;
+  /** How long after creating the keys before the old wrapping key may be deleted (other replicas take the new one up within 1 s). */
+  readonly retireAfterMs: number;
+  /** How long a driver's claim lasts without a batch renewing it. */
+  readonly leaseMs: number;
+}
+
+export const DEFAULT_ROTATION_OPTIONS: KeyRotationOptions = { batchSize: 500, pauseMs: 0, retireAfterMs: 3000, leaseMs: 15_000 };
+
+export function grantSetParticipants(epochs: GrantEpochs, policies: PolicyStore, credentials: CredentialStore): RemacParticipant[] {
+  return [
+    { name: "policies", remac: (tx, newKey) => policies.remac(tx, (epoch, rows) => epochs.reseal(POLICY_SET, epoch, rows, newKey)) },
+    { name: "admin_credentials", remac: (tx, newKey) => credentials.remac(tx, (epoch, rows) => epochs.reseal(CREDENTIAL_SET, epoch, rows, newKey)) },
+  ];
+}
+
+export class KeyRotation {
+  private driving: Promise<void> | undefined;
+
+  constructor(
+    private readonly store: KeyRotationStore,
+    private readonly keys: KeyManager,
+    private readonly cipher: SecretCipher,
+    private readonly participants: readonly RemacParticipant[],
+    private readonly worker: string,
+    private readonly logger: Logger,
+    private readonly options: KeyRotationOptions = DEFAULT_ROTATION_OPTIONS,
+  ) {}
+
+  /** Starts a rotation, or attaches to the one running on any replica; the re-wrap goes on in the background. */
+  async start(startedBy: string, reencrypt: boolean, audit: AuditRow): Promise<{ rotation: RotationRow; started: boolean }> {
+    const generation = this.keys.generation;
+    let made: Array<{ key: Buffer }> = [];
+    const result = await this.store.start({
+      startedBy,
+      reencrypt,
+      audit,
+      keys: (maxKeyId) => {
+        const wrapping = this.keys.newKeyringKey(maxKeyId + 1, "wrapping");
+        const integrity = this.keys.newKeyringKey(maxKeyId + 2, "integrity");
+        made = [wrapping, integrity];
+        return { rows: [wrapping.row, integrity.row], wrappingKeyId: maxKeyId + 1, integrityKeyId: maxKeyId + 2 };
+      },
+      remac: async (tx) => {
+        const integrity = made[1] as { key: Buffer; row: { id: number } };
+        for (const p of this.participants) {
+          // A Seal while this transaction runs zeroes the old key in place: refuse rather than MAC with zeros.
+          if (this.keys.generation !== generation) throw this.keys.sealedError();
+          await p.remac(tx, { id: integrity.row.id, key: integrity.key });
+        }
+        if (this.keys.generation !== generation) throw this.keys.sealedError();
+      },
+    });
+    made.forEach((m) => m.key.fill(0));
+    // Take the new keys up at once here; other replicas follow by NOTIFY.
+    await this.keys.refreshKeyring();
+    this.resume(result.rotation.id);
+    return result;
+  }
+
+  /** Drives the running rotation here unless another live replica does (after unseal, and periodically). */
+  resume(id?: number): void {
+    if (this.driving !== undefined || this.keys.sealed) return;
+    this.driving = this.drive(id)
+      .catch((err) => this.logger.error("key rotation paused; it resumes later", { err }))
+      .finally(() => (this.driving = undefined));
+  }
+
+  /** Resolves when this replica is not driving a rotation (shutdown, tests). */
+  async idle(): Promise<void> {
+    await this.driving;
+  }
+
+  private async drive(id: number | undefined): Promise<void> {
+    const rotation = id === undefined ? await this.store.running() : await this.store.byId(id);
+    if (rotation === undefined || rotation.phase === "done") return;
+    if (!(await this.store.claim(rotation.id, this.worker, this.options.leaseMs))) return;
+    if (!this.keys.hasWrappingKey(rotation.newWrappingKeyId)) await this.keys.refreshKeyring();
+    if (!this.keys.hasWrappingKey(rotation.newWrappingKeyId) || this.keys.activeWrappingKey().id !== rotation.newWrappingKeyId) {
+      throw new NexusError("internal", "the rotation's wrapping key is not the active key here", { reason: "ROTATION_KEY_MISSING" });
+    }
+    this.logger.info("key rotation: re-wrapping", { rotationId: rotation.id, from: rotation.oldWrappingKeyId, to: rotation.newWrappingKeyId });
+    const batch = { id: rotation.id, newWrappingKeyId: rotation.newWrappingKeyId, worker: this.worker, leaseMs: this.options.leaseMs };
+    let phase = rotation.phase;
+    while (phase === "rewrapping") {
+      if (this.keys.sealed) return;
+      const generation = this.keys.generation;
+      const n = await this.store.rewrapBatch(batch, this.options.batchSize, (rows) => {
+        if (this.keys.generation !== generation) throw this.keys.sealedError();
+        return rows.map((r) => this.cipher.rewrap(r));
+      });
+      if (n > 0) {
+        if (this.options.pauseMs > 0) await new Promise((r) => setTimeout(r, this.options.pauseMs));
+        continue;
+      }
+      // End of a pass: data keys written meanwhile by a replica still on the old key get another pass.
+      const left = await this.store.remaining(rotation.newWrappingKeyId);
+      const age = Date.now() - rotation.startedAt.getTime();
+      if (left > 0) {
+        await this.store.restartPass(rotation.id, left);
+        continue;
+      }
+      if (age < this.options.retireAfterMs) {
+        await new Promise((r) => setTimeout(r, Math.min(250, this.options.retireAfterMs - age)));
+        continue;
+      }
+      // Row-batched re-MAC participants would run here; the grant sets were re-MAC'd with the keys.
+      await this.store.setPhase(rotation.id, "remacing");
+      await this.store.setPhase(rotation.id, "retiring");
+      phase = "retiring";
+    }
+    if (phase === "remacing") await this.store.setPhase(rotation.id, "retiring");
+    const retired = await this.store.retireWrappingKeys(rotation.newWrappingKeyId);
+    await this.keys.refreshKeyring();
+    await this.store.setPhase(rotation.id, "done");
+    this.logger.info("key rotation done", { rotationId: rotation.id, retiredWrappingKeys: retired });
+  }
+}
