@@ -40,6 +40,10 @@ export interface NexusConfig {
   readonly maxSecretBytes: number;
   readonly cleanupIntervalMs: number;
   readonly auditRetentionMs: number;
+  /** How long one WatchSecrets stream may stay open before it ends (the client resumes). */
+  readonly watchMaxLifetimeMs: number;
+  /** How long watch events are kept, and so how old a resumable cursor may be. */
+  readonly watchRetentionMs: number;
 }
 
 export class ConfigError extends Error {
@@ -81,6 +85,8 @@ export const SETTINGS = {
   maxSecretBytes: { env: "NEXUS_MAX_SECRET_BYTES", help: "largest encoded secret version", parse: positiveInt, serveDefault: String(64 * 1024), devDefault: String(64 * 1024) },
   cleanupInterval: { env: "NEXUS_CLEANUP_INTERVAL", help: "how often expired rows are removed", parse: parseDuration, serveDefault: "60s", devDefault: "60s" },
   auditRetention: { env: "NEXUS_AUDIT_RETENTION", help: "how long audit events are kept", parse: parseDuration, serveDefault: "365d", devDefault: "30d" },
+  watchMaxLifetime: { env: "NEXUS_WATCH_MAX_LIFETIME", help: "longest a WatchSecrets stream stays open (the client resumes)", parse: parseDuration, serveDefault: "1h", devDefault: "1h" },
+  watchRetention: { env: "NEXUS_WATCH_RETENTION", help: "how long watch events are kept (oldest resumable cursor)", parse: parseDuration, serveDefault: "24h", devDefault: "24h" },
 } satisfies Record<string, Setting<unknown>>;
 
 export type SettingName = keyof typeof SETTINGS;
@@ -118,6 +124,8 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
     maxSecretBytes: required("maxSecretBytes"),
     cleanupIntervalMs: required("cleanupInterval"),
     auditRetentionMs: required("auditRetention"),
+    watchMaxLifetimeMs: required("watchMaxLifetime"),
+    watchRetentionMs: required("watchRetention"),
   };
 }
 

@@ -28,6 +28,9 @@ import { policyService } from "../services/policy-service.js";
 import { LabelFreshness } from "../services/secret-labels.js";
 import { SecretRotator } from "../services/secret-rotation.js";
 import { secretService } from "../services/secret-service.js";
+import { WATCH_BUFFER_LIMIT, WATCH_HEARTBEAT_MS } from "../services/secret-watch.js";
+import { SecretEventStore } from "../store/secret-event-store.js";
+import { WatchHub } from "../watch/watch-hub.js";
 import { AuditStore } from "../store/audit-store.js";
 import { CredentialStore } from "../store/credential-store.js";
 import type { Sql } from "../store/database.js";
@@ -52,6 +55,8 @@ export interface ComponentDeps {
   readonly keys: KeyManager;
   readonly databaseCheckIntervalMs?: number;
   readonly certificateDebounceMs?: number;
+  readonly watchHeartbeatMs?: number;
+  readonly watchBufferLimit?: number;
   /** Teardown steps, run in reverse order. */
   readonly cleanup: Array<() => Promise<void> | void>;
 }
@@ -111,6 +116,12 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   });
 
   const freshness = new LabelFreshness();
+  // WatchSecrets: one LISTEN and poller for every stream of this replica; a seal ends them all.
+  const secretEvents = new SecretEventStore(sql);
+  const watchHub = new WatchHub({ store: secretEvents, logger, retentionMs: config.watchRetentionMs });
+  await watchHub.start();
+  cleanup.push(() => watchHub.stop());
+  keys.onSealChange((sealed) => sealed && watchHub.endAll(keys.sealedError()));
   const rotator = new SecretRotator({ keys, cipher, store: secrets, freshness, logger, maxSecretBytes: config.maxSecretBytes });
   const services = [
     operatorService({
@@ -131,7 +142,13 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       rootKeys,
       rotationStore: new KeyRotationStore(sql),
     }),
-    secretService({ keys, cipher, store: secrets, maxSecretBytes: config.maxSecretBytes, freshness, rotator, logger }),
+    secretService({
+      keys, cipher, store: secrets, maxSecretBytes: config.maxSecretBytes, freshness, rotator, logger,
+      watch: {
+        hub: watchHub, keys, maxLifetimeMs: config.watchMaxLifetimeMs,
+        heartbeatMs: deps.watchHeartbeatMs ?? WATCH_HEARTBEAT_MS, bufferLimit: deps.watchBufferLimit ?? WATCH_BUFFER_LIMIT,
+      },
+    }),
     policyService({ store: policyStore, keys, sync: policySync, epochs }),
   ];
 
@@ -145,6 +162,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       logger,
       cleanupIntervalMs: config.cleanupIntervalMs,
       auditRetentionMs: config.auditRetentionMs,
+      watchEvents: { store: secretEvents, retentionMs: config.watchRetentionMs },
       rotation: { store: secrets, rotator, auditLog, keys, logger, intervalMs: ROTATION_CHECK_INTERVAL_MS },
     }),
   );

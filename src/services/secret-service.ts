@@ -56,6 +56,7 @@ import {
   type StoredPolicy,
 } from "./rotation-policy.js";
 import type { SecretRotator } from "./secret-rotation.js";
+import { watchSecrets, type SecretWatchDeps } from "./secret-watch.js";
 
 export interface SecretServiceDeps {
   readonly keys: KeyManager;
@@ -68,6 +69,8 @@ export interface SecretServiceDeps {
   readonly freshness: LabelFreshness;
   readonly rotator: SecretRotator;
   readonly logger: Logger;
+  /** WatchSecrets (secret-watch.ts). */
+  readonly watch: SecretWatchDeps;
 }
 
 interface KnownSecret extends Omit<DataKeyRef, "wrappedDataKey"> {
@@ -468,6 +471,8 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       known.delete(path);
       return result;
     },
+
+    watchSecrets: watchSecrets(deps.watch),
 
     async purgeSecret(req, ctx) {
       requireUnsealed();
