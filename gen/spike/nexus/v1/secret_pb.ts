@@ -1498,7 +1498,8 @@ export const SecretService: GenService<{
    * once, in order. OUT_OF_RANGE with reason CURSOR_EXPIRED for a cursor older
    * than the retention (default 24 h), INVALID_ARGUMENT (MALFORMED_CURSOR) for
    * a cursor Nexus did not hand out, RESOURCE_EXHAUSTED (WATCH_BUFFER_FULL)
-   * when the client reads too slowly, UNAVAILABLE when the server seals. The
+   * when the client reads too slowly, FAILED_PRECONDITION (SEALED) when the
+   * replica seals. The
    * stream ends by itself (OK) after its maximum lifetime (default 1 h) or when
    * the caller's SVID expires; resume with the cursor.
    *
