@@ -40,6 +40,8 @@ export function schedulerCaller(replicaId: string): string {
 /** One round: claims and runs due rotations until none are left; returns how many ran. */
 export async function runDueRotations(d: RotationSchedulerDeps): Promise<number> {
   let rotated = 0;
+  // External rotations are the owner's to make; watchers learn they are due.
+  if (!d.keys.sealed) await d.store.markExternalRotationsDue();
   for (;;) {
     if (d.keys.sealed) return rotated; // sealed replicas never rotate
     const claimed = await d.store.claimDueRotations(CLAIM_BATCH, ROTATION_LEASE_MS);

@@ -97,6 +97,20 @@ describe("secret event log", function () {
       expect(brief(rows)).to.deep.equal(["VERSION_CREATED ev/expiring [1] [CURRENT]", "EXPIRED ev/expiring [] []"]);
     });
 
+    it("an external rotation that comes due is one ROTATION_DUE event for its CURRENT, however often the scheduler looks", async () => {
+      const from = await events.now();
+      const p = "ev/external";
+      ok(await client.call(SecretService.method.putSecret, { path: p, data: { k: "v" } }));
+      ok(await client.call(SecretService.method.updateSecretMetadata, { path: p, rotation: { period: { seconds: 60n, nanos: 0 }, generator: { case: "external", value: {} } }, updateMask: { paths: ["rotation"] } }));
+      const store = new SecretStore(sql);
+      expect(await store.markExternalRotationsDue(), "not due yet").to.equal(0);
+      await db`UPDATE secret_versions SET created_at = now() - interval '2 minutes' WHERE secret_id = (SELECT id FROM secrets WHERE path = ${p})`;
+      await store.markExternalRotationsDue();
+      await store.markExternalRotationsDue();
+      const rows = (await readAll(from)).filter((r) => r.path === p);
+      expect(brief(rows)).to.deep.equal(["VERSION_CREATED ev/external [1] [CURRENT]", "METADATA_UPDATED ev/external [] []", "ROTATION_DUE ev/external [1] [CURRENT]"]);
+    });
+
     it("puts that share one group-commit statement each get their own event", async () => {
       const from = await events.now();
       const paths = Array.from({ length: 12 }, (_, i) => `ev/batch/${i}`);
