@@ -3,7 +3,8 @@
 // queued, by the policies in force then), in a bounded queue the transport
 // drains. A client that stops reading fills the queue and the stream ends with
 // RESOURCE_EXHAUSTED, so it costs bounded memory; it resumes from the cursor
-// of the last event it received. Heartbeats carry the current cursor; the
+// of the last event it received. Heartbeats carry the current cursor (one
+// comes first, when the stream opens or has read its backlog); the
 // stream ends by itself at its deadline (maximum lifetime or the caller's SVID
 // expiry, whichever is first).
 
@@ -50,6 +51,9 @@ export class WatchStream implements AsyncIterable<WatchEvent> {
     catchingUp: boolean,
   ) {
     if (catchingUp) this.held = [];
+    // The first response says the stream is open and where it starts, so a
+    // client that leaves before anything happens still resumes without a gap.
+    else this.heartbeat();
     const heartbeat = setInterval(() => this.heartbeat(), opts.heartbeatMs);
     const deadline = setTimeout(() => this.end(), Math.max(0, opts.endAt - Date.now()));
     heartbeat.unref();
@@ -99,6 +103,7 @@ export class WatchStream implements AsyncIterable<WatchEvent> {
     const held = this.held ?? [];
     this.held = undefined;
     for (const h of held) this.deliver(h.row, h.readAt);
+    this.heartbeat();
   }
 
   /** Ends the stream: cleanly (undefined) after what is queued, or with an error at once. */

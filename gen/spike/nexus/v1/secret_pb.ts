@@ -1332,8 +1332,9 @@ export enum WatchEventType {
   ROTATION_DUE = 9,
 
   /**
-   * Nothing happened: sent every 15 s with the current cursor, so idle
-   * streams stay open through proxies and a resume skips what was passed over.
+   * Nothing happened: sent when the stream opens (or has sent the backlog of
+   * a resume) and every 15 s, with the current cursor, so idle streams stay
+   * open through proxies and a resume skips what was passed over.
    *
    * @generated from enum value: WATCH_EVENT_TYPE_HEARTBEAT = 10;
    */
