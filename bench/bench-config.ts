@@ -26,6 +26,10 @@ export interface BenchConfig {
   readonly pgbenchSeconds: number;
   readonly propagationRepeats: number;
   readonly startupRepeats: number;
+  /** WatchSecrets fan-out (watch-fanout.ts): streams over two replicas (0: skipped), puts per second through A, and for how long. */
+  readonly watchers: number;
+  readonly watchPutsPerSecond: number;
+  readonly watchDurationMs: number;
 }
 
 const FULL: BenchConfig = {
@@ -45,6 +49,9 @@ const FULL: BenchConfig = {
   pgbenchSeconds: 7,
   propagationRepeats: 20,
   startupRepeats: 5,
+  watchers: 1000,
+  watchPutsPerSecond: 200,
+  watchDurationMs: 10_000,
 };
 
 const QUICK: BenchConfig = {
@@ -59,6 +66,8 @@ const QUICK: BenchConfig = {
   pgbenchSeconds: 2,
   propagationRepeats: 5,
   startupRepeats: 1,
+  watchers: 100,
+  watchDurationMs: 3000,
 };
 
 const PROFILE: BenchConfig = {
@@ -70,6 +79,7 @@ const PROFILE: BenchConfig = {
   pgbench: false,
   propagationRepeats: 0,
   startupRepeats: 0,
+  watchers: 0,
 };
 
 const AB: BenchConfig = {
@@ -82,6 +92,7 @@ const AB: BenchConfig = {
   pgbench: false,
   propagationRepeats: 0,
   startupRepeats: 0,
+  watchers: 0,
 };
 
 export function benchConfig(env: NodeJS.ProcessEnv = process.env): BenchConfig {
@@ -107,5 +118,8 @@ export function benchConfig(env: NodeJS.ProcessEnv = process.env): BenchConfig {
     pgbenchSeconds: num("PGBENCH_SECONDS", base.pgbenchSeconds),
     propagationRepeats: num("PROPAGATION_REPEATS", base.propagationRepeats),
     startupRepeats: num("STARTUP_REPEATS", base.startupRepeats),
+    watchers: num("WATCHERS", base.watchers),
+    watchPutsPerSecond: num("WATCH_PUTS_PER_SECOND", base.watchPutsPerSecond),
+    watchDurationMs: num("WATCH_DURATION_MS", base.watchDurationMs),
   };
 }

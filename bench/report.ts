@@ -4,6 +4,7 @@
 // pass/fail against those targets; and the machine it ran on. Writes
 // bench/results/latest.json and latest.md.
 
+import type { WatchFanoutResult } from "./watch-fanout.js";
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
@@ -39,6 +40,8 @@ export interface BenchRun {
   readonly idleRssMb: number;
   readonly rounds: Round[];
   readonly propagation?: Timings;
+  /** WatchSecrets fan-out (issue 12). */
+  readonly watch?: WatchFanoutResult;
   readonly startup?: StartupTimings;
   readonly captures: StatementCapture[];
   readonly plans: QueryPlan[];
@@ -228,6 +231,8 @@ export function targets(run: BenchRun, pooled: PooledScenario[], rs: Ratio[]): T
     t("Server RSS under load (max)", "≤ 150 MB", rss, "MB", (v) => v <= 150),
     t("Start to SERVING, existing migrated database (median)", "≤ 1000 ms", run.startup?.servingWithPasswordFile.p50 ?? NaN, "ms", (v) => v <= 1000),
     t("Policy propagation between replicas (p99)", "≤ 1000 ms", run.propagation?.p99 ?? NaN, "ms", (v) => v <= 1000),
+    t("WatchSecrets delivery latency (p99)", "≤ 250 ms", run.watch?.latencyMs.p99 ?? NaN, "ms", (v) => v <= 250),
+    t("Server memory per idle watch stream (worse replica)", "≤ 50 KB", run.watch ? Math.max(run.watch.idleStreamKb.a, run.watch.idleStreamKb.b) : NaN, "KB", (v) => v <= 50),
   ];
 }
 
@@ -253,6 +258,7 @@ export function buildReport(run: BenchRun) {
     ratios: rs,
     targets: ts,
     propagationMs: run.propagation,
+    watch: run.watch,
     startupMs: run.startup,
     auditBatchDuringGet: run.auditBatch,
     floorPuts: run.floorPuts,
@@ -318,6 +324,12 @@ export function markdown(report: Report): string {
   if (report.propagationMs) {
     const p = report.propagationMs;
     lines.push(`Policy propagation A → B (${p.samples.length} policies): p50 ${f(p.p50, 1)} ms, p99 ${f(p.p99, 1)} ms, max ${f(p.max, 1)} ms.`);
+  }
+  if (report.watch) {
+    const w = report.watch;
+    lines.push(
+      `WatchSecrets fan-out: ${w.watchers} watchers over two replicas, ${w.puts} puts through A (each matching ≤ 5 watchers): ${w.delivered} deliveries (${w.missing} missing, ${w.errors} errors), latency p50 ${f(w.latencyMs.p50, 1)} ms, p99 ${f(w.latencyMs.p99, 1)} ms, max ${f(w.latencyMs.max, 1)} ms; RSS per idle stream ${f(w.idleStreamKb.a, 1)} KB on A, ${f(w.idleStreamKb.b, 1)} KB on B.`,
+    );
   }
   lines.push("");
   return lines.join("\n");

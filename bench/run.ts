@@ -31,6 +31,7 @@ import { processRssMb } from "./process-stats.js";
 import { explainHotStatements } from "./query-plans.js";
 import { policyPropagation, startupTimes } from "./replica-timings.js";
 import { buildReport, label, writeReport, type BenchRun, type Round, type StatementCapture } from "./report.js";
+import { watchFanout } from "./watch-fanout.js";
 import { runScenario, type ScenarioResult, type ScenarioSpec, type Target, type WindowHooks } from "./scenario-runner.js";
 import { readProbe, retryOnPortClash, sleep, spawnServer, waitForHealth, type ServerOptions, type ServerProcess } from "./server-process.js";
 
@@ -224,6 +225,24 @@ async function main(): Promise<void> {
         }
       });
     }
+    let watch;
+    if (config.watchers > 0) {
+      watch = await phase(`watch fan-out: ${config.watchers} watchers, ${config.watchPutsPerSecond} puts/s`, async () => {
+        const b = await retryOnPortClash(async () => {
+          const replica = await spawnServer({ ...base, adminPasswordFile: passwordFile });
+          await waitForHealth(replica, "SERVING").catch(async (err) => {
+            await replica.stop();
+            throw err;
+          });
+          return replica;
+        });
+        try {
+          return await watchFanout(server, b, pki, { watchers: config.watchers, putsPerSecond: config.watchPutsPerSecond, durationMs: config.watchDurationMs });
+        } finally {
+          await b.stop();
+        }
+      });
+    }
     await server.stop();
     let startup;
     if (config.startupRepeats > 0) {
@@ -251,6 +270,7 @@ async function main(): Promise<void> {
       idleRssMb,
       rounds,
       propagation,
+      watch,
       startup,
       captures: captures.map((c) => ({ label: c.label, statements: c.statements.filter(isInteresting) })),
       plans,
