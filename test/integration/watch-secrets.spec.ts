@@ -165,10 +165,12 @@ describe("WatchSecrets", function () {
         expect(failure).to.include({ code: "OUT_OF_RANGE", reason: "CURSOR_EXPIRED" });
       });
 
-      it("a malformed cursor is INVALID_ARGUMENT naming the field", async () => {
+      it("a malformed cursor or prefix is INVALID_ARGUMENT naming the field", async () => {
         const failure = await watch(a.client(listener), "", "not-a-cursor").done;
         expect(failure).to.include({ code: "INVALID_ARGUMENT", reason: "MALFORMED_CURSOR" });
         expect(failure?.violations?.[0]?.field).to.equal("cursor");
+        const badPrefix = await watch(a.client(listener), "a b").done;
+        expect(badPrefix).to.include({ code: "INVALID_ARGUMENT", reason: "INVALID_PREFIX" });
       });
     });
   }
