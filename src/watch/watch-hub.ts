@@ -95,10 +95,13 @@ export class WatchHub {
         throw NexusError.invalidArgument("cursor", "the cursor is ahead of this database (from another installation?); watch again without a cursor", "MALFORMED_CURSOR");
       }
     }
+    // "Now" is the database's horizon, not the hub's position, which lags it
+    // by a poll: events the hub has yet to read but that ended before this
+    // call are not sent to a stream that starts now.
+    const from = w.cursor?.position ?? (await this.o.store.now());
     const live = this.position;
-    const from = w.cursor?.position;
-    const behind = from !== undefined && comparePositions(from, live) < 0;
-    const stream = new WatchStream(from ?? live, w, behind);
+    const behind = w.cursor !== undefined && comparePositions(from, live) < 0;
+    const stream = new WatchStream(behind || comparePositions(from, live) > 0 ? from : live, w, behind);
     this.streams.add(stream);
     stream.onClose(() => this.streams.delete(stream));
     if (behind) void this.catchUp(stream, from, live);

@@ -234,6 +234,30 @@ describe("secret event log", function () {
       expect(rest.filter((e) => e.type !== "HEARTBEAT")).to.deep.equal([]);
     });
 
+    it("a stream that starts now is not sent events that ended before it opened, even when the hub has yet to read them", async () => {
+      // A hub whose live reads wait at a gate: it lags the database.
+      let open_ = () => {};
+      const gate = new Promise<void>((resolve) => (open_ = resolve));
+      const lagging = Object.create(events) as SecretEventStore;
+      lagging.readAfter = async (after, limit, upTo) => {
+        if (upTo === undefined) await gate;
+        return events.readAfter(after, limit, upTo);
+      };
+      const slow = new WatchHub({ store: lagging, logger: silentLogger, retentionMs: HOUR, pollIntervalMs: 50 });
+      await slow.start();
+      try {
+        await insertEvent("hub/lag/before");
+        const stream = await slow.open({ prefix: "hub/lag/", cursor: undefined, visible: () => true, bufferLimit: 100, heartbeatMs: 60_000, endAt: Date.now() + HOUR });
+        await insertEvent("hub/lag/after");
+        open_();
+        expect((await take(stream, 1)).map((e) => e.path)).to.deep.equal(["hub/lag/after"]);
+        stream.end();
+      } finally {
+        open_();
+        await slow.stop();
+      }
+    });
+
     it("a cursor older than the retention is OUT_OF_RANGE (CURSOR_EXPIRED)", async () => {
       const old = encodeCursor(await events.now(), Date.now() - HOUR - 1000);
       const err = await open({ cursor: old }).then(() => undefined, (e: unknown) => e);
