@@ -258,6 +258,16 @@ describe("secret event log", function () {
       }
     });
 
+    it("a stream whose reader leaves (ends its iteration) is forgotten by the hub", async () => {
+      const stream = await open();
+      for await (const e of stream) {
+        expect(e.type).to.equal("HEARTBEAT"); // the opening one
+        break;
+      }
+      expect(stream.ended).to.equal(true);
+      expect(hub.size).to.equal(0);
+    });
+
     it("a cursor older than the retention is OUT_OF_RANGE (CURSOR_EXPIRED)", async () => {
       const old = encodeCursor(await events.now(), Date.now() - HOUR - 1000);
       const err = await open({ cursor: old }).then(() => undefined, (e: unknown) => e);
