@@ -111,6 +111,22 @@ describe("secret event log", function () {
       expect(brief(rows)).to.deep.equal(["VERSION_CREATED ev/external [1] [CURRENT]", "METADATA_UPDATED ev/external [] []", "ROTATION_DUE ev/external [1] [CURRENT]"]);
     });
 
+    it("a rotation that stages PENDING is VERSION_CREATED then ROTATION_DUE; one that promotes is VERSION_CREATED as CURRENT", async () => {
+      const from = await events.now();
+      const p = "ev/rotated";
+      ok(await client.call(SecretService.method.putSecret, { path: p, data: { user: "app", password: "old" } }));
+      const generator = { case: "randomBytes" as const, value: { length: 16 } };
+      ok(await client.call(SecretService.method.rotateSecret, { path: p, generator, dataKey: "password" }));
+      ok(await client.call(SecretService.method.rotateSecret, { path: p, generator, dataKey: "password", promote: true }));
+      const rows = (await readAll(from)).filter((r) => r.path === p);
+      expect(brief(rows)).to.deep.equal([
+        "VERSION_CREATED ev/rotated [1] [CURRENT]",
+        "VERSION_CREATED ev/rotated [2] [PENDING]",
+        "ROTATION_DUE ev/rotated [2] [PENDING]",
+        "VERSION_CREATED ev/rotated [3] [CURRENT]",
+      ]);
+    });
+
     it("puts that share one group-commit statement each get their own event", async () => {
       const from = await events.now();
       const paths = Array.from({ length: 12 }, (_, i) => `ev/batch/${i}`);
