@@ -34,6 +34,10 @@ export interface BenchConfig {
   readonly rotationDataKeys: number;
   /** GetSecret's open-loop window without a re-wrap, before the one during it. */
   readonly rotationWindowMs: number;
+  /** WatchSecrets fan-out (watch-fanout.ts): streams over two replicas (0: skipped), puts per second through A, and for how long. */
+  readonly watchers: number;
+  readonly watchPutsPerSecond: number;
+  readonly watchDurationMs: number;
 }
 
 const FULL: BenchConfig = {
@@ -57,6 +61,9 @@ const FULL: BenchConfig = {
   failoverRepeats: 3,
   rotationDataKeys: 100_000,
   rotationWindowMs: 10_000,
+  watchers: 1000,
+  watchPutsPerSecond: 200,
+  watchDurationMs: 10_000,
 };
 
 const QUICK: BenchConfig = {
@@ -75,6 +82,8 @@ const QUICK: BenchConfig = {
   failoverRepeats: 0,
   rotationDataKeys: 3000,
   rotationWindowMs: 1500,
+  watchers: 100,
+  watchDurationMs: 3000,
 };
 
 const PROFILE: BenchConfig = {
@@ -89,6 +98,7 @@ const PROFILE: BenchConfig = {
   replicaScaling: false,
   failoverRepeats: 0,
   rotationDataKeys: 0,
+  watchers: 0,
 };
 
 const AB: BenchConfig = {
@@ -104,6 +114,7 @@ const AB: BenchConfig = {
   replicaScaling: false,
   failoverRepeats: 0,
   rotationDataKeys: 0,
+  watchers: 0,
 };
 
 export function benchConfig(env: NodeJS.ProcessEnv = process.env): BenchConfig {
@@ -131,5 +142,8 @@ export function benchConfig(env: NodeJS.ProcessEnv = process.env): BenchConfig {
     startupRepeats: num("STARTUP_REPEATS", base.startupRepeats),
     replicaScaling: env.BENCH_REPLICA_SCALING === undefined ? base.replicaScaling : env.BENCH_REPLICA_SCALING === "1",
     failoverRepeats: num("FAILOVER_REPEATS", base.failoverRepeats),
+    watchers: num("WATCHERS", base.watchers),
+    watchPutsPerSecond: num("WATCH_PUTS_PER_SECOND", base.watchPutsPerSecond),
+    watchDurationMs: num("WATCH_DURATION_MS", base.watchDurationMs),
   };
 }

@@ -35,6 +35,7 @@ import { failoverTimes, replicaScaling, type HighAvailabilityResults } from "./h
 import { keyRotationBench, type RotationBench } from "./key-rotation-bench.js";
 import { policyPropagation, startupTimes } from "./replica-timings.js";
 import { buildReport, label, writeReport, type BenchRun, type Round, type StatementCapture } from "./report.js";
+import { watchFanout } from "./watch-fanout.js";
 import { runScenario, type ScenarioResult, type ScenarioSpec, type Target, type WindowHooks } from "./scenario-runner.js";
 import { readProbe, retryOnPortClash, sleep, spawnServer, waitForHealth, type ServerOptions, type ServerProcess } from "./server-process.js";
 
@@ -244,6 +245,24 @@ async function main(): Promise<void> {
       const scaling = await phase("GetSecret with 1, 2 and 3 replicas", () => replicaScaling(spec, target, base, passwordFile));
       highAvailability = { replicaScaling: scaling };
     }
+    let watch;
+    if (config.watchers > 0) {
+      watch = await phase(`watch fan-out: ${config.watchers} watchers, ${config.watchPutsPerSecond} puts/s`, async () => {
+        const b = await retryOnPortClash(async () => {
+          const replica = await spawnServer({ ...base, adminPasswordFile: passwordFile });
+          await waitForHealth(replica, "SERVING").catch(async (err) => {
+            await replica.stop();
+            throw err;
+          });
+          return replica;
+        });
+        try {
+          return await watchFanout(server, b, pki, { watchers: config.watchers, putsPerSecond: config.watchPutsPerSecond, durationMs: config.watchDurationMs });
+        } finally {
+          await b.stop();
+        }
+      });
+    }
     await server.stop();
     if (config.failoverRepeats > 0) {
       try {
@@ -280,6 +299,7 @@ async function main(): Promise<void> {
       idleRssMb,
       rounds,
       propagation,
+      watch,
       startup,
       highAvailability,
       rotation,

@@ -58,3 +58,13 @@ BEGIN
 END $$;
 CREATE TRIGGER secrets_data_key_origin BEFORE INSERT ON secrets
     FOR EACH ROW EXECUTE FUNCTION secrets_default_data_key_origin();
+
+-- Label states and rotation policies (per-secret rows) are re-MAC'd in
+-- batches in the rotation's remacing phase; their stored MACs name their key
+-- (4-byte key id, then the HMAC). While that runs, a replica accepts rows
+-- under the retired integrity key only if the rotation's window is open:
+-- integrity_window_mac, MAC'd under the new key over (old id, new id), set in
+-- the start transaction and cleared when the re-MAC is done.
+ALTER TABLE key_rotations
+    ADD COLUMN old_integrity_key_id integer,
+    ADD COLUMN integrity_window_mac bytea;

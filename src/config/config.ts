@@ -58,6 +58,10 @@ export interface NexusConfig {
   readonly keyRotationBatch: number;
   /** Pause between re-wrap batches (throttle). */
   readonly keyRotationPauseMs: number;
+  /** How long one WatchSecrets stream may stay open before it ends (the client resumes). */
+  readonly watchMaxLifetimeMs: number;
+  /** How long watch events are kept, and so how old a resumable cursor may be. */
+  readonly watchRetentionMs: number;
 }
 
 export class ConfigError extends Error {
@@ -113,6 +117,8 @@ export const SETTINGS = {
   },
   keyRotationBatch: { env: "NEXUS_KEY_ROTATION_BATCH", help: "data keys re-wrapped per transaction during a rotation", parse: positiveInt, serveDefault: "500", devDefault: "500" },
   keyRotationPause: { env: "NEXUS_KEY_ROTATION_PAUSE", help: "pause between re-wrap batches (throttles a rotation)", parse: parseDuration, serveDefault: "0ms", devDefault: "0ms" },
+  watchMaxLifetime: { env: "NEXUS_WATCH_MAX_LIFETIME", help: "longest a WatchSecrets stream stays open (the client resumes)", parse: parseDuration, serveDefault: "1h", devDefault: "1h" },
+  watchRetention: { env: "NEXUS_WATCH_RETENTION", help: "how long watch events are kept (oldest resumable cursor)", parse: parseDuration, serveDefault: "24h", devDefault: "24h" },
 } satisfies Record<string, Setting<unknown>>;
 
 export type SettingName = keyof typeof SETTINGS;
@@ -155,6 +161,8 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
     keyRotationMaxEncryptions: required("keyRotationMaxEncryptions"),
     keyRotationBatch: required("keyRotationBatch"),
     keyRotationPauseMs: required("keyRotationPause"),
+    watchMaxLifetimeMs: required("watchMaxLifetime"),
+    watchRetentionMs: required("watchRetention"),
   };
 }
 

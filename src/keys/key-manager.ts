@@ -17,12 +17,13 @@ import { NexusError } from "../errors/nexus-error.js";
 import type { Logger } from "../log/logger.js";
 import type { InitialKeys, KeyringKeyRow, RootKeyRow, RootKeyStore } from "../store/root-key-store.js";
 import { associatedData, newKey, open, seal } from "./aead.js";
+import { mac, macMatches } from "./integrity.js";
+import { FIRST_INTEGRITY_KEY_ID, type IntegrityKeyRef } from "./keyed-mac.js";
 import { boundedKdfParams, DEFAULT_KDF_PARAMS, derivePasswordKeys, newSalt, passwordCheck, passwordCheckMatches, type KdfParams } from "./password-kdf.js";
 
 const MIN_PASSWORD_LENGTH = 12;
 const FIRST_ROOT_KEY_ID = 1;
 const FIRST_WRAPPING_KEY_ID = 1;
-const FIRST_INTEGRITY_KEY_ID = 2;
 /** A failed password attempt costs this much more than the KDF itself. */
 const FAILED_ATTEMPT_DELAY_MS = 1000;
 
@@ -34,6 +35,26 @@ interface Unsealed {
   /** Every integrity key held: the active one and retired ones (to verify what they MAC'd). */
   readonly integrityKeys: Map<number, Buffer>;
   activeIntegrityKeyId: number;
+  /**
+   * Whether per-secret rows may still be under the integrity key the running
+   * rotation retired (its re-MAC is not done): "unknown" until read after an
+   * unseal, then the retired and new key ids, or "closed".
+   */
+  integrityWindow: "unknown" | "closed" | { readonly oldId: number; readonly newId: number };
+}
+
+/** A running rotation's re-MAC window as stored: open for rows under `oldIntegrityKeyId`, MAC'd under the new key. */
+export interface StoredIntegrityWindow {
+  readonly oldIntegrityKeyId: number;
+  readonly newIntegrityKeyId: number;
+  readonly mac: Buffer;
+}
+
+const INTEGRITY_WINDOW_MAC_LABEL = "nexus/v1/integrity-window";
+
+/** The MAC a rotation stores with its re-MAC window, under the new integrity key (a database writer cannot open one). */
+export function integrityWindowMac(newKey: IntegrityKeyRef, oldIntegrityKeyId: number): Buffer {
+  return mac(newKey.key, INTEGRITY_WINDOW_MAC_LABEL, [oldIntegrityKeyId, newKey.id]);
 }
 
 /** A keyring key sealed under the root key, as the database stores it. */
@@ -58,6 +79,12 @@ export class KeyManager {
   private initializedSeen = false;
   private kdfQueue: Promise<unknown> = Promise.resolve();
   private readonly sealListeners = new Set<(sealed: boolean) => void>();
+  /**
+   * The highest integrity key id whose re-MAC window this process has seen
+   * closed: a window for it or below is never opened again, whatever the
+   * database says later (a writer putting back an old rotation row).
+   */
+  private integrityWindowClosedThrough = 0;
 
   constructor(
     private readonly store: RootKeyStore,
@@ -154,6 +181,7 @@ export class KeyManager {
       activeWrappingKeyId: FIRST_WRAPPING_KEY_ID,
       integrityKeys: new Map([[FIRST_INTEGRITY_KEY_ID, integrityKey]]),
       activeIntegrityKeyId: FIRST_INTEGRITY_KEY_ID,
+      integrityWindow: "closed",
     });
     this.logger.info("initialized: root key and keyring created", { rootKeyId: FIRST_ROOT_KEY_ID });
     return { rootKeyId: FIRST_ROOT_KEY_ID, activeKeyringKeyId: FIRST_WRAPPING_KEY_ID };
@@ -197,9 +225,11 @@ export class KeyManager {
       const activeWrappingKeyId = Math.max(...wrappingKeys.keys());
       const activeIntegrityKeyId = Math.max(...integrityKeys.keys());
       if (this.state) this.seal("re-unsealed");
-      this.install({ rootKeyId: keys.root.id, rootKey, wrappingKeys, activeWrappingKeyId, integrityKeys, activeIntegrityKeyId });
+      this.install({ rootKeyId: keys.root.id, rootKey, wrappingKeys, activeWrappingKeyId, integrityKeys, activeIntegrityKeyId, integrityWindow: "unknown" });
       opened.length = 0; // installed: sealing zeroes them from now on
       this.logger.info("unsealed", { rootKeyId: keys.root.id, activeKeyringKeyId: activeWrappingKeyId });
+      // Until this is read, a row under a retired integrity key is answered UNAVAILABLE (retry), never accepted.
+      void this.loadIntegrityWindow().catch((err) => this.logger.warn("could not read the key rotation's re-MAC window", { err }));
     } catch (err) {
       for (const key of opened) key.fill(0);
       throw err;
@@ -455,13 +485,75 @@ export class KeyManager {
     const rootKeyId = this.rootKeyId;
     if (rootKeyId === 0) return false;
     const generation = this.changes;
-    const [active, rows] = await Promise.all([this.store.activeRootKeyId(), this.store.loadKeyring(rootKeyId)]);
+    const [active, rows, window] = await Promise.all([this.store.activeRootKeyId(), this.store.loadKeyring(rootKeyId), this.store.integrityWindow()]);
     if (this.changes !== generation || this.rootKeyId !== rootKeyId) return false;
     if (active !== undefined && active !== rootKeyId) {
       this.seal("the root key was rotated on another replica; unseal with the admin password");
       return true;
     }
-    return this.adoptKeyring(rows, true);
+    // Keys and window together, synchronously: a new integrity key is never active here without its window.
+    const changed = this.adoptKeyring(rows, true);
+    this.applyIntegrityWindow(window);
+    return changed;
+  }
+
+  /** Reads the running rotation's re-MAC window (after an unseal). */
+  async loadIntegrityWindow(): Promise<void> {
+    const generation = this.changes;
+    const window = await this.store.integrityWindow();
+    if (this.changes === generation) this.applyIntegrityWindow(window);
+  }
+
+  /**
+   * Opens the re-MAC window if `stored` names the active integrity key, its MAC
+   * verifies under that key, and this process has not seen that key's window
+   * closed; otherwise closes it for good for the active key.
+   */
+  applyIntegrityWindow(stored: StoredIntegrityWindow | undefined): void {
+    const s = this.state;
+    if (s === undefined) return;
+    const active = s.activeIntegrityKeyId;
+    const valid =
+      stored !== undefined &&
+      stored.newIntegrityKeyId === active &&
+      stored.oldIntegrityKeyId < active &&
+      active > this.integrityWindowClosedThrough &&
+      s.integrityKeys.has(stored.oldIntegrityKeyId) &&
+      macMatches(s.integrityKeys.get(active)!, INTEGRITY_WINDOW_MAC_LABEL, [stored.oldIntegrityKeyId, active], stored.mac);
+    if (valid) {
+      s.integrityWindow = { oldId: stored.oldIntegrityKeyId, newId: active };
+      return;
+    }
+    if (stored !== undefined && stored.newIntegrityKeyId === active) {
+      this.logger.error("a key rotation's re-MAC window does not verify (written outside Nexus?); rows under retired integrity keys are refused");
+    }
+    s.integrityWindow = "closed";
+    this.integrityWindowClosedThrough = Math.max(this.integrityWindowClosedThrough, active);
+  }
+
+  /** The active integrity key with its id, for MACs that name their key (keyed-mac.ts). */
+  activeIntegrityKey(): IntegrityKeyRef {
+    const s = this.unsealed();
+    return { id: s.activeIntegrityKeyId, key: s.integrityKeys.get(s.activeIntegrityKeyId)! };
+  }
+
+  /**
+   * The key a per-secret row MAC'd under integrity key `id` verifies with: the
+   * active key; the one a running rotation retired, only while its re-MAC
+   * window is open (rows not re-MAC'd yet); nothing else. Throws UNAVAILABLE
+   * (retry) for a key not taken up yet or while the window is being read.
+   */
+  integrityKeyForRow(id: number): Buffer | undefined {
+    const s = this.unsealed();
+    const active = s.activeIntegrityKeyId;
+    if (id === active) return s.integrityKeys.get(active);
+    if (id > active || s.integrityWindow === "unknown") {
+      void (id > active ? this.refreshKeyring() : this.loadIntegrityWindow()).catch(() => {});
+      throw new NexusError("unavailable", "the keyring is changing (a key rotation on another replica); retry in a moment", { reason: "KEYRING_CHANGING" });
+    }
+    const w = s.integrityWindow;
+    if (w === "closed" || w.oldId !== id || w.newId !== active) return undefined;
+    return s.integrityKeys.get(id);
   }
 
   /** The stored hierarchy, its KDF parameters checked before scrypt sees them. */

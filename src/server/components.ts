@@ -36,6 +36,9 @@ import { policyService } from "../services/policy-service.js";
 import { LabelFreshness } from "../services/secret-labels.js";
 import { SecretRotator } from "../services/secret-rotation.js";
 import { secretService } from "../services/secret-service.js";
+import { WATCH_BUFFER_LIMIT, WATCH_HEARTBEAT_MS } from "../services/secret-watch.js";
+import { SecretEventStore } from "../store/secret-event-store.js";
+import { WatchHub } from "../watch/watch-hub.js";
 import { AuditStore } from "../store/audit-store.js";
 import { CredentialStore } from "../store/credential-store.js";
 import type { Sql } from "../store/database.js";
@@ -67,6 +70,8 @@ export interface ComponentDeps {
   readonly certificateDebounceMs?: number;
   /** How often this replica checks whether a scheduled key rotation is due (tests shorten it). */
   readonly keyRotationCheckMs?: number;
+  readonly watchHeartbeatMs?: number;
+  readonly watchBufferLimit?: number;
   /** Teardown steps, run in reverse order. */
   readonly cleanup: Array<() => Promise<void> | void>;
 }
@@ -107,6 +112,8 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
             databasePool: deps.databaseApplicationName === undefined ? undefined : () => poolActivity(sql, deps.databaseApplicationName!),
             auditEventsWaiting: (): number => auditLog.eventsWaiting,
             svidNotAfterMs: () => new Date(new X509Certificate(certificates.material.cert).validTo).getTime(),
+            watchStreamsOpen: () => watchHub.size,
+            keyRotationRemaining: () => rotation.remainingKeys,
           },
         );
   // Events recorded while sealed are signed with this server's own SVID key,
@@ -127,7 +134,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   cleanup.push(() => policySync.stop());
   const credentials = new AdminCredentials(credentialStore, keys, epochs);
   const cipher = new SecretCipher(keys);
-  const rotation = new KeyRotation(new KeyRotationStore(sql), keys, cipher, grantSetParticipants(epochs, policyStore, credentialStore), auditLog.replicaId, logger, {
+  const rotation = new KeyRotation(new KeyRotationStore(sql), keys, cipher, grantSetParticipants(epochs, policyStore, credentialStore, auditStore), auditLog.replicaId, logger, {
     ...DEFAULT_ROTATION_OPTIONS,
     batchSize: config.keyRotationBatch,
     pauseMs: config.keyRotationPauseMs,
@@ -167,6 +174,12 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   });
 
   const freshness = new LabelFreshness();
+  // WatchSecrets: one LISTEN and poller for every stream of this replica; a seal ends them all.
+  const secretEvents = new SecretEventStore(sql);
+  const watchHub = new WatchHub({ store: secretEvents, logger, retentionMs: config.watchRetentionMs });
+  await watchHub.start();
+  cleanup.push(() => watchHub.stop());
+  keys.onSealChange((sealed) => sealed && watchHub.endAll(keys.sealedError()));
   const rotator = new SecretRotator({ keys, cipher, store: secrets, freshness, logger, maxSecretBytes: config.maxSecretBytes });
   const services = [
     operatorService({
@@ -187,7 +200,13 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       rootKeys,
       rotationStore: new KeyRotationStore(sql),
     }),
-    secretService({ keys, cipher, store: secrets, maxSecretBytes: config.maxSecretBytes, freshness, rotator, logger }),
+    secretService({
+      keys, cipher, store: secrets, maxSecretBytes: config.maxSecretBytes, freshness, rotator, logger,
+      watch: {
+        hub: watchHub, keys, maxLifetimeMs: config.watchMaxLifetimeMs,
+        heartbeatMs: deps.watchHeartbeatMs ?? WATCH_HEARTBEAT_MS, bufferLimit: deps.watchBufferLimit ?? WATCH_BUFFER_LIMIT,
+      },
+    }),
     policyService({ store: policyStore, keys, sync: policySync, epochs }),
   ];
 
@@ -201,6 +220,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       logger,
       cleanupIntervalMs: config.cleanupIntervalMs,
       auditRetentionMs: config.auditRetentionMs,
+      watchEvents: { store: secretEvents, retentionMs: config.watchRetentionMs },
       rotation: { store: secrets, rotator, auditLog, keys, logger, intervalMs: ROTATION_CHECK_INTERVAL_MS },
     }),
   );

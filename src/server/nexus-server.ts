@@ -51,6 +51,9 @@ export interface StartOptions {
   /** Tests lower the scrypt cost; production always uses the default. */
   readonly kdfParams?: KdfParams;
   readonly failedUnsealDelayMs?: number;
+  /** Tests shorten the WatchSecrets heartbeat (15 s) and its per-stream buffer (1024 events). */
+  readonly watchHeartbeatMs?: number;
+  readonly watchBufferLimit?: number;
 }
 
 export async function startNexus(config: NexusConfig, logger: Logger, options: StartOptions = {}): Promise<RunningNexus> {
@@ -98,6 +101,8 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
       databaseCheckIntervalMs: options.databaseCheckIntervalMs,
       certificateDebounceMs: options.certificateDebounceMs,
       keyRotationCheckMs: options.keyRotationCheckMs,
+      watchHeartbeatMs: options.watchHeartbeatMs,
+      watchBufferLimit: options.watchBufferLimit,
       cleanup,
     });
     const { certificates, listeners, metricsPort } = components;

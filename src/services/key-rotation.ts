@@ -11,19 +11,23 @@ import { CREDENTIAL_SET } from "../authorization/admin-credentials.js";
 import type { GrantEpochs } from "../keys/grant-epochs.js";
 import { POLICY_SET } from "../authorization/policy-sync.js";
 import type { AuditRow } from "../audit/audit-event.js";
+import { CHECKPOINT_SET } from "../audit/audit-log.js";
+import type { AuditStore } from "../store/audit-store.js";
 import { NexusError } from "../errors/nexus-error.js";
-import type { KeyManager } from "../keys/key-manager.js";
+import { integrityWindowMac, type KeyManager } from "../keys/key-manager.js";
 import type { SecretCipher } from "../keys/secret-cipher.js";
 import type { Logger } from "../log/logger.js";
 import type { CredentialStore } from "../store/credential-store.js";
-import type { KeyRotationStore, RotationRow } from "../store/key-rotation-store.js";
+import { keyedMacKeyId } from "../keys/keyed-mac.js";
+import type { KeyRotationStore, RotationPhaseName, RotationRow, SecretMacRow, SecretMacUpdate } from "../store/key-rotation-store.js";
+import { rotationMac, verifiedPolicy } from "./rotation-policy.js";
+import { labelsMac as labelsMacUnder, labelsVerify } from "./secret-labels.js";
 import type { PolicyStore } from "../store/policy-store.js";
 
 /**
  * Something the integrity key protects, re-MAC'd in the rotation's key
  * transaction: it reads its rows (locking what it must), checks them under
- * the old key and writes them MAC'd under `newKey`. Secret labels and rotation
- * policies plug in here as further participants.
+ * the old key and writes them MAC'd under `newKey`.
  */
 export interface RemacParticipant {
   readonly name: string;
@@ -46,15 +50,25 @@ export const DEFAULT_ROTATION_OPTIONS: KeyRotationOptions = { batchSize: 500, pa
 /** How often each replica checks whether a scheduled rotation is due. */
 export const SCHEDULE_CHECK_MS = 60_000;
 
-export function grantSetParticipants(epochs: GrantEpochs, policies: PolicyStore, credentials: CredentialStore): RemacParticipant[] {
+/**
+ * The sets bound by a MAC'd epoch (ADR 0006), re-MAC'd and re-sealed in the
+ * key transaction: policies, admin credentials, and every replica's latest
+ * audit checkpoint (a set under a retired key is refused, so each must move
+ * to the new key with it). Per-secret rows are many and are re-MAC'd in
+ * batches afterwards (remacRows).
+ */
+export function grantSetParticipants(epochs: GrantEpochs, policies: PolicyStore, credentials: CredentialStore, audit: AuditStore): RemacParticipant[] {
   return [
     { name: "policies", remac: (tx, newKey) => policies.remac(tx, (epoch, rows) => epochs.reseal(POLICY_SET, epoch, rows, newKey)) },
     { name: "admin_credentials", remac: (tx, newKey) => credentials.remac(tx, (epoch, rows) => epochs.reseal(CREDENTIAL_SET, epoch, rows, newKey)) },
+    { name: "audit_checkpoints", remac: (tx, newKey) => audit.remacCheckpoints(tx, (epoch, latest) => epochs.reseal(CHECKPOINT_SET, epoch, latest, newKey)) },
   ];
 }
 
 export class KeyRotation {
   private driving: Promise<void> | undefined;
+  /** Data keys the rotation driven here has still to re-wrap (metrics); 0 when this replica drives none. */
+  remainingKeys = 0;
 
   constructor(
     private readonly store: KeyRotationStore,
@@ -102,6 +116,10 @@ export class KeyRotation {
         made = [wrapping, integrity];
         return { rows: [wrapping.row, integrity.row], wrappingKeyId: maxKeyId + 1, integrityKeyId: maxKeyId + 2 };
       },
+      windowMac: (oldIntegrityKeyId) => {
+        const integrity = made[1] as { key: Buffer; row: { id: number } };
+        return integrityWindowMac({ id: integrity.row.id, key: integrity.key }, oldIntegrityKeyId);
+      },
       remac: async (tx) => {
         const integrity = made[1] as { key: Buffer; row: { id: number } };
         for (const p of this.participants) {
@@ -142,10 +160,32 @@ export class KeyRotation {
       throw new NexusError("internal", "the rotation's wrapping key is not the active key here", { reason: "ROTATION_KEY_MISSING" });
     }
     this.logger.info("key rotation: re-wrapping", { rotationId: rotation.id, from: rotation.oldWrappingKeyId, to: rotation.newWrappingKeyId });
+    let phase: RotationPhaseName | undefined = rotation.phase;
+    this.remainingKeys = phase === "rewrapping" ? await this.store.remaining(rotation.newWrappingKeyId) : 0;
+    try {
+      if (phase === "rewrapping") phase = await this.rewrap(rotation);
+    } finally {
+      this.remainingKeys = 0;
+    }
+    if (phase === undefined) return; // sealed meanwhile
+    if (phase === "remacing") {
+      if (!(await this.remacRows(rotation))) return;
+      // Re-MAC done: the window closes, so rows under the retired key are refused from now on everywhere.
+      await this.store.closeIntegrityWindow(rotation.id, rotation.newIntegrityKeyId);
+      await this.keys.refreshKeyring();
+      phase = "retiring";
+    }
+    const retired = await this.store.retireWrappingKeys(rotation.newWrappingKeyId);
+    await this.keys.refreshKeyring();
+    await this.store.setPhase(rotation.id, "done");
+    this.logger.info("key rotation done", { rotationId: rotation.id, retiredWrappingKeys: retired });
+  }
+
+  /** The re-wrap passes; returns the next phase, or undefined if this replica was sealed. */
+  private async rewrap(rotation: RotationRow): Promise<"remacing" | undefined> {
     const batch = { id: rotation.id, newWrappingKeyId: rotation.newWrappingKeyId, reencrypt: rotation.reencrypt, worker: this.worker, leaseMs: this.options.leaseMs };
-    let phase = rotation.phase;
-    while (phase === "rewrapping") {
-      if (this.keys.sealed) return;
+    for (;;) {
+      if (this.keys.sealed) return undefined;
       const generation = this.keys.generation;
       const n = await this.store.rewrapBatch(batch, this.options.batchSize, (rows) => {
         if (this.keys.generation !== generation) throw this.keys.sealedError();
@@ -157,6 +197,7 @@ export class KeyRotation {
         });
       });
       if (n > 0) {
+        this.remainingKeys = Math.max(0, this.remainingKeys - n);
         if (this.options.pauseMs > 0) await new Promise((r) => setTimeout(r, this.options.pauseMs));
         continue;
       }
@@ -164,22 +205,67 @@ export class KeyRotation {
       const left = await this.store.remaining(rotation.newWrappingKeyId);
       const age = Date.now() - rotation.startedAt.getTime();
       if (left > 0) {
+        this.remainingKeys = left;
         await this.store.restartPass(rotation.id, left);
         continue;
       }
+      // Every replica takes the new keys up within this time: after it, no row is written under the old integrity key.
       if (age < this.options.retireAfterMs) {
         await new Promise((r) => setTimeout(r, Math.min(250, this.options.retireAfterMs - age)));
         continue;
       }
-      // Row-batched re-MAC participants would run here; the grant sets were re-MAC'd with the keys.
       await this.store.setPhase(rotation.id, "remacing");
-      await this.store.setPhase(rotation.id, "retiring");
-      phase = "retiring";
+      return "remacing";
     }
-    if (phase === "remacing") await this.store.setPhase(rotation.id, "retiring");
-    const retired = await this.store.retireWrappingKeys(rotation.newWrappingKeyId);
-    await this.keys.refreshKeyring();
-    await this.store.setPhase(rotation.id, "done");
-    this.logger.info("key rotation done", { rotationId: rotation.id, retiredWrappingKeys: retired });
   }
+
+  /**
+   * The remacing phase: every label state and rotation policy still MAC'd
+   * under the retired integrity key is checked under it and MAC'd again under
+   * the new one, in batches in secrets.id order with the cursor moved in the
+   * same transaction (resumable, like the re-wrap). Passes repeat until one
+   * finds nothing left to re-MAC; a row that does not verify under its key is
+   * left as it is (it is refused either way) and reported. Returns false if
+   * this replica was sealed meanwhile.
+   */
+  private async remacRows(rotation: RotationRow): Promise<boolean> {
+    const batch = { id: rotation.id, newIntegrityKeyId: rotation.newIntegrityKeyId, worker: this.worker, leaseMs: this.options.leaseMs };
+    let remacd = 0;
+    for (;;) {
+      if (this.keys.sealed) return false;
+      const generation = this.keys.generation;
+      const result = await this.store.remacBatch(batch, this.options.batchSize, (rows) => {
+        if (this.keys.generation !== generation) throw this.keys.sealedError();
+        return remacSecretRows(this.keys, rotation.newIntegrityKeyId, rows, (path, what) => this.logger.error(`key rotation: a ${what} does not verify under its integrity key; left as it is (it is refused)`, { path }));
+      });
+      if (result.scanned > 0) {
+        remacd += result.remacd;
+        continue;
+      }
+      if (remacd === 0) return true;
+      // Another pass for rows a replica wrote under the old key while this one ran.
+      remacd = 0;
+      await this.store.restartRemacPass(rotation.id);
+    }
+  }
+}
+
+/** New MACs for one batch's rows: each label state and policy verified under the key it names, then MAC'd under the new key. */
+function remacSecretRows(keys: KeyManager, newIntegrityKeyId: number, rows: readonly SecretMacRow[], report: (path: string, what: string) => void): SecretMacUpdate[] {
+  const newKey = keys.activeIntegrityKey();
+  if (newKey.id !== newIntegrityKeyId) throw new NexusError("internal", "the rotation's integrity key is not the active key here", { reason: "ROTATION_KEY_MISSING" });
+  const keyFor = (id: number) => keys.integrityKeyForRow(id);
+  return rows.map((r) => {
+    let labelsMac: Buffer | undefined;
+    let rotationMacValue: Buffer | undefined;
+    if (r.labels.mac !== null && keyedMacKeyId(r.labels.mac) !== newKey.id) {
+      if (labelsVerify(keyFor, r.id, r.path, r.labels)) labelsMac = labelsMacUnder(newKey, r.id, r.path, r.labels);
+      else report(r.path, "label state");
+    }
+    if (r.rotation !== null && r.rotationMac !== null && keyedMacKeyId(r.rotationMac) !== newKey.id) {
+      if (verifiedPolicy(keyFor, r.id, r.path, r.rotation, r.rotationMac) !== undefined) rotationMacValue = rotationMac(newKey, r.id, r.path, r.rotation);
+      else report(r.path, "rotation policy");
+    }
+    return { labelsMac, rotationMac: rotationMacValue };
+  });
 }

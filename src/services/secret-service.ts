@@ -57,6 +57,7 @@ import {
   type StoredPolicy,
 } from "./rotation-policy.js";
 import type { SecretRotator } from "./secret-rotation.js";
+import { watchSecrets, type SecretWatchDeps } from "./secret-watch.js";
 
 export interface SecretServiceDeps {
   readonly keys: KeyManager;
@@ -69,6 +70,8 @@ export interface SecretServiceDeps {
   readonly freshness: LabelFreshness;
   readonly rotator: SecretRotator;
   readonly logger: Logger;
+  /** WatchSecrets (secret-watch.ts). */
+  readonly watch: SecretWatchDeps;
 }
 
 interface KnownSecret extends Omit<DataKeyRef, "wrappedDataKey"> {
@@ -105,7 +108,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
   /** Verifies labels read by a statement begun at `started` (MAC and epoch), or throws LABELS_ALTERED. */
   const verifyLabels = (secretId: string, path: string, labels: LabelState, started: number) => {
     if (keys.sealed) throw keys.sealedError();
-    checkLabels(keys.integrityKey(), freshness, secretId, path, labels, started, (why) => logger.error("secret labels failed their integrity check; refused", { path, why }));
+    checkLabels((id) => keys.integrityKeyForRow(id), freshness, secretId, path, labels, started, (why) => logger.error("secret labels failed their integrity check; refused", { path, why }));
   };
 
   const lookup = async (path: string): Promise<KnownSecret | undefined> => {
@@ -184,7 +187,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     let policy: StoredPolicy | undefined;
     if (row.rotation.policy !== null) {
       if (keys.sealed) throw keys.sealedError();
-      policy = verifiedPolicy(keys.integrityKey(), row.id, path, row.rotation.policy, row.rotation.mac);
+      policy = verifiedPolicy((id) => keys.integrityKeyForRow(id), row.id, path, row.rotation.policy, row.rotation.mac);
       if (policy === undefined) {
         logger.error("rotation policy failed its integrity check", { path });
         throw rotationPolicyAltered(path);
@@ -220,7 +223,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
             const id = randomUUID();
             const dk = cipher.newDataKey(id, path);
             const ciphertext = cipher.encryptVersion({ secretId: id, path, dataKeyId: dk.dataKeyId }, dk.dataKey, 1, plaintext);
-            const labels = sealLabels(keys.integrityKey(), id, path, { epoch: 0 }, labelsAfterPut({ current: null, pending: null, previous: null }, 1, stage), 1);
+            const labels = sealLabels(keys.activeIntegrityKey(), id, path, { epoch: 0 }, labelsAfterPut({ current: null, pending: null, previous: null }, 1, stage), 1);
             ctx.audit.subject(path, 1);
             const started = freshness.start();
             const createdAt = await store.insertNew({
@@ -240,7 +243,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
           if (cas === 0) throw casMismatch(path, 0, secret.latestVersion);
           const version = (cas ?? secret.latestVersion) + 1;
           const before = secret.labels;
-          const labels = sealLabels(keys.integrityKey(), secret.secretId, path, before, labelsAfterPut(before, version, stage), version);
+          const labels = sealLabels(keys.activeIntegrityKey(), secret.secretId, path, before, labelsAfterPut(before, version, stage), version);
           ctx.audit.subject(path, version);
           const started = freshness.start();
           const audit = ctx.audit.prepare(stage === "pending" ? { stage } : {});
@@ -415,7 +418,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
           if (secret === undefined || secret.expired) throw notFound(path);
           if (keys.sealed) throw keys.sealedError();
           const nextRotationAt = policy.generator.kind === "external" ? null : new Date(Date.now() + policy.period_ms);
-          rotation = { policy: policy as unknown as Record<string, unknown>, mac: rotationMac(keys.integrityKey(), secret.id, path, policy), nextRotationAt };
+          rotation = { policy: policy as unknown as Record<string, unknown>, mac: rotationMac(keys.activeIntegrityKey(), secret.id, path, policy), nextRotationAt };
         }
       }
       const updated = await store.updateMetadata(path, { maxVersions, customMetadata, expiresAt, rotation }, ctx.audit.prepare({ fields }));
@@ -455,7 +458,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
         const respond = (l: LabelState) => ({ currentVersion: l.current ?? 0, previousVersion: l.previous ?? 0, pendingVersion: l.pending ?? 0 });
         if (before.current === req.version) return respond(before); // already CURRENT: nothing moves
         if (keys.sealed) throw keys.sealedError();
-        const after = sealLabels(keys.integrityKey(), row.id, path, before, labelsAfterPromote(before, req.version), before.latestVersion);
+        const after = sealLabels(keys.activeIntegrityKey(), row.id, path, before, labelsAfterPromote(before, req.version), before.latestVersion);
         const writeStarted = freshness.start();
         const result = await store.promote(row.id, req.version, { labelsMac: before.mac, latestVersion: before.latestVersion }, after, ctx.audit.prepare({ previous_current: before.current }));
         if (result.kind === "gone") throw notFound(path);
@@ -482,7 +485,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       let policy: StoredPolicy | undefined;
       if (stored.policy !== null) {
         if (keys.sealed) throw keys.sealedError();
-        policy = verifiedPolicy(keys.integrityKey(), stored.id, path, stored.policy, stored.mac);
+        policy = verifiedPolicy((id) => keys.integrityKeyForRow(id), stored.id, path, stored.policy, stored.mac);
         if (policy === undefined) {
           logger.error("rotation policy failed its integrity check; not rotated", { path });
           throw rotationPolicyAltered(path);
@@ -500,6 +503,8 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       known.delete(path);
       return result;
     },
+
+    watchSecrets: watchSecrets(deps.watch),
 
     async purgeSecret(req, ctx) {
       requireUnsealed();

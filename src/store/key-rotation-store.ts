@@ -45,12 +45,36 @@ export interface RewrappedDataKey {
   readonly versions?: ReadonlyArray<{ readonly version: number; readonly ciphertext: Buffer }>;
 }
 
+/** A secret's integrity-protected columns, as a re-MAC batch reads them. */
+export interface SecretMacRow {
+  readonly id: string;
+  readonly path: string;
+  readonly labels: {
+    readonly current: number | null;
+    readonly pending: number | null;
+    readonly previous: number | null;
+    readonly epoch: number;
+    readonly latestVersion: number;
+    readonly mac: Buffer | null;
+  };
+  readonly rotation: Record<string, unknown> | null;
+  readonly rotationMac: Buffer | null;
+}
+
+/** What a re-MAC batch writes back per row: a new MAC, or undefined to leave it. */
+export interface SecretMacUpdate {
+  readonly labelsMac: Buffer | undefined;
+  readonly rotationMac: Buffer | undefined;
+}
+
 /** What the start transaction asks of the layers above, with the highest keyring id and the active wrapping key id as stored. */
 export interface RotationStart {
   /** The new keyring rows (wrapping, integrity), built for the ids after `maxKeyId`. */
   keys(maxKeyId: number): { readonly rows: readonly KeyringKeyRow[]; readonly wrappingKeyId: number; readonly integrityKeyId: number };
   /** Re-MACs what the integrity key protects, in the same transaction. */
   remac(tx: Queryable): Promise<void>;
+  /** The re-MAC window's MAC (under the new integrity key) for rows still under `oldIntegrityKeyId`. */
+  windowMac(oldIntegrityKeyId: number): Buffer;
   readonly startedBy: string;
   readonly reencrypt: boolean;
   /** The start's audit event, asked for only once the rotation will start. */
@@ -93,7 +117,8 @@ export class KeyRotationStore {
         if (running) return s.schedule ? undefined : { rotation: toRotation(running), started: false };
         if (s.schedule && !(await rotationDue(tx, s.schedule))) return undefined;
         const [ids] = await tx`
-          SELECT max(id) AS max_id, max(id) FILTER (WHERE purpose = 'wrapping') AS wrapping_id FROM keyring_keys`;
+          SELECT max(id) AS max_id, max(id) FILTER (WHERE purpose = 'wrapping') AS wrapping_id,
+                 max(id) FILTER (WHERE purpose = 'integrity') AS integrity_id FROM keyring_keys`;
         const made = s.keys(Number(ids.max_id));
         // The flag is for people reading the table; replicas go by the highest id.
         await tx`UPDATE keyring_keys SET active = false WHERE active`;
@@ -105,8 +130,10 @@ export class KeyRotationStore {
         await s.remac(tx);
         const [count] = await tx`SELECT count(*)::bigint AS n FROM secrets WHERE keyring_key_id <> ${made.wrappingKeyId}`;
         const [row] = await tx`
-          INSERT INTO key_rotations (phase, reencrypt, old_wrapping_key_id, new_wrapping_key_id, new_integrity_key_id, total, started_by)
-          VALUES ('rewrapping', ${s.reencrypt}, ${Number(ids.wrapping_id)}, ${made.wrappingKeyId}, ${made.integrityKeyId}, ${Number(count.n)}, ${s.startedBy})
+          INSERT INTO key_rotations (phase, reencrypt, old_wrapping_key_id, new_wrapping_key_id, new_integrity_key_id, total, started_by,
+                                     old_integrity_key_id, integrity_window_mac)
+          VALUES ('rewrapping', ${s.reencrypt}, ${Number(ids.wrapping_id)}, ${made.wrappingKeyId}, ${made.integrityKeyId}, ${Number(count.n)}, ${s.startedBy},
+                  ${Number(ids.integrity_id)}, ${s.windowMac(Number(ids.integrity_id))})
           RETURNING ${tx.unsafe(COLUMNS)}`;
         await insertAuditRow(tx, s.audit());
         return { rotation: toRotation(row), started: true };
@@ -201,6 +228,89 @@ export class KeyRotationStore {
   async setPhase(id: number, phase: RotationPhaseName): Promise<void> {
     await guarded(() => this.sql`
       UPDATE key_rotations SET phase = ${phase}, finished_at = CASE WHEN ${phase} = 'done' THEN now() ELSE NULL END WHERE id = ${id}`);
+  }
+
+  /**
+   * One re-MAC batch in one transaction: locks up to `limit` secrets after the
+   * rotation's cursor whose label state or rotation policy is MAC'd under
+   * another integrity key than the new one, lets `remac` MAC them again
+   * (undefined: leave that MAC), writes them, and moves the cursor. The label
+   * epoch is not raised: the state is the same, only its key changed.
+   */
+  async remacBatch(
+    rotation: { id: number; newIntegrityKeyId: number; worker: string; leaseMs: number },
+    limit: number,
+    remac: (rows: SecretMacRow[]) => SecretMacUpdate[],
+  ): Promise<{ scanned: number; remacd: number }> {
+    const prefix = Buffer.alloc(4);
+    prefix.writeUInt32BE(rotation.newIntegrityKeyId);
+    return guarded(() =>
+      this.sql.begin(async (tx) => {
+        const [r] = await tx`
+          SELECT resume_after FROM key_rotations WHERE id = ${rotation.id} AND worker = ${rotation.worker} AND phase = 'remacing' FOR UPDATE`;
+        if (!r) return { scanned: 0, remacd: 0 };
+        const rows = await tx`
+          SELECT id, path, latest_version, current_version, pending_version, previous_version, label_epoch, labels_mac, rotation, rotation_mac
+          FROM secrets
+          WHERE id > ${r.resume_after ?? "00000000-0000-0000-0000-000000000000"}
+            AND ((labels_mac IS NOT NULL AND (length(labels_mac) <> 36 OR substring(labels_mac from 1 for 4) <> ${prefix}))
+              OR (rotation_mac IS NOT NULL AND (length(rotation_mac) <> 36 OR substring(rotation_mac from 1 for 4) <> ${prefix})))
+          ORDER BY id LIMIT ${limit} FOR UPDATE`;
+        if (rows.length === 0) return { scanned: 0, remacd: 0 };
+        const read: SecretMacRow[] = rows.map((x) => ({
+          id: x.id as string,
+          path: x.path as string,
+          labels: {
+            current: (x.current_version as number | null) ?? null,
+            pending: (x.pending_version as number | null) ?? null,
+            previous: (x.previous_version as number | null) ?? null,
+            epoch: Number(x.label_epoch),
+            latestVersion: x.latest_version as number,
+            mac: (x.labels_mac as Buffer | null) ?? null,
+          },
+          rotation: (x.rotation as Record<string, unknown> | null) ?? null,
+          rotationMac: (x.rotation_mac as Buffer | null) ?? null,
+        }));
+        const updates = remac(read);
+        const json = JSON.stringify(
+          read.flatMap((row, i) => {
+            const u = updates[i];
+            if (u.labelsMac === undefined && u.rotationMac === undefined) return [];
+            return [{ id: row.id, l: u.labelsMac?.toString("hex") ?? null, r: u.rotationMac?.toString("hex") ?? null }];
+          }),
+        );
+        const remacd = updates.filter((u) => u.labelsMac !== undefined || u.rotationMac !== undefined).length;
+        if (remacd > 0) {
+          await tx`
+            UPDATE secrets s SET labels_mac = coalesce(decode(t.l, 'hex'), s.labels_mac), rotation_mac = coalesce(decode(t.r, 'hex'), s.rotation_mac)
+            FROM json_to_recordset(${json}::text::json) AS t(id uuid, l text, r text) WHERE s.id = t.id`;
+        }
+        await tx`
+          UPDATE key_rotations SET resume_after = ${read[read.length - 1].id}, lease_until = now() + ${rotation.leaseMs} * interval '1 millisecond'
+          WHERE id = ${rotation.id}`;
+        return { scanned: rows.length, remacd };
+      }),
+    );
+  }
+
+  /** Starts another re-MAC pass from the beginning. */
+  async restartRemacPass(id: number): Promise<void> {
+    await guarded(() => this.sql`UPDATE key_rotations SET resume_after = NULL WHERE id = ${id} AND phase = 'remacing'`);
+  }
+
+  /**
+   * Ends the re-MAC: the window closes (rows under the retired integrity key
+   * are refused from now on) and the rotation moves on to retiring, in one
+   * transaction; touching the new key's row NOTIFYs every replica to re-read
+   * the window.
+   */
+  async closeIntegrityWindow(id: number, newIntegrityKeyId: number): Promise<void> {
+    await guarded(() =>
+      this.sql.begin(async (tx) => {
+        await tx`UPDATE key_rotations SET integrity_window_mac = NULL, phase = 'retiring', resume_after = NULL WHERE id = ${id}`;
+        await tx`UPDATE keyring_keys SET active = active WHERE id = ${newIntegrityKeyId}`;
+      }),
+    );
   }
 
   /** Deletes wrapping keys older than `newWrappingKeyId` that no data key references; returns their ids. */

@@ -66,6 +66,21 @@ export class RootKeyStore {
     });
   }
 
+  /**
+   * The running rotation's re-MAC window, if it is open: rows under the
+   * integrity key it retired may still be read until its re-MAC is done. A
+   * window is trusted only if its MAC verifies under the new key (keys/).
+   */
+  async integrityWindow(): Promise<{ oldIntegrityKeyId: number; newIntegrityKeyId: number; mac: Buffer } | undefined> {
+    return guarded(async () => {
+      const [row] = await this.sql`
+        SELECT old_integrity_key_id, new_integrity_key_id, integrity_window_mac FROM key_rotations
+        WHERE phase <> 'done' AND integrity_window_mac IS NOT NULL AND old_integrity_key_id IS NOT NULL`;
+      if (!row) return undefined;
+      return { oldIntegrityKeyId: row.old_integrity_key_id as number, newIntegrityKeyId: row.new_integrity_key_id as number, mac: row.integrity_window_mac as Buffer };
+    });
+  }
+
   /** The id of the active root key; undefined when not initialized. */
   async activeRootKeyId(): Promise<number | undefined> {
     return guarded(async () => {

@@ -574,6 +574,28 @@ export class SecretStore {
     });
   }
 
+  /**
+   * Marks external rotations that have come due (CURRENT is one period old):
+   * next_rotation_at is set to that due time, once per CURRENT version, and
+   * the watch trigger (migration 008) turns the mark into a ROTATION_DUE
+   * event. With several replicas, a row marked by one is re-checked by the
+   * other after the lock and left alone. Returns how many were marked.
+   */
+  async markExternalRotationsDue(): Promise<number> {
+    return this.run(async () => {
+      const rows = await this.sql`
+        UPDATE secrets s SET next_rotation_at = d.due
+        FROM (
+          SELECT s2.id, v.created_at + (s2.rotation->>'period_ms')::bigint * interval '1 millisecond' AS due
+          FROM secrets s2 JOIN secret_versions v ON v.secret_id = s2.id AND v.version = s2.current_version
+          WHERE s2.rotation->'generator'->>'kind' = 'external' AND (s2.expires_at IS NULL OR s2.expires_at > now())
+        ) d
+        WHERE s.id = d.id AND d.due <= now() AND s.next_rotation_at IS DISTINCT FROM d.due
+        RETURNING s.id`;
+      return rows.length;
+    });
+  }
+
   /** The stored rotation policy of a live secret, or undefined if there is no such secret. */
   async rotationPolicy(path: string): Promise<(RotationRow & { id: string }) | undefined> {
     return this.run(async () => {

@@ -35,6 +35,8 @@ export interface CallContext {
    * and returns; work it started on the caller's behalf need not stop.
    */
   readonly signal?: AbortSignal;
+  /** Server streams only: when the caller's X.509-SVID expires (ms since the epoch); a long stream ends then. */
+  readonly svidNotAfterMs?: number;
 }
 
 export type UnaryHandler<M extends DescMethodUnary> = (

@@ -88,7 +88,8 @@ export class CallPipeline {
     let end: CallRecord;
     try {
       if (call.refusal !== undefined) throw call.refusal;
-      const caller = this.identify(call);
+      const svid = this.identifySvid(call);
+      const caller = svid.id;
       start.identify(caller.toString());
       const bearerToken = bearer(call.authorization);
       const access = await this.access.authorize({ caller, method: path, request, bearerToken });
@@ -98,7 +99,7 @@ export class CallPipeline {
       end = this.audit.begin({ requestId, rpc: path, time: new Date() });
       end.identify(caller.toString());
       end.subject(...subject);
-      ctx = { caller, method: path, requestId, bearerToken, transport: call.transport, wireFormat: call.wireFormat, access, audit: end, signal };
+      ctx = { caller, method: path, requestId, bearerToken, transport: call.transport, wireFormat: call.wireFormat, access, audit: end, signal, svidNotAfterMs: svid.notAfterMs };
     } catch (err) {
       throw await this.failed(start, path, requestId, err);
     }
@@ -153,10 +154,14 @@ export class CallPipeline {
   }
 
   private identify(call: IncomingCall) {
+    return this.identifySvid(call).id;
+  }
+
+  private identifySvid(call: IncomingCall) {
     if (call.peerCertificate === undefined) {
       throw new NexusError("unauthenticated", "a client X.509-SVID is required", { reason: "NO_CLIENT_CERTIFICATE" });
     }
-    return this.authenticator.authenticate(call.peerCertificate);
+    return this.authenticator.authenticateSvid(call.peerCertificate);
   }
 
   private async failed(record: CallRecord, path: string, requestId: string, err: unknown, detail: Record<string, unknown> = {}): Promise<NexusError> {

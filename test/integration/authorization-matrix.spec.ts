@@ -107,6 +107,7 @@ const MATRIX: Record<string, string> = {
   "SecretService/PurgeSecret":                 "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
   "SecretService/PromoteSecretVersion":        "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
   "SecretService/RotateSecret":                "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/WatchSecrets":                "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED ok     ok     ok     DENIED  | DENIED DENIED DENIED ok",
 };
 
 type Expectation = "ok" | "UNAUTH" | "DENIED";
@@ -391,6 +392,9 @@ describe("authorization over the wire", function () {
           expect(res.nextPageToken).to.equal("");
         },
       }),
+      // A stream that would not end by itself: allowed calls are refused by
+      // validation (a malformed cursor), which runs only after authorization.
+      row({ method: SecretService.method.watchSecrets as unknown as DescMethodUnary, allowed: "INVALID_ARGUMENT", request: async () => ({ prefix: "matrix/", cursor: "not-a-cursor" }) }),
       row({ method: SecretService.method.putSecret, allowed: "OK", request: async (cell) => ({ path: `matrix/${cell.listener}/put/${cell.column}`, data: { v: "new" } }) }),
       row({ method: SecretService.method.deleteSecret, allowed: "OK", request: async (cell) => ({ path: await seeded(cell, "delete") }) }),
       row({ method: SecretService.method.undeleteSecret, allowed: "OK", request: async (cell) => ({ path: await seeded(cell, "undelete"), versions: [1] }) }),
