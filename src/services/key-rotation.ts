@@ -169,6 +169,7 @@ export class KeyRotation {
     }
     if (phase === undefined) return; // sealed meanwhile
     if (phase === "remacing") {
+      this.logger.info("key rotation: re-MACing label states and rotation policies", { rotationId: rotation.id, integrityKeyId: rotation.newIntegrityKeyId });
       if (!(await this.remacRows(rotation))) return;
       // Re-MAC done: the window closes, so rows under the retired key are refused from now on everywhere.
       await this.store.closeIntegrityWindow(rotation.id, rotation.newIntegrityKeyId);
@@ -214,7 +215,7 @@ export class KeyRotation {
         await new Promise((r) => setTimeout(r, Math.min(250, this.options.retireAfterMs - age)));
         continue;
       }
-      await this.store.setPhase(rotation.id, "remacing");
+      await this.store.startRemac(rotation.id);
       return "remacing";
     }
   }

@@ -293,6 +293,11 @@ export class KeyRotationStore {
     );
   }
 
+  /** Moves from the re-wrap to the re-MAC, whose cursor starts from the beginning. */
+  async startRemac(id: number): Promise<void> {
+    await guarded(() => this.sql`UPDATE key_rotations SET phase = 'remacing', resume_after = NULL WHERE id = ${id} AND phase = 'rewrapping'`);
+  }
+
   /** Starts another re-MAC pass from the beginning. */
   async restartRemacPass(id: number): Promise<void> {
     await guarded(() => this.sql`UPDATE key_rotations SET resume_after = NULL WHERE id = ${id} AND phase = 'remacing'`);
