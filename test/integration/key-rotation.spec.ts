@@ -7,11 +7,13 @@
 import { expect } from "chai";
 import type postgres from "postgres";
 import { OperatorService, RotationPhase, type RotateEncryptionKeyResponse } from "../../gen/spike/nexus/v1/operator_pb.js";
-import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
+import { ByteEncoding, SecretLabel, SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
+import { integrityWindowMac } from "../../src/keys/key-manager.js";
+import { labelsMac } from "../../src/services/secret-labels.js";
 import { Permission } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { StreamFailure, type NexusClient } from "../../src/client/nexus-client.js";
 import { createPolicy, exactly, forEachConcurrently, issueSvid, spiffeId } from "../support/admin-fixtures.js";
-import { adminSession, ADMIN_PASSWORD, ok, openDatabase, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
+import { adminSession, ADMIN_PASSWORD, fails, ok, openDatabase, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { LISTENERS, startTestServer } from "../support/test-server.js";
 import { PolicyStore } from "../../src/store/policy-store.js";
 import { CredentialStore } from "../../src/store/credential-store.js";
@@ -302,5 +304,125 @@ describe("RotateEncryptionKey with two servers on one database", function () {
       await b.stop();
       await a.stop();
     }
+  });
+});
+
+describe("RotateEncryptionKey and per-secret rows under the integrity key (labels, rotation policies)", function () {
+  this.timeout(120_000);
+  let server: SecretTestServer;
+  let db: postgres.Sql;
+  let admin: NexusClient;
+  let token: string;
+  const { CURRENT, PENDING, PREVIOUS } = SecretLabel;
+  const policy = { period: { seconds: 60n, nanos: 0 }, generator: { case: "randomBytes" as const, value: { length: 16, encoding: ByteEncoding.HEX } }, dataKey: "key" };
+  const keyIdOf = (mac: Buffer) => (mac.length === 32 ? 2 : mac.readUInt32BE(0));
+  const integrityKeyId = async () => Number((await db`SELECT max(id) AS id FROM keyring_keys WHERE purpose = 'integrity'`)[0].id);
+
+  before(async () => {
+    // Small batches: the re-MAC of 1,200 labelled secrets takes many resumable transactions.
+    server = await startSecretServer({ start: { ...FAST_KDF }, env: { NEXUS_KEY_ROTATION_BATCH: "50" } });
+    db = openDatabase(server.nexus.databaseUrl);
+    admin = server.client("grpc");
+    token = await adminSession(admin);
+    // Labelled secrets: three versions each, the third staged PENDING (CURRENT, PENDING and PREVIOUS all set).
+    await forEachConcurrently(Array.from({ length: 1200 }, (_, i) => i), 16, async (i) => {
+      for (const [v, stage] of [["1", undefined], ["2", undefined], ["3", PENDING]] as const) {
+        ok(await admin.call(SecretService.method.putSecret, { path: `lab/s${i}`, data: { v }, stage }), `put ${i} ${v}`);
+      }
+    });
+    for (const i of [0, 1, 2]) ok(await admin.call(SecretService.method.updateSecretMetadata, { path: `lab/s${i}`, rotation: policy, updateMask: { paths: ["rotation"] } }));
+  });
+  after(async () => {
+    await db?.end();
+    await server?.stop();
+  });
+
+  it("after a rotation every label state and rotation policy is MAC'd under the new integrity key and reads as before, on both listeners", async () => {
+    const before = await integrityKeyId();
+    const messages = await collect(admin.stream(ROTATE, {}, { bearerToken: token }));
+    expect(messages[messages.length - 1].phase).to.equal(RotationPhase.DONE);
+    const after = await integrityKeyId();
+    expect(after).to.be.greaterThan(before);
+    const rows = await db`SELECT path, labels_mac, rotation_mac FROM secrets WHERE path LIKE 'lab/%'`;
+    expect(rows.length).to.equal(1200);
+    for (const r of rows) {
+      expect(keyIdOf(r.labels_mac as Buffer), r.path as string).to.equal(after);
+      if (r.rotation_mac !== null) expect(keyIdOf(r.rotation_mac as Buffer), r.path as string).to.equal(after);
+    }
+    expect(rows.filter((r) => r.rotation_mac !== null).length).to.equal(3);
+    const [window] = await db`SELECT integrity_window_mac FROM key_rotations ORDER BY id DESC LIMIT 1`;
+    expect(window.integrity_window_mac, "the re-MAC window is closed").to.equal(null);
+    for (const listener of LISTENERS) {
+      const client = server.client(listener);
+      for (const [label, v] of [[CURRENT, "2"], [PENDING, "3"], [PREVIOUS, "1"]] as const) {
+        const got = ok(await client.call(SecretService.method.getSecret, { path: "lab/s7", label }), `get ${label}`);
+        expect(got.data).to.deep.equal({ v });
+      }
+      const meta = ok(await client.call(SecretService.method.getSecretMetadata, { path: "lab/s1" })).metadata!;
+      expect(meta.rotation?.dataKey).to.equal("key");
+    }
+    // Labels still move: a promotion and a put after the rotation.
+    ok(await admin.call(SecretService.method.promoteSecretVersion, { path: "lab/s8", version: 3 }));
+    ok(await admin.call(SecretService.method.putSecret, { path: "lab/s9", data: { v: "4" } }));
+    expect(ok(await admin.call(SecretService.method.getSecret, { path: "lab/s8" })).data).to.deep.equal({ v: "3" });
+  });
+
+  it("a label row or rotation policy MAC'd under the retired integrity key is refused after the rotation (written back, or forged with the old key)", async () => {
+    const oldKey = server.nexus.keys.activeIntegrityKey();
+    const retired = { id: oldKey.id, key: Buffer.from(oldKey.key) };
+    const [saved] = await db`SELECT * FROM secrets WHERE path = 'lab/s20'`;
+    const [savedPolicy] = await db`SELECT rotation, rotation_mac FROM secrets WHERE path = 'lab/s2'`;
+    await collect(admin.stream(ROTATE, {}, { bearerToken: token }));
+    expect(ok(await admin.call(SecretService.method.getSecret, { path: "lab/s20" })).data).to.deep.equal({ v: "2" });
+    // Written back as it was before the rotation (same epoch, old key).
+    await db`UPDATE secrets SET labels_mac = ${saved.labels_mac} WHERE path = 'lab/s20'`;
+    const written = await admin.call(SecretService.method.getSecret, { path: "lab/s20" });
+    fails(written, "INTERNAL");
+    expect(written.reason).to.equal("LABELS_ALTERED");
+    // Forged with the retired key: CURRENT moved back to version 1 at a higher epoch.
+    const [row] = await db`SELECT id, latest_version, label_epoch FROM secrets WHERE path = 'lab/s21'`;
+    const forged = { current: 1, pending: 3, previous: null, epoch: Number(row.label_epoch) + 1, latestVersion: row.latest_version as number };
+    const mac = labelsMac(retired, row.id as string, "lab/s21", forged);
+    await db`UPDATE secrets SET current_version = 1, previous_version = NULL, label_epoch = ${forged.epoch}, labels_mac = ${mac} WHERE path = 'lab/s21'`;
+    const got = await server.client("connect").call(SecretService.method.getSecret, { path: "lab/s21" });
+    fails(got, "INTERNAL");
+    expect(got.reason).to.equal("LABELS_ALTERED");
+    // The same forgery under the active key is accepted: only the key makes the difference.
+    const activeMac = labelsMac(server.nexus.keys.activeIntegrityKey(), row.id as string, "lab/s21", forged);
+    await db`UPDATE secrets SET labels_mac = ${activeMac} WHERE path = 'lab/s21'`;
+    expect(ok(await admin.call(SecretService.method.getSecret, { path: "lab/s21" })).data).to.deep.equal({ v: "1" });
+    // A rotation policy written back from before the rotation.
+    await db`UPDATE secrets SET rotation = ${savedPolicy.rotation}, rotation_mac = ${savedPolicy.rotation_mac} WHERE path = 'lab/s2'`;
+    const meta = await admin.call(SecretService.method.getSecretMetadata, { path: "lab/s2" });
+    fails(meta, "INTERNAL");
+    expect(meta.reason).to.equal("ROTATION_POLICY_ALTERED");
+    retired.key.fill(0);
+  });
+
+  it("a re-MAC window put back after the rotation opens nothing: a forged one does not verify, a replayed one is refused by a replica that saw it close", async () => {
+    const oldKey = server.nexus.keys.activeIntegrityKey();
+    const retired = { id: oldKey.id, key: Buffer.from(oldKey.key) };
+    const [saved] = await db`SELECT labels_mac FROM secrets WHERE path = 'lab/s30'`;
+    await collect(admin.stream(ROTATE, {}, { bearerToken: token }));
+    const active = server.nexus.keys.activeIntegrityKey();
+    const [last] = await db`SELECT * FROM key_rotations ORDER BY id DESC LIMIT 1`;
+    const putBack = async (mac: Buffer) => {
+      await db`DELETE FROM key_rotations WHERE phase <> 'done'`;
+      await db`
+        INSERT INTO key_rotations (phase, old_wrapping_key_id, new_wrapping_key_id, new_integrity_key_id, started_by, old_integrity_key_id, integrity_window_mac)
+        VALUES ('remacing', ${last.old_wrapping_key_id}, ${last.new_wrapping_key_id}, ${active.id}, 'intruder', ${retired.id}, ${mac})`;
+      // Any keyring change makes every replica read the keyring and the window again.
+      await db`UPDATE keyring_keys SET active = active WHERE id = ${active.id}`;
+      await server.nexus.keys.refreshKeyring();
+    };
+    await db`UPDATE secrets SET labels_mac = ${saved.labels_mac} WHERE path = 'lab/s30'`;
+    // Forged with the retired key: does not verify under the new one.
+    await putBack(integrityWindowMac(retired, retired.id));
+    fails(await admin.call(SecretService.method.getSecret, { path: "lab/s30" }), "INTERNAL");
+    // The genuine window (as a writer who read it during the rotation would have it): this replica saw it close.
+    await putBack(integrityWindowMac(active, retired.id));
+    fails(await admin.call(SecretService.method.getSecret, { path: "lab/s30" }), "INTERNAL");
+    await db`DELETE FROM key_rotations WHERE phase <> 'done'`;
+    retired.key.fill(0);
   });
 });
