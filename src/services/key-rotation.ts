@@ -173,8 +173,6 @@ export class KeyRotation {
       if (!(await this.remacRows(rotation))) return;
       // Re-MAC done: the window closes, so rows under the retired key are refused from now on everywhere.
       await this.store.closeIntegrityWindow(rotation.id, rotation.newIntegrityKeyId);
-      await this.keys.refreshKeyring();
-      phase = "retiring";
     }
     const retired = await this.store.retireWrappingKeys(rotation.newWrappingKeyId);
     await this.keys.refreshKeyring();
