@@ -114,7 +114,8 @@ export class KeyRotation {
     });
     made.forEach((m) => m.key.fill(0));
     if (result === undefined) return undefined;
-    // Take the new keys up at once here; other replicas follow by NOTIFY.
+    // Take the new keys up at once here (from the database: only committed
+    // keys count, and an attached call made none); other replicas follow by NOTIFY.
     await this.keys.refreshKeyring();
     this.resume(result.rotation.id);
     return result;
