@@ -55,6 +55,7 @@ export function grantSetParticipants(epochs: GrantEpochs, policies: PolicyStore,
 
 export class KeyRotation {
   private driving: Promise<void> | undefined;
+  private stopped = false;
 
   constructor(
     private readonly store: KeyRotationStore,
@@ -123,14 +124,18 @@ export class KeyRotation {
 
   /** Drives the running rotation here unless another live replica does (after unseal, and periodically). */
   resume(id?: number): void {
-    if (this.driving !== undefined || this.keys.sealed) return;
+    if (this.driving !== undefined || this.keys.sealed || this.stopped) return;
     this.driving = this.drive(id)
       .catch((err) => this.logger.error("key rotation paused; it resumes later", { err }))
       .finally(() => (this.driving = undefined));
   }
 
-  /** Resolves when this replica is not driving a rotation (shutdown, tests). */
-  async idle(): Promise<void> {
+  /**
+   * Shutdown: stops driving after the batch in flight (it commits or rolls
+   * back whole); the rotation stays in the database for the next replica.
+   */
+  async stop(): Promise<void> {
+    this.stopped = true;
     await this.driving;
   }
 
@@ -146,7 +151,7 @@ export class KeyRotation {
     const batch = { id: rotation.id, newWrappingKeyId: rotation.newWrappingKeyId, reencrypt: rotation.reencrypt, worker: this.worker, leaseMs: this.options.leaseMs };
     let phase = rotation.phase;
     while (phase === "rewrapping") {
-      if (this.keys.sealed) return;
+      if (this.keys.sealed || this.stopped) return;
       const generation = this.keys.generation;
       const n = await this.store.rewrapBatch(batch, this.options.batchSize, (rows) => {
         if (this.keys.generation !== generation) throw this.keys.sealedError();
