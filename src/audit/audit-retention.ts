@@ -132,9 +132,10 @@ export class AuditRetention {
       givenUp: givenUp.pairs(newFloor),
     };
     if (this.keys.sealed) return undefined;
-    const key = this.keys.integrityKey();
-    const floorCheckpoint = { ...c, mac: checkpointMac(key, c) };
-    const epoch = await this.store.prune(ids, floorCheckpoint, (e, before, after) => this.epochs.next(CHECKPOINT_SET, e, before, after));
+    // A key rotation committing meanwhile re-seals the checkpoint set: MAC the floor again under its new key.
+    const epoch = await this.epochs.acrossRotation(() =>
+      this.store.prune(ids, { ...c, mac: checkpointMac(this.keys.integrityKey(), c) }, (e, before, after) => this.epochs.next(CHECKPOINT_SET, e, before, after)),
+    );
     if (epoch === undefined) {
       this.logger.debug("audit retention pass overlapped another replica's; it pruned first", { replicaId });
       return undefined;

@@ -87,7 +87,9 @@ export class PolicySync {
     if (this.keys.sealed) return;
     const generation = this.keys.generation;
     let snapshot;
+    let seenBefore: number | undefined;
     try {
+      seenBefore = this.epochs.seenEpoch("policies");
       snapshot = await this.store.snapshot();
       // A set re-MAC'd by a rotation on another replica: take up the new key first.
       await this.epochs.ensureKeyOf(snapshot.epoch);
@@ -102,7 +104,7 @@ export class PolicySync {
     if (this.keys.generation !== generation) return;
     let verified: StoredPolicy[];
     try {
-      verified = this.epochs.verify(POLICY_SET, snapshot.epoch, snapshot.rows).rows;
+      verified = this.epochs.verify(POLICY_SET, snapshot.epoch, snapshot.rows, seenBefore).rows;
     } catch (err) {
       this.logger.error("policies refused: the stored set fails its integrity check; every policy-based call is denied until an operator acts", {
         reason: (err as Error).message,

@@ -52,11 +52,11 @@ export class GrantEpochs {
    * fails are left out (and do not count in the digest): inserting one grants
    * nothing and breaks nothing.
    */
-  verify<R>(rules: GrantSetRules<R>, epoch: EpochRow | undefined, rows: readonly R[]): { rows: R[]; epoch: number } {
+  verify<R>(rules: GrantSetRules<R>, epoch: EpochRow | undefined, rows: readonly R[], seenBefore?: number): { rows: R[]; epoch: number } {
     // Synchronous from here: the key is used where it is taken.
     const key = this.keyFor(rules.name, epoch);
     const valid = rows.filter((r) => rules.rowVerifies(key, r));
-    const problem = this.problem(key, rules, epoch, valid);
+    const problem = this.problem(key, rules, epoch, valid, seenBefore);
     if (problem !== undefined) throw altered(rules.name, problem);
     this.advance(rules.name, epoch!.epoch);
     return { rows: valid, epoch: epoch!.epoch };
@@ -70,6 +70,8 @@ export class GrantEpochs {
     const key = this.keyFor(rules.name, epoch);
     const problem = this.problem(key, rules, epoch, before.filter((r) => rules.rowVerifies(key, r)));
     if (problem !== undefined) throw altered(rules.name, problem);
+    // A row this change adds, MAC'd before a rotation committed: do it again under the new key.
+    if (after.some((r) => !before.includes(r) && !rules.rowVerifies(key, r))) throw keyringChanging();
     return this.seal(key, rules, epoch!.epoch + 1, after.filter((r) => rules.rowVerifies(key, r)), this.keys.activeIntegrityKeyId);
   }
 
@@ -118,6 +120,32 @@ export class GrantEpochs {
     if (macMatches(this.keys.integrityKey(), EPOCH_MAC_LABEL, epochMacInput(name, epoch.epoch, epoch.digest), epoch.mac)) this.advance(name, epoch.epoch);
   }
 
+  /**
+   * Runs a change to a grant set again (at most twice more) when a key
+   * rotation committed while it ran: the keyring is read, and `change` MACs
+   * its rows under the new integrity key.
+   */
+  async acrossRotation<T>(change: () => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await change();
+      } catch (err) {
+        if (attempt >= 2 || !(err instanceof NexusError) || err.reason !== "KEYRING_CHANGING") throw err;
+        await this.keys.refreshKeyring();
+      }
+    }
+  }
+
+  /**
+   * The highest epoch seen so far: take it before reading a snapshot and pass
+   * it to verify, so that a change this replica committed while the snapshot
+   * was being read (a concurrent Login) does not make that snapshot look
+   * rolled back.
+   */
+  seenEpoch(name: GrantSetName): number {
+    return this.seen.get(name) ?? 0;
+  }
+
   /** Records a committed epoch (or, after adopt, forgets higher ones). */
   advance(name: GrantSetName, epoch: number, reset = false): void {
     if (reset || epoch > (this.seen.get(name) ?? 0)) this.seen.set(name, epoch);
@@ -136,14 +164,14 @@ export class GrantEpochs {
     if (epoch.integrityKeyId < active) throw altered(name, `it is MAC'd under integrity key ${epoch.integrityKeyId}, which a rotation retired (a copy from before the rotation written back?)`);
     if (epoch.integrityKeyId > active) {
       void this.keys.refreshKeyring().catch(() => {});
-      throw new NexusError("unavailable", "the keyring is changing (a key rotation on another replica); retry in a moment", { reason: "KEYRING_CHANGING" });
+      throw keyringChanging();
     }
     return key;
   }
 
-  private problem<R>(key: Buffer, rules: GrantSetRules<R>, epoch: EpochRow | undefined, valid: readonly R[]): string | undefined {
+  private problem<R>(key: Buffer, rules: GrantSetRules<R>, epoch: EpochRow | undefined, valid: readonly R[], seenBefore?: number): string | undefined {
     if (epoch === undefined) return "its grant_epochs row is missing";
-    const seen = this.seen.get(rules.name) ?? 0;
+    const seen = seenBefore ?? this.seen.get(rules.name) ?? 0;
     if (epoch.mac === null || epoch.digest === null) {
       // Before the first change the set is empty at epoch 0; anything else
       // unbound was written outside Nexus (or predates epochs: accept it explicitly).
@@ -175,6 +203,10 @@ function setDigest<R>(rules: GrantSetRules<R>, rows: readonly R[]): Buffer {
   const hash = createHash("sha256").update(DIGEST_LABEL).update("\0").update(rules.name).update("\0");
   for (const row of ordered) hash.update(rules.storedMac(row));
   return hash.digest();
+}
+
+function keyringChanging(): NexusError {
+  return new NexusError("unavailable", "the keyring is changing (a key rotation); retry in a moment", { reason: "KEYRING_CHANGING" });
 }
 
 function altered(name: GrantSetName, problem: string): NexusError {

@@ -170,7 +170,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   cleanup.push(async () => {
     clearInterval(rotationCheck);
     clearInterval(scheduleCheck);
-    await rotation.idle();
+    await rotation.stop();
   });
 
   const freshness = new LabelFreshness();

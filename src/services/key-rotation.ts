@@ -69,6 +69,7 @@ export class KeyRotation {
   private driving: Promise<void> | undefined;
   /** Data keys the rotation driven here has still to re-wrap (metrics); 0 when this replica drives none. */
   remainingKeys = 0;
+  private stopped = false;
 
   constructor(
     private readonly store: KeyRotationStore,
@@ -132,7 +133,8 @@ export class KeyRotation {
     });
     made.forEach((m) => m.key.fill(0));
     if (result === undefined) return undefined;
-    // Take the new keys up at once here; other replicas follow by NOTIFY.
+    // Take the new keys up at once here (from the database: only committed
+    // keys count, and an attached call made none); other replicas follow by NOTIFY.
     await this.keys.refreshKeyring();
     this.resume(result.rotation.id);
     return result;
@@ -140,14 +142,18 @@ export class KeyRotation {
 
   /** Drives the running rotation here unless another live replica does (after unseal, and periodically). */
   resume(id?: number): void {
-    if (this.driving !== undefined || this.keys.sealed) return;
+    if (this.driving !== undefined || this.keys.sealed || this.stopped) return;
     this.driving = this.drive(id)
       .catch((err) => this.logger.error("key rotation paused; it resumes later", { err }))
       .finally(() => (this.driving = undefined));
   }
 
-  /** Resolves when this replica is not driving a rotation (shutdown, tests). */
-  async idle(): Promise<void> {
+  /**
+   * Shutdown: stops driving after the batch in flight (it commits or rolls
+   * back whole); the rotation stays in the database for the next replica.
+   */
+  async stop(): Promise<void> {
+    this.stopped = true;
     await this.driving;
   }
 
@@ -184,7 +190,7 @@ export class KeyRotation {
   private async rewrap(rotation: RotationRow): Promise<"remacing" | undefined> {
     const batch = { id: rotation.id, newWrappingKeyId: rotation.newWrappingKeyId, reencrypt: rotation.reencrypt, worker: this.worker, leaseMs: this.options.leaseMs };
     for (;;) {
-      if (this.keys.sealed) return undefined;
+      if (this.keys.sealed || this.stopped) return undefined;
       const generation = this.keys.generation;
       const n = await this.store.rewrapBatch(batch, this.options.batchSize, (rows) => {
         if (this.keys.generation !== generation) throw this.keys.sealedError();
@@ -231,7 +237,7 @@ export class KeyRotation {
     const batch = { id: rotation.id, newIntegrityKeyId: rotation.newIntegrityKeyId, worker: this.worker, leaseMs: this.options.leaseMs };
     let remacd = 0;
     for (;;) {
-      if (this.keys.sealed) return false;
+      if (this.keys.sealed || this.stopped) return false;
       const generation = this.keys.generation;
       const result = await this.store.remacBatch(batch, this.options.batchSize, (rows) => {
         if (this.keys.generation !== generation) throw this.keys.sealedError();

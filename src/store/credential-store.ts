@@ -55,6 +55,18 @@ export class CredentialStore {
    * credential `tokenHmac` (if it is there and unexpired) bumped in passing.
    */
   async snapshotForUse(tokenHmacs: readonly Buffer[]): Promise<CredentialSnapshot> {
+    // Two uses of one credential at once: the second's UPDATE meets the first's
+    // commit under REPEATABLE READ and fails to serialize; it goes again.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.snapshotForUseOnce(tokenHmacs);
+      } catch (err) {
+        if (attempt >= 4 || !(err instanceof NexusError) || err.reason !== "CONCURRENT_UPDATE") throw err;
+      }
+    }
+  }
+
+  private async snapshotForUseOnce(tokenHmacs: readonly Buffer[]): Promise<CredentialSnapshot> {
     const hex = tokenHmacs.map((h) => h.toString("hex"));
     return this.run(() =>
       this.sql.begin("ISOLATION LEVEL REPEATABLE READ", async (tx) => {
