@@ -66,7 +66,7 @@ integration: build certs system-deps
 
 # The end-to-end specs start bin/nexus.js as a separate process (serve, dev,
 # migrate) and call it with grpc-js, buf curl and curl; `make test` runs them too.
-E2E_SPECS := dist/test/integration/end-to-end.spec.js dist/test/integration/dev-mode.spec.js dist/test/integration/migrate-command.spec.js dist/test/integration/audit-export.spec.js
+E2E_SPECS := dist/test/integration/end-to-end.spec.js dist/test/integration/dev-mode.spec.js dist/test/integration/migrate-command.spec.js dist/test/integration/audit-export.spec.js dist/test/integration/key-rotation-crash.spec.js
 
 e2e: build certs system-deps
 	$(MOCHA) --require dist/test/support/database-hooks.js $(E2E_SPECS)

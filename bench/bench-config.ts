@@ -30,6 +30,14 @@ export interface BenchConfig {
   readonly replicaScaling: boolean;
   /** Failovers to a synchronous standby (Debian PostgreSQL packages; issue 16). */
   readonly failoverRepeats: number;
+  /** Data keys in the database for the timed key rotation (0: skip it). */
+  readonly rotationDataKeys: number;
+  /** GetSecret's open-loop window without a re-wrap, before the one during it. */
+  readonly rotationWindowMs: number;
+  /** WatchSecrets fan-out (watch-fanout.ts): streams over two replicas (0: skipped), puts per second through A, and for how long. */
+  readonly watchers: number;
+  readonly watchPutsPerSecond: number;
+  readonly watchDurationMs: number;
 }
 
 const FULL: BenchConfig = {
@@ -51,6 +59,11 @@ const FULL: BenchConfig = {
   startupRepeats: 5,
   replicaScaling: true,
   failoverRepeats: 3,
+  rotationDataKeys: 100_000,
+  rotationWindowMs: 10_000,
+  watchers: 1000,
+  watchPutsPerSecond: 200,
+  watchDurationMs: 10_000,
 };
 
 const QUICK: BenchConfig = {
@@ -67,6 +80,10 @@ const QUICK: BenchConfig = {
   startupRepeats: 1,
   replicaScaling: false,
   failoverRepeats: 0,
+  rotationDataKeys: 3000,
+  rotationWindowMs: 1500,
+  watchers: 100,
+  watchDurationMs: 3000,
 };
 
 const PROFILE: BenchConfig = {
@@ -80,6 +97,8 @@ const PROFILE: BenchConfig = {
   startupRepeats: 0,
   replicaScaling: false,
   failoverRepeats: 0,
+  rotationDataKeys: 0,
+  watchers: 0,
 };
 
 const AB: BenchConfig = {
@@ -94,6 +113,8 @@ const AB: BenchConfig = {
   startupRepeats: 0,
   replicaScaling: false,
   failoverRepeats: 0,
+  rotationDataKeys: 0,
+  watchers: 0,
 };
 
 export function benchConfig(env: NodeJS.ProcessEnv = process.env): BenchConfig {
@@ -121,5 +142,8 @@ export function benchConfig(env: NodeJS.ProcessEnv = process.env): BenchConfig {
     startupRepeats: num("STARTUP_REPEATS", base.startupRepeats),
     replicaScaling: env.BENCH_REPLICA_SCALING === undefined ? base.replicaScaling : env.BENCH_REPLICA_SCALING === "1",
     failoverRepeats: num("FAILOVER_REPEATS", base.failoverRepeats),
+    watchers: num("WATCHERS", base.watchers),
+    watchPutsPerSecond: num("WATCH_PUTS_PER_SECOND", base.watchPutsPerSecond),
+    watchDurationMs: num("WATCH_DURATION_MS", base.watchDurationMs),
   };
 }

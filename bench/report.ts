@@ -5,6 +5,7 @@
 // bench/results/latest.json and latest.md.
 
 import { highAvailabilityMarkdown, type HighAvailabilityResults } from "./high-availability.js";
+import type { WatchFanoutResult } from "./watch-fanout.js";
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
@@ -12,6 +13,7 @@ import os from "node:os";
 import path from "node:path";
 import type { BenchConfig } from "./bench-config.js";
 import type { CapturedStatement } from "./bench-database.js";
+import type { RotationBench } from "./key-rotation-bench.js";
 import type { PgbenchBinary, PgbenchResult } from "./database-floor.js";
 import { LatencyHistogram } from "./latency-histogram.js";
 import type { QueryPlan } from "./query-plans.js";
@@ -40,9 +42,13 @@ export interface BenchRun {
   readonly idleRssMb: number;
   readonly rounds: Round[];
   readonly propagation?: Timings;
+  /** WatchSecrets fan-out (issue 12). */
+  readonly watch?: WatchFanoutResult;
   readonly startup?: StartupTimings;
   /** Replicas on one database and failover to a standby (full mode only). */
   readonly highAvailability?: HighAvailabilityResults;
+  /** RotateEncryptionKey: the re-wrap rate, and GetSecret p99 during a re-wrap ÷ without (open loop). */
+  readonly rotation?: RotationBench;
   readonly captures: StatementCapture[];
   readonly plans: QueryPlan[];
   readonly auditBatch?: number;
@@ -231,6 +237,10 @@ export function targets(run: BenchRun, pooled: PooledScenario[], rs: Ratio[]): T
     t("Server RSS under load (max)", "≤ 150 MB", rss, "MB", (v) => v <= 150),
     t("Start to SERVING, existing migrated database (median)", "≤ 1000 ms", run.startup?.servingWithPasswordFile.p50 ?? NaN, "ms", (v) => v <= 1000),
     t("Policy propagation between replicas (p99)", "≤ 1000 ms", run.propagation?.p99 ?? NaN, "ms", (v) => v <= 1000),
+    t(`Key rotation re-wrap rate, no other load (${(run.rotation?.dataKeys ?? 0).toLocaleString("en-US")} data keys)`, "≥ 5000 /s", run.rotation?.keysPerSecond ?? NaN, "/s", (v) => v >= 5000),
+    t("GetSecret p99 during a re-wrap ÷ without (open loop at half the GetSecret maximum)", "≤ 2", run.rotation?.p99Ratio ?? NaN, "×", (v) => v <= 2),
+    t("WatchSecrets delivery latency (p99)", "≤ 250 ms", run.watch?.latencyMs.p99 ?? NaN, "ms", (v) => v <= 250),
+    t("Server memory per idle watch stream (worse replica)", "≤ 50 KB", run.watch ? Math.max(run.watch.idleStreamKb.a, run.watch.idleStreamKb.b) : NaN, "KB", (v) => v <= 50),
   ];
 }
 
@@ -256,6 +266,8 @@ export function buildReport(run: BenchRun) {
     ratios: rs,
     targets: ts,
     propagationMs: run.propagation,
+    rotation: run.rotation,
+    watch: run.watch,
     startupMs: run.startup,
     highAvailability: run.highAvailability,
     auditBatchDuringGet: run.auditBatch,
@@ -319,11 +331,23 @@ export function markdown(report: Report): string {
         ? ` At the end of ${heaviest.name} (max RSS ${f(heaviest.maxRssMb, 0)} MB): rss ${heaviest.serverMemory.rss} MB = V8 heap ${heaviest.serverMemory.heapTotal} MB (${heaviest.serverMemory.heapUsed} MB used) + external ${heaviest.serverMemory.external} MB (array buffers ${heaviest.serverMemory.arrayBuffers} MB) + ${f(heaviest.serverMemory.rss - heaviest.serverMemory.heapTotal - heaviest.serverMemory.external, 0)} MB code, stacks and native allocations.`
         : ""),
   );
+  if (report.rotation) {
+    const r = report.rotation;
+    lines.push(
+      `Key rotation: ${r.dataKeys.toLocaleString("en-US")} data keys re-wrapped in ${f(r.rewrapSeconds, 1)} s (${f(r.keysPerSecond, 0)}/s, no other load); GetSecret open loop at ${r.getRate}/s: p99 ${f(r.p99WithoutRewrap, 2)} ms without, ${f(r.p99DuringRewrap, 2)} ms during a re-wrap (×${f(r.p99Ratio, 2)}), ${r.getErrors} errors.`,
+    );
+  }
   if (report.propagationMs) {
     const p = report.propagationMs;
     lines.push(`Policy propagation A → B (${p.samples.length} policies): p50 ${f(p.p50, 1)} ms, p99 ${f(p.p99, 1)} ms, max ${f(p.max, 1)} ms.`);
   }
   if (report.highAvailability) lines.push("", ...highAvailabilityMarkdown(report.highAvailability));
+  if (report.watch) {
+    const w = report.watch;
+    lines.push(
+      `WatchSecrets fan-out: ${w.watchers} watchers over two replicas, ${w.puts} puts through A (each matching ≤ 5 watchers): ${w.delivered} deliveries (${w.missing} missing, ${w.errors} errors), latency p50 ${f(w.latencyMs.p50, 1)} ms, p99 ${f(w.latencyMs.p99, 1)} ms, max ${f(w.latencyMs.max, 1)} ms; RSS per idle stream ${f(w.idleStreamKb.a, 1)} KB on A, ${f(w.idleStreamKb.b, 1)} KB on B.`,
+    );
+  }
   lines.push("");
   return lines.join("\n");
 }

@@ -32,8 +32,10 @@ import { BENCH_POLICIES, createPolicy, initializeAndLogin, seedReadAndWriteSecre
 import { processRssMb } from "./process-stats.js";
 import { explainHotStatements } from "./query-plans.js";
 import { failoverTimes, replicaScaling, type HighAvailabilityResults } from "./high-availability.js";
+import { keyRotationBench, type RotationBench } from "./key-rotation-bench.js";
 import { policyPropagation, startupTimes } from "./replica-timings.js";
 import { buildReport, label, writeReport, type BenchRun, type Round, type StatementCapture } from "./report.js";
+import { watchFanout } from "./watch-fanout.js";
 import { runScenario, type ScenarioResult, type ScenarioSpec, type Target, type WindowHooks } from "./scenario-runner.js";
 import { readProbe, retryOnPortClash, sleep, spawnServer, waitForHealth, type ServerOptions, type ServerProcess } from "./server-process.js";
 
@@ -209,6 +211,16 @@ async function main(): Promise<void> {
 
     const plans = await phase("EXPLAIN ANALYZE the hot statements", () => explainHotStatements(db.sql));
 
+    // Key rotation, after the scenarios (it adds secrets and changes the keys they read under).
+    let rotation: RotationBench | undefined;
+    if (config.rotationDataKeys > 0) {
+      const getMaxRps = Math.max(...rounds.map((r) => r.scenarios.find((x) => x.name === `get@${config.inFlight}`)?.rps ?? 0));
+      rotation = await phase(`key rotation (${config.rotationDataKeys} data keys)`, () =>
+        keyRotationBench({ address: server.address, pki, operator, readSecrets: config.readSecrets, dataKeys: config.rotationDataKeys, getMaxRps, windowMs: config.rotationWindowMs, log }),
+      );
+      log(`key rotation: ${rotation.keysPerSecond.toFixed(0)} data keys/s; GetSecret p99 at ${rotation.getRate}/s ${rotation.p99WithoutRewrap.toFixed(2)} ms without, ${rotation.p99DuringRewrap.toFixed(2)} ms during a re-wrap (×${rotation.p99Ratio.toFixed(2)})`);
+    }
+
     let propagation;
     if (config.propagationRepeats > 0) {
       propagation = await phase(`policy propagation ×${config.propagationRepeats}`, async () => {
@@ -232,6 +244,24 @@ async function main(): Promise<void> {
       const spec = specs.find((x) => x.kind === "get" && x.inFlight === config.inFlight)!;
       const scaling = await phase("GetSecret with 1, 2 and 3 replicas", () => replicaScaling(spec, target, base, passwordFile));
       highAvailability = { replicaScaling: scaling };
+    }
+    let watch;
+    if (config.watchers > 0) {
+      watch = await phase(`watch fan-out: ${config.watchers} watchers, ${config.watchPutsPerSecond} puts/s`, async () => {
+        const b = await retryOnPortClash(async () => {
+          const replica = await spawnServer({ ...base, adminPasswordFile: passwordFile });
+          await waitForHealth(replica, "SERVING").catch(async (err) => {
+            await replica.stop();
+            throw err;
+          });
+          return replica;
+        });
+        try {
+          return await watchFanout(server, b, pki, { watchers: config.watchers, putsPerSecond: config.watchPutsPerSecond, durationMs: config.watchDurationMs });
+        } finally {
+          await b.stop();
+        }
+      });
     }
     await server.stop();
     if (config.failoverRepeats > 0) {
@@ -269,8 +299,10 @@ async function main(): Promise<void> {
       idleRssMb,
       rounds,
       propagation,
+      watch,
       startup,
       highAvailability,
+      rotation,
       captures: captures.map((c) => ({ label: c.label, statements: c.statements.filter(isInteresting) })),
       plans,
       auditBatch,

@@ -153,8 +153,9 @@ export class AuditLog {
     if (this.keys.sealed || this.committedThrough === 0) return;
     const last = this.committedThrough;
     const c = { replicaId: this.replicaId, writtenAt: new Date(), firstSequence: 1, lastSequence: last, final, givenUp: this.givenUp.pairs(1, last) };
-    const epoch = await this.store.insertCheckpoint({ ...c, mac: checkpointMac(this.keys.integrityKey(), c) }, (e, before, after) =>
-      this.epochs.next(CHECKPOINT_SET, e, before, after),
+    // A key rotation committing meanwhile re-seals the set under its new key: MAC the checkpoint again under it.
+    const epoch = await this.epochs.acrossRotation(() =>
+      this.store.insertCheckpoint({ ...c, mac: checkpointMac(this.keys.integrityKey(), c) }, (e, before, after) => this.epochs.next(CHECKPOINT_SET, e, before, after)),
     );
     if (epoch !== undefined) this.epochs.advance("audit_checkpoints", epoch);
   }
@@ -237,6 +238,11 @@ export class CallRecord implements CallAudit {
 
   identify(caller: string): void {
     this.caller = caller;
+  }
+
+  /** Whether this record's event is written (with a change or a read) or given up. */
+  get isWritten(): boolean {
+    return this.written;
   }
 
   subject(path: string | null, version: number | null): void {
@@ -353,4 +359,5 @@ export const CHECKPOINT_SET: GrantSetRules<Checkpoint> = {
   orderKey: (c) => c.replicaId,
   rowVerifies: (key, c) => checkpointVerifies(key, c, c.mac),
   storedMac: (c) => c.mac,
+  remac: (key, c) => ({ ...c, mac: checkpointMac(key, c) }),
 };

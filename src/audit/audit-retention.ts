@@ -77,12 +77,14 @@ export class AuditRetention {
   ): Promise<PruneResult | undefined> {
     // Where the retained log starts and what is settled, from checkpoints whose MAC verifies (key taken and dropped synchronously).
     if (this.keys.sealed) return undefined;
-    let key = this.keys.integrityKey();
-    if (latest !== undefined && !checkpointVerifies(key, latest, latest.mac)) {
+    // Checkpoints keep the integrity key they were MAC'd with (a rotation retires keys, not checkpoints).
+    const held = this.keys.integrityKeys().map((k) => k.key);
+    const verifies = (c: NonNullable<typeof latest>) => held.some((k) => checkpointVerifies(k, c, c.mac));
+    if (latest !== undefined && !verifies(latest)) {
       this.logger.warn("audit retention skips a replica whose latest checkpoint fails its MAC", { replicaId });
       return undefined;
     }
-    const floorCp = floors.find((f) => checkpointVerifies(key, f, f.mac));
+    const floorCp = floors.find((f) => verifies(f));
     const floor = Math.max(floorCp?.firstSequence ?? 1, latest?.firstSequence ?? 1);
     const own = replicaId === this.ownLog.replicaId;
     const settled = Math.max(latest?.lastSequence ?? 0, own ? this.ownLog.head : 0);
@@ -99,7 +101,7 @@ export class AuditRetention {
       const rows = await this.store.eventsFrom(replicaId, next, CHUNK);
       if (this.keys.sealed) return undefined;
       // After the await: take the key again now, use it synchronously.
-      const auth = new EventAuthenticator(this.keys.integrityKey(), signers, this.trust());
+      const auth = new EventAuthenticator(this.keys.integrityKeys().map((k) => k.key), signers, this.trust());
       const full = rows.length === CHUNK;
       const bySequence = groupBySequence(rows);
       // A full chunk may have cut the copies of its last sequence: that one is read again next time.
@@ -130,9 +132,10 @@ export class AuditRetention {
       givenUp: givenUp.pairs(newFloor),
     };
     if (this.keys.sealed) return undefined;
-    key = this.keys.integrityKey();
-    const floorCheckpoint = { ...c, mac: checkpointMac(key, c) };
-    const epoch = await this.store.prune(ids, floorCheckpoint, (e, before, after) => this.epochs.next(CHECKPOINT_SET, e, before, after));
+    // A key rotation committing meanwhile re-seals the checkpoint set: MAC the floor again under its new key.
+    const epoch = await this.epochs.acrossRotation(() =>
+      this.store.prune(ids, { ...c, mac: checkpointMac(this.keys.integrityKey(), c) }, (e, before, after) => this.epochs.next(CHECKPOINT_SET, e, before, after)),
+    );
     if (epoch === undefined) {
       this.logger.debug("audit retention pass overlapped another replica's; it pruned first", { replicaId });
       return undefined;

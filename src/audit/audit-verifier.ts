@@ -53,7 +53,7 @@ export class AuditVerifier {
   async authenticate(rows: readonly StoredAuditRow[]): Promise<boolean[]> {
     const signers = rows.some((r) => r.signer !== null) ? await this.store.signers() : [];
     // After the last await: the key is taken now and used only synchronously.
-    const auth = new EventAuthenticator(this.keys.sealed ? undefined : this.keys.integrityKey(), signers, this.trust());
+    const auth = new EventAuthenticator(this.keys.sealed ? undefined : this.keys.integrityKeys().map((k) => k.key), signers, this.trust());
     return rows.map((r) => auth.check(r) !== undefined);
   }
 
@@ -77,9 +77,10 @@ export class AuditVerifier {
     signers: readonly AuditSignerRecord[],
     range: { from?: Date; to?: Date },
   ): VerificationReport {
-    const key = this.keys.integrityKey();
-    const auth = new EventAuthenticator(key, signers, this.trust());
-    const verifies = (c: Checkpoint) => checkpointVerifies(key, c, c.mac);
+    // Every integrity key held: events and checkpoints keep the key they were MAC'd with.
+    const keys = this.keys.integrityKeys().map((k) => k.key);
+    const auth = new EventAuthenticator(keys, signers, this.trust());
+    const verifies = (c: Checkpoint) => keys.some((key) => checkpointVerifies(key, c, c.mac));
     const byReplica = groupBy(rows, (r) => r.replicaId);
     const kept: AuditProblem[] = [];
     // Every replica's latest checkpoint is bound as one set: a checkpoint

@@ -23,18 +23,25 @@ export class EventAuthenticator {
   private readonly chainPem = new Map<string, string>();
   private readonly chains = new Map<string, SvidSignerChain>();
 
-  /** @param key the integrity key, or undefined while sealed (then only signatures authenticate). */
+  private readonly keys: readonly Buffer[];
+
+  /**
+   * @param key the integrity keys held (the active one and those a rotation
+   * retired: events keep the key they were MAC'd with), or undefined while
+   * sealed (then only signatures authenticate).
+   */
   constructor(
-    private readonly key: Buffer | undefined,
+    key: Buffer | readonly Buffer[] | undefined,
     signers: readonly AuditSignerRecord[],
     private readonly trust: SignatureTrust,
   ) {
     for (const s of signers) this.chainPem.set(s.certificateSha256.toString("hex"), s.certificateChainPem);
+    this.keys = key === undefined ? [] : Buffer.isBuffer(key) ? [key] : (key as readonly Buffer[]);
   }
 
   /** How `row` authenticates with `fields` (default: its own), if at all. */
   check(row: AuditRow, fields: AuditFields = row): Authentication {
-    if (this.key !== undefined && row.mac !== null && auditEventVerifies(this.key, fields, row.mac)) return "mac";
+    if (row.mac !== null && this.keys.some((k) => auditEventVerifies(k, fields, row.mac!))) return "mac";
     if (row.signature !== null && row.signer !== null && this.chain(row.signer)?.verifies(auditSignatureInput(fields), row.signature, fields.time)) {
       return "signature";
     }

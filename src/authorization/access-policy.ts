@@ -1,10 +1,13 @@
 // The authorization decision, in one place and default deny. Each RPC has one
 // rule:
-//   any        any valid SVID of the trust domain (GetStatus)
+//   any        any valid SVID of the trust domain (GetStatus; the superuser with a
+//              live admin credential also gets the admin view: the grant names it)
 //   superuser  the superuser SVID (Initialize, Unseal, Login: the password is the second factor)
 //   admin      the superuser SVID and a live admin credential (policies, Seal, tokens, audit)
 //   secret     a policy granting READ or WRITE on the request's path, or the superuser
 //   list       a policy granting LIST somewhere; the listing is then filtered per path
+//   watch      as list; each event is then shown only if the policies in force
+//              when it is sent grant READ and LIST on its path (WatchSecrets)
 // Policies never grant admin RPCs. While sealed, secret RPCs are refused as
 // sealed for everyone (policies cannot be verified without the integrity key).
 
@@ -20,7 +23,7 @@ import type { AdminCredentials } from "./admin-credentials.js";
 import type { Grant } from "./policy.js";
 import type { PolicyEngine } from "./policy-engine.js";
 
-export type Rule = { kind: "any" } | { kind: "superuser" } | { kind: "admin" } | { kind: "secret"; grant: Grant } | { kind: "list" };
+export type Rule = { kind: "any" } | { kind: "superuser" } | { kind: "admin" } | { kind: "secret"; grant: Grant } | { kind: "list" } | { kind: "watch" };
 
 export interface AccessRequest {
   readonly caller: SpiffeId;
@@ -33,6 +36,11 @@ export interface AccessRequest {
 export interface AccessGrant {
   /** For ListSecrets: whether a path may be shown to the caller. */
   readonly mayList: (path: string) => boolean;
+  /**
+   * For WatchSecrets: whether an event on a path may be sent to the caller,
+   * asked as each event is sent (so a revoked grant stops the next event).
+   */
+  readonly mayWatch?: (path: string) => boolean;
   /** For admin RPCs: the credential that was presented. */
   readonly credential?: CredentialRow;
 }
@@ -54,6 +62,7 @@ const METHOD_RULES: ReadonlyMap<string, Rule> = new Map([
       getSecret: { kind: "secret", grant: "read" },
       getSecretMetadata: { kind: "secret", grant: "read" },
       listSecrets: { kind: "list" },
+      watchSecrets: { kind: "watch" },
     },
     { kind: "secret", grant: "write" },
   ),
@@ -74,6 +83,12 @@ export class AccessController implements AccessPolicy {
     const superuser = caller.toString() === this.superuserId;
     switch (rule?.kind) {
       case "any":
+        // The admin view of GetStatus: the superuser with a credential that
+        // verifies. Anything else gets what every caller gets, never an error.
+        if (superuser && bearerToken !== undefined && !this.keys.sealed) {
+          const credential = await this.credentials.verify(bearerToken, caller).catch(() => undefined);
+          if (credential !== undefined) return { mayList: NONE.mayList, credential };
+        }
         return NONE;
       case "superuser":
         if (superuser) return NONE;
@@ -97,6 +112,15 @@ export class AccessController implements AccessPolicy {
         const mayList = this.policies.pathTest(caller, "list");
         if (mayList) return { mayList };
         break;
+      }
+      case "watch": {
+        if (this.keys.sealed) throw this.keys.sealedError();
+        if (superuser) return { mayList: ALL.mayList, mayWatch: ALL.mayList };
+        this.requirePolicies();
+        if (this.policies.pathTest(caller, "list") === undefined) break;
+        // Not the list test taken now: the engine's current policies, at each event.
+        const policies = this.policies;
+        return { mayList: NONE.mayList, mayWatch: (path) => policies.allows(caller, "read", path) && policies.allows(caller, "list", path) };
       }
     }
     throw new NexusError("permission_denied", `${caller.toString()} may not call ${method}${rule?.kind === "secret" ? " on this path" : ""}`, { reason: "NOT_AUTHORIZED" });

@@ -35,6 +35,7 @@ export const CREDENTIAL_SET: GrantSetRules<CredentialRow> = {
   orderKey: (c) => c.tokenHmac.toString("hex"),
   rowVerifies: (key, c) => macMatches(key, CREDENTIAL_MAC_LABEL, credentialMacInput(c), c.mac),
   storedMac: (c) => c.mac,
+  remac: (key, c) => ({ ...c, mac: mac(key, CREDENTIAL_MAC_LABEL, credentialMacInput(c)) }),
 };
 
 export class AdminCredentials {
@@ -47,12 +48,14 @@ export class AdminCredentials {
   async issue(kind: "session" | "token", owner: SpiffeId, ttlMs: number, name: string | null, audit: AuditRow): Promise<IssuedCredential> {
     const token = TOKEN_PREFIX[kind] + randomBytes(32).toString("base64url");
     const now = new Date();
-    const key = this.keys.integrityKey();
-    const unsigned: Unsigned = { tokenHmac: tokenDigest(key, token), kind, name, spiffeId: owner.toString(), createdAt: now, expiresAt: new Date(now.getTime() + ttlMs), lastActivity: now };
-    const record: CredentialRow = { ...unsigned, mac: mac(key, CREDENTIAL_MAC_LABEL, credentialMacInput(unsigned)) };
-    const epoch = await this.store.insert(record, audit, this.sealer());
-    this.epochs.advance("admin_credentials", epoch);
-    return { token, record };
+    return this.epochs.acrossRotation(async () => {
+      const key = this.keys.integrityKey();
+      const unsigned: Unsigned = { tokenHmac: tokenDigest(key, token), kind, name, spiffeId: owner.toString(), createdAt: now, expiresAt: new Date(now.getTime() + ttlMs), lastActivity: now };
+      const record: CredentialRow = { ...unsigned, mac: mac(key, CREDENTIAL_MAC_LABEL, credentialMacInput(unsigned)) };
+      const epoch = await this.store.insert(record, audit, this.sealer());
+      this.epochs.advance("admin_credentials", epoch);
+      return { token, record };
+    });
   }
 
   /** Throws UNAUTHENTICATED unless `token` is a live credential of `caller` in a set that verifies. */
@@ -60,8 +63,14 @@ export class AdminCredentials {
     if (token === undefined) {
       throw new NexusError("unauthenticated", "admin RPCs need an admin credential: send `authorization: Bearer <token>` from Login or CreateAdminToken", { reason: "NO_ADMIN_CREDENTIAL" });
     }
-    const hmac = tokenDigest(this.keys.integrityKey(), token);
-    const row = (await this.verifiedSet(await this.store.snapshotForUse(hmac))).find((c) => c.tokenHmac.equals(hmac));
+    // A credential keeps the digest it was issued with; its row is re-MAC'd by a
+    // key rotation, but the token is not known then. So look it up under every
+    // integrity key held (the row's own MAC and its set's epoch are still
+    // checked under the active key only).
+    const digests = this.keys.integrityKeys().map((k) => tokenDigest(k.key, token));
+    const seen = this.epochs.seenEpoch("admin_credentials");
+    const rows = await this.verifiedSet(await this.store.snapshotForUse(digests), seen);
+    const row = rows.find((c) => digests.some((d) => c.tokenHmac.equals(d)));
     if (row === undefined || row.expiresAt.getTime() <= Date.now()) {
       throw new NexusError("unauthenticated", "the admin credential is invalid, expired or revoked", { reason: "INVALID_ADMIN_CREDENTIAL" });
     }
@@ -74,13 +83,24 @@ export class AdminCredentials {
   /** The live admin tokens of a set that verifies. */
   async listTokens(): Promise<CredentialRow[]> {
     const now = Date.now();
-    const rows = await this.verifiedSet(await this.store.snapshot());
+    const seen = this.epochs.seenEpoch("admin_credentials");
+    const rows = await this.verifiedSet(await this.store.snapshot(), seen);
     return rows.filter((c) => c.kind === "token" && c.expiresAt.getTime() > now).sort((a, b) => (a.name!.toLowerCase() < b.name!.toLowerCase() ? -1 : 1));
   }
 
   async revokeSession(token: string, audit: AuditRow): Promise<boolean> {
-    const hmac = tokenDigest(this.keys.integrityKey(), token);
-    return this.remove((c) => c.tokenHmac.equals(hmac), audit);
+    const digests = this.keys.integrityKeys().map((k) => tokenDigest(k.key, token));
+    return this.remove((c) => digests.some((d) => c.tokenHmac.equals(d)), audit);
+  }
+
+  /** Ends every admin session (ChangeAdminPassword); admin tokens stay. Returns how many. */
+  async revokeAllSessions(): Promise<number> {
+    const ended = new Set<string>();
+    await this.remove((c) => {
+      if (c.kind === "session") ended.add(c.tokenHmac.toString("hex"));
+      return c.kind === "session";
+    });
+    return ended.size;
   }
 
   async revokeToken(name: string, audit: AuditRow): Promise<boolean> {
@@ -101,7 +121,7 @@ export class AdminCredentials {
   }
 
   private async remove(pick: (c: CredentialRow) => boolean, audit?: AuditRow): Promise<boolean> {
-    const epoch = await this.store.remove(pick, audit, this.sealer());
+    const epoch = await this.epochs.acrossRotation(() => this.store.remove(pick, audit, this.sealer()));
     if (epoch === false) return false;
     this.epochs.advance("admin_credentials", epoch);
     return true;
@@ -111,9 +131,10 @@ export class AdminCredentials {
     return (epoch: Parameters<GrantEpochs["next"]>[1], before: CredentialRow[], after: CredentialRow[]) => this.epochs.next(CREDENTIAL_SET, epoch, before, after);
   }
 
-  private async verifiedSet(snapshot: Awaited<ReturnType<CredentialStore["snapshot"]>>): Promise<CredentialRow[]> {
+  private async verifiedSet(snapshot: Awaited<ReturnType<CredentialStore["snapshot"]>>, seenBefore: number): Promise<CredentialRow[]> {
+    await this.epochs.ensureKeyOf(snapshot.epoch);
     try {
-      return this.epochs.verify(CREDENTIAL_SET, snapshot.epoch, snapshot.rows).rows;
+      return this.epochs.verify(CREDENTIAL_SET, snapshot.epoch, snapshot.rows, seenBefore).rows;
     } catch (err) {
       if (err instanceof NexusError && err.reason === "GRANT_SET_ALTERED") {
         throw new NexusError("unauthenticated", `no admin credential is accepted: ${err.message}`, { reason: "CREDENTIAL_SET_ALTERED", cause: err });

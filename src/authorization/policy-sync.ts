@@ -5,7 +5,7 @@
 // or writing back an old row, must not be enough to grant access. A set that
 // fails that check grants nothing until an operator accepts it.
 
-import { macMatches } from "../keys/integrity.js";
+import { mac, macMatches } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
 import type { PolicyStore, StoredPolicy } from "../store/policy-store.js";
@@ -18,6 +18,7 @@ export const POLICY_SET: GrantSetRules<StoredPolicy> = {
   name: "policies",
   orderKey: (p) => p.id,
   rowVerifies: (key, p) => macMatches(key, POLICY_MAC_LABEL, policyMacInput(p), p.mac),
+  remac: (key, p) => ({ ...p, mac: mac(key, POLICY_MAC_LABEL, policyMacInput(p)) }),
   storedMac: (p) => p.mac,
 };
 
@@ -86,8 +87,12 @@ export class PolicySync {
     if (this.keys.sealed) return;
     const generation = this.keys.generation;
     let snapshot;
+    let seenBefore: number | undefined;
     try {
+      seenBefore = this.epochs.seenEpoch("policies");
       snapshot = await this.store.snapshot();
+      // A set re-MAC'd by a rotation on another replica: take up the new key first.
+      await this.epochs.ensureKeyOf(snapshot.epoch);
     } catch (err) {
       this.logger.warn("policy reload failed; keeping the previous set", { err });
       this.loadedSinceUnseal = !this.keys.sealed;
@@ -99,7 +104,7 @@ export class PolicySync {
     if (this.keys.generation !== generation) return;
     let verified: StoredPolicy[];
     try {
-      verified = this.epochs.verify(POLICY_SET, snapshot.epoch, snapshot.rows).rows;
+      verified = this.epochs.verify(POLICY_SET, snapshot.epoch, snapshot.rows, seenBefore).rows;
     } catch (err) {
       this.logger.error("policies refused: the stored set fails its integrity check; every policy-based call is denied until an operator acts", {
         reason: (err as Error).message,

@@ -4,7 +4,7 @@
 // A failed call keeps the AIP-193 details the server sent (ErrorInfo reason,
 // BadRequest field violations) so callers branch on reasons, not on text.
 
-import { create, fromBinary, toBinary, type DescMethodUnary, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, type DescMethodServerStreaming, type DescMethodUnary, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
@@ -53,8 +53,27 @@ export type CallResult<M extends DescMethodUnary> =
   | { readonly code: "OK"; readonly response: MessageShape<M["output"]>; readonly message?: undefined; readonly reason?: undefined; readonly violations?: undefined }
   | CallFailure;
 
+/** A server stream that failed (or was refused): the same fields as a CallFailure, thrown by the stream's iteration. */
+export class StreamFailure extends Error implements CallFailure {
+  readonly response?: undefined;
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly reason?: string,
+    readonly violations?: readonly FieldViolation[],
+  ) {
+    super(message);
+    this.name = "StreamFailure";
+  }
+}
+
 export interface NexusClient {
   call<M extends DescMethodUnary>(method: M, request: MessageInitShape<M["input"]>, options?: CallOptions): Promise<CallResult<M>>;
+  /**
+   * A server-streaming call: iterate for the response messages; a failure is
+   * thrown as a StreamFailure. Leaving the iteration early (break) cancels the call.
+   */
+  stream<M extends DescMethodServerStreaming>(method: M, request: MessageInitShape<M["input"]>, options?: CallOptions): AsyncIterable<MessageShape<M["output"]>>;
   close(): void;
 }
 
@@ -96,6 +115,31 @@ export function grpcNexusClient(address: string, identity: ClientIdentity, chann
           },
         );
       });
+    },
+    async *stream<M extends DescMethodServerStreaming>(method: M, request: MessageInitShape<M["input"]>, options: CallOptions = {}) {
+      const metadata = new grpc.Metadata();
+      if (options.bearerToken !== undefined) metadata.set("authorization", `Bearer ${options.bearerToken}`);
+      const call = client.makeServerStreamRequest(
+        `/${method.parent.typeName}/${method.name}`,
+        (m: MessageShape<M["input"]>) => toBuffer(toBinary(method.input, m)),
+        (b: Buffer) => fromBinary(method.output, b),
+        create(method.input, request) as MessageShape<M["input"]>,
+        metadata,
+        options.deadlineMs === undefined ? {} : { deadline: Date.now() + options.deadlineMs },
+      );
+      let finished = false;
+      try {
+        for await (const message of call) yield message as MessageShape<M["output"]>;
+        finished = true;
+      } catch (err) {
+        finished = true;
+        const e = err as grpc.ServiceError;
+        if (refusal !== undefined && e.code === grpc.status.UNAVAILABLE) throw new StreamFailure("UNAVAILABLE", refusal.message, SERVER_IDENTITY_REJECTED);
+        const { reason, violations } = statusDetails(e.metadata);
+        throw new StreamFailure(grpc.status[e.code] ?? String(e.code), e.details ?? String(err), reason, violations);
+      } finally {
+        if (!finished) call.cancel();
+      }
     },
     close: () => client.close(),
   };
@@ -139,6 +183,22 @@ export function connectNexusClient(
         const reason = e.findDetails(ErrorInfoSchema)[0]?.reason;
         const violations = e.findDetails(BadRequestSchema).flatMap((b) => b.fieldViolations.map(({ field, description }) => ({ field, description })));
         return { code: connectCodeName(e.code), message: e.rawMessage, reason, violations };
+      }
+    },
+    async *stream<M extends DescMethodServerStreaming>(method: M, request: MessageInitShape<M["input"]>, options: CallOptions = {}) {
+      const headers: Record<string, string> = {};
+      if (options.bearerToken !== undefined) headers.authorization = `Bearer ${options.bearerToken}`;
+      const abort = new AbortController();
+      const client = createClient(method.parent, transport) as unknown as Record<string, (req: unknown, opts: unknown) => AsyncIterable<MessageShape<M["output"]>>>;
+      try {
+        yield* client[method.localName](request, { headers, timeoutMs: options.deadlineMs, signal: abort.signal });
+      } catch (err) {
+        const e = ConnectError.from(err);
+        const reason = e.findDetails(ErrorInfoSchema)[0]?.reason;
+        const violations = e.findDetails(BadRequestSchema).flatMap((b) => b.fieldViolations.map(({ field, description }) => ({ field, description })));
+        throw new StreamFailure(connectCodeName(e.code), e.rawMessage, reason, violations);
+      } finally {
+        abort.abort();
       }
     },
     close: () => sessionManager?.abort(),

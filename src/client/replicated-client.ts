@@ -6,14 +6,15 @@
 //
 // Connections come in generations: one gRPC channel per address, built with
 // one SVID. When the provider hands out a new SVID, later calls open a new
-// generation; the old one is closed once its calls have finished. Server
-// streaming (watch()) will take a channel from the same generations.
+// generation; the old one is closed once its calls have finished. A server
+// stream takes a channel from the same generations and holds it until it ends;
+// it is not retried (what it already yielded cannot be taken back).
 
-import type { DescMethodUnary, MessageInitShape } from "@bufbuild/protobuf";
+import type { DescMethodServerStreaming, DescMethodUnary, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import type * as grpc from "@grpc/grpc-js";
 import { parseSpiffeId } from "../identity/spiffe-id.js";
 import { backoffDelay, sleep } from "../timing/backoff.js";
-import { grpcNexusClient, SERVER_IDENTITY_REJECTED, type CallOptions, type CallResult, type NexusClient } from "./nexus-client.js";
+import { grpcNexusClient, SERVER_IDENTITY_REJECTED, StreamFailure, type CallOptions, type CallResult, type NexusClient } from "./nexus-client.js";
 import { DEFAULT_RETRY_POLICY, isIdempotent, isRetryableFailure, isSealedRefusal, type RetryPolicy } from "./retry-policy.js";
 import type { ClientSvid, SvidProvider } from "./svid-provider.js";
 
@@ -122,6 +123,17 @@ export function createNexusClient(options: NexusClientOptions): ReplicatedNexusC
         const delay = (attempt + 1) % addresses.length === 0 ? backoffDelay(policy, round - 1) : 0;
         if (deadline !== undefined && Date.now() + delay >= deadline) return result;
         await sleep(delay);
+      }
+    },
+    async *stream<M extends DescMethodServerStreaming>(method: M, request: MessageInitShape<M["input"]>, callOptions: CallOptions = {}): AsyncIterable<MessageShape<M["output"]>> {
+      if (closed) throw new StreamFailure("CANCELLED", "the client is closed");
+      const g = currentGeneration();
+      g.inflight++;
+      try {
+        yield* clientFor(g, addresses[preferred]).stream(method, request, callOptions);
+      } finally {
+        g.inflight--;
+        closeIfDone(g);
       }
     },
     close() {

@@ -50,6 +50,18 @@ export interface NexusConfig {
   readonly maxSecretBytes: number;
   readonly cleanupIntervalMs: number;
   readonly auditRetentionMs: number;
+  /** Scheduled RotateEncryptionKey every this long; 0: off. */
+  readonly keyRotationIntervalMs: number;
+  /** Scheduled RotateEncryptionKey once the active wrapping key has wrapped this many data keys. */
+  readonly keyRotationMaxEncryptions: number;
+  /** Data keys per re-wrap transaction. */
+  readonly keyRotationBatch: number;
+  /** Pause between re-wrap batches (throttle). */
+  readonly keyRotationPauseMs: number;
+  /** How long one WatchSecrets stream may stay open before it ends (the client resumes). */
+  readonly watchMaxLifetimeMs: number;
+  /** How long watch events are kept, and so how old a resumable cursor may be. */
+  readonly watchRetentionMs: number;
 }
 
 export class ConfigError extends Error {
@@ -95,6 +107,18 @@ export const SETTINGS = {
   maxSecretBytes: { env: "NEXUS_MAX_SECRET_BYTES", help: "largest encoded secret version", parse: positiveInt, serveDefault: String(64 * 1024), devDefault: String(64 * 1024) },
   cleanupInterval: { env: "NEXUS_CLEANUP_INTERVAL", help: "how often expired rows are removed", parse: parseDuration, serveDefault: "60s", devDefault: "60s" },
   auditRetention: { env: "NEXUS_AUDIT_RETENTION", help: "how long audit events are kept", parse: parseDuration, serveDefault: "365d", devDefault: "30d" },
+  keyRotationInterval: { env: "NEXUS_KEY_ROTATION_INTERVAL", help: "rotate the encryption keys every this long (e.g. 90d); off by default", parse: parseDurationOrOff, serveDefault: "off", devDefault: "off" },
+  keyRotationMaxEncryptions: {
+    env: "NEXUS_KEY_ROTATION_MAX_ENCRYPTIONS",
+    help: "rotate once the active wrapping key has wrapped this many data keys (AES-GCM random nonces: far below 2^32)",
+    parse: positiveInt,
+    serveDefault: String(2 ** 30),
+    devDefault: String(2 ** 30),
+  },
+  keyRotationBatch: { env: "NEXUS_KEY_ROTATION_BATCH", help: "data keys re-wrapped per transaction during a rotation", parse: positiveInt, serveDefault: "500", devDefault: "500" },
+  keyRotationPause: { env: "NEXUS_KEY_ROTATION_PAUSE", help: "pause between re-wrap batches (throttles a rotation)", parse: parseDuration, serveDefault: "0ms", devDefault: "0ms" },
+  watchMaxLifetime: { env: "NEXUS_WATCH_MAX_LIFETIME", help: "longest a WatchSecrets stream stays open (the client resumes)", parse: parseDuration, serveDefault: "1h", devDefault: "1h" },
+  watchRetention: { env: "NEXUS_WATCH_RETENTION", help: "how long watch events are kept (oldest resumable cursor)", parse: parseDuration, serveDefault: "24h", devDefault: "24h" },
 } satisfies Record<string, Setting<unknown>>;
 
 export type SettingName = keyof typeof SETTINGS;
@@ -133,6 +157,12 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
     maxSecretBytes: required("maxSecretBytes"),
     cleanupIntervalMs: required("cleanupInterval"),
     auditRetentionMs: required("auditRetention"),
+    keyRotationIntervalMs: required("keyRotationInterval"),
+    keyRotationMaxEncryptions: required("keyRotationMaxEncryptions"),
+    keyRotationBatch: required("keyRotationBatch"),
+    keyRotationPauseMs: required("keyRotationPause"),
+    watchMaxLifetimeMs: required("watchMaxLifetime"),
+    watchRetentionMs: required("watchRetention"),
   };
 }
 
@@ -287,6 +317,10 @@ export function parseDuration(raw: string): number {
   if (!m) throw new Error(`"${raw}" is not a duration like 500ms, 10s, 5m, 1h or 30d`);
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as "ms" | "s" | "m" | "h" | "d"];
   return Math.round(Number(m[1]) * unit);
+}
+
+function parseDurationOrOff(raw: string): number {
+  return raw.trim() === "off" || raw.trim() === "0" ? 0 : parseDuration(raw);
 }
 
 function positiveInt(raw: string): number {

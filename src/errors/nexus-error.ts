@@ -13,6 +13,7 @@ export type ErrorCode =
   | "failed_precondition"
   | "aborted"
   | "resource_exhausted"
+  | "out_of_range"
   | "unavailable"
   | "deadline_exceeded"
   | "cancelled"

@@ -43,6 +43,11 @@ export class PeerAuthenticator {
 
   /** The caller's SPIFFE ID, or UNAUTHENTICATED with a reason saying why not. */
   authenticate(peer: PeerCertificate): SpiffeId {
+    return this.authenticateSvid(peer).id;
+  }
+
+  /** authenticate(), with the SVID's expiry: a server stream ends when its caller's SVID does. */
+  authenticateSvid(peer: PeerCertificate): SvidInfo {
     if (peer.raw === undefined || peer.raw.length === 0) {
       throw new NexusError("unauthenticated", "a client certificate (X.509-SVID) is required", {
         reason: "NO_CLIENT_CERTIFICATE",
@@ -56,7 +61,7 @@ export class PeerAuthenticator {
         reason: "SVID_EXPIRED",
       });
     }
-    return verdict.svid.id;
+    return verdict.svid;
   }
 
   private verdictFor(peer: PeerCertificate): Verdict {

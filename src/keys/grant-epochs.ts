@@ -11,6 +11,12 @@
 // a running replica, is refused. What remains (a whole older snapshot written
 // while every replica is down) is in docs/threat-model.md. An operator accepts
 // a restored database explicitly: Unseal with accept_restored_state.
+//
+// A set is MAC'd under one integrity key, named by its epoch row. A key
+// rotation re-MACs the rows and re-seals the epoch under the new key in one
+// transaction (reseal); a replica accepts a set only under its own active
+// integrity key — a set under a retired key is refused, and one under a newer
+// key makes the replica read the keyring first (ensureKeyOf).
 
 import { createHash } from "node:crypto";
 import { NexusError } from "../errors/nexus-error.js";
@@ -30,6 +36,8 @@ export interface GrantSetRules<R> {
   /** Whether the row's own MAC verifies under `integrityKey`. */
   rowVerifies(integrityKey: Buffer, row: R): boolean;
   storedMac(row: R): Buffer;
+  /** The row MAC'd again under `integrityKey` (key rotation). */
+  remac(integrityKey: Buffer, row: R): R;
 }
 
 export class GrantEpochs {
@@ -44,11 +52,11 @@ export class GrantEpochs {
    * fails are left out (and do not count in the digest): inserting one grants
    * nothing and breaks nothing.
    */
-  verify<R>(rules: GrantSetRules<R>, epoch: EpochRow | undefined, rows: readonly R[]): { rows: R[]; epoch: number } {
+  verify<R>(rules: GrantSetRules<R>, epoch: EpochRow | undefined, rows: readonly R[], seenBefore?: number): { rows: R[]; epoch: number } {
     // Synchronous from here: the key is used where it is taken.
-    const key = this.keys.integrityKey();
+    const key = this.keyFor(rules.name, epoch);
     const valid = rows.filter((r) => rules.rowVerifies(key, r));
-    const problem = this.problem(key, rules, epoch, valid);
+    const problem = this.problem(key, rules, epoch, valid, seenBefore);
     if (problem !== undefined) throw altered(rules.name, problem);
     this.advance(rules.name, epoch!.epoch);
     return { rows: valid, epoch: epoch!.epoch };
@@ -59,10 +67,12 @@ export class GrantEpochs {
    * seals the set as it will be at the next epoch. Call `advance` once committed.
    */
   next<R>(rules: GrantSetRules<R>, epoch: EpochRow | undefined, before: readonly R[], after: readonly R[]): EpochSeal {
-    const key = this.keys.integrityKey();
+    const key = this.keyFor(rules.name, epoch);
     const problem = this.problem(key, rules, epoch, before.filter((r) => rules.rowVerifies(key, r)));
     if (problem !== undefined) throw altered(rules.name, problem);
-    return this.seal(key, rules, epoch!.epoch + 1, after.filter((r) => rules.rowVerifies(key, r)));
+    // A row this change adds, MAC'd before a rotation committed: do it again under the new key.
+    if (after.some((r) => !before.includes(r) && !rules.rowVerifies(key, r))) throw keyringChanging();
+    return this.seal(key, rules, epoch!.epoch + 1, after.filter((r) => rules.rowVerifies(key, r)), this.keys.activeIntegrityKeyId);
   }
 
   /**
@@ -73,7 +83,31 @@ export class GrantEpochs {
   adopt<R>(rules: GrantSetRules<R>, epoch: EpochRow | undefined, rows: readonly R[]): EpochSeal {
     const key = this.keys.integrityKey();
     const next = Math.max(epoch?.epoch ?? 0, this.seen.get(rules.name) ?? 0) + 1;
-    return this.seal(key, rules, next, rows.filter((r) => rules.rowVerifies(key, r)));
+    return this.seal(key, rules, next, rows.filter((r) => rules.rowVerifies(key, r)), this.keys.activeIntegrityKeyId);
+  }
+
+  /**
+   * Key rotation, for a writer holding the epoch row's lock: checks the set as
+   * it is under the key its epoch names, then MACs every row again under
+   * `newKey` and seals the set at the next epoch under it. Rows whose own MAC
+   * does not verify are left out (they grant nothing now either).
+   */
+  reseal<R>(rules: GrantSetRules<R>, epoch: EpochRow | undefined, rows: readonly R[], newKey: { id: number; key: Buffer }): { rows: R[]; seal: EpochSeal } {
+    const oldKey = this.keyFor(rules.name, epoch);
+    const valid = rows.filter((r) => rules.rowVerifies(oldKey, r));
+    const problem = this.problem(oldKey, rules, epoch, valid);
+    if (problem !== undefined) throw altered(rules.name, problem);
+    const remacd = valid.map((r) => rules.remac(newKey.key, r));
+    return { rows: remacd, seal: this.seal(newKey.key, rules, epoch!.epoch + 1, remacd, newKey.id) };
+  }
+
+  /**
+   * Before verifying a set read from the database: if its epoch names an
+   * integrity key newer than this replica's (another replica rotated), read
+   * the keyring first.
+   */
+  async ensureKeyOf(epoch: EpochRow | undefined): Promise<void> {
+    if (epoch !== undefined && !this.keys.sealed && epoch.integrityKeyId > this.keys.activeIntegrityKeyId) await this.keys.refreshKeyring();
   }
 
   /**
@@ -86,14 +120,58 @@ export class GrantEpochs {
     if (macMatches(this.keys.integrityKey(), EPOCH_MAC_LABEL, epochMacInput(name, epoch.epoch, epoch.digest), epoch.mac)) this.advance(name, epoch.epoch);
   }
 
+  /**
+   * Runs a change to a grant set again (at most twice more) when a key
+   * rotation committed while it ran: the keyring is read, and `change` MACs
+   * its rows under the new integrity key.
+   */
+  async acrossRotation<T>(change: () => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await change();
+      } catch (err) {
+        if (attempt >= 2 || !(err instanceof NexusError) || err.reason !== "KEYRING_CHANGING") throw err;
+        await this.keys.refreshKeyring();
+      }
+    }
+  }
+
+  /**
+   * The highest epoch seen so far: take it before reading a snapshot and pass
+   * it to verify, so that a change this replica committed while the snapshot
+   * was being read (a concurrent Login) does not make that snapshot look
+   * rolled back.
+   */
+  seenEpoch(name: GrantSetName): number {
+    return this.seen.get(name) ?? 0;
+  }
+
   /** Records a committed epoch (or, after adopt, forgets higher ones). */
   advance(name: GrantSetName, epoch: number, reset = false): void {
     if (reset || epoch > (this.seen.get(name) ?? 0)) this.seen.set(name, epoch);
   }
 
-  private problem<R>(key: Buffer, rules: GrantSetRules<R>, epoch: EpochRow | undefined, valid: readonly R[]): string | undefined {
+  /**
+   * The integrity key a set must verify under: the active one, named by its
+   * epoch row. A set under a retired key is refused (a copy from before a
+   * rotation, or forged with an old key); one under a key not held yet asks
+   * the caller to retry once the keyring has been read.
+   */
+  private keyFor(name: GrantSetName, epoch: EpochRow | undefined): Buffer {
+    const active = this.keys.activeIntegrityKeyId;
+    const key = this.keys.integrityKey();
+    if (epoch === undefined || epoch.mac === null) return key;
+    if (epoch.integrityKeyId < active) throw altered(name, `it is MAC'd under integrity key ${epoch.integrityKeyId}, which a rotation retired (a copy from before the rotation written back?)`);
+    if (epoch.integrityKeyId > active) {
+      void this.keys.refreshKeyring().catch(() => {});
+      throw keyringChanging();
+    }
+    return key;
+  }
+
+  private problem<R>(key: Buffer, rules: GrantSetRules<R>, epoch: EpochRow | undefined, valid: readonly R[], seenBefore?: number): string | undefined {
     if (epoch === undefined) return "its grant_epochs row is missing";
-    const seen = this.seen.get(rules.name) ?? 0;
+    const seen = seenBefore ?? this.seen.get(rules.name) ?? 0;
     if (epoch.mac === null || epoch.digest === null) {
       // Before the first change the set is empty at epoch 0; anything else
       // unbound was written outside Nexus (or predates epochs: accept it explicitly).
@@ -106,9 +184,9 @@ export class GrantEpochs {
     return undefined;
   }
 
-  private seal<R>(key: Buffer, rules: GrantSetRules<R>, epoch: number, valid: readonly R[]): EpochSeal {
+  private seal<R>(key: Buffer, rules: GrantSetRules<R>, epoch: number, valid: readonly R[], integrityKeyId: number): EpochSeal {
     const digest = setDigest(rules, valid);
-    return { epoch, digest, mac: mac(key, EPOCH_MAC_LABEL, epochMacInput(rules.name, epoch, digest)) };
+    return { epoch, integrityKeyId, digest, mac: mac(key, EPOCH_MAC_LABEL, epochMacInput(rules.name, epoch, digest)) };
   }
 }
 
@@ -125,6 +203,10 @@ function setDigest<R>(rules: GrantSetRules<R>, rows: readonly R[]): Buffer {
   const hash = createHash("sha256").update(DIGEST_LABEL).update("\0").update(rules.name).update("\0");
   for (const row of ordered) hash.update(rules.storedMac(row));
   return hash.digest();
+}
+
+function keyringChanging(): NexusError {
+  return new NexusError("unavailable", "the keyring is changing (a key rotation); retry in a moment", { reason: "KEYRING_CHANGING" });
 }
 
 function altered(name: GrantSetName, problem: string): NexusError {

@@ -40,12 +40,32 @@ export class SecretCipher {
     keys.onSealChange((sealed) => sealed && this.clear());
   }
 
-  newDataKey(secretId: string, path: string): NewDataKey {
+  newDataKey(secretId: string, path: string, dataKeyId = FIRST_DATA_KEY_ID): NewDataKey {
     const wrapping = this.keys.activeWrappingKey();
     const dataKey = newKey();
     const wrappedDataKey = seal(wrapping.key, wrapping.id, dataKey, dataKeyAad(secretId, path, wrapping.id));
-    this.remember({ secretId, path, dataKeyId: FIRST_DATA_KEY_ID, keyringKeyId: wrapping.id, wrappedDataKey }, dataKey);
-    return { dataKeyId: FIRST_DATA_KEY_ID, keyringKeyId: wrapping.id, wrappedDataKey, dataKey };
+    this.remember({ secretId, path, dataKeyId, keyringKeyId: wrapping.id, wrappedDataKey }, dataKey);
+    return { dataKeyId, keyringKeyId: wrapping.id, wrappedDataKey, dataKey };
+  }
+
+  /**
+   * A fresh data key for a secret (the next id) and its versions re-encrypted
+   * under it: after a key rotation, so no version stays under a data key that
+   * existed before. Synchronous; the old data key is taken and used here.
+   */
+  replaceDataKey(ref: DataKeyRef, versions: ReadonlyArray<{ version: number; ciphertext: Buffer }>): { key: NewDataKey; versions: Array<{ version: number; ciphertext: Buffer }> } {
+    const oldKey = this.dataKey(ref);
+    const opened = versions.map((v) => {
+      if (sealedKeyId(v.ciphertext) !== ref.dataKeyId) throw undecryptable();
+      return { version: v.version, plaintext: open(oldKey, v.ciphertext, versionAad(ref.dataKeyId, ref.secretId, ref.path, v.version)) };
+    });
+    try {
+      const key = this.newDataKey(ref.secretId, ref.path, ref.dataKeyId + 1);
+      const next = { secretId: ref.secretId, path: ref.path, dataKeyId: key.dataKeyId };
+      return { key, versions: opened.map((o) => ({ version: o.version, ciphertext: this.encryptVersion(next, key.dataKey, o.version, o.plaintext) })) };
+    } finally {
+      opened.forEach((o) => o.plaintext.fill(0));
+    }
   }
 
   dataKey(ref: DataKeyRef): Buffer {
@@ -63,6 +83,22 @@ export class SecretCipher {
     opened.fill(0);
     this.remember(ref, key);
     return key;
+  }
+
+  /**
+   * The data key of `ref` wrapped again under the active wrapping key (key
+   * rotation); the data key itself, and so every version, stays as it is.
+   * Synchronous: keys are taken and used here, never across an await.
+   */
+  rewrap(ref: DataKeyRef): { keyringKeyId: number; wrappedDataKey: Buffer } {
+    if (sealedKeyId(ref.wrappedDataKey) !== ref.keyringKeyId) throw undecryptable();
+    const wrapping = this.keys.activeWrappingKey();
+    const dataKey = open(this.keys.wrappingKey(ref.keyringKeyId), ref.wrappedDataKey, dataKeyAad(ref.secretId, ref.path, ref.keyringKeyId));
+    try {
+      return { keyringKeyId: wrapping.id, wrappedDataKey: seal(wrapping.key, wrapping.id, dataKey, dataKeyAad(ref.secretId, ref.path, wrapping.id)) };
+    } finally {
+      dataKey.fill(0);
+    }
   }
 
   encryptVersion(ref: Omit<DataKeyRef, "keyringKeyId" | "wrappedDataKey">, dataKey: Buffer, version: number, plaintext: Buffer): Buffer {

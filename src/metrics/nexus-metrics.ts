@@ -22,6 +22,10 @@ export interface MetricSources {
   readonly auditEventsWaiting: () => number;
   /** The server's own X.509-SVID's notAfter, in ms since the epoch. */
   readonly svidNotAfterMs: () => number;
+  /** Open WatchSecrets streams on this replica, sampled at scrape time. */
+  readonly watchStreamsOpen?: () => number;
+  /** Data keys the rotation this replica drives has still to re-wrap (0 when it drives none). */
+  readonly keyRotationRemaining?: () => number;
 }
 
 const UNKNOWN = "unknown";
@@ -38,9 +42,9 @@ export class NexusMetrics {
   private readonly auditBatchSize: Histogram;
   private readonly auditWriteDuration: Histogram;
   private readonly auditWriteFailures: Counter;
-  /** Set by WatchSecrets once it exists; 0 until then. */
+  /** Sampled from sources.watchStreamsOpen at scrape time. */
   readonly watchStreamsOpen: Gauge;
-  /** Set by key rotation while it re-wraps data keys; 0 when no rotation runs. */
+  /** Sampled from sources.keyRotationRemaining at scrape time; 0 when no rotation runs here. */
   readonly keyRotationRemaining: Gauge;
 
   /** `servedMethods` are the full paths ("/spike.nexus.v1.SecretService/GetSecret") the method label may name. */
@@ -158,8 +162,18 @@ export class NexusMetrics {
       name: "nexus_key_rotation_remaining",
       help: "Data keys a running key rotation has still to re-wrap (0 when none runs)",
       registers,
+      collect() {
+        if (sources.keyRotationRemaining) this.set(sources.keyRotationRemaining());
+      },
     });
-    this.watchStreamsOpen = new Gauge({ name: "nexus_watch_streams_open", help: "Open WatchSecrets streams", registers });
+    this.watchStreamsOpen = new Gauge({
+      name: "nexus_watch_streams_open",
+      help: "Open WatchSecrets streams",
+      registers,
+      collect() {
+        if (sources.watchStreamsOpen) this.set(sources.watchStreamsOpen());
+      },
+    });
     new Gauge({
       name: "nexus_svid_expiry_timestamp_seconds",
       help: "notAfter of this server's own X.509-SVID, in seconds since the epoch",

@@ -5,13 +5,13 @@
 // ~0.5 s of module loading and set-up on the main thread overlaps the scrypt
 // of the password file on libuv's thread pool.
 
-import { X509Certificate } from "node:crypto";
+import { randomUUID, X509Certificate } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { AuditExporter, exportTarget } from "../audit/audit-export.js";
-import { AuditLog } from "../audit/audit-log.js";
+import { AuditLog, type CallRecord } from "../audit/audit-log.js";
 import { AuditRetention } from "../audit/audit-retention.js";
 import { AuditVerifier } from "../audit/audit-verifier.js";
 import type { SignatureTrust } from "../audit/event-authenticator.js";
@@ -30,17 +30,22 @@ import { SecretCipher } from "../keys/secret-cipher.js";
 import type { Logger } from "../log/logger.js";
 import { startMetricsListener } from "../metrics/metrics-listener.js";
 import { NexusMetrics } from "../metrics/nexus-metrics.js";
+import { DEFAULT_ROTATION_OPTIONS, grantSetParticipants, KeyRotation, SCHEDULE_CHECK_MS } from "../services/key-rotation.js";
 import { operatorService } from "../services/operator-service.js";
 import { policyService } from "../services/policy-service.js";
 import { LabelFreshness } from "../services/secret-labels.js";
 import { SecretRotator } from "../services/secret-rotation.js";
 import { secretService } from "../services/secret-service.js";
+import { WATCH_BUFFER_LIMIT, WATCH_HEARTBEAT_MS } from "../services/secret-watch.js";
+import { SecretEventStore } from "../store/secret-event-store.js";
+import { WatchHub } from "../watch/watch-hub.js";
 import { AuditStore } from "../store/audit-store.js";
 import { CredentialStore } from "../store/credential-store.js";
 import type { Sql } from "../store/database.js";
 import { DatabaseMonitor } from "../store/database-monitor.js";
 import { poolActivity } from "../store/pool-activity.js";
 import { GrantEpochStore } from "../store/grant-epoch-store.js";
+import { KeyRotationStore } from "../store/key-rotation-store.js";
 import { PolicyStore } from "../store/policy-store.js";
 import type { RootKeyStore } from "../store/root-key-store.js";
 import { SecretStore } from "../store/secret-store.js";
@@ -63,6 +68,10 @@ export interface ComponentDeps {
   readonly keys: KeyManager;
   readonly databaseCheckIntervalMs?: number;
   readonly certificateDebounceMs?: number;
+  /** How often this replica checks whether a scheduled key rotation is due (tests shorten it). */
+  readonly keyRotationCheckMs?: number;
+  readonly watchHeartbeatMs?: number;
+  readonly watchBufferLimit?: number;
   /** Teardown steps, run in reverse order. */
   readonly cleanup: Array<() => Promise<void> | void>;
 }
@@ -103,6 +112,8 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
             databasePool: deps.databaseApplicationName === undefined ? undefined : () => poolActivity(sql, deps.databaseApplicationName!),
             auditEventsWaiting: (): number => auditLog.eventsWaiting,
             svidNotAfterMs: () => new Date(new X509Certificate(certificates.material.cert).validTo).getTime(),
+            watchStreamsOpen: () => watchHub.size,
+            keyRotationRemaining: () => rotation.remainingKeys,
           },
         );
   // Events recorded while sealed are signed with this server's own SVID key,
@@ -122,9 +133,53 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   await policySync.start();
   cleanup.push(() => policySync.stop());
   const credentials = new AdminCredentials(credentialStore, keys, epochs);
-
   const cipher = new SecretCipher(keys);
+  const rotation = new KeyRotation(new KeyRotationStore(sql), keys, cipher, grantSetParticipants(epochs, policyStore, credentialStore, auditStore), auditLog.replicaId, logger, {
+    ...DEFAULT_ROTATION_OPTIONS,
+    batchSize: config.keyRotationBatch,
+    pauseMs: config.keyRotationPauseMs,
+  });
+  // Keys another replica creates (a rotation) are taken up within a moment;
+  // a rotation left unfinished (a crash) is resumed after an unseal, or when
+  // its driver's lease runs out.
+  const keyringListener = await rootKeys.listen(() => void keys.refreshKeyring().catch((err) => logger.warn("keyring refresh failed", { err })));
+  cleanup.push(() => keyringListener.unlisten().catch(() => {}));
+  keys.onSealChange((sealed) => sealed || rotation.resume());
+  if (!keys.sealed) rotation.resume();
+  const rotationCheck = setInterval(() => rotation.resume(), 5000);
+  rotationCheck.unref();
+  // The schedule: every replica checks, the database lets one start it.
+  const schedule = { intervalMs: config.keyRotationIntervalMs, maxEncryptions: config.keyRotationMaxEncryptions };
+  const scheduleCheck = setInterval(() => void scheduledRotation(), deps.keyRotationCheckMs ?? SCHEDULE_CHECK_MS);
+  scheduleCheck.unref();
+  const scheduledRotation = async () => {
+    let record: CallRecord | undefined;
+    try {
+      const started = await rotation.startIfDue(schedule, () => {
+        record = auditLog.begin({ requestId: randomUUID(), rpc: "/spike.nexus.v1.OperatorService/RotateEncryptionKey", time: new Date() });
+        record.identify("schedule");
+        return record.prepare({ scheduled: true, ...schedule });
+      });
+      if (started) record?.markWritten();
+      else if (record !== undefined) await record.finish("error", "ABORTED");
+    } catch (err) {
+      logger.warn("scheduled key rotation check failed", { err });
+      if (record !== undefined && !record.isWritten) await record.finish("error", "INTERNAL").catch(() => {});
+    }
+  };
+  cleanup.push(async () => {
+    clearInterval(rotationCheck);
+    clearInterval(scheduleCheck);
+    await rotation.stop();
+  });
+
   const freshness = new LabelFreshness();
+  // WatchSecrets: one LISTEN and poller for every stream of this replica; a seal ends them all.
+  const secretEvents = new SecretEventStore(sql);
+  const watchHub = new WatchHub({ store: secretEvents, logger, retentionMs: config.watchRetentionMs });
+  await watchHub.start();
+  cleanup.push(() => watchHub.stop());
+  keys.onSealChange((sealed) => sealed && watchHub.endAll(keys.sealedError()));
   const rotator = new SecretRotator({ keys, cipher, store: secrets, freshness, logger, maxSecretBytes: config.maxSecretBytes });
   const services = [
     operatorService({
@@ -141,8 +196,17 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       grantStore,
       policyStore,
       policySync,
+      rotation,
+      rootKeys,
+      rotationStore: new KeyRotationStore(sql),
     }),
-    secretService({ keys, cipher, store: secrets, maxSecretBytes: config.maxSecretBytes, freshness, rotator, logger }),
+    secretService({
+      keys, cipher, store: secrets, maxSecretBytes: config.maxSecretBytes, freshness, rotator, logger,
+      watch: {
+        hub: watchHub, keys, maxLifetimeMs: config.watchMaxLifetimeMs,
+        heartbeatMs: deps.watchHeartbeatMs ?? WATCH_HEARTBEAT_MS, bufferLimit: deps.watchBufferLimit ?? WATCH_BUFFER_LIMIT,
+      },
+    }),
     policyService({ store: policyStore, keys, sync: policySync, epochs }),
   ];
 
@@ -156,6 +220,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       logger,
       cleanupIntervalMs: config.cleanupIntervalMs,
       auditRetentionMs: config.auditRetentionMs,
+      watchEvents: { store: secretEvents, retentionMs: config.watchRetentionMs },
       rotation: { store: secrets, rotator, auditLog, keys, logger, intervalMs: ROTATION_CHECK_INTERVAL_MS },
     }),
   );

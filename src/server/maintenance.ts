@@ -1,6 +1,6 @@
 // Periodic housekeeping (seed 002's cleanup of expired rows): expired secrets
-// and admin credentials, audit checkpoints, audit retention, and the rotation
-// scheduler (rotation-scheduler.ts). Each job runs
+// and admin credentials, audit checkpoints, audit retention, watch event
+// retention, and the rotation scheduler (rotation-scheduler.ts). Each job runs
 // on its own timer, never overlaps itself, and logs rather than throws.
 
 import type { AuditLog } from "../audit/audit-log.js";
@@ -8,6 +8,7 @@ import type { AuditRetention } from "../audit/audit-retention.js";
 import type { AdminCredentials } from "../authorization/admin-credentials.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
+import type { SecretEventStore } from "../store/secret-event-store.js";
 import type { SecretStore } from "../store/secret-store.js";
 import { runDueRotations, type RotationSchedulerDeps } from "./rotation-scheduler.js";
 
@@ -21,9 +22,14 @@ export interface MaintenanceDeps {
   readonly cleanupIntervalMs: number;
   readonly auditRetentionMs: number;
   readonly checkpointIntervalMs?: number;
+  /** Watch events older than the retention (plus a margin, see below) are removed; omitted, none are. */
+  readonly watchEvents?: { readonly store: SecretEventStore; readonly retentionMs: number };
   /** The rotation scheduler; omitted, nothing is rotated by schedule. */
   readonly rotation?: RotationSchedulerDeps & { readonly intervalMs: number };
 }
+
+/** How much longer than the cursor retention watch events are kept. */
+const WATCH_EVENT_MARGIN_MS = 3_600_000;
 
 export function startMaintenance(d: MaintenanceDeps): () => void {
   const timers = [
@@ -40,6 +46,19 @@ export function startMaintenance(d: MaintenanceDeps): () => void {
       if (pruned.length > 0) d.logger.info("audit events pruned", { replicas: pruned.length, events: pruned.reduce((n, r) => n + r.pruned, 0) });
     }),
   ];
+  const watch = d.watchEvents;
+  // Every replica runs it; a plain DELETE by time is safe to repeat. Events
+  // are kept an hour past the cursor retention: an event's time is when its
+  // transaction began, so one that committed late must outlive the cursors
+  // handed out before it was readable.
+  if (watch) {
+    timers.push(
+      every(d.cleanupIntervalMs, "watch event retention", d.logger, async () => {
+        const removed = await watch.store.deleteOlderThan(new Date(Date.now() - watch.retentionMs - WATCH_EVENT_MARGIN_MS));
+        if (removed > 0) d.logger.info("watch events removed", { events: removed });
+      }),
+    );
+  }
   const rotation = d.rotation;
   if (rotation) timers.push(every(rotation.intervalMs, "rotation scheduler", d.logger, () => runDueRotations(rotation)));
   return () => timers.forEach((t) => clearInterval(t));

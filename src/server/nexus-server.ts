@@ -46,9 +46,14 @@ export interface StartOptions {
   /** Overrides for tests: how often the database is pinged, the certificate debounce. */
   readonly databaseCheckIntervalMs?: number;
   readonly certificateDebounceMs?: number;
+  /** How often this replica checks whether a scheduled key rotation is due (tests shorten it). */
+  readonly keyRotationCheckMs?: number;
   /** Tests lower the scrypt cost; production always uses the default. */
   readonly kdfParams?: KdfParams;
   readonly failedUnsealDelayMs?: number;
+  /** Tests shorten the WatchSecrets heartbeat (15 s) and its per-stream buffer (1024 events). */
+  readonly watchHeartbeatMs?: number;
+  readonly watchBufferLimit?: number;
 }
 
 export async function startNexus(config: NexusConfig, logger: Logger, options: StartOptions = {}): Promise<RunningNexus> {
@@ -95,6 +100,9 @@ export async function startNexus(config: NexusConfig, logger: Logger, options: S
       keys,
       databaseCheckIntervalMs: options.databaseCheckIntervalMs,
       certificateDebounceMs: options.certificateDebounceMs,
+      keyRotationCheckMs: options.keyRotationCheckMs,
+      watchHeartbeatMs: options.watchHeartbeatMs,
+      watchBufferLimit: options.watchBufferLimit,
       cleanup,
     });
     const { certificates, listeners, metricsPort } = components;

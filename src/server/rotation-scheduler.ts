@@ -40,6 +40,8 @@ export function schedulerCaller(replicaId: string): string {
 /** One round: claims and runs due rotations until none are left; returns how many ran. */
 export async function runDueRotations(d: RotationSchedulerDeps): Promise<number> {
   let rotated = 0;
+  // External rotations are the owner's to make; watchers learn they are due.
+  if (!d.keys.sealed) await d.store.markExternalRotationsDue();
   for (;;) {
     if (d.keys.sealed) return rotated; // sealed replicas never rotate
     const claimed = await d.store.claimDueRotations(CLAIM_BATCH, ROTATION_LEASE_MS);
@@ -49,7 +51,7 @@ export async function runDueRotations(d: RotationSchedulerDeps): Promise<number>
       record.subject(c.path, null);
       try {
         if (d.keys.sealed) throw d.keys.sealedError();
-        const policy = verifiedPolicy(d.keys.integrityKey(), c.id, c.path, c.policy, c.mac);
+        const policy = verifiedPolicy((id) => d.keys.integrityKeyForRow(id), c.id, c.path, c.policy, c.mac);
         if (policy === undefined) {
           d.logger.error("rotation policy failed its integrity check; not rotated", { path: c.path });
           throw rotationPolicyAltered(c.path);

@@ -10,6 +10,7 @@ import {
   AuditOutcome,
   AuditProblemKind,
   OperatorService,
+  RotationPhase,
   type AdminTokenSchema,
   type AuditEventSchema,
 } from "../../gen/spike/nexus/v1/operator_pb.js";
@@ -21,11 +22,14 @@ import type { GrantEpochs } from "../keys/grant-epochs.js";
 import { POLICY_SET, type PolicySync } from "../authorization/policy-sync.js";
 import type { PasswordAttempts } from "../authorization/password-attempts.js";
 import { NexusError } from "../errors/nexus-error.js";
-import type { KeyManager } from "../keys/key-manager.js";
+import { validatePassword, type KeyManager } from "../keys/key-manager.js";
+import type { RootKeyStore } from "../store/root-key-store.js";
 import type { AuditStore, StoredAuditRow } from "../store/audit-store.js";
 import type { CredentialRow, CredentialStore } from "../store/credential-store.js";
 import type { GrantEpochStore } from "../store/grant-epoch-store.js";
 import type { PolicyStore } from "../store/policy-store.js";
+import type { KeyRotationStore, RotationPhaseName, RotationRow } from "../store/key-rotation-store.js";
+import type { KeyRotation } from "./key-rotation.js";
 import { isStorableText } from "../store/storable-text.js";
 import { registerService, type ServiceRegistration } from "../transport/call-context.js";
 import { NEXUS_VERSION } from "../version.js";
@@ -53,7 +57,20 @@ export interface OperatorDeps {
   readonly grantStore: GrantEpochStore;
   readonly policyStore: PolicyStore;
   readonly policySync: PolicySync;
+  readonly rotation: KeyRotation;
+  readonly rootKeys: RootKeyStore;
+  readonly rotationStore: KeyRotationStore;
 }
+
+const PHASE_TO_PROTO: Record<RotationPhaseName, RotationPhase> = {
+  creating_keys: RotationPhase.CREATING_KEYS,
+  rewrapping: RotationPhase.REWRAPPING,
+  remacing: RotationPhase.REMACING,
+  retiring: RotationPhase.RETIRING,
+  done: RotationPhase.DONE,
+};
+/** How often an attached stream reads the rotation's progress (it may run on another replica). */
+const PROGRESS_INTERVAL_MS = 250;
 
 const OUTCOME_TO_PROTO: Record<Outcome, AuditOutcome> = { ok: AuditOutcome.OK, denied: AuditOutcome.DENIED, error: AuditOutcome.ERROR };
 const OUTCOME_FROM_PROTO: Partial<Record<AuditOutcome, Outcome>> = { [AuditOutcome.OK]: "ok", [AuditOutcome.DENIED]: "denied", [AuditOutcome.ERROR]: "error" };
@@ -70,13 +87,29 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
   const { keys, credentials } = deps;
   return registerService(OperatorService, {
     async getStatus(_req, ctx) {
-      return {
+      const status = {
         version: NEXUS_VERSION,
         initialized: await deps.initialized(),
         sealed: keys.sealed,
         trustDomain: deps.trustDomain,
         callerSpiffeId: ctx.caller.toString(),
         activeKeyringKeyId: keys.activeKeyringKeyId,
+      };
+      // The admin view: authorization granted it (superuser SVID and a live admin credential).
+      if (ctx.access.credential === undefined || keys.sealed) return status;
+      const [perKey, running] = await Promise.all([deps.rotationStore.dataKeysPerWrappingKey(), deps.rotationStore.running()]);
+      return {
+        ...status,
+        rootKeyId: keys.rootKeyId,
+        keyring: keys.keyringIds().map((k) => ({ ...k, dataKeys: BigInt(k.purpose === "wrapping" ? (perKey.get(k.id) ?? 0) : 0) })),
+        rotation: running && {
+          rotationId: BigInt(running.id),
+          phase: PHASE_TO_PROTO[running.phase],
+          done: BigInt(running.done),
+          total: BigInt(Math.max(running.total, running.done)),
+          startedAt: timestampFromDate(running.startedAt),
+          startedBy: running.startedBy,
+        },
       };
     },
 
@@ -173,6 +206,55 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
       };
     },
 
+    async *rotateEncryptionKey(req, ctx) {
+      if (keys.sealed) throw keys.sealedError();
+      const { rotation, started } = await deps.rotation.start(ctx.caller.toString(), req.reencrypt, ctx.audit.prepare({ reencrypt: req.reencrypt }));
+      if (started) ctx.audit.markWritten();
+      // Progress is read from the database: the rotation may be driven by
+      // another replica, and leaving this stream does not stop it.
+      let last: RotationRow = rotation;
+      let sample = { at: Date.now(), done: rotation.done };
+      let rate = 0;
+      yield progress(last, rate);
+      while (last.phase !== "done" && !ctx.signal?.aborted) {
+        await sleep(PROGRESS_INTERVAL_MS, ctx.signal);
+        if (ctx.signal?.aborted) return;
+        const now = await deps.rotationStore.byId(rotation.id);
+        if (now === undefined) return;
+        const elapsed = Date.now() - sample.at;
+        if (elapsed >= 1000 || now.phase !== last.phase) {
+          rate = now.done >= sample.done && elapsed > 0 ? ((now.done - sample.done) * 1000) / elapsed : rate;
+          sample = { at: Date.now(), done: now.done };
+        }
+        if (now.phase !== last.phase || now.done !== last.done || now.total !== last.total) yield progress(now, rate);
+        last = now;
+      }
+    },
+
+    async rotateRootKey(req, ctx) {
+      if (keys.sealed) throw keys.sealedError();
+      if (req.adminPassword === "") throw NexusError.invalidArgument("admin_password", "must not be empty", "EMPTY_PASSWORD");
+      const rootKeyId = await deps.attempts.guard(ctx.caller, () =>
+        keys.rotateRootKey(req.adminPassword, (oldId, root, keyring) => deps.rootKeys.replaceRootKey(oldId, root, keyring, ctx.audit.prepare({ oldRootKeyId: oldId, rootKeyId: root.id }))),
+      );
+      ctx.audit.markWritten();
+      return { rootKeyId };
+    },
+
+    async changeAdminPassword(req, ctx) {
+      if (keys.sealed) throw keys.sealedError();
+      if (req.currentPassword === "") throw NexusError.invalidArgument("current_password", "must not be empty", "EMPTY_PASSWORD");
+      validatePassword(req.newPassword, "new_password");
+      if (req.newPassword === req.currentPassword) throw NexusError.invalidArgument("new_password", "must differ from current_password", "PASSWORD_UNCHANGED");
+      await deps.attempts.guard(ctx.caller, () =>
+        keys.changePassword(req.currentPassword, req.newPassword, (root, expected) => deps.rootKeys.resealRootKey(root, expected, ctx.audit.prepare({ sessionsRevoked: true }))),
+      );
+      ctx.audit.markWritten();
+      // Sessions were opened with the old password: they end. Admin tokens stay (automation).
+      const sessionsRevoked = await credentials.revokeAllSessions();
+      return { sessionsRevoked };
+    },
+
     async verifyAuditLog(req) {
       // A checkpoint refused because the stored checkpoints were tampered with
       // is what the verification below reports; it must not stop it.
@@ -187,6 +269,30 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
         problems: report.problems.map((p) => ({ kind: PROBLEM_TO_PROTO[p.kind], replicaId: p.replicaId, sequence: BigInt(p.sequence), description: p.description })),
       };
     },
+  });
+}
+
+function progress(r: RotationRow, keysPerSecond: number) {
+  return {
+    rotationId: BigInt(r.id),
+    phase: PHASE_TO_PROTO[r.phase],
+    done: BigInt(r.done),
+    total: BigInt(Math.max(r.total, r.done)),
+    keysPerSecond,
+    oldKeyId: r.oldWrappingKeyId,
+    newKeyId: r.newWrappingKeyId,
+  };
+}
+
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    }
+    signal?.addEventListener("abort", done, { once: true });
   });
 }
 

@@ -44,8 +44,11 @@ export function policyService({ store, keys, sync, epochs }: PolicyServiceDeps):
     return p;
   };
   // Every change raises the policy set's epoch in its own transaction.
-  const write = async (change: PolicyChange, audit: AuditRow): Promise<boolean> => {
-    const epoch = await store.write(change, audit, (stored, before, after) => epochs.next(POLICY_SET, stored, before, after));
+  const write = async (change: PolicyChange | (() => PolicyChange), audit: AuditRow): Promise<boolean> => {
+    // A function builds the change again (MAC'd under the new key) if a rotation commits meanwhile.
+    const epoch = await epochs.acrossRotation(() =>
+      store.write(typeof change === "function" ? change() : change, audit, (stored, before, after) => epochs.next(POLICY_SET, stored, before, after)),
+    );
     if (epoch === false) return false;
     epochs.advance("policies", epoch);
     return true;
@@ -67,7 +70,7 @@ export function policyService({ store, keys, sync, epochs }: PolicyServiceDeps):
         updatedAt: now,
       };
       compilePolicy(record);
-      await write({ kind: "insert", policy: sign(record) }, ctx.audit.prepare({ after: describe(record) }));
+      await write(() => ({ kind: "insert", policy: sign(record) }), ctx.audit.prepare({ after: describe(record) }));
       ctx.audit.markWritten();
       await sync.reload();
       return { policy: toProto(record) };
@@ -98,7 +101,7 @@ export function policyService({ store, keys, sync, epochs }: PolicyServiceDeps):
         updatedAt: new Date(Math.max(Date.now(), before.updatedAt.getTime() + 1)),
       };
       compilePolicy(record);
-      const ok = await write({ kind: "update", policy: sign(record), expectedUpdatedAt: before.updatedAt }, ctx.audit.prepare({ before: describe(before), after: describe(record) }));
+      const ok = await write(() => ({ kind: "update", policy: sign(record), expectedUpdatedAt: before.updatedAt }), ctx.audit.prepare({ before: describe(before), after: describe(record) }));
       if (!ok) throw new NexusError("aborted", `policy "${req.name}" changed concurrently; retry`, { reason: "CONCURRENT_UPDATE" });
       ctx.audit.markWritten();
       await sync.reload();

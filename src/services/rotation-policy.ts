@@ -16,7 +16,7 @@ import {
   type RotationPolicySchema,
 } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { NexusError } from "../errors/nexus-error.js";
-import { mac, macMatches } from "../keys/integrity.js";
+import { keyedMac, keyedMacMatches, type IntegrityKeyLookup, type IntegrityKeyRef } from "../keys/keyed-mac.js";
 import { isStorableText } from "../store/storable-text.js";
 
 const ROTATION_MAC_LABEL = "nexus/v1/rotation-policy";
@@ -177,14 +177,17 @@ function macInput(secretId: string, path: string, policy: StoredPolicy | Record<
   return [secretId, path, policy];
 }
 
-/** The MAC of a stored policy; take the integrity key synchronously where this is called. */
-export function rotationMac(integrityKey: Buffer, secretId: string, path: string, policy: StoredPolicy): Buffer {
-  return mac(integrityKey, ROTATION_MAC_LABEL, macInput(secretId, path, policy));
+/** The MAC of a stored policy, naming its key (keyed-mac.ts); take the integrity key synchronously where this is called. */
+export function rotationMac(integrityKey: IntegrityKeyRef, secretId: string, path: string, policy: StoredPolicy | Record<string, unknown>): Buffer {
+  return keyedMac(integrityKey, ROTATION_MAC_LABEL, macInput(secretId, path, policy));
 }
 
-/** A stored policy if its MAC verifies (jsonb reorders keys; the MAC input is canonical JSON). */
-export function verifiedPolicy(integrityKey: Buffer, secretId: string, path: string, policy: Record<string, unknown>, stored: Buffer | null): StoredPolicy | undefined {
-  return macMatches(integrityKey, ROTATION_MAC_LABEL, macInput(secretId, path, policy), stored) ? (policy as unknown as StoredPolicy) : undefined;
+/**
+ * A stored policy if its MAC verifies under the key it names, as `keyFor`
+ * allows (jsonb reorders keys; the MAC input is canonical JSON).
+ */
+export function verifiedPolicy(keyFor: IntegrityKeyLookup, secretId: string, path: string, policy: Record<string, unknown>, stored: Buffer | null): StoredPolicy | undefined {
+  return keyedMacMatches(keyFor, ROTATION_MAC_LABEL, macInput(secretId, path, policy), stored) ? (policy as unknown as StoredPolicy) : undefined;
 }
 
 export function rotationPolicyAltered(path: string): NexusError {

@@ -8,7 +8,7 @@
 
 import { SecretLabel } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { NexusError } from "../errors/nexus-error.js";
-import { mac, macMatches } from "../keys/integrity.js";
+import { keyedMac, keyedMacMatches, type IntegrityKeyLookup, type IntegrityKeyRef } from "../keys/keyed-mac.js";
 import type { LabelRow } from "../store/secret-label-row.js";
 
 const LABELS_MAC_LABEL = "nexus/v1/secret-labels";
@@ -80,13 +80,13 @@ function macInput(secretId: string, path: string, s: Omit<LabelState, "mac">): u
   return [secretId, path, s.current, s.pending, s.previous, s.epoch, s.latestVersion];
 }
 
-/** The MAC of a label state; take the integrity key synchronously where this is called. */
-export function labelsMac(integrityKey: Buffer, secretId: string, path: string, s: Omit<LabelState, "mac">): Buffer {
-  return mac(integrityKey, LABELS_MAC_LABEL, macInput(secretId, path, s));
+/** The MAC of a label state, naming its key (keyed-mac.ts); take the integrity key synchronously where this is called. */
+export function labelsMac(integrityKey: IntegrityKeyRef, secretId: string, path: string, s: Omit<LabelState, "mac">): Buffer {
+  return keyedMac(integrityKey, LABELS_MAC_LABEL, macInput(secretId, path, s));
 }
 
 /** The next sealed state: `labels` at the next epoch, with `latestVersion`. */
-export function sealLabels(integrityKey: Buffer, secretId: string, path: string, before: { epoch: number }, labels: Labels, latestVersion: number): SealedLabels {
+export function sealLabels(integrityKey: IntegrityKeyRef, secretId: string, path: string, before: { epoch: number }, labels: Labels, latestVersion: number): SealedLabels {
   const s = { ...labels, epoch: before.epoch + 1, latestVersion };
   return { ...s, mac: labelsMac(integrityKey, secretId, path, s) };
 }
@@ -95,12 +95,14 @@ export function sealLabels(integrityKey: Buffer, secretId: string, path: string,
  * Whether a stored state is authentic: its MAC verifies, or it is the one
  * unbound shape migration 006 leaves on older rows (CURRENT = latest_version,
  * nothing else, epoch 0), which means what a read meant before labels existed.
+ * The MAC is checked with the key it names, as `keyFor` allows (during a key
+ * rotation's re-MAC, the retired key too; KeyManager.integrityKeyForRow).
  */
-export function labelsVerify(integrityKey: Buffer, secretId: string, path: string, s: LabelState): boolean {
+export function labelsVerify(keyFor: IntegrityKeyLookup, secretId: string, path: string, s: LabelState): boolean {
   if (s.mac === null) {
     return s.epoch === 0 && s.pending === null && s.previous === null && s.current === (s.latestVersion === 0 ? null : s.latestVersion);
   }
-  return macMatches(integrityKey, LABELS_MAC_LABEL, macInput(secretId, path, s), s.mac);
+  return keyedMacMatches(keyFor, LABELS_MAC_LABEL, macInput(secretId, path, s), s.mac);
 }
 
 export function labelStateFromRow(row: LabelRow): LabelState {
@@ -156,7 +158,7 @@ export class LabelFreshness {
  * or throws LABELS_ALTERED after logging through `report`.
  */
 export function checkLabels(
-  integrityKey: Buffer,
+  keyFor: IntegrityKeyLookup,
   freshness: LabelFreshness,
   secretId: string,
   path: string,
@@ -164,7 +166,7 @@ export function checkLabels(
   started: number,
   report: (why: string) => void,
 ): void {
-  if (!labelsVerify(integrityKey, secretId, path, s)) {
+  if (!labelsVerify(keyFor, secretId, path, s)) {
     report("labels MAC does not verify");
     throw labelsAltered(path);
   }

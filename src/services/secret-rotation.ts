@@ -68,8 +68,10 @@ export class SecretRotator {
       const row = await store.readVersion(r.path, 0, "current");
       if (row === undefined || row.expired) throw new NexusError("not_found", `secret "${r.path}" does not exist`, { reason: "SECRET_NOT_FOUND" });
       const before = labelStateFromRow(row);
+      // Re-wrapped under a key another replica created a moment ago: take it up first.
+      if (!keys.sealed && !keys.hasWrappingKey(row.keyringKeyId)) await keys.refreshKeyring();
       if (keys.sealed) throw keys.sealedError();
-      checkLabels(keys.integrityKey(), freshness, row.id, row.path, before, started, (why) => this.d.logger.error("secret labels failed their integrity check", { path: r.path, why }));
+      checkLabels((id) => keys.integrityKeyForRow(id), freshness, row.id, row.path, before, started, (why) => this.d.logger.error("secret labels failed their integrity check", { path: r.path, why }));
       const ref = { secretId: row.id, path: row.path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey };
       // Other keys come from CURRENT when it is servable; a deleted or destroyed
       // CURRENT contributes nothing (its data is not to be revived).
@@ -84,11 +86,11 @@ export class SecretRotator {
       try {
         const ciphertext = cipher.encryptVersion(ref, cipher.dataKey(ref), version, plaintext);
         if (keys.sealed) throw keys.sealedError();
-        const after = sealLabels(keys.integrityKey(), row.id, row.path, before, labelsAfterPut(before, version, stage), version);
+        const after = sealLabels(keys.activeIntegrityKey(), row.id, row.path, before, labelsAfterPut(before, version, stage), version);
         r.audit.subject(r.path, version);
         const writeStarted = freshness.start();
         const result = await store.appendRotatedVersion(
-          { secretId: row.id, version, ciphertext, createdBy: r.createdBy, expiresAt: undefined, labels: after, expectedLabelsMac: before.mac },
+          { secretId: row.id, dataKeyId: row.dataKeyId, version, ciphertext, createdBy: r.createdBy, expiresAt: undefined, labels: after, expectedLabelsMac: before.mac },
           r.audit.prepare({ ...r.detail, stage, generator: generator.kind, data_key: dataKey }),
           { nextRotationAt },
         );

@@ -15,8 +15,9 @@ import { NexusError } from "../errors/nexus-error.js";
 import { ownedCopy } from "../keys/aead.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { DataKeyRef, SecretCipher } from "../keys/secret-cipher.js";
+import type { AuditRow } from "../audit/audit-event.js";
 import type { Logger } from "../log/logger.js";
-import type { SecretMetadataRow, SecretStore, VersionChange } from "../store/secret-store.js";
+import type { AppendResult, AppendVersion, SecretMetadataRow, SecretStore, VersionChange } from "../store/secret-store.js";
 import { registerService, type CallContext, type ServiceRegistration } from "../transport/call-context.js";
 import {
   DEFAULT_MAX_VERSIONS,
@@ -56,6 +57,7 @@ import {
   type StoredPolicy,
 } from "./rotation-policy.js";
 import type { SecretRotator } from "./secret-rotation.js";
+import { watchSecrets, type SecretWatchDeps } from "./secret-watch.js";
 
 export interface SecretServiceDeps {
   readonly keys: KeyManager;
@@ -68,6 +70,8 @@ export interface SecretServiceDeps {
   readonly freshness: LabelFreshness;
   readonly rotator: SecretRotator;
   readonly logger: Logger;
+  /** WatchSecrets (secret-watch.ts). */
+  readonly watch: SecretWatchDeps;
 }
 
 interface KnownSecret extends Omit<DataKeyRef, "wrappedDataKey"> {
@@ -75,6 +79,8 @@ interface KnownSecret extends Omit<DataKeyRef, "wrappedDataKey"> {
   latestVersion: number;
   /** The verified labels, as stored; a put writes only if they are still these. */
   labels: LabelState;
+  /** The wrapping key active when its data key was made: older than the active one means a rotation since. */
+  dataKeyOriginKeyId: number;
 }
 
 const PROMOTE_ATTEMPTS = 10;
@@ -102,7 +108,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
   /** Verifies labels read by a statement begun at `started` (MAC and epoch), or throws LABELS_ALTERED. */
   const verifyLabels = (secretId: string, path: string, labels: LabelState, started: number) => {
     if (keys.sealed) throw keys.sealedError();
-    checkLabels(keys.integrityKey(), freshness, secretId, path, labels, started, (why) => logger.error("secret labels failed their integrity check; refused", { path, why }));
+    checkLabels((id) => keys.integrityKeyForRow(id), freshness, secretId, path, labels, started, (why) => logger.error("secret labels failed their integrity check; refused", { path, why }));
   };
 
   const lookup = async (path: string): Promise<KnownSecret | undefined> => {
@@ -118,9 +124,40 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     verifyLabels(row.id, path, labels, started);
     const s: KnownSecret = {
       secretId: row.id, path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey, latestVersion: row.latestVersion, labels,
+      dataKeyOriginKeyId: row.dataKeyOriginKeyId,
     };
     remember(s);
     return s;
+  };
+
+  const appendWithFreshDataKey = async (secret: KnownSecret, a: Omit<AppendVersion, "ciphertext">, plaintext: Buffer, audit: AuditRow): Promise<AppendResult> => {
+    const version = a.version;
+    const read = await store.keyAndLiveCiphertexts(secret.secretId);
+    // Gone, or its data key replaced or re-wrapped since it was remembered: read the row again.
+    if (read === undefined || read.key.dataKeyId !== secret.dataKeyId || !read.key.wrappedDataKey.equals(secret.wrappedDataKey)) return { kind: "gone" };
+    if (!keys.hasWrappingKey(read.key.keyringKeyId)) return { kind: "gone" };
+    const replaced = cipher.replaceDataKey(secret, read.versions);
+    const ciphertext = cipher.encryptVersion({ secretId: secret.secretId, path: secret.path, dataKeyId: replaced.key.dataKeyId }, replaced.key.dataKey, version, plaintext);
+    const key = { previousDataKeyId: secret.dataKeyId, dataKeyId: replaced.key.dataKeyId, wrappedDataKey: replaced.key.wrappedDataKey, keyringKeyId: replaced.key.keyringKeyId };
+    const result = await store.appendWithNewDataKey({ ...a, ciphertext }, key, replaced.versions, audit);
+    if (result.kind === "written") {
+      Object.assign(secret, { dataKeyId: key.dataKeyId, wrappedDataKey: key.wrappedDataKey, keyringKeyId: key.keyringKeyId, dataKeyOriginKeyId: key.keyringKeyId });
+    } else {
+      cipher.forget(secret.secretId);
+    }
+    return result;
+  };
+
+  /**
+   * A remembered secret whose wrapping key this replica no longer holds (a
+   * rotation re-wrapped it and retired the key): read its row again, and take
+   * up a wrapping key another replica created if the row names one.
+   */
+  const rewrappedSince = async (stale: KnownSecret): Promise<KnownSecret | undefined> => {
+    known.delete(stale.path);
+    const fresh = await lookup(stale.path);
+    if (fresh !== undefined && !keys.hasWrappingKey(fresh.keyringKeyId)) await keys.refreshKeyring();
+    return fresh;
   };
 
   // Soft delete, undelete and destroy share one statement. Explicit version
@@ -150,7 +187,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     let policy: StoredPolicy | undefined;
     if (row.rotation.policy !== null) {
       if (keys.sealed) throw keys.sealedError();
-      policy = verifiedPolicy(keys.integrityKey(), row.id, path, row.rotation.policy, row.rotation.mac);
+      policy = verifiedPolicy((id) => keys.integrityKeyForRow(id), row.id, path, row.rotation.policy, row.rotation.mac);
       if (policy === undefined) {
         logger.error("rotation policy failed its integrity check", { path });
         throw rotationPolicyAltered(path);
@@ -179,13 +216,14 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       try {
         for (let attempt = 0; attempt < PUT_ATTEMPTS; attempt++) {
           // A cas of 0 asserts the path is new: ask the database, not the cache.
-          const secret = cas === 0 ? await lookup(path) : (known.get(path) ?? (await lookup(path)));
+          let secret = cas === 0 ? await lookup(path) : (known.get(path) ?? (await lookup(path)));
+          if (secret !== undefined && !keys.hasWrappingKey(secret.keyringKeyId)) secret = await rewrappedSince(secret);
           if (secret === undefined) {
             if (cas !== undefined && cas !== 0) throw casMismatch(path, cas, 0);
             const id = randomUUID();
             const dk = cipher.newDataKey(id, path);
             const ciphertext = cipher.encryptVersion({ secretId: id, path, dataKeyId: dk.dataKeyId }, dk.dataKey, 1, plaintext);
-            const labels = sealLabels(keys.integrityKey(), id, path, { epoch: 0 }, labelsAfterPut({ current: null, pending: null, previous: null }, 1, stage), 1);
+            const labels = sealLabels(keys.activeIntegrityKey(), id, path, { epoch: 0 }, labelsAfterPut({ current: null, pending: null, previous: null }, 1, stage), 1);
             ctx.audit.subject(path, 1);
             const started = freshness.start();
             const createdAt = await store.insertNew({
@@ -195,7 +233,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
             if (createdAt !== undefined) {
               ctx.audit.markWritten();
               freshness.accept(id, labels.epoch, started);
-              remember({ secretId: id, path, dataKeyId: dk.dataKeyId, keyringKeyId: dk.keyringKeyId, wrappedDataKey: dk.wrappedDataKey, latestVersion: 1, labels });
+              remember({ secretId: id, path, dataKeyId: dk.dataKeyId, keyringKeyId: dk.keyringKeyId, wrappedDataKey: dk.wrappedDataKey, latestVersion: 1, labels, dataKeyOriginKeyId: dk.keyringKeyId });
               return { version: 1, createdAt: timestampFromDate(createdAt) };
             }
             cipher.forget(id);
@@ -204,15 +242,20 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
           }
           if (cas === 0) throw casMismatch(path, 0, secret.latestVersion);
           const version = (cas ?? secret.latestVersion) + 1;
-          const ciphertext = cipher.encryptVersion(secret, cipher.dataKey(secret), version, plaintext);
           const before = secret.labels;
-          const labels = sealLabels(keys.integrityKey(), secret.secretId, path, before, labelsAfterPut(before, version, stage), version);
+          const labels = sealLabels(keys.activeIntegrityKey(), secret.secretId, path, before, labelsAfterPut(before, version, stage), version);
           ctx.audit.subject(path, version);
           const started = freshness.start();
-          const result = await store.appendVersion(
-            { secretId: secret.secretId, version, ciphertext, createdBy: ctx.caller.toString(), expiresAt, labels, expectedLabelsMac: before.mac },
-            ctx.audit.prepare(stage === "pending" ? { stage } : {}),
-          );
+          const audit = ctx.audit.prepare(stage === "pending" ? { stage } : {});
+          const append = { secretId: secret.secretId, dataKeyId: secret.dataKeyId, version, createdBy: ctx.caller.toString(), expiresAt, labels, expectedLabelsMac: before.mac };
+          let result: AppendResult;
+          if (secret.dataKeyOriginKeyId < keys.activeWrappingKey().id) {
+            // The first write after a key rotation: a fresh data key, every live version re-encrypted under it.
+            result = await appendWithFreshDataKey(secret, append, plaintext, audit);
+          } else {
+            const ciphertext = cipher.encryptVersion(secret, cipher.dataKey(secret), version, plaintext);
+            result = await store.appendVersion({ ...append, ciphertext }, audit);
+          }
           if (result.kind === "written") {
             ctx.audit.markWritten();
             freshness.accept(secret.secretId, labels.epoch, started);
@@ -226,6 +269,11 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
             await store.purgeIfExpired(secret.secretId);
             cipher.forget(secret.secretId);
             if (cas !== undefined && cas !== 0) throw casMismatch(path, cas, 0);
+            continue;
+          }
+          // Another replica gave the secret a fresh data key: read its row again.
+          if (result.dataKeyId !== secret.dataKeyId) {
+            if (cas !== undefined && result.latestVersion !== cas) throw casMismatch(path, cas, result.latestVersion);
             continue;
           }
           // cas compares with latest_version only: labels moved by a promotion
@@ -263,6 +311,8 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       const started = freshness.start();
       const found = await ctx.audit.recordRead({ path, version: req.version, label: byLabel });
       if (found !== undefined) {
+        // Re-wrapped under a key another replica created a moment ago: take it up first.
+        if (!keys.hasWrappingKey(found.keyringKeyId)) await keys.refreshKeyring();
         const labels = labelStateFromRow(found.labels);
         verifyLabels(found.secretId, path, labels, started);
         const data = cipher.decryptVersion(found, found.version, found.ciphertext);
@@ -290,6 +340,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       }
       if (row.ciphertext === null) throw new NexusError("not_found", `version ${row.version} of secret "${path}" is destroyed`, { reason: "VERSION_DESTROYED" });
       if (gone === "deleted") throw new NexusError("not_found", `version ${row.version} of secret "${path}" is deleted`, { reason: "VERSION_DELETED" });
+      if (!keys.hasWrappingKey(row.keyringKeyId)) await keys.refreshKeyring();
       const data = cipher.decryptVersion(
         { secretId: row.id, path: row.path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey },
         row.version,
@@ -367,7 +418,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
           if (secret === undefined || secret.expired) throw notFound(path);
           if (keys.sealed) throw keys.sealedError();
           const nextRotationAt = policy.generator.kind === "external" ? null : new Date(Date.now() + policy.period_ms);
-          rotation = { policy: policy as unknown as Record<string, unknown>, mac: rotationMac(keys.integrityKey(), secret.id, path, policy), nextRotationAt };
+          rotation = { policy: policy as unknown as Record<string, unknown>, mac: rotationMac(keys.activeIntegrityKey(), secret.id, path, policy), nextRotationAt };
         }
       }
       const updated = await store.updateMetadata(path, { maxVersions, customMetadata, expiresAt, rotation }, ctx.audit.prepare({ fields }));
@@ -407,7 +458,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
         const respond = (l: LabelState) => ({ currentVersion: l.current ?? 0, previousVersion: l.previous ?? 0, pendingVersion: l.pending ?? 0 });
         if (before.current === req.version) return respond(before); // already CURRENT: nothing moves
         if (keys.sealed) throw keys.sealedError();
-        const after = sealLabels(keys.integrityKey(), row.id, path, before, labelsAfterPromote(before, req.version), before.latestVersion);
+        const after = sealLabels(keys.activeIntegrityKey(), row.id, path, before, labelsAfterPromote(before, req.version), before.latestVersion);
         const writeStarted = freshness.start();
         const result = await store.promote(row.id, req.version, { labelsMac: before.mac, latestVersion: before.latestVersion }, after, ctx.audit.prepare({ previous_current: before.current }));
         if (result.kind === "gone") throw notFound(path);
@@ -434,7 +485,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       let policy: StoredPolicy | undefined;
       if (stored.policy !== null) {
         if (keys.sealed) throw keys.sealedError();
-        policy = verifiedPolicy(keys.integrityKey(), stored.id, path, stored.policy, stored.mac);
+        policy = verifiedPolicy((id) => keys.integrityKeyForRow(id), stored.id, path, stored.policy, stored.mac);
         if (policy === undefined) {
           logger.error("rotation policy failed its integrity check; not rotated", { path });
           throw rotationPolicyAltered(path);
@@ -452,6 +503,8 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       known.delete(path);
       return result;
     },
+
+    watchSecrets: watchSecrets(deps.watch),
 
     async purgeSecret(req, ctx) {
       requireUnsealed();

@@ -4,9 +4,9 @@
 // session, or --token-file) for admin RPCs. A failed call becomes a CliError
 // with the exit code and the one-line message.
 
-import type { DescMethodUnary, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
+import type { DescMethodServerStreaming, DescMethodUnary, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import { readFile } from "node:fs/promises";
-import type { CallFailure } from "../client/nexus-client.js";
+import { StreamFailure, type CallFailure } from "../client/nexus-client.js";
 import { createNexusClient, type ReplicatedNexusClient } from "../client/replicated-client.js";
 import { parseSpiffeId } from "../identity/spiffe-id.js";
 import { CliError } from "./cli-error.js";
@@ -47,6 +47,8 @@ export interface Connection {
   readonly svid: Svid;
   readonly sessions: SessionStore;
   call<M extends DescMethodUnary>(method: M, request: MessageInitShape<M["input"]>, options?: CallOptions): Promise<MessageShape<M["output"]>>;
+  /** A server stream's messages; a failure ends the iteration with a CliError, as call does. */
+  stream<M extends DescMethodServerStreaming>(method: M, request: MessageInitShape<M["input"]>, options?: CallOptions): AsyncIterable<MessageShape<M["output"]>>;
   close(): void;
 }
 
@@ -104,6 +106,19 @@ export async function connect(options: GlobalOptions, source: SvidSource = svidS
         throw new CliError("session expired: run spike operator login", EXIT.denied);
       }
       throw new CliError(failureMessage(failure, { address, callerId: svid.spiffeId, target: callOptions.target }), exitCodeFor(failure.code, failure.reason));
+    },
+    async *stream<M extends DescMethodServerStreaming>(method: M, request: MessageInitShape<M["input"]>, callOptions: CallOptions = {}) {
+      const credential = callOptions.admin ? await adminToken() : undefined;
+      try {
+        // No deadline: a stream lasts as long as what it reports.
+        yield* client.stream(method, request, { bearerToken: credential?.token });
+      } catch (err) {
+        if (!(err instanceof StreamFailure)) throw err;
+        if (credential?.fromSession && err.code === "UNAUTHENTICATED" && err.reason === "INVALID_ADMIN_CREDENTIAL") {
+          throw new CliError("session expired: run spike operator login", EXIT.denied);
+        }
+        throw new CliError(failureMessage(err, { address, callerId: svid.spiffeId, target: callOptions.target }), exitCodeFor(err.code, err.reason));
+      }
     },
     close: () => client.close(),
   };

@@ -20,14 +20,79 @@ import {
   SealResponseSchema,
   UnsealResponseSchema,
   VerifyAuditLogResponseSchema,
+  ChangeAdminPasswordResponseSchema,
+  RotateEncryptionKeyResponseSchema,
+  RotateRootKeyResponseSchema,
+  RotationPhase,
   type AuditEvent,
+  type RotateEncryptionKeyResponse,
 } from "../../gen/spike/nexus/v1/operator_pb.js";
+import { SingleBar } from "cli-progress";
+import { toJson } from "@bufbuild/protobuf";
 import { parseCount, parseDuration, parseTime } from "./argument-values.js";
 import { CliError } from "./cli-error.js";
 import { example, withConnection } from "./command-context.js";
 import { EXIT } from "./exit-codes.js";
 import { relativeTime } from "./output.js";
-import { readPassword, type PasswordOptions } from "./password-input.js";
+import { prompt, readPassword, readStdin, type PasswordOptions } from "./password-input.js";
+import { readFile } from "node:fs/promises";
+
+/** The current and the new admin password: prompted on a terminal, else two lines of a file or of stdin. */
+async function readPasswordChange(opts: PasswordOptions): Promise<[string, string]> {
+  if (opts.passwordFile !== undefined && opts.passwordStdin) throw CliError.usage("give --password-file or --password-stdin, not both");
+  let text: string | undefined;
+  if (opts.passwordFile !== undefined) {
+    try {
+      text = await readFile(opts.passwordFile, "utf8");
+    } catch (err) {
+      throw CliError.usage(`cannot read --password-file ${opts.passwordFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  } else if (opts.passwordStdin) text = await readStdin();
+  if (text !== undefined) {
+    const [current = "", next = ""] = text.split(/\r?\n/);
+    if (current === "" || next === "") throw CliError.usage("expected two lines: the current password, then the new one");
+    return [current, next];
+  }
+  if (!process.stdin.isTTY) throw CliError.usage("no terminal to prompt for the passwords on: use --password-file FILE or --password-stdin");
+  return [await prompt({ prompt: "Current admin password:" }), await prompt({ prompt: "New admin password:", confirm: true })];
+}
+
+const PHASE_NAMES: Record<RotationPhase, string> = {
+  [RotationPhase.UNSPECIFIED]: "",
+  [RotationPhase.CREATING_KEYS]: "creating keys",
+  [RotationPhase.REWRAPPING]: "re-wrapping",
+  [RotationPhase.REMACING]: "re-MACing",
+  [RotationPhase.RETIRING]: "retiring the old key",
+  [RotationPhase.DONE]: "done",
+};
+
+/** A progress bar on a terminal (stderr), one line per phase change otherwise; nothing for -o json. */
+function rotationProgress(stream: NodeJS.WriteStream | undefined): { update(m: RotateEncryptionKeyResponse): void; stop(): void } {
+  if (stream === undefined) return { update: () => {}, stop: () => {} };
+  if (stream.isTTY) {
+    const bar = new SingleBar({ stream, format: "{phase} [{bar}] {value}/{total} data keys, {rate}/s", hideCursor: true, clearOnComplete: false });
+    let started = false;
+    return {
+      update(m) {
+        const values = { phase: PHASE_NAMES[m.phase].padEnd(20), rate: Math.round(m.keysPerSecond) };
+        if (!started) bar.start(Number(m.total), Number(m.done), values);
+        else bar.update(Number(m.done), values);
+        bar.setTotal(Number(m.total));
+        started = true;
+      },
+      stop: () => started && bar.stop(),
+    };
+  }
+  let phase: RotationPhase | undefined;
+  return {
+    update(m) {
+      if (m.phase === phase) return;
+      phase = m.phase;
+      stream.write(`rotation ${m.rotationId}: ${PHASE_NAMES[m.phase]} (${m.done}/${m.total} data keys)\n`);
+    },
+    stop: () => {},
+  };
+}
 
 function passwordOptions(command: Command): Command {
   return command
@@ -145,6 +210,66 @@ export function operatorCommands(): Command {
         }),
       ),
     "spike operator logout",
+  );
+
+  example(
+    operator
+      .command("rotate-encryption-key")
+      .description("new wrapping and integrity keys; every data key re-wrapped while Nexus serves (needs login). Ctrl-C stops watching, not the rotation")
+      .option("--reencrypt", "also re-encrypt every secret version under a fresh data key (after a suspected data-key leak)")
+      .action(async (_o: unknown, cmd: Command) =>
+        withConnection<{ reencrypt?: boolean }>(cmd, async ({ opts, out, conn }) => {
+          const progress = rotationProgress(out.format === "json" ? undefined : process.stderr);
+          let last: RotateEncryptionKeyResponse | undefined;
+          try {
+            for await (const m of conn.stream(OperatorService.method.rotateEncryptionKey, { reencrypt: opts.reencrypt === true }, { admin: true })) {
+              last = m;
+              // JSON lines: one compact object per report, so a script can read them as they come.
+              if (out.format === "json") process.stdout.write(JSON.stringify(toJson(RotateEncryptionKeyResponseSchema, m, { alwaysEmitImplicit: true })) + "\n");
+              else progress.update(m);
+            }
+          } finally {
+            progress.stop();
+          }
+          if (out.format !== "json" && last !== undefined) out.note(`rotation ${last.rotationId} done: wrapping key ${last.oldKeyId} -> ${last.newKeyId}, ${last.done} data keys`);
+        }),
+      ),
+    "spike operator rotate-encryption-key",
+    "spike operator rotate-encryption-key --reencrypt -o json   # one JSON object per progress report",
+  );
+
+  example(
+    passwordOptions(
+      operator.command("rotate-root-key").description("a new root key sealed under the admin password; other replicas seal themselves and need unseal (needs login)"),
+    ).action(async (_o: unknown, cmd: Command) =>
+      withConnection<PasswordOptions>(cmd, async ({ opts, out, conn }) => {
+        const adminPassword = await readPassword(opts, { prompt: "Admin password:" });
+        const res = await conn.call(OperatorService.method.rotateRootKey, { adminPassword }, { admin: true, deadlineMs: 120_000 });
+        if (out.format === "json") out.message(RotateRootKeyResponseSchema, res);
+        else out.note(`root key rotated: root key ${res.rootKeyId}; unseal the other replicas`);
+      }),
+    ),
+    "spike operator rotate-root-key",
+  );
+
+  example(
+    operator
+      .command("change-password")
+      .description("change the admin password (needs login); every admin session ends, admin tokens stay")
+      .option("--password-file <file>", "read the current password, then the new one, one per line, from this file")
+      .option("--password-stdin", "read the current password, then the new one, one per line, from standard input")
+      .action(async (_o: unknown, cmd: Command) =>
+        withConnection<PasswordOptions>(cmd, async ({ opts, out, conn }) => {
+          const [currentPassword, newPassword] = await readPasswordChange(opts);
+          const res = await conn.call(OperatorService.method.changeAdminPassword, { currentPassword, newPassword }, { admin: true, deadlineMs: 120_000 });
+          // This session ended with the others.
+          await conn.sessions.remove(conn.address, conn.svid.spiffeId);
+          if (out.format === "json") out.message(ChangeAdminPasswordResponseSchema, res);
+          else out.note(`admin password changed; ${res.sessionsRevoked} admin session(s) ended: log in again with the new password`);
+        }),
+      ),
+    "spike operator change-password                 # prompts for both",
+    "printf '%s\n%s\n' \"$OLD\" \"$NEW\" | spike operator change-password --password-stdin",
   );
 
   operator.addCommand(tokenCommands());

@@ -227,6 +227,19 @@ export class AuditStore {
     return seal.epoch;
   }
 
+  /**
+   * Key rotation, in its key transaction: the latest checkpoint of every
+   * replica MAC'd again under the new integrity key and the set sealed under
+   * it (`reseal` checks the set under the old key first). Older checkpoints
+   * keep their MACs; they verify under the key that made them.
+   */
+  async remacCheckpoints(tx: Queryable, reseal: (epoch: EpochRow | undefined, latest: Checkpoint[]) => { rows: Checkpoint[]; seal: EpochSeal }): Promise<void> {
+    const epoch = await lockEpoch(tx, "audit_checkpoints");
+    const { rows, seal } = reseal(epoch, await latestCheckpointsOn(tx));
+    for (const c of rows) await tx`UPDATE audit_checkpoints SET mac = ${c.mac} WHERE replica_id = ${c.replicaId} AND written_at = ${c.writtenAt}`;
+    await writeEpoch(tx, "audit_checkpoints", seal);
+  }
+
   private async checkpointOn(tx: Queryable, c: Checkpoint, sealEpoch: SealCheckpoints): Promise<number | undefined> {
     const epoch = await lockEpoch(tx, "audit_checkpoints");
     const before = await latestCheckpointsOn(tx);

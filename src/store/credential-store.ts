@@ -54,10 +54,23 @@ export class CredentialStore {
    * The whole set and its epoch in one snapshot, with the last activity of the
    * credential `tokenHmac` (if it is there and unexpired) bumped in passing.
    */
-  async snapshotForUse(tokenHmac: Buffer): Promise<CredentialSnapshot> {
+  async snapshotForUse(tokenHmacs: readonly Buffer[]): Promise<CredentialSnapshot> {
+    // Two uses of one credential at once: the second's UPDATE meets the first's
+    // commit under REPEATABLE READ and fails to serialize; it goes again.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.snapshotForUseOnce(tokenHmacs);
+      } catch (err) {
+        if (attempt >= 4 || !(err instanceof NexusError) || err.reason !== "CONCURRENT_UPDATE") throw err;
+      }
+    }
+  }
+
+  private async snapshotForUseOnce(tokenHmacs: readonly Buffer[]): Promise<CredentialSnapshot> {
+    const hex = tokenHmacs.map((h) => h.toString("hex"));
     return this.run(() =>
       this.sql.begin("ISOLATION LEVEL REPEATABLE READ", async (tx) => {
-        await tx`UPDATE admin_credentials SET last_activity = now() WHERE token_hmac = ${tokenHmac} AND expires_at > now()`;
+        await tx`UPDATE admin_credentials SET last_activity = now() WHERE encode(token_hmac, 'hex') = ANY(${hex}::text[]) AND expires_at > now()`;
         return this.snapshotOn(tx);
       }),
     );
@@ -140,6 +153,22 @@ export class CredentialStore {
         return sealed.epoch;
       }),
     );
+  }
+
+  /**
+   * Key rotation, inside the rotation's transaction: every credential row
+   * MAC'd again and the set's epoch re-sealed under the new integrity key
+   * (token digests stay: the tokens are not known here). Rows whose own MAC
+   * failed are deleted.
+   */
+  async remac(tx: Queryable, reseal: (epoch: EpochRow | undefined, rows: CredentialRow[]) => { rows: CredentialRow[]; seal: EpochSeal }): Promise<void> {
+    const epoch = await lockEpoch(tx, "admin_credentials");
+    const rows = (await tx.unsafe(`SELECT ${COLUMNS} FROM admin_credentials`)).map(toRow);
+    const { rows: remacd, seal } = reseal(epoch, rows);
+    const kept = new Set(remacd.map((c) => c.tokenHmac.toString("hex")));
+    for (const c of rows) if (!kept.has(c.tokenHmac.toString("hex"))) await tx`DELETE FROM admin_credentials WHERE token_hmac = ${c.tokenHmac}`;
+    for (const c of remacd) await tx`UPDATE admin_credentials SET mac = ${c.mac} WHERE token_hmac = ${c.tokenHmac}`;
+    await writeEpoch(tx, "admin_credentials", seal);
   }
 
   private async snapshotOn(tx: Queryable): Promise<CredentialSnapshot> {

@@ -17,6 +17,8 @@ function isGrantSetName(name: string): name is GrantSetName {
 /** The stored epoch row; `mac` and `digest` are null before the set's first change. */
 export interface EpochRow {
   readonly epoch: number;
+  /** The integrity key the set's rows and this row are MAC'd under. */
+  readonly integrityKeyId: number;
   readonly digest: Buffer | null;
   readonly mac: Buffer | null;
 }
@@ -24,27 +26,28 @@ export interface EpochRow {
 /** What a change stores: the next epoch and its MAC over the new set's digest. */
 export interface EpochSeal {
   readonly epoch: number;
+  readonly integrityKeyId: number;
   readonly digest: Buffer;
   readonly mac: Buffer;
 }
 
 /** The set's epoch row, locked for the rest of the transaction; undefined if the row is gone. */
 export async function lockEpoch(tx: Queryable, name: GrantSetName): Promise<EpochRow | undefined> {
-  const [row] = await tx`SELECT epoch, digest, mac FROM grant_epochs WHERE name = ${name} FOR UPDATE`;
+  const [row] = await tx`SELECT epoch, digest, mac, integrity_key_id FROM grant_epochs WHERE name = ${name} FOR UPDATE`;
   return row ? toEpoch(row) : undefined;
 }
 
 export async function readEpoch(q: Queryable, name: GrantSetName): Promise<EpochRow | undefined> {
-  const [row] = await q`SELECT epoch, digest, mac FROM grant_epochs WHERE name = ${name}`;
+  const [row] = await q`SELECT epoch, digest, mac, integrity_key_id FROM grant_epochs WHERE name = ${name}`;
   return row ? toEpoch(row) : undefined;
 }
 
 export async function writeEpoch(tx: Queryable, name: GrantSetName, seal: EpochSeal): Promise<void> {
-  await tx`UPDATE grant_epochs SET epoch = ${seal.epoch}, digest = ${seal.digest}, mac = ${seal.mac} WHERE name = ${name}`;
+  await tx`UPDATE grant_epochs SET epoch = ${seal.epoch}, digest = ${seal.digest}, mac = ${seal.mac}, integrity_key_id = ${seal.integrityKeyId} WHERE name = ${name}`;
 }
 
 function toEpoch(row: Record<string, unknown>): EpochRow {
-  return { epoch: Number(row.epoch), digest: (row.digest as Buffer | null) ?? null, mac: (row.mac as Buffer | null) ?? null };
+  return { epoch: Number(row.epoch), integrityKeyId: Number(row.integrity_key_id), digest: (row.digest as Buffer | null) ?? null, mac: (row.mac as Buffer | null) ?? null };
 }
 
 /**

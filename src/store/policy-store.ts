@@ -104,6 +104,23 @@ export class PolicyStore {
   }
 
   /**
+   * Key rotation, inside the rotation's transaction: every policy MAC'd again
+   * and the set's epoch re-sealed under the new integrity key (`reseal` checks
+   * the set under the old one first). Policies whose own MAC failed are deleted:
+   * they granted nothing, and left in place they would break the new digest.
+   */
+  async remac(tx: Queryable, reseal: (epoch: EpochRow | undefined, rows: StoredPolicy[]) => { rows: StoredPolicy[]; seal: EpochSeal }): Promise<void> {
+    const epoch = await lockEpoch(tx, "policies");
+    const rows = (await tx`
+      SELECT id, name, spiffe_id_pattern, path_pattern, permissions, created_at, created_by, updated_at, mac FROM policies`).map(toPolicy);
+    const { rows: remacd, seal } = reseal(epoch, rows);
+    const kept = new Set(remacd.map((p) => p.id));
+    for (const p of rows) if (!kept.has(p.id)) await tx`DELETE FROM policies WHERE id = ${p.id}`;
+    for (const p of remacd) await tx`UPDATE policies SET mac = ${p.mac} WHERE id = ${p.id}`;
+    await writeEpoch(tx, "policies", seal);
+  }
+
+  /**
    * The operator's acceptance of the stored policies (Unseal with
    * accept_restored_state): the set is sealed as it is, at a new epoch.
    */

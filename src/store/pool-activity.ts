@@ -22,7 +22,9 @@ export function poolActivity(sql: Sql, applicationName: string): Promise<PoolAct
   return guarded(async () => {
     const [r] = await sql`
       SELECT count(*) FILTER (WHERE state <> 'idle' AND pid <> pg_backend_pid())::int AS in_use, count(*)::int AS open
-      FROM pg_stat_activity WHERE application_name = ${applicationName}`;
+      FROM pg_stat_activity WHERE application_name = ${applicationName}
+        -- The driver's LISTEN connection (NOTIFYs of keyring, grant epochs, policies, watch events) is not in the pool.
+        AND NOT (state = 'idle' AND query ILIKE 'listen %')`;
     return { inUse: r.in_use as number, open: r.open as number };
   });
 }

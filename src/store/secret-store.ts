@@ -30,6 +30,8 @@ export interface SecretKeyRow extends LabelRow {
   readonly dataKeyId: number;
   readonly wrappedDataKey: Buffer;
   readonly keyringKeyId: number;
+  /** The wrapping key active when the data key was made (a rotation's re-wrap leaves it). */
+  readonly dataKeyOriginKeyId: number;
   readonly expired: boolean;
 }
 
@@ -48,6 +50,8 @@ export interface NewSecret {
 
 export interface AppendVersion {
   readonly secretId: string;
+  /** The data key the ciphertext is under: written only if the secret still has it (a rotation's fresh data key may have replaced it). */
+  readonly dataKeyId: number;
   readonly version: number;
   readonly ciphertext: Buffer;
   readonly createdBy: string;
@@ -62,9 +66,17 @@ export interface RotationMark {
   readonly nextRotationAt: Date | null;
 }
 
+/** A secret's replacement data key, and the one it replaces (compare-and-swap). */
+export interface NewDataKeyRow {
+  readonly previousDataKeyId: number;
+  readonly dataKeyId: number;
+  readonly wrappedDataKey: Buffer;
+  readonly keyringKeyId: number;
+}
+
 export type AppendResult =
   | { readonly kind: "written"; readonly createdAt: Date }
-  | { readonly kind: "conflict"; readonly latestVersion: number; readonly expired: boolean; readonly labels: LabelRow }
+  | { readonly kind: "conflict"; readonly latestVersion: number; readonly expired: boolean; readonly labels: LabelRow; readonly dataKeyId: number }
   | { readonly kind: "gone" };
 
 /** A stored rotation policy with its MAC and schedule. */
@@ -146,7 +158,7 @@ export class SecretStore {
   async findByPath(path: string): Promise<SecretKeyRow | undefined> {
     return this.run(async () => {
       const [row] = await this.sql`
-        SELECT id, path, latest_version, data_key_id, wrapped_data_key, keyring_key_id,
+        SELECT id, path, latest_version, data_key_id, wrapped_data_key, keyring_key_id, data_key_origin_key_id,
                current_version, pending_version, previous_version, label_epoch, labels_mac,
                (expires_at IS NOT NULL AND expires_at <= now()) AS expired
         FROM secrets WHERE path = ${path}`;
@@ -159,9 +171,9 @@ export class SecretStore {
     return this.run(async () => {
       const [row] = await this.sql`
         WITH s AS (
-          INSERT INTO secrets (id, path, latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, expires_at,
+          INSERT INTO secrets (id, path, latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, data_key_origin_key_id, expires_at,
                                current_version, pending_version, previous_version, label_epoch, labels_mac)
-          VALUES (${s.id}, ${s.path}, 1, ${s.maxVersions}, ${s.dataKeyId}, ${s.wrappedDataKey}, ${s.keyringKeyId}, ${s.expiresAt ?? null},
+          VALUES (${s.id}, ${s.path}, 1, ${s.maxVersions}, ${s.dataKeyId}, ${s.wrappedDataKey}, ${s.keyringKeyId}, ${s.keyringKeyId}, ${s.expiresAt ?? null},
                   ${s.labels.current}, ${s.labels.pending}, ${s.labels.previous}, ${s.labels.epoch}, ${s.labels.mac})
           ON CONFLICT (path) DO NOTHING
           RETURNING id
@@ -211,7 +223,7 @@ export class SecretStore {
         WITH cur AS (
           -- FOR UPDATE: after waiting for a concurrent writer this sees its
           -- committed latest_version and labels, so a loser retries with fresh ones.
-          SELECT latest_version, current_version, pending_version, previous_version, label_epoch, labels_mac,
+          SELECT latest_version, data_key_id, current_version, pending_version, previous_version, label_epoch, labels_mac,
                  (expires_at IS NOT NULL AND expires_at <= now()) AS expired
           FROM secrets WHERE id = ${a.secretId} FOR UPDATE
         ), upd AS (
@@ -221,7 +233,7 @@ export class SecretStore {
               label_epoch = ${l.epoch}, labels_mac = ${l.mac},
               last_rotated_at = CASE WHEN ${mark !== undefined} THEN now() ELSE last_rotated_at END,
               next_rotation_at = CASE WHEN ${mark !== undefined} THEN ${mark?.nextRotationAt ?? null}::timestamptz ELSE next_rotation_at END
-          WHERE id = ${a.secretId} AND latest_version = ${a.version - 1} AND labels_mac IS NOT DISTINCT FROM ${a.expectedLabelsMac}::bytea
+          WHERE id = ${a.secretId} AND latest_version = ${a.version - 1} AND data_key_id = ${a.dataKeyId} AND labels_mac IS NOT DISTINCT FROM ${a.expectedLabelsMac}::bytea
             AND ${this.sql.unsafe(LIVE)}
           RETURNING id, max_versions
         ), ins AS (
@@ -250,6 +262,7 @@ export class SecretStore {
         i,
         secret_id: a.secretId,
         new_version: a.version,
+        data_key_id: a.dataKeyId,
         ciphertext_hex: a.ciphertext.toString("hex"),
         created_by: a.createdBy,
         expires_at: a.expiresAt?.toISOString(),
@@ -266,12 +279,12 @@ export class SecretStore {
       () => this.sql`
         WITH t AS MATERIALIZED (
           SELECT * FROM json_to_recordset(${json}::text::json) AS t(
-            i int, secret_id uuid, new_version int, ciphertext_hex text, created_by text, expires_at timestamptz,
+            i int, secret_id uuid, new_version int, data_key_id int, ciphertext_hex text, created_by text, expires_at timestamptz,
             new_current int, new_pending int, new_previous int, new_epoch bigint, new_labels_mac_hex text, expected_labels_mac_hex text,
             replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
             outcome text, code text, detail jsonb, mac_hex text, signature_hex text, signer_hex text)
         ), cur AS MATERIALIZED (
-          SELECT id, latest_version, current_version, pending_version, previous_version, label_epoch, labels_mac,
+          SELECT id, latest_version, data_key_id, current_version, pending_version, previous_version, label_epoch, labels_mac,
                  (expires_at IS NOT NULL AND expires_at <= now()) AS expired
           -- NOWAIT: a row someone else holds fails the batch at once (each put then
           -- goes alone) instead of stalling every put of this replica behind it.
@@ -282,7 +295,7 @@ export class SecretStore {
               current_version = t.new_current, pending_version = t.new_pending, previous_version = t.new_previous,
               label_epoch = t.new_epoch, labels_mac = decode(t.new_labels_mac_hex, 'hex')
           FROM t JOIN cur ON cur.id = t.secret_id
-          WHERE s.id = t.secret_id AND s.latest_version = t.new_version - 1 AND (s.expires_at IS NULL OR s.expires_at > now())
+          WHERE s.id = t.secret_id AND s.latest_version = t.new_version - 1 AND s.data_key_id = t.data_key_id AND (s.expires_at IS NULL OR s.expires_at > now())
             AND s.labels_mac IS NOT DISTINCT FROM decode(t.expected_labels_mac_hex, 'hex')
           RETURNING s.id, s.max_versions, t.i
         ), ins AS (
@@ -300,13 +313,80 @@ export class SecretStore {
                  decode(t.signature_hex, 'hex'), decode(t.signer_hex, 'hex')
           FROM t JOIN upd ON upd.i = t.i
         )
-        SELECT t.i, ins.created_at, cur.latest_version, cur.expired, cur.current_version, cur.pending_version,
+        SELECT t.i, ins.created_at, cur.latest_version, cur.expired, cur.data_key_id, cur.current_version, cur.pending_version,
                cur.previous_version, cur.label_epoch, cur.labels_mac
         FROM t LEFT JOIN cur ON cur.id = t.secret_id LEFT JOIN ins ON ins.secret_id = t.secret_id`,
     );
     const results = new Array<AppendResult>(batch.length);
     for (const row of rows) results[row.i as number] = appendResult(row.latest_version === null ? undefined : row);
     return results;
+  }
+
+  /**
+   * A secret's data key and the versions that still hold ciphertext, read in
+   * one statement (one snapshot: the versions are under that data key), for a
+   * data-key replacement. Undefined if the secret is gone.
+   */
+  async keyAndLiveCiphertexts(secretId: string): Promise<{ key: SecretKeyRow; versions: Array<{ version: number; ciphertext: Buffer }> } | undefined> {
+    return this.run(async () => {
+      const rows = await this.sql`
+        SELECT s.id, s.path, s.latest_version, s.data_key_id, s.wrapped_data_key, s.keyring_key_id, s.data_key_origin_key_id,
+               (s.expires_at IS NOT NULL AND s.expires_at <= now()) AS expired, v.version, v.ciphertext
+        FROM secrets s LEFT JOIN secret_versions v ON v.secret_id = s.id AND v.ciphertext IS NOT NULL
+        WHERE s.id = ${secretId} ORDER BY v.version`;
+      if (rows.length === 0) return undefined;
+      return {
+        key: keyRow(rows[0]),
+        versions: rows.filter((r) => r.version !== null).map((r) => ({ version: r.version as number, ciphertext: r.ciphertext as Buffer })),
+      };
+    });
+  }
+
+  /**
+   * appendOne with a fresh data key (the first write after a key rotation):
+   * the secret's data key is replaced, every version read before is written
+   * re-encrypted under it, and the new version appended, in one statement that
+   * writes nothing unless the data key and latest version are still the ones
+   * read. A version destroyed meanwhile stays destroyed.
+   */
+  async appendWithNewDataKey(a: AppendVersion, key: NewDataKeyRow, reencrypted: ReadonlyArray<{ version: number; ciphertext: Buffer }>, audit: AuditRow): Promise<AppendResult> {
+    const json = JSON.stringify(reencrypted.map((v) => ({ version: v.version, c: v.ciphertext.toString("hex") })));
+    const l = a.labels;
+    return this.run(async () => {
+      const [row] = await this.sql`
+        WITH cur AS (
+          SELECT latest_version, data_key_id, current_version, pending_version, previous_version, label_epoch, labels_mac,
+                 (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+          FROM secrets WHERE id = ${a.secretId} FOR UPDATE
+        ), upd AS (
+          UPDATE secrets
+          SET latest_version = ${a.version}, updated_at = now(), expires_at = coalesce(${a.expiresAt ?? null}::timestamptz, expires_at),
+              data_key_id = ${key.dataKeyId}, wrapped_data_key = ${key.wrappedDataKey}, keyring_key_id = ${key.keyringKeyId}, data_key_origin_key_id = ${key.keyringKeyId},
+              current_version = ${l.current}, pending_version = ${l.pending}, previous_version = ${l.previous},
+              label_epoch = ${l.epoch}, labels_mac = ${l.mac}
+          WHERE id = ${a.secretId} AND latest_version = ${a.version - 1} AND data_key_id = ${key.previousDataKeyId}
+            AND labels_mac IS NOT DISTINCT FROM ${a.expectedLabelsMac}::bytea AND ${this.sql.unsafe(LIVE)}
+          RETURNING id, max_versions
+        ), re AS (
+          UPDATE secret_versions v SET ciphertext = decode(t.c, 'hex')
+          FROM upd, json_to_recordset(${json}::text::json) AS t(version int, c text)
+          WHERE v.secret_id = upd.id AND v.version = t.version AND v.ciphertext IS NOT NULL
+        ), ins AS (
+          INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
+          SELECT id, ${a.version}, ${a.ciphertext}, ${a.createdBy} FROM upd
+          RETURNING created_at
+        ), pruned AS (
+          -- A labelled version is never pruned.
+          DELETE FROM secret_versions v USING upd
+          WHERE v.secret_id = upd.id AND v.version <= ${a.version} - upd.max_versions
+            AND v.version IS DISTINCT FROM ${l.current}::int AND v.version IS DISTINCT FROM ${l.pending}::int
+            AND v.version IS DISTINCT FROM ${l.previous}::int
+        ), aud AS (
+          ${auditInsertFragment(this.sql, audit)} FROM upd
+        )
+        SELECT (SELECT created_at FROM ins) AS created_at, cur.* FROM cur`;
+      return appendResult(row);
+    });
   }
 
   /** Removes a secret only if it has expired (so a put can reuse its path). */
@@ -494,6 +574,28 @@ export class SecretStore {
     });
   }
 
+  /**
+   * Marks external rotations that have come due (CURRENT is one period old):
+   * next_rotation_at is set to that due time, once per CURRENT version, and
+   * the watch trigger (migration 008) turns the mark into a ROTATION_DUE
+   * event. With several replicas, a row marked by one is re-checked by the
+   * other after the lock and left alone. Returns how many were marked.
+   */
+  async markExternalRotationsDue(): Promise<number> {
+    return this.run(async () => {
+      const rows = await this.sql`
+        UPDATE secrets s SET next_rotation_at = d.due
+        FROM (
+          SELECT s2.id, v.created_at + (s2.rotation->>'period_ms')::bigint * interval '1 millisecond' AS due
+          FROM secrets s2 JOIN secret_versions v ON v.secret_id = s2.id AND v.version = s2.current_version
+          WHERE s2.rotation->'generator'->>'kind' = 'external' AND (s2.expires_at IS NULL OR s2.expires_at > now())
+        ) d
+        WHERE s.id = d.id AND d.due <= now() AND s.next_rotation_at IS DISTINCT FROM d.due
+        RETURNING s.id`;
+      return rows.length;
+    });
+  }
+
   /** The stored rotation policy of a live secret, or undefined if there is no such secret. */
   async rotationPolicy(path: string): Promise<(RotationRow & { id: string }) | undefined> {
     return this.run(async () => {
@@ -524,7 +626,7 @@ export class SecretStore {
 function appendResult(row: Record<string, unknown> | undefined): AppendResult {
   if (!row) return { kind: "gone" };
   if (row.created_at) return { kind: "written", createdAt: row.created_at as Date };
-  return { kind: "conflict", latestVersion: row.latest_version as number, expired: row.expired as boolean, labels: labelRow(row) };
+  return { kind: "conflict", latestVersion: row.latest_version as number, expired: row.expired as boolean, labels: labelRow(row), dataKeyId: row.data_key_id as number };
 }
 
 /** Which label a read by label (version 0) follows. */
@@ -554,6 +656,7 @@ function keyRow(row: Record<string, unknown>): SecretKeyRow {
     dataKeyId: row.data_key_id as number,
     wrappedDataKey: row.wrapped_data_key as Buffer,
     keyringKeyId: row.keyring_key_id as number,
+    dataKeyOriginKeyId: (row.data_key_origin_key_id as number | undefined) ?? (row.keyring_key_id as number),
     expired: row.expired as boolean,
   };
 }

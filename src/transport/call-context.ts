@@ -2,7 +2,7 @@
 // the authenticated caller, the method, a request id, its credential and
 // authorization, and its audit record.
 
-import type { DescMethod, DescMethodUnary, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
+import type { DescMethod, DescMethodServerStreaming, DescMethodUnary, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import type { CallAudit } from "../audit/audit-log.js";
 import type { AccessGrant } from "../authorization/access-policy.js";
 import type { NexusError } from "../errors/nexus-error.js";
@@ -29,6 +29,14 @@ export interface CallContext {
   readonly access: AccessGrant;
   /** The call's audit record; changes write it in their own transaction. */
   readonly audit: CallAudit;
+  /**
+   * Server streams only: aborted when the client goes away (cancel, deadline,
+   * closed connection). A handler that waits between messages stops waiting
+   * and returns; work it started on the caller's behalf need not stop.
+   */
+  readonly signal?: AbortSignal;
+  /** Server streams only: when the caller's X.509-SVID expires (ms since the epoch); a long stream ends then. */
+  readonly svidNotAfterMs?: number;
 }
 
 export type UnaryHandler<M extends DescMethodUnary> = (
@@ -36,19 +44,42 @@ export type UnaryHandler<M extends DescMethodUnary> = (
   ctx: CallContext,
 ) => Promise<MessageInitShape<M["output"]>>;
 
+/**
+ * A server-streaming handler: an async iterable of response messages. The
+ * stream ends when the iteration does; a throw ends it with that error. When
+ * the client goes away the iteration is ended early (return) and ctx.signal is
+ * aborted.
+ */
+export type ServerStreamHandler<M extends DescMethodServerStreaming> = (
+  request: MessageShape<M["input"]>,
+  ctx: CallContext,
+) => AsyncIterable<MessageInitShape<M["output"]>>;
+
 /** One handler per method of a service, keyed by the method's local name. */
 export type ServiceHandlers<S extends DescService> = {
-  [K in keyof S["method"]]: S["method"][K] extends DescMethodUnary ? UnaryHandler<S["method"][K]> : never;
+  [K in keyof S["method"]]: S["method"][K] extends DescMethodUnary
+    ? UnaryHandler<S["method"][K]>
+    : S["method"][K] extends DescMethodServerStreaming
+      ? ServerStreamHandler<S["method"][K]>
+      : never;
 };
+
+/** A handler of either kind, as the listeners hold it (the method's kind says which). */
+export type AnyHandler = UnaryHandler<DescMethodUnary> | ServerStreamHandler<DescMethodServerStreaming>;
 
 /** A service descriptor with its handlers, as both listeners consume it. */
 export interface ServiceRegistration {
   readonly desc: DescService;
-  readonly handlers: Readonly<Record<string, UnaryHandler<DescMethodUnary>>>;
+  readonly handlers: Readonly<Record<string, AnyHandler>>;
 }
 
 export function registerService<S extends DescService>(desc: S, handlers: ServiceHandlers<S>): ServiceRegistration {
-  return { desc, handlers: handlers as unknown as Record<string, UnaryHandler<DescMethodUnary>> };
+  for (const method of desc.methods) {
+    if (method.methodKind !== "unary" && method.methodKind !== "server_streaming") {
+      throw new Error(`${methodPath(method)}: only unary and server-streaming methods are served`);
+    }
+  }
+  return { desc, handlers: handlers as unknown as Record<string, AnyHandler> };
 }
 
 /** What the transports extract from the wire before the pipeline runs. */

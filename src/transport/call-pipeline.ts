@@ -1,9 +1,11 @@
 // Every RPC on every mTLS listener runs through here, in this order: identify the
 // caller from its X.509-SVID, authorize the call, run the handler, and record
 // the outcome in the audit log — allowed, denied or failed. A response is
-// returned only after its audit event has committed (fail closed).
+// returned only after its audit event has committed (fail closed). A server
+// stream has two events: its start (written before the first message is sent)
+// and its end (OK, the error it ended with, or CANCELLED when the client left).
 
-import { create, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
+import { create, type DescMethodServerStreaming, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
 import { randomUUID } from "node:crypto";
 import type { AuditLog, CallRecord } from "../audit/audit-log.js";
 import type { AccessPolicy } from "../authorization/access-policy.js";
@@ -11,7 +13,7 @@ import { NexusError } from "../errors/nexus-error.js";
 import { storableText } from "../store/storable-text.js";
 import type { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
-import { methodPath, type CallContext, type IncomingCall, type UnaryHandler } from "./call-context.js";
+import { methodPath, type CallContext, type IncomingCall, type ServerStreamHandler, type UnaryHandler } from "./call-context.js";
 import { asNexusError, grpcStatusName } from "./error-mapping.js";
 
 const BEARER = /^Bearer\s+(\S+)$/i;
@@ -51,10 +53,7 @@ export class CallPipeline {
     let response: Message;
     try {
       if (call.refusal !== undefined) throw call.refusal;
-      if (call.peerCertificate === undefined) {
-        throw new NexusError("unauthenticated", "a client X.509-SVID is required", { reason: "NO_CLIENT_CERTIFICATE" });
-      }
-      const caller = this.authenticator.authenticate(call.peerCertificate);
+      const caller = this.identify(call);
       record.identify(caller.toString());
       const bearerToken = bearer(call.authorization);
       const access = await this.access.authorize({ caller, method: path, request, bearerToken });
@@ -65,6 +64,75 @@ export class CallPipeline {
     }
     await record.finish("ok", "OK");
     return response;
+  }
+
+  /**
+   * Runs one server-streaming call. Authentication, authorization and refusals
+   * are those of a unary call; the iteration yields the response messages and
+   * throws a NexusError if the stream fails. Ending the iteration early (the
+   * client went away) ends the handler's iteration and records CANCELLED.
+   */
+  async *serverStream(
+    method: DescMethodServerStreaming,
+    handler: ServerStreamHandler<DescMethodServerStreaming>,
+    request: Message,
+    call: IncomingCall,
+    signal: AbortSignal,
+  ): AsyncGenerator<Message, void, undefined> {
+    const path = methodPath(method);
+    const requestId = validRequestId(call.requestId) ?? randomUUID();
+    const start = this.audit.begin({ requestId, rpc: path, time: new Date() });
+    const subject = auditSubject(request);
+    start.subject(...subject);
+    let ctx: CallContext;
+    let end: CallRecord;
+    try {
+      if (call.refusal !== undefined) throw call.refusal;
+      const svid = this.identifySvid(call);
+      const caller = svid.id;
+      start.identify(caller.toString());
+      const bearerToken = bearer(call.authorization);
+      const access = await this.access.authorize({ caller, method: path, request, bearerToken });
+      await start.finish("ok", "OK", { stream: "started" });
+      // Begun only now, so a start that was not written leaves no number unused.
+      // A change the handler makes is recorded with this record; the end event too if it makes none.
+      end = this.audit.begin({ requestId, rpc: path, time: new Date() });
+      end.identify(caller.toString());
+      end.subject(...subject);
+      ctx = { caller, method: path, requestId, bearerToken, transport: call.transport, wireFormat: call.wireFormat, access, audit: end, signal, svidNotAfterMs: svid.notAfterMs };
+    } catch (err) {
+      throw await this.failed(start, path, requestId, err);
+    }
+    const ended = { stream: "ended", after_sequence: start.sequence };
+    // A change the handler made wrote ctx.audit's event with it: the end gets an event of its own.
+    const endRecord = () => {
+      if (!end.isWritten) return end;
+      const own = this.audit.begin({ requestId, rpc: path, time: new Date() });
+      own.identify(ctx.caller.toString());
+      own.subject(...subject);
+      return own;
+    };
+    let sent = 0;
+    let failure: NexusError | undefined;
+    let completed = false;
+    try {
+      // for-await ends the handler's iteration (return) when this one is ended early.
+      for await (const message of handler(request as never, ctx)) {
+        yield create(method.output, message);
+        sent++;
+      }
+      completed = true;
+    } catch (err) {
+      failure = await this.failed(endRecord(), path, requestId, err, { ...ended, messages: sent });
+    } finally {
+      if (failure === undefined) {
+        const cancelled = !completed || signal.aborted;
+        await endRecord()
+          .finish(cancelled ? "error" : "ok", cancelled ? "CANCELLED" : "OK", { ...ended, messages: sent })
+          .catch((auditErr) => this.logger.error("audit event of a stream's end not written", { method: path, requestId, err: auditErr }));
+      }
+    }
+    if (failure !== undefined) throw failure;
   }
 
   /**
@@ -85,12 +153,23 @@ export class CallPipeline {
     return this.failed(record, path, requestId, failure);
   }
 
-  private async failed(record: CallRecord, path: string, requestId: string, err: unknown): Promise<NexusError> {
+  private identify(call: IncomingCall) {
+    return this.identifySvid(call).id;
+  }
+
+  private identifySvid(call: IncomingCall) {
+    if (call.peerCertificate === undefined) {
+      throw new NexusError("unauthenticated", "a client X.509-SVID is required", { reason: "NO_CLIENT_CERTIFICATE" });
+    }
+    return this.authenticator.authenticateSvid(call.peerCertificate);
+  }
+
+  private async failed(record: CallRecord, path: string, requestId: string, err: unknown, detail: Record<string, unknown> = {}): Promise<NexusError> {
     const failure = asNexusError(err);
     const denied = failure.code === "permission_denied" || failure.code === "unauthenticated";
     if (failure.code === "internal") this.logger.error("call failed", { method: path, requestId, err: failure.cause ?? failure });
     else this.logger.debug("call refused", { method: path, requestId, code: failure.code, reason: failure.reason });
-    await record.finish(denied ? "denied" : "error", grpcStatusName(failure.code), { reason: failure.reason }).catch((auditErr) => {
+    await record.finish(denied ? "denied" : "error", grpcStatusName(failure.code), { ...detail, reason: failure.reason }).catch((auditErr) => {
       this.logger.error("audit event of a failed call not written", { method: path, requestId, err: auditErr });
     });
     return failure;

@@ -1,4 +1,5 @@
-// Decodes a unary request on the Connect listener before connect-es sees it.
+// Decodes a request on the Connect listener before connect-es sees it (unary
+// calls, and server streams, whose request is one enveloped message).
 // connect-es parses the body before any handler or interceptor runs, so a body
 // that does not parse would be answered there — INTERNAL for binary, unaudited
 // either way — and unknown JSON fields would be dropped. Here the body is read
@@ -36,7 +37,7 @@ export interface RequestBodyLimits {
 type Framing =
   | { readonly kind: "connect-post"; readonly format: WireFormat }
   | { readonly kind: "connect-get"; readonly format: WireFormat }
-  | { readonly kind: "envelope"; readonly format: WireFormat; readonly encodingHeader: "grpc-encoding" };
+  | { readonly kind: "envelope"; readonly format: WireFormat; readonly encodingHeader: "grpc-encoding" | "connect-content-encoding" };
 
 const ENVELOPE_HEADER = 5;
 const COMPRESSED_FLAG = 0x01;
@@ -45,18 +46,21 @@ const COMPRESSED_FLAG = 0x01;
 export type AuditRefusal = (req: UniversalServerRequest, rpc: string, failure: NexusError) => Promise<void>;
 
 /**
- * Wraps the handler connect-es built for one unary method. Requests it cannot
- * frame (a content type or HTTP method connect-es refuses with 415/405 before
- * any handler) are audited through `refuse` and answered 415/405 as connect-es would.
+ * Wraps the handler connect-es built for one unary or server-streaming method.
+ * Requests it cannot frame (a content type or HTTP method connect-es refuses
+ * with 415/405 before any handler) are audited through `refuse` and answered
+ * 415/405 as connect-es would.
  */
 export function decodeAhead(handler: UniversalHandler, limits: RequestBodyLimits, refuse: AuditRefusal): UniversalHandler {
-  // A stream is not one body to read ahead (reflection is the only one served).
-  if (handler.method.methodKind !== "unary") return handler;
+  // A client stream is not one body to read ahead (reflection is the only one served).
+  const kind = handler.method.methodKind;
+  if (kind !== "unary" && kind !== "server_streaming") return handler;
+  const streaming = kind === "server_streaming";
   const schema = handler.method.input;
-  const getAllowed = handler.method.idempotency === MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS;
+  const getAllowed = !streaming && handler.method.idempotency === MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS;
   const empty = { binary: emptyMessage(schema, "binary"), json: emptyMessage(schema, "json") };
   const wrapped = async (req: UniversalServerRequest) => {
-    const framing = framingOf(req, getAllowed);
+    const framing = framingOf(req, getAllowed, streaming);
     if (framing === undefined) {
       const [status, failure] = unframeable(req, handler.allowedMethods);
       await refuse(req, handler.requestPath, failure);
@@ -92,7 +96,7 @@ function unframeable(req: UniversalServerRequest, allowedMethods: readonly strin
   return [415, new NexusError("invalid_argument", message, { reason: "UNSUPPORTED_MEDIA_TYPE" })];
 }
 
-function framingOf(req: UniversalServerRequest, getAllowed: boolean): Framing | undefined {
+function framingOf(req: UniversalServerRequest, getAllowed: boolean, streaming: boolean): Framing | undefined {
   if (req.method === "GET") {
     if (!getAllowed) return undefined;
     const encoding = new URL(req.url).searchParams.get("encoding");
@@ -101,7 +105,12 @@ function framingOf(req: UniversalServerRequest, getAllowed: boolean): Framing | 
   if (req.method !== "POST") return undefined;
   const contentType = req.header.get("content-type");
   const connect = parseConnectContentType(contentType);
-  if (connect !== undefined) return connect.stream ? undefined : { kind: "connect-post", format: connect.binary ? "binary" : "json" };
+  if (connect !== undefined) {
+    // A server stream's request is one enveloped message, its compression named by connect-content-encoding.
+    const format = connect.binary ? "binary" : "json";
+    if (streaming) return connect.stream ? { kind: "envelope", format, encodingHeader: "connect-content-encoding" } : undefined;
+    return connect.stream ? undefined : { kind: "connect-post", format };
+  }
   const grpc = parseGrpcContentType(contentType);
   if (grpc !== undefined) return { kind: "envelope", format: grpc.binary ? "binary" : "json", encodingHeader: "grpc-encoding" };
   const grpcWeb = parseGrpcWebContentType(contentType);
@@ -133,7 +142,7 @@ async function fromBody(req: UniversalServerRequest, framing: Framing, schema: D
   const max = framing.kind === "envelope" ? limits.readMaxBytes + ENVELOPE_HEADER : limits.readMaxBytes;
   const body = await readBounded(req, max, limits.readMaxBytes);
   if (framing.kind !== "envelope") return { bytes: body, encoding: req.header.get("content-encoding") };
-  // A unary request is exactly one enveloped message.
+  // A unary or server-stream request is exactly one enveloped message.
   if (body.length < ENVELOPE_HEADER) throw malformedRequest(schema, framing.format, " (no complete message envelope)");
   const flags = body[0];
   const length = new DataView(body.buffer, body.byteOffset, body.byteLength).getUint32(1);

@@ -6,16 +6,16 @@
 
 import http2 from "node:http2";
 import type { TLSSocket } from "node:tls";
-import { create, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
+import { create, type DescMethodServerStreaming, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
 import { createContextKey, createContextValues, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { compressionBrotli, compressionGzip, connectNodeAdapter, type ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
 import { errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
 import { NexusError } from "../errors/nexus-error.js";
 import type { Logger } from "../log/logger.js";
 import type { CallPipeline } from "./call-pipeline.js";
-import type { ServiceRegistration } from "./call-context.js";
+import type { IncomingCall, ServerStreamHandler, ServiceRegistration, UnaryHandler } from "./call-context.js";
 import { secureContextOptions, type TlsMaterial } from "./certificate-source.js";
-import { decodeAhead, preparedRequestKey, type AuditRefusal } from "./connect-request-body.js";
+import { decodeAhead, preparedRequestKey, type AuditRefusal, type PreparedRequest } from "./connect-request-body.js";
 import { asNexusError, toConnectError, toGrpcError } from "./error-mapping.js";
 import { readPeerCertificateOnce } from "./peer-certificate.js";
 import { connectReflection } from "./reflection.js";
@@ -39,21 +39,30 @@ export function createConnectServer(opts: ConnectServerOptions): http2.Http2Secu
   const limits = { readMaxBytes: opts.maxMessageBytes, acceptCompression: ACCEPT_COMPRESSION };
   const routes = (router: ConnectRouter) => {
     for (const { desc, handlers } of opts.services) {
-      const impl: Record<string, (req: Message, ctx: HandlerContext) => Promise<Message>> = {};
-      for (const method of desc.methods as DescMethodUnary[]) {
+      const impl: Record<string, (req: Message, ctx: HandlerContext) => Promise<Message> | AsyncIterable<Message>> = {};
+      for (const method of desc.methods) {
         const handler = handlers[method.localName];
+        if (method.methodKind === "server_streaming") {
+          const streamHandler = handler as ServerStreamHandler<DescMethodServerStreaming>;
+          const streamMethod = method as DescMethodServerStreaming;
+          impl[method.localName] = async function* (_emptyReq, ctx) {
+            const prepared = ctx.values.get(preparedRequestKey);
+            // connect-es aborts ctx.signal when the client goes away and ends this iteration.
+            const stream = opts.pipeline.serverStream(streamMethod, streamHandler, prepared?.message ?? create(method.input), incoming(ctx, prepared), ctx.signal);
+            try {
+              yield* stream;
+            } catch (err) {
+              throw toConnectError(asNexusError(err));
+            }
+          };
+          continue;
+        }
+        const unaryHandler = handler as UnaryHandler<DescMethodUnary>;
         impl[method.localName] = async (_emptyReq, ctx) => {
           // connect-es parsed an empty stand-in; the real message was decoded ahead.
           const prepared = ctx.values.get(preparedRequestKey);
           try {
-            return await opts.pipeline.unary(method, handler, prepared?.message ?? create(method.input), {
-              peerCertificate: ctx.values.get(peerCertificateKey),
-              authorization: ctx.requestHeader.get("authorization") ?? undefined,
-              requestId: ctx.requestHeader.get("x-request-id") ?? undefined,
-              transport: "connect",
-              wireFormat: prepared?.format ?? "binary",
-              refusal: prepared === undefined ? NOT_DECODED : prepared.refusal,
-            });
+            return await opts.pipeline.unary(method as DescMethodUnary, unaryHandler, prepared?.message ?? create(method.input), incoming(ctx, prepared));
           } catch (err) {
             throw toConnectError(asNexusError(err));
           }
@@ -61,7 +70,7 @@ export function createConnectServer(opts: ConnectServerOptions): http2.Http2Secu
       }
       router.service(desc, impl as never);
     }
-    // Every unary route decodes its request ahead of connect-es (see connect-request-body.ts).
+    // Every unary and server-streaming route decodes its request ahead of connect-es (see connect-request-body.ts).
     router.handlers.forEach((h, i) => (router.handlers[i] = decodeAhead(h, limits, auditRefusal)));
     // Reflection: bidi-streaming and schema only, so neither decoded ahead nor run through the pipeline.
     const reflection = connectReflection(opts.services.map((s) => s.desc.file));
@@ -103,6 +112,17 @@ export function createConnectServer(opts: ConnectServerOptions): http2.Http2Secu
     if (socket.authorized) readPeerCertificateOnce(socket);
   });
   return server;
+}
+
+function incoming(ctx: HandlerContext, prepared: PreparedRequest | undefined): IncomingCall {
+  return {
+    peerCertificate: ctx.values.get(peerCertificateKey),
+    authorization: ctx.requestHeader.get("authorization") ?? undefined,
+    requestId: ctx.requestHeader.get("x-request-id") ?? undefined,
+    transport: "connect",
+    wireFormat: prepared?.format ?? "binary",
+    refusal: prepared === undefined ? NOT_DECODED : prepared.refusal,
+  };
 }
 
 /** Fail closed should a request ever reach a handler without having been decoded ahead. */

@@ -22,6 +22,7 @@ const CODES: Record<ErrorCode, { grpc: GrpcStatus; connect: Code }> = {
   failed_precondition: { grpc: GrpcStatus.FAILED_PRECONDITION, connect: Code.FailedPrecondition },
   aborted: { grpc: GrpcStatus.ABORTED, connect: Code.Aborted },
   resource_exhausted: { grpc: GrpcStatus.RESOURCE_EXHAUSTED, connect: Code.ResourceExhausted },
+  out_of_range: { grpc: GrpcStatus.OUT_OF_RANGE, connect: Code.OutOfRange },
   unavailable: { grpc: GrpcStatus.UNAVAILABLE, connect: Code.Unavailable },
   deadline_exceeded: { grpc: GrpcStatus.DEADLINE_EXCEEDED, connect: Code.DeadlineExceeded },
   cancelled: { grpc: GrpcStatus.CANCELLED, connect: Code.Canceled },

@@ -2,7 +2,7 @@
 // definitions are built from the generated descriptors (toBinary/fromBinary),
 // and every call goes through the CallPipeline.
 
-import { create, fromBinary, toBinary, type DescMessage, type DescMethodUnary, type DescService, type Message } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, type DescMessage, type DescMethodServerStreaming, type DescMethodUnary, type DescService, type Message } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import tls from "node:tls";
 import type { ListenAddress } from "../config/config.js";
@@ -11,7 +11,7 @@ import type { Logger } from "../log/logger.js";
 import { secureContextOptions, type TlsMaterialSource } from "./certificate-source.js";
 import { listen } from "./listen.js";
 import type { CallPipeline } from "./call-pipeline.js";
-import { methodPath, type ServiceRegistration, type UnaryHandler } from "./call-context.js";
+import { methodPath, type IncomingCall, type ServerStreamHandler, type ServiceRegistration, type UnaryHandler } from "./call-context.js";
 import { decodeRequest, messageTooLarge } from "./request-decoding.js";
 import { asNexusError, toGrpcError } from "./error-mapping.js";
 import { readPeerCertificateOnce } from "./peer-certificate.js";
@@ -62,15 +62,15 @@ function toBuffer(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-/** A grpc-js service definition for a protobuf-es service descriptor (unary methods). */
+/** A grpc-js service definition for a protobuf-es service descriptor (unary and server-streaming methods). */
 function grpcServiceDefinition(desc: DescService, maxMessageBytes: number): grpc.ServiceDefinition {
   const definition: Record<string, grpc.MethodDefinition<Message | RefusedRequest, Message>> = {};
   for (const method of desc.methods) {
-    if (method.methodKind !== "unary") throw new Error(`${method.name}: only unary methods are served`);
+    if (method.methodKind !== "unary" && method.methodKind !== "server_streaming") throw new Error(`${method.name}: only unary and server-streaming methods are served`);
     definition[method.localName] = {
       path: methodPath(method),
       requestStream: false,
-      responseStream: false,
+      responseStream: method.methodKind === "server_streaming",
       requestSerialize: (m: Message | RefusedRequest) => toBuffer(toBinary(method.input, m as Message)),
       requestDeserialize: (b: Buffer) => decodeOrRefuse(method.input, b, maxMessageBytes),
       responseSerialize: (m: Message) => toBuffer(toBinary(method.output, m)),
@@ -84,10 +84,13 @@ function grpcServiceDefinition(desc: DescService, maxMessageBytes: number): grpc
 export function addServicesToGrpcServer(server: grpc.Server, services: readonly ServiceRegistration[], pipeline: CallPipeline, maxMessageBytes: number): void {
   for (const { desc, handlers } of services) {
     const impl: grpc.UntypedServiceImplementation = {};
-    for (const method of desc.methods as DescMethodUnary[]) {
+    for (const method of desc.methods) {
       const handler = handlers[method.localName];
       if (handler === undefined) throw new Error(`no handler for ${methodPath(method)}`);
-      impl[method.localName] = unaryHandler(method, handler, pipeline);
+      impl[method.localName] =
+        method.methodKind === "server_streaming"
+          ? serverStreamHandler(method as DescMethodServerStreaming, handler as ServerStreamHandler<DescMethodServerStreaming>, pipeline)
+          : unaryHandler(method as DescMethodUnary, handler as UnaryHandler<DescMethodUnary>, pipeline);
     }
     server.addService(grpcServiceDefinition(desc, maxMessageBytes), impl);
   }
@@ -98,23 +101,72 @@ function unaryHandler(method: DescMethodUnary, handler: UnaryHandler<DescMethodU
     // No per-call AbortController: grpc-js emits "cancelled" as streams close,
     // and an abort builds a DOMException with a stack (measured: 3.6 % of a
     // GetSecret's CPU). Deadlines are enforced by grpc-js itself.
-    const authorization = call.metadata.get("authorization")[0];
-    const requestId = call.metadata.get("x-request-id")[0];
     const refused = call.request instanceof RefusedRequest ? call.request : undefined;
     pipeline
-      .unary(method, handler, refused ? create(method.input) : (call.request as Message), {
-        peerCertificate: call.getAuthContext().sslPeerCertificate,
-        authorization: typeof authorization === "string" ? authorization : undefined,
-        requestId: typeof requestId === "string" ? requestId : undefined,
-        transport: "grpc",
-        wireFormat: "binary",
-        refusal: refused?.refusal,
-      })
+      .unary(method, handler, refused ? create(method.input) : (call.request as Message), incomingCall(call, refused))
       .then(
         (response) => callback(null, response),
         (err) => callback(toGrpcError(asNexusError(err))),
       );
   };
+}
+
+function incomingCall(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>, refused: RefusedRequest | undefined): IncomingCall {
+  const authorization = call.metadata.get("authorization")[0];
+  const requestId = call.metadata.get("x-request-id")[0];
+  return {
+    peerCertificate: call.getAuthContext().sslPeerCertificate,
+    authorization: typeof authorization === "string" ? authorization : undefined,
+    requestId: typeof requestId === "string" ? requestId : undefined,
+    transport: "grpc",
+    wireFormat: "binary",
+    refusal: refused?.refusal,
+  };
+}
+
+/**
+ * A server stream: each message the pipeline yields is written (waiting for
+ * the socket when grpc-js asks to), then the stream ends with OK or with the
+ * mapped error. A client that cancels aborts the call's signal and ends the
+ * pipeline's iteration.
+ */
+function serverStreamHandler(
+  method: DescMethodServerStreaming,
+  handler: ServerStreamHandler<DescMethodServerStreaming>,
+  pipeline: CallPipeline,
+): grpc.handleServerStreamingCall<Message | RefusedRequest, Message> {
+  return (call) => {
+    const refused = call.request instanceof RefusedRequest ? call.request : undefined;
+    const abort = new AbortController();
+    const stream = pipeline.serverStream(method, handler, refused ? create(method.input) : (call.request as Message), incomingCall(call, refused), abort.signal);
+    call.on("cancelled", () => {
+      abort.abort();
+      void stream.return(undefined).catch(() => {});
+    });
+    void (async () => {
+      try {
+        for await (const message of stream) {
+          if (abort.signal.aborted) return;
+          if (!call.write(message)) await drainOrCancel(call, abort.signal);
+        }
+        if (!abort.signal.aborted) call.end();
+      } catch (err) {
+        if (!abort.signal.aborted) call.emit("error", toGrpcError(asNexusError(err)));
+      }
+    })();
+  };
+}
+
+function drainOrCancel(call: grpc.ServerWritableStream<unknown, unknown>, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      call.off("drain", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    call.once("drain", done);
+    signal.addEventListener("abort", done, { once: true });
+  });
 }
 
 /**

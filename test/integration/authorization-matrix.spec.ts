@@ -8,13 +8,13 @@
 // policy change, and sealed ListSecrets page tokens.
 
 import { expect } from "chai";
-import type { DescMethodUnary, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
+import type { DescMethod, DescMethodServerStreaming, DescMethodUnary, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { randomBytes } from "node:crypto";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { Permission, PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
-import type { NexusClient } from "../../src/client/nexus-client.js";
+import type { CallResult, NexusClient, StreamFailure } from "../../src/client/nexus-client.js";
 import { createAdminToken, createPolicy, exactly, forEachConcurrently, issueSvid, login, spiffeId } from "../support/admin-fixtures.js";
 import { ADMIN_PASSWORD, FAST_KDF, fails, ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import type { IssuedCert } from "../support/test-pki.js";
@@ -24,6 +24,19 @@ import { eventually, sleep } from "../support/wait.js";
 const OTHER_SUPERUSER_ID = spiffeId("spike/pilot/role/other");
 const MINUTE = 60_000;
 const CALL = { deadlineMs: 15_000 };
+
+/** A unary call, or a server stream read to its end: OK with its last message, or the failure it ended with. */
+async function callAny(client: NexusClient, method: DescMethodUnary, request: MessageInitShape<DescMethodUnary["input"]>, options: typeof CALL & { bearerToken?: string }): Promise<CallResult<DescMethodUnary>> {
+  if ((method as DescMethod).methodKind !== "server_streaming") return client.call(method, request, options);
+  let last: MessageShape<DescMethodUnary["output"]> | undefined;
+  try {
+    for await (const m of client.stream(method as unknown as DescMethodServerStreaming, request, options)) last = m as never;
+  } catch (err) {
+    const f = err as StreamFailure;
+    return { code: f.code, message: f.message, reason: f.reason, violations: f.violations };
+  }
+  return { code: "OK", response: last! };
+}
 
 // ---------------------------------------------------------------------------
 // The matrix. Columns are callers; each row is one RPC.
@@ -75,6 +88,9 @@ const MATRIX: Record<string, string> = {
   "OperatorService/RevokeAdminToken":          "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
   "OperatorService/ListAuditEvents":           "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
   "OperatorService/VerifyAuditLog":            "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/RotateEncryptionKey":       "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/RotateRootKey":             "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "OperatorService/ChangeAdminPassword":       "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
   "PolicyService/CreatePolicy":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
   "PolicyService/GetPolicy":                   "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
   "PolicyService/ListPolicies":                "ok      UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH UNAUTH           | DENIED DENIED DENIED DENIED DENIED DENIED  | DENIED DENIED DENIED DENIED",
@@ -91,6 +107,7 @@ const MATRIX: Record<string, string> = {
   "SecretService/PurgeSecret":                 "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
   "SecretService/PromoteSecretVersion":        "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
   "SecretService/RotateSecret":                "ok      ok     ok     ok     ok     ok     ok               | DENIED ok     DENIED ok     DENIED DENIED  | DENIED DENIED DENIED DENIED",
+  "SecretService/WatchSecrets":                "ok      ok     ok     ok     ok     ok     ok               | DENIED DENIED ok     ok     ok     DENIED  | DENIED DENIED DENIED ok",
 };
 
 type Expectation = "ok" | "UNAUTH" | "DENIED";
@@ -278,6 +295,11 @@ describe("authorization over the wire", function () {
         },
       }),
       row({ method: OperatorService.method.listAdminTokens, allowed: "OK", request: async () => ({}) }),
+      // A server stream: the cell's result is the stream's end (see callAny).
+      row({ method: OperatorService.method.rotateEncryptionKey as unknown as DescMethodUnary, allowed: "OK", request: async () => ({}) }),
+      // Allowed calls are refused by validation, which runs only after authorization: the password stays as it is.
+      row({ method: OperatorService.method.rotateRootKey, allowed: "INVALID_ARGUMENT", request: async () => ({ adminPassword: "" }) }),
+      row({ method: OperatorService.method.changeAdminPassword, allowed: "INVALID_ARGUMENT", request: async () => ({ currentPassword: ADMIN_PASSWORD, newPassword: "short" }) }),
       row({
         method: OperatorService.method.revokeAdminToken,
         allowed: "OK",
@@ -370,6 +392,9 @@ describe("authorization over the wire", function () {
           expect(res.nextPageToken).to.equal("");
         },
       }),
+      // A stream that would not end by itself: allowed calls are refused by
+      // validation (a malformed cursor), which runs only after authorization.
+      row({ method: SecretService.method.watchSecrets as unknown as DescMethodUnary, allowed: "INVALID_ARGUMENT", request: async () => ({ prefix: "matrix/", cursor: "not-a-cursor" }) }),
       row({ method: SecretService.method.putSecret, allowed: "OK", request: async (cell) => ({ path: `matrix/${cell.listener}/put/${cell.column}`, data: { v: "new" } }) }),
       row({ method: SecretService.method.deleteSecret, allowed: "OK", request: async (cell) => ({ path: await seeded(cell, "delete") }) }),
       row({ method: SecretService.method.undeleteSecret, allowed: "OK", request: async (cell) => ({ path: await seeded(cell, "undelete"), versions: [1] }) }),
@@ -451,7 +476,7 @@ describe("authorization over the wire", function () {
             for (const column of COLUMNS) {
               const cell: Cell = { listener, column, tag: `${listener}-${column}` };
               const request = await r.request(cell);
-              const result = await clientFor(listener, column).call(r.method, request, { ...CALL, bearerToken: await tokenFor(column) });
+              const result = await callAny(clientFor(listener, column), r.method, request, { ...CALL, bearerToken: await tokenFor(column) });
               const want = expected[column];
               const wantCode = want === "ok" ? r.allowed : want === "UNAUTH" ? "UNAUTHENTICATED" : "PERMISSION_DENIED";
               if (result.code !== wantCode) {

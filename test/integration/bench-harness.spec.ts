@@ -46,3 +46,37 @@ describe("the benchmark harness", function () {
     expect(result.p99).to.be.at.least(result.p50);
   });
 });
+
+describe("the key rotation bench", function () {
+  this.timeout(120_000);
+
+  it("seeds data keys, times a re-wrap, and measures GetSecret p99 without and during one, with no errors", async () => {
+    const { startSecretServer, adminSession, ok } = await import("../support/secret-server.js");
+    const { keyRotationBench } = await import("../../bench/key-rotation-bench.js");
+    const { SecretService } = await import("../../gen/spike/nexus/v1/secret_pb.js");
+    const { readPath, secretData } = await import("../../bench/load-protocol.js");
+    const server = await startSecretServer();
+    try {
+      const client = server.client("grpc");
+      for (let i = 0; i < 50; i++) ok(await client.call(SecretService.method.putSecret, { path: readPath(i), data: secretData(64, i) }));
+      const token = await adminSession(client);
+      const su = server.pki.superuser;
+      const result = await keyRotationBench({
+        address: `127.0.0.1:${server.nexus.grpcPort}`,
+        pki: { ca: server.pki.ca.certPem, files: server.pki.files, superuser: { cert: su.certPem, key: su.keyPem }, callers: {} as never },
+        operator: { clients: [client], token, close: () => {} },
+        readSecrets: 50,
+        dataKeys: 400,
+        getMaxRps: 400,
+        windowMs: 500,
+        log: () => {},
+      });
+      expect(result.dataKeys).to.equal(400);
+      expect(result.keysPerSecond).to.be.greaterThan(0);
+      expect(result.getErrors).to.equal(0);
+      expect(result.p99Ratio).to.be.greaterThan(0);
+    } finally {
+      await server.stop();
+    }
+  });
+});

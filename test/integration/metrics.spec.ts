@@ -15,6 +15,7 @@ import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { ADMIN_PASSWORD, ok, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { startTestServer, WORKLOAD_ID, SUPERUSER_ID, NEXUS_ID } from "../support/test-server.js";
+import { eventually } from "../support/wait.js";
 
 async function scrape(port: number): Promise<string> {
   const res = await fetch(`http://127.0.0.1:${port}/metrics`);
@@ -105,6 +106,15 @@ describe("metrics (NEXUS_METRICS_LISTEN)", function () {
     expect(sample(text, "nexus_keyring_keys")).to.equal(0);
     ok(await server.client("grpc").call(OperatorService.method.unseal, { adminPassword: ADMIN_PASSWORD }));
     expect(sample(await scrape(port), "nexus_sealed")).to.equal(0);
+  });
+
+  it("nexus_watch_streams_open counts this replica's open WatchSecrets streams", async () => {
+    const iterator = server.client("grpc").stream(SecretService.method.watchSecrets, { prefix: "metrics/" })[Symbol.asyncIterator]();
+    await iterator.next(); // the first response (a heartbeat) says the stream is open
+    expect(sample(await scrape(port), "nexus_watch_streams_open")).to.equal(1);
+    await iterator.return?.();
+    await eventually(async () => expect(sample(await scrape(port), "nexus_watch_streams_open")).to.equal(0));
+    expect(sample(await scrape(port), "nexus_key_rotation_remaining")).to.equal(0);
   });
 
   it("no label value carries a secret path, a SPIFFE ID or an unknown method's name", async () => {

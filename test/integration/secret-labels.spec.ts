@@ -317,7 +317,8 @@ describe("secret labels", function () {
         ok(await n.call(SecretService.method.putSecret, { path: "legacy/db", data: { n: "3" } }));
         const [bound] = await sql`SELECT label_epoch::int AS epoch, labels_mac FROM secrets WHERE path = 'legacy/db'`;
         expect(bound.epoch).to.equal(1);
-        expect(bound.labels_mac).to.have.length(32);
+        // A MAC that names its integrity key (key id, then the HMAC; ADR 0010).
+        expect(bound.labels_mac).to.have.length(36);
         const versions = ok(await n.call(SecretService.method.getSecretMetadata, { path: "legacy/db" })).metadata!.versions;
         expect(versions.map((v) => [v.version, v.labels])).to.deep.equal([[1, []], [2, [PREVIOUS]], [3, [CURRENT]]]);
       } finally {

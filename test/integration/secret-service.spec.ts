@@ -9,7 +9,7 @@ import type { DescMethodUnary, MessageInitShape } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
-import type { CallResult, NexusClient } from "../../src/client/nexus-client.js";
+import { StreamFailure, type CallResult, type NexusClient } from "../../src/client/nexus-client.js";
 import { ADMIN_PASSWORD, fails, ok, openDatabase, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { LISTENERS, SUPERUSER_ID } from "../support/test-server.js";
 
@@ -33,6 +33,24 @@ function rpc<M extends DescMethodUnary>(method: M, request: MessageInitShape<M["
   return { name: method.name, call: (client) => client.call(method, request) as Promise<CallResult<DescMethodUnary>> };
 }
 
+/** WatchSecrets as one call: OK once its first response (the opening heartbeat) arrives, or the failure it ended with. */
+function watchRpc(prefix: string): RpcCall {
+  return {
+    name: SecretService.method.watchSecrets.name,
+    async call(client) {
+      try {
+        for await (const first of client.stream(SecretService.method.watchSecrets, { prefix })) {
+          return { code: "OK", response: first } as unknown as CallResult<DescMethodUnary>;
+        }
+        throw new Error("the watch ended without a response");
+      } catch (err) {
+        if (!(err instanceof StreamFailure)) throw err;
+        return { code: err.code, message: err.message, reason: err.reason, violations: err.violations };
+      }
+    },
+  };
+}
+
 /** Every SecretService RPC once, with a valid request about `path` (purge last). */
 function everySecretRpc(path: string): RpcCall[] {
   return [
@@ -46,6 +64,7 @@ function everySecretRpc(path: string): RpcCall[] {
     rpc(SecretService.method.updateSecretMetadata, { path, maxVersions: 5, updateMask: { paths: ["max_versions"] } }),
     rpc(SecretService.method.promoteSecretVersion, { path, version: 2 }),
     rpc(SecretService.method.rotateSecret, { path, generator: { case: "randomBytes", value: { length: 16 } }, dataKey: "k" }),
+    watchRpc(path),
     rpc(SecretService.method.purgeSecret, { path }),
   ];
 }
@@ -131,7 +150,8 @@ describe("SecretService", function () {
 
         it("every path rule is enforced on every RPC that takes a path, as INVALID_ARGUMENT naming the rule", async () => {
           for (const bad of BAD_PATHS) {
-            for (const r of everySecretRpc(bad.path).filter((c) => c.name !== "ListSecrets")) {
+            // ListSecrets and WatchSecrets take a prefix, whose rules differ.
+            for (const r of everySecretRpc(bad.path).filter((c) => c.name !== "ListSecrets" && c.name !== "WatchSecrets")) {
               const message = fails(await r.call(client), "INVALID_ARGUMENT", `${r.name} with ${bad.name}`);
               expect(message, `${r.name} with ${bad.name}`).to.include("path").and.include(bad.rule);
             }

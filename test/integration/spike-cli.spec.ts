@@ -399,4 +399,33 @@ describe("spike, the command line, end to end against a nexus child process", fu
     const expires = Date.parse(String(res.expiresAt));
     expect(expires - Date.now()).to.be.within(14 * 60_000, 16 * 60_000);
   });
+
+  it("operator rotate-encryption-key prints one line per phase without a terminal and ends with DONE; -o json prints each report", async () => {
+    expect((await spike(["operator", "login", "--password-stdin"], ADMIN_PASSWORD)).code).to.equal(0);
+    const run = await spike(["operator", "rotate-encryption-key"]);
+    expect(run.code, run.stderr).to.equal(0);
+    expect(run.stdout).to.equal("");
+    expect(run.stderr).to.match(/rotation \d+: re-wrapping/);
+    expect(run.stderr).to.match(/rotation \d+ done: wrapping key \d+ -> \d+/);
+    const reports = (await spike(["operator", "rotate-encryption-key", "--reencrypt", "-o", "json"])).stdout.trim().split("\n").map((l) => JSON.parse(l) as { phase: string });
+    expect(reports[reports.length - 1].phase).to.equal("ROTATION_PHASE_DONE");
+  });
+
+  it("operator change-password reads both passwords from --password-stdin, ends the session, and the old password stops working", async () => {
+    const NEW = "the-new-admin-password-99";
+    expect((await spike(["operator", "login", "--password-stdin"], ADMIN_PASSWORD)).code).to.equal(0);
+    failed(await spike(["operator", "change-password", "--password-stdin"], `${ADMIN_PASSWORD}\nshort\n`), 1);
+    const run = await spike(["operator", "change-password", "--password-stdin"], `${ADMIN_PASSWORD}\n${NEW}\n`);
+    expect(run.code, run.stderr).to.equal(0);
+    expect(run.stderr).to.include("log in again");
+    failed(await spike(["operator", "login", "--password-stdin"], ADMIN_PASSWORD), 3);
+    expect((await spike(["operator", "login", "--password-stdin"], NEW)).code).to.equal(0);
+    const file = path.join(nexus.dir, "new-password");
+    await writeFile(file, NEW + "\n", { mode: 0o600 });
+    const rotated = await spike(["operator", "rotate-root-key", "--password-file", file, "-o", "json"]);
+    expect(json(rotated).rootKeyId).to.equal(2);
+    // Put the password back for any test after this one.
+    expect((await spike(["operator", "change-password", "--password-stdin"], `${NEW}\n${ADMIN_PASSWORD}\n`)).code).to.equal(0);
+    expect((await spike(["operator", "login", "--password-stdin"], ADMIN_PASSWORD)).code).to.equal(0);
+  });
 });

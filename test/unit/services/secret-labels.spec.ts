@@ -9,25 +9,43 @@ import { LabelFreshness, labelsAfterPromote, labelsAfterPut, labelsVerify, sealL
 import { generateValue } from "../../../src/services/rotation-policy.js";
 
 const KEY = randomBytes(32);
+const KEY_REF = { id: 2, key: KEY };
+const OTHER = randomBytes(32);
+/** Key 2 verifies; key 4 is another key; any other id is not accepted. */
+const keyFor = (id: number) => (id === 2 ? KEY : id === 4 ? OTHER : undefined);
 const ID = "00000000-0000-4000-8000-000000000001";
 
 describe("secret labels (unit)", () => {
   it("a sealed state verifies, and any change to it (or to the path it was sealed for) does not", () => {
-    const s = sealLabels(KEY, ID, "a/b", { epoch: 4 }, { current: 3, pending: 5, previous: 2 }, 5);
+    const s = sealLabels(KEY_REF, ID, "a/b", { epoch: 4 }, { current: 3, pending: 5, previous: 2 }, 5);
     expect(s.epoch).to.equal(5);
-    expect(labelsVerify(KEY, ID, "a/b", s)).to.equal(true);
-    expect(labelsVerify(KEY, ID, "a/c", s)).to.equal(false);
+    expect(labelsVerify(keyFor, ID, "a/b", s)).to.equal(true);
+    expect(labelsVerify(keyFor, ID, "a/c", s)).to.equal(false);
     for (const change of [{ current: 2 }, { pending: null }, { previous: 1 }, { epoch: 6 }, { latestVersion: 4 }]) {
-      expect(labelsVerify(KEY, ID, "a/b", { ...s, ...change }), JSON.stringify(change)).to.equal(false);
+      expect(labelsVerify(keyFor, ID, "a/b", { ...s, ...change }), JSON.stringify(change)).to.equal(false);
     }
+  });
+
+  it("a state is verified with the key its MAC names: another key id, or an id not allowed, does not verify", () => {
+    const s = sealLabels(KEY_REF, ID, "a/b", { epoch: 0 }, { current: 1, pending: null, previous: null }, 1);
+    expect(s.mac.length).to.equal(36);
+    expect(s.mac.readUInt32BE(0)).to.equal(2);
+    const renamed = Buffer.from(s.mac);
+    renamed.writeUInt32BE(4);
+    expect(labelsVerify(keyFor, ID, "a/b", { ...s, mac: renamed })).to.equal(false);
+    renamed.writeUInt32BE(7);
+    expect(labelsVerify(keyFor, ID, "a/b", { ...s, mac: renamed })).to.equal(false);
+    // A 32-byte MAC (written before MACs named their key) is under the first integrity key.
+    expect(labelsVerify(keyFor, ID, "a/b", { ...s, mac: s.mac.subarray(4) })).to.equal(true);
+    expect(labelsVerify(() => undefined, ID, "a/b", s)).to.equal(false);
   });
 
   it("an unbound state (no MAC) is accepted only as CURRENT = latest_version at epoch 0", () => {
     const unbound = { current: 3, pending: null, previous: null, epoch: 0, latestVersion: 3, mac: null };
-    expect(labelsVerify(KEY, ID, "a/b", unbound)).to.equal(true);
-    expect(labelsVerify(KEY, ID, "a/b", { ...unbound, current: 2 })).to.equal(false);
-    expect(labelsVerify(KEY, ID, "a/b", { ...unbound, previous: 2 })).to.equal(false);
-    expect(labelsVerify(KEY, ID, "a/b", { ...unbound, epoch: 1 })).to.equal(false);
+    expect(labelsVerify(keyFor, ID, "a/b", unbound)).to.equal(true);
+    expect(labelsVerify(keyFor, ID, "a/b", { ...unbound, current: 2 })).to.equal(false);
+    expect(labelsVerify(keyFor, ID, "a/b", { ...unbound, previous: 2 })).to.equal(false);
+    expect(labelsVerify(keyFor, ID, "a/b", { ...unbound, epoch: 1 })).to.equal(false);
   });
 
   it("put and promote move labels as the issue says", () => {

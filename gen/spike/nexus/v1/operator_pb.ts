@@ -12,7 +12,281 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file spike/nexus/v1/operator.proto.
  */
 export const file_spike_nexus_v1_operator: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zcGlrZS9uZXh1cy92MS9vcGVyYXRvci5wcm90bxIOc3Bpa2UubmV4dXMudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCKYAQoRR2V0U3RhdHVzUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoCRITCgtpbml0aWFsaXplZBgCIAEoCBIOCgZzZWFsZWQYAyABKAgSFAoMdHJ1c3RfZG9tYWluGAQgASgJEhgKEGNhbGxlcl9zcGlmZmVfaWQYBSABKAkSHQoVYWN0aXZlX2tleXJpbmdfa2V5X2lkGAYgASgNIisKEUluaXRpYWxpemVSZXF1ZXN0EhYKDmFkbWluX3Bhc3N3b3JkGAEgASgJIkgKEkluaXRpYWxpemVSZXNwb25zZRITCgtyb290X2tleV9pZBgBIAEoDRIdChVhY3RpdmVfa2V5cmluZ19rZXlfaWQYAiABKA0iRgoNVW5zZWFsUmVxdWVzdBIWCg5hZG1pbl9wYXNzd29yZBgBIAEoCRIdChVhY2NlcHRfcmVzdG9yZWRfc3RhdGUYAiABKAgiLwoOVW5zZWFsUmVzcG9uc2USHQoVYWN0aXZlX2tleXJpbmdfa2V5X2lkGAEgASgNIg0KC1NlYWxSZXF1ZXN0Ig4KDFNlYWxSZXNwb25zZSJOCgxMb2dpblJlcXVlc3QSFgoOYWRtaW5fcGFzc3dvcmQYASABKAkSJgoDdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIlYKDUxvZ2luUmVzcG9uc2USFQoNc2Vzc2lvbl90b2tlbhgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIPCg1Mb2dvdXRSZXF1ZXN0IhAKDkxvZ291dFJlc3BvbnNlIk8KF0NyZWF0ZUFkbWluVG9rZW5SZXF1ZXN0EgwKBG5hbWUYASABKAkSJgoDdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIloKGENyZWF0ZUFkbWluVG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRIvCgthZG1pbl90b2tlbhgCIAEoCzIaLnNwaWtlLm5leHVzLnYxLkFkbWluVG9rZW4iwQEKCkFkbWluVG9rZW4SDAoEbmFtZRgBIAEoCRISCgpjcmVhdGVkX2J5GAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWxhc3RfYWN0aXZpdHkYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhgKFkxpc3RBZG1pblRva2Vuc1JlcXVlc3QiSwoXTGlzdEFkbWluVG9rZW5zUmVzcG9uc2USMAoMYWRtaW5fdG9rZW5zGAEgAygLMhouc3Bpa2UubmV4dXMudjEuQWRtaW5Ub2tlbiInChdSZXZva2VBZG1pblRva2VuUmVxdWVzdBIMCgRuYW1lGAEgASgJIhoKGFJldm9rZUFkbWluVG9rZW5SZXNwb25zZSKaAgoKQXVkaXRFdmVudBISCgpyZXBsaWNhX2lkGAEgASgJEhAKCHNlcXVlbmNlGAIgASgEEigKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnJlcXVlc3RfaWQYBCABKAkSGAoQY2FsbGVyX3NwaWZmZV9pZBgFIAEoCRILCgNycGMYBiABKAkSDAoEcGF0aBgHIAEoCRIPCgd2ZXJzaW9uGAggASgNEi0KB291dGNvbWUYCSABKA4yHC5zcGlrZS5uZXh1cy52MS5BdWRpdE91dGNvbWUSDAoEY29kZRgKIAEoCRITCgtkZXRhaWxfanNvbhgLIAEoCRIQCgh2ZXJpZmllZBgMIAEoCCKIAgoWTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoQY2FsbGVyX3NwaWZmZV9pZBgDIAEoCRITCgtwYXRoX3ByZWZpeBgEIAEoCRILCgNycGMYBSABKAkSLQoHb3V0Y29tZRgGIAEoDjIcLnNwaWtlLm5leHVzLnYxLkF1ZGl0T3V0Y29tZRIRCglwYWdlX3NpemUYByABKAUSEgoKcGFnZV90b2tlbhgIIAEoCSJeChdMaXN0QXVkaXRFdmVudHNSZXNwb25zZRIqCgZldmVudHMYASADKAsyGi5zcGlrZS5uZXh1cy52MS5BdWRpdEV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJ1ChVWZXJpZnlBdWRpdExvZ1JlcXVlc3QSLgoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInkKDEF1ZGl0UHJvYmxlbRIuCgRraW5kGAEgASgOMiAuc3Bpa2UubmV4dXMudjEuQXVkaXRQcm9ibGVtS2luZBISCgpyZXBsaWNhX2lkGAIgASgJEhAKCHNlcXVlbmNlGAMgASgEEhMKC2Rlc2NyaXB0aW9uGAQgASgJInkKFlZlcmlmeUF1ZGl0TG9nUmVzcG9uc2USFgoOZXZlbnRzX2NoZWNrZWQYASABKAQSLgoIcHJvYmxlbXMYAiADKAsyHC5zcGlrZS5uZXh1cy52MS5BdWRpdFByb2JsZW0SFwoPZXZlbnRzX3Vuc2VhbGVkGAMgASgEKnYKDEF1ZGl0T3V0Y29tZRIdChlBVURJVF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASFAoQQVVESVRfT1VUQ09NRV9PSxABEhgKFEFVRElUX09VVENPTUVfREVOSUVEEAISFwoTQVVESVRfT1VUQ09NRV9FUlJPUhADKv4BChBBdWRpdFByb2JsZW1LaW5kEiIKHkFVRElUX1BST0JMRU1fS0lORF9VTlNQRUNJRklFRBAAEh4KGkFVRElUX1BST0JMRU1fS0lORF9BTFRFUkVEEAESHwobQVVESVRfUFJPQkxFTV9LSU5EX0lOU0VSVEVEEAISHgoaQVVESVRfUFJPQkxFTV9LSU5EX0RFTEVURUQQAxIgChxBVURJVF9QUk9CTEVNX0tJTkRfUkVPUkRFUkVEEAQSIQodQVVESVRfUFJPQkxFTV9LSU5EX0RVUExJQ0FURUQQBRIgChxBVURJVF9QUk9CTEVNX0tJTkRfQ1JBU0hfR0FQEAYy3gcKD09wZXJhdG9yU2VydmljZRJTCgpJbml0aWFsaXplEiEuc3Bpa2UubmV4dXMudjEuSW5pdGlhbGl6ZVJlcXVlc3QaIi5zcGlrZS5uZXh1cy52MS5Jbml0aWFsaXplUmVzcG9uc2USRwoGVW5zZWFsEh0uc3Bpa2UubmV4dXMudjEuVW5zZWFsUmVxdWVzdBoeLnNwaWtlLm5leHVzLnYxLlVuc2VhbFJlc3BvbnNlEkEKBFNlYWwSGy5zcGlrZS5uZXh1cy52MS5TZWFsUmVxdWVzdBocLnNwaWtlLm5leHVzLnYxLlNlYWxSZXNwb25zZRJECgVMb2dpbhIcLnNwaWtlLm5leHVzLnYxLkxvZ2luUmVxdWVzdBodLnNwaWtlLm5leHVzLnYxLkxvZ2luUmVzcG9uc2USRwoGTG9nb3V0Eh0uc3Bpa2UubmV4dXMudjEuTG9nb3V0UmVxdWVzdBoeLnNwaWtlLm5leHVzLnYxLkxvZ291dFJlc3BvbnNlEmUKEENyZWF0ZUFkbWluVG9rZW4SJy5zcGlrZS5uZXh1cy52MS5DcmVhdGVBZG1pblRva2VuUmVxdWVzdBooLnNwaWtlLm5leHVzLnYxLkNyZWF0ZUFkbWluVG9rZW5SZXNwb25zZRJnCg9MaXN0QWRtaW5Ub2tlbnMSJi5zcGlrZS5uZXh1cy52MS5MaXN0QWRtaW5Ub2tlbnNSZXF1ZXN0Gicuc3Bpa2UubmV4dXMudjEuTGlzdEFkbWluVG9rZW5zUmVzcG9uc2UiA5ACARJlChBSZXZva2VBZG1pblRva2VuEicuc3Bpa2UubmV4dXMudjEuUmV2b2tlQWRtaW5Ub2tlblJlcXVlc3QaKC5zcGlrZS5uZXh1cy52MS5SZXZva2VBZG1pblRva2VuUmVzcG9uc2USZwoPTGlzdEF1ZGl0RXZlbnRzEiYuc3Bpa2UubmV4dXMudjEuTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBonLnNwaWtlLm5leHVzLnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlIgOQAgESZAoOVmVyaWZ5QXVkaXRMb2cSJS5zcGlrZS5uZXh1cy52MS5WZXJpZnlBdWRpdExvZ1JlcXVlc3QaJi5zcGlrZS5uZXh1cy52MS5WZXJpZnlBdWRpdExvZ1Jlc3BvbnNlIgOQAgESVQoJR2V0U3RhdHVzEiAuc3Bpa2UubmV4dXMudjEuR2V0U3RhdHVzUmVxdWVzdBohLnNwaWtlLm5leHVzLnYxLkdldFN0YXR1c1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch1zcGlrZS9uZXh1cy92MS9vcGVyYXRvci5wcm90bxIOc3Bpa2UubmV4dXMudjEiLwoaUm90YXRlRW5jcnlwdGlvbktleVJlcXVlc3QSEQoJcmVlbmNyeXB0GAEgASgIIr4BChtSb3RhdGVFbmNyeXB0aW9uS2V5UmVzcG9uc2USEwoLcm90YXRpb25faWQYASABKAQSLAoFcGhhc2UYAiABKA4yHS5zcGlrZS5uZXh1cy52MS5Sb3RhdGlvblBoYXNlEgwKBGRvbmUYAyABKAQSDQoFdG90YWwYBCABKAQSFwoPa2V5c19wZXJfc2Vjb25kGAUgASgBEhIKCm9sZF9rZXlfaWQYBiABKA0SEgoKbmV3X2tleV9pZBgHIAEoDSIuChRSb3RhdGVSb290S2V5UmVxdWVzdBIWCg5hZG1pbl9wYXNzd29yZBgBIAEoCSIsChVSb3RhdGVSb290S2V5UmVzcG9uc2USEwoLcm9vdF9rZXlfaWQYASABKA0iTAoaQ2hhbmdlQWRtaW5QYXNzd29yZFJlcXVlc3QSGAoQY3VycmVudF9wYXNzd29yZBgBIAEoCRIUCgxuZXdfcGFzc3dvcmQYAiABKAkiNwobQ2hhbmdlQWRtaW5QYXNzd29yZFJlc3BvbnNlEhgKEHNlc3Npb25zX3Jldm9rZWQYASABKA0iTAoKS2V5cmluZ0tleRIKCgJpZBgBIAEoDRIPCgdwdXJwb3NlGAIgASgJEg4KBmFjdGl2ZRgDIAEoCBIRCglkYXRhX2tleXMYBCABKAQitAEKDlJvdGF0aW9uU3RhdHVzEhMKC3JvdGF0aW9uX2lkGAEgASgEEiwKBXBoYXNlGAIgASgOMh0uc3Bpa2UubmV4dXMudjEuUm90YXRpb25QaGFzZRIMCgRkb25lGAMgASgEEg0KBXRvdGFsGAQgASgEEi4KCnN0YXJ0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnN0YXJ0ZWRfYnkYBiABKAkiEgoQR2V0U3RhdHVzUmVxdWVzdCKMAgoRR2V0U3RhdHVzUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoCRITCgtpbml0aWFsaXplZBgCIAEoCBIOCgZzZWFsZWQYAyABKAgSFAoMdHJ1c3RfZG9tYWluGAQgASgJEhgKEGNhbGxlcl9zcGlmZmVfaWQYBSABKAkSHQoVYWN0aXZlX2tleXJpbmdfa2V5X2lkGAYgASgNEhMKC3Jvb3Rfa2V5X2lkGAcgASgNEisKB2tleXJpbmcYCCADKAsyGi5zcGlrZS5uZXh1cy52MS5LZXlyaW5nS2V5EjAKCHJvdGF0aW9uGAkgASgLMh4uc3Bpa2UubmV4dXMudjEuUm90YXRpb25TdGF0dXMiKwoRSW5pdGlhbGl6ZVJlcXVlc3QSFgoOYWRtaW5fcGFzc3dvcmQYASABKAkiSAoSSW5pdGlhbGl6ZVJlc3BvbnNlEhMKC3Jvb3Rfa2V5X2lkGAEgASgNEh0KFWFjdGl2ZV9rZXlyaW5nX2tleV9pZBgCIAEoDSJGCg1VbnNlYWxSZXF1ZXN0EhYKDmFkbWluX3Bhc3N3b3JkGAEgASgJEh0KFWFjY2VwdF9yZXN0b3JlZF9zdGF0ZRgCIAEoCCIvCg5VbnNlYWxSZXNwb25zZRIdChVhY3RpdmVfa2V5cmluZ19rZXlfaWQYASABKA0iDQoLU2VhbFJlcXVlc3QiDgoMU2VhbFJlc3BvbnNlIk4KDExvZ2luUmVxdWVzdBIWCg5hZG1pbl9wYXNzd29yZBgBIAEoCRImCgN0dGwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iVgoNTG9naW5SZXNwb25zZRIVCg1zZXNzaW9uX3Rva2VuGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIg8KDUxvZ291dFJlcXVlc3QiEAoOTG9nb3V0UmVzcG9uc2UiTwoXQ3JlYXRlQWRtaW5Ub2tlblJlcXVlc3QSDAoEbmFtZRgBIAEoCRImCgN0dGwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iWgoYQ3JlYXRlQWRtaW5Ub2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEi8KC2FkbWluX3Rva2VuGAIgASgLMhouc3Bpa2UubmV4dXMudjEuQWRtaW5Ub2tlbiLBAQoKQWRtaW5Ub2tlbhIMCgRuYW1lGAEgASgJEhIKCmNyZWF0ZWRfYnkYAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoNbGFzdF9hY3Rpdml0eRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiGAoWTGlzdEFkbWluVG9rZW5zUmVxdWVzdCJLChdMaXN0QWRtaW5Ub2tlbnNSZXNwb25zZRIwCgxhZG1pbl90b2tlbnMYASADKAsyGi5zcGlrZS5uZXh1cy52MS5BZG1pblRva2VuIicKF1Jldm9rZUFkbWluVG9rZW5SZXF1ZXN0EgwKBG5hbWUYASABKAkiGgoYUmV2b2tlQWRtaW5Ub2tlblJlc3BvbnNlIpoCCgpBdWRpdEV2ZW50EhIKCnJlcGxpY2FfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQSKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmVxdWVzdF9pZBgEIAEoCRIYChBjYWxsZXJfc3BpZmZlX2lkGAUgASgJEgsKA3JwYxgGIAEoCRIMCgRwYXRoGAcgASgJEg8KB3ZlcnNpb24YCCABKA0SLQoHb3V0Y29tZRgJIAEoDjIcLnNwaWtlLm5leHVzLnYxLkF1ZGl0T3V0Y29tZRIMCgRjb2RlGAogASgJEhMKC2RldGFpbF9qc29uGAsgASgJEhAKCHZlcmlmaWVkGAwgASgIIogCChZMaXN0QXVkaXRFdmVudHNSZXF1ZXN0Ei4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIYChBjYWxsZXJfc3BpZmZlX2lkGAMgASgJEhMKC3BhdGhfcHJlZml4GAQgASgJEgsKA3JwYxgFIAEoCRItCgdvdXRjb21lGAYgASgOMhwuc3Bpa2UubmV4dXMudjEuQXVkaXRPdXRjb21lEhEKCXBhZ2Vfc2l6ZRgHIAEoBRISCgpwYWdlX3Rva2VuGAggASgJIl4KF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEioKBmV2ZW50cxgBIAMoCzIaLnNwaWtlLm5leHVzLnYxLkF1ZGl0RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInUKFVZlcmlmeUF1ZGl0TG9nUmVxdWVzdBIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAieQoMQXVkaXRQcm9ibGVtEi4KBGtpbmQYASABKA4yIC5zcGlrZS5uZXh1cy52MS5BdWRpdFByb2JsZW1LaW5kEhIKCnJlcGxpY2FfaWQYAiABKAkSEAoIc2VxdWVuY2UYAyABKAQSEwoLZGVzY3JpcHRpb24YBCABKAkieQoWVmVyaWZ5QXVkaXRMb2dSZXNwb25zZRIWCg5ldmVudHNfY2hlY2tlZBgBIAEoBBIuCghwcm9ibGVtcxgCIAMoCzIcLnNwaWtlLm5leHVzLnYxLkF1ZGl0UHJvYmxlbRIXCg9ldmVudHNfdW5zZWFsZWQYAyABKAQqwwEKDVJvdGF0aW9uUGhhc2USHgoaUk9UQVRJT05fUEhBU0VfVU5TUEVDSUZJRUQQABIgChxST1RBVElPTl9QSEFTRV9DUkVBVElOR19LRVlTEAESHQoZUk9UQVRJT05fUEhBU0VfUkVXUkFQUElORxACEhsKF1JPVEFUSU9OX1BIQVNFX1JFTUFDSU5HEAMSGwoXUk9UQVRJT05fUEhBU0VfUkVUSVJJTkcQBBIXChNST1RBVElPTl9QSEFTRV9ET05FEAUqdgoMQXVkaXRPdXRjb21lEh0KGUFVRElUX09VVENPTUVfVU5TUEVDSUZJRUQQABIUChBBVURJVF9PVVRDT01FX09LEAESGAoUQVVESVRfT1VUQ09NRV9ERU5JRUQQAhIXChNBVURJVF9PVVRDT01FX0VSUk9SEAMq/gEKEEF1ZGl0UHJvYmxlbUtpbmQSIgoeQVVESVRfUFJPQkxFTV9LSU5EX1VOU1BFQ0lGSUVEEAASHgoaQVVESVRfUFJPQkxFTV9LSU5EX0FMVEVSRUQQARIfChtBVURJVF9QUk9CTEVNX0tJTkRfSU5TRVJURUQQAhIeChpBVURJVF9QUk9CTEVNX0tJTkRfREVMRVRFRBADEiAKHEFVRElUX1BST0JMRU1fS0lORF9SRU9SREVSRUQQBBIhCh1BVURJVF9QUk9CTEVNX0tJTkRfRFVQTElDQVRFRBAFEiAKHEFVRElUX1BST0JMRU1fS0lORF9DUkFTSF9HQVAQBjKeCgoPT3BlcmF0b3JTZXJ2aWNlElMKCkluaXRpYWxpemUSIS5zcGlrZS5uZXh1cy52MS5Jbml0aWFsaXplUmVxdWVzdBoiLnNwaWtlLm5leHVzLnYxLkluaXRpYWxpemVSZXNwb25zZRJHCgZVbnNlYWwSHS5zcGlrZS5uZXh1cy52MS5VbnNlYWxSZXF1ZXN0Gh4uc3Bpa2UubmV4dXMudjEuVW5zZWFsUmVzcG9uc2USQQoEU2VhbBIbLnNwaWtlLm5leHVzLnYxLlNlYWxSZXF1ZXN0Ghwuc3Bpa2UubmV4dXMudjEuU2VhbFJlc3BvbnNlEkQKBUxvZ2luEhwuc3Bpa2UubmV4dXMudjEuTG9naW5SZXF1ZXN0Gh0uc3Bpa2UubmV4dXMudjEuTG9naW5SZXNwb25zZRJHCgZMb2dvdXQSHS5zcGlrZS5uZXh1cy52MS5Mb2dvdXRSZXF1ZXN0Gh4uc3Bpa2UubmV4dXMudjEuTG9nb3V0UmVzcG9uc2USZQoQQ3JlYXRlQWRtaW5Ub2tlbhInLnNwaWtlLm5leHVzLnYxLkNyZWF0ZUFkbWluVG9rZW5SZXF1ZXN0Giguc3Bpa2UubmV4dXMudjEuQ3JlYXRlQWRtaW5Ub2tlblJlc3BvbnNlEmcKD0xpc3RBZG1pblRva2VucxImLnNwaWtlLm5leHVzLnYxLkxpc3RBZG1pblRva2Vuc1JlcXVlc3QaJy5zcGlrZS5uZXh1cy52MS5MaXN0QWRtaW5Ub2tlbnNSZXNwb25zZSIDkAIBEmUKEFJldm9rZUFkbWluVG9rZW4SJy5zcGlrZS5uZXh1cy52MS5SZXZva2VBZG1pblRva2VuUmVxdWVzdBooLnNwaWtlLm5leHVzLnYxLlJldm9rZUFkbWluVG9rZW5SZXNwb25zZRJnCg9MaXN0QXVkaXRFdmVudHMSJi5zcGlrZS5uZXh1cy52MS5MaXN0QXVkaXRFdmVudHNSZXF1ZXN0Gicuc3Bpa2UubmV4dXMudjEuTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2UiA5ACARJkCg5WZXJpZnlBdWRpdExvZxIlLnNwaWtlLm5leHVzLnYxLlZlcmlmeUF1ZGl0TG9nUmVxdWVzdBomLnNwaWtlLm5leHVzLnYxLlZlcmlmeUF1ZGl0TG9nUmVzcG9uc2UiA5ACARJVCglHZXRTdGF0dXMSIC5zcGlrZS5uZXh1cy52MS5HZXRTdGF0dXNSZXF1ZXN0GiEuc3Bpa2UubmV4dXMudjEuR2V0U3RhdHVzUmVzcG9uc2UiA5ACARJwChNSb3RhdGVFbmNyeXB0aW9uS2V5Eiouc3Bpa2UubmV4dXMudjEuUm90YXRlRW5jcnlwdGlvbktleVJlcXVlc3QaKy5zcGlrZS5uZXh1cy52MS5Sb3RhdGVFbmNyeXB0aW9uS2V5UmVzcG9uc2UwARJcCg1Sb3RhdGVSb290S2V5EiQuc3Bpa2UubmV4dXMudjEuUm90YXRlUm9vdEtleVJlcXVlc3QaJS5zcGlrZS5uZXh1cy52MS5Sb3RhdGVSb290S2V5UmVzcG9uc2USbgoTQ2hhbmdlQWRtaW5QYXNzd29yZBIqLnNwaWtlLm5leHVzLnYxLkNoYW5nZUFkbWluUGFzc3dvcmRSZXF1ZXN0Gisuc3Bpa2UubmV4dXMudjEuQ2hhbmdlQWRtaW5QYXNzd29yZFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+
+/**
+ * RotateEncryptionKeyRequest says whether to re-encrypt as well as re-wrap.
+ *
+ * @generated from message spike.nexus.v1.RotateEncryptionKeyRequest
+ */
+export type RotateEncryptionKeyRequest = Message<"spike.nexus.v1.RotateEncryptionKeyRequest"> & {
+  /**
+   * Also re-encrypt every live secret version under a fresh data key (after a
+   * suspected data-key leak). Ignored when attaching to a running rotation.
+   *
+   * @generated from field: bool reencrypt = 1;
+   */
+  reencrypt: boolean;
+};
+
+/**
+ * Describes the message spike.nexus.v1.RotateEncryptionKeyRequest.
+ * Use `create(RotateEncryptionKeyRequestSchema)` to create a new message.
+ */
+export const RotateEncryptionKeyRequestSchema: GenMessage<RotateEncryptionKeyRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 0);
+
+/**
+ * RotateEncryptionKeyResponse is one progress report of a rotation.
+ *
+ * @generated from message spike.nexus.v1.RotateEncryptionKeyResponse
+ */
+export type RotateEncryptionKeyResponse = Message<"spike.nexus.v1.RotateEncryptionKeyResponse"> & {
+  /**
+   * The rotation's id (the same for every caller attached to it).
+   *
+   * @generated from field: uint64 rotation_id = 1;
+   */
+  rotationId: bigint;
+
+  /**
+   * The phase the rotation is in.
+   *
+   * @generated from field: spike.nexus.v1.RotationPhase phase = 2;
+   */
+  phase: RotationPhase;
+
+  /**
+   * Data keys done so far in this phase.
+   *
+   * @generated from field: uint64 done = 3;
+   */
+  done: bigint;
+
+  /**
+   * Data keys this phase has to do in all.
+   *
+   * @generated from field: uint64 total = 4;
+   */
+  total: bigint;
+
+  /**
+   * Recent rate of re-wrapping, data keys per second.
+   *
+   * @generated from field: double keys_per_second = 5;
+   */
+  keysPerSecond: number;
+
+  /**
+   * The wrapping key being retired.
+   *
+   * @generated from field: uint32 old_key_id = 6;
+   */
+  oldKeyId: number;
+
+  /**
+   * The wrapping key that wraps data keys from now on.
+   *
+   * @generated from field: uint32 new_key_id = 7;
+   */
+  newKeyId: number;
+};
+
+/**
+ * Describes the message spike.nexus.v1.RotateEncryptionKeyResponse.
+ * Use `create(RotateEncryptionKeyResponseSchema)` to create a new message.
+ */
+export const RotateEncryptionKeyResponseSchema: GenMessage<RotateEncryptionKeyResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 1);
+
+/**
+ * RotateRootKeyRequest carries the admin password that seals the new root key.
+ *
+ * @generated from message spike.nexus.v1.RotateRootKeyRequest
+ */
+export type RotateRootKeyRequest = Message<"spike.nexus.v1.RotateRootKeyRequest"> & {
+  /**
+   * The current admin password.
+   *
+   * @generated from field: string admin_password = 1;
+   */
+  adminPassword: string;
+};
+
+/**
+ * Describes the message spike.nexus.v1.RotateRootKeyRequest.
+ * Use `create(RotateRootKeyRequestSchema)` to create a new message.
+ */
+export const RotateRootKeyRequestSchema: GenMessage<RotateRootKeyRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 2);
+
+/**
+ * RotateRootKeyResponse reports the new root key.
+ *
+ * @generated from message spike.nexus.v1.RotateRootKeyResponse
+ */
+export type RotateRootKeyResponse = Message<"spike.nexus.v1.RotateRootKeyResponse"> & {
+  /**
+   * The id of the new root key.
+   *
+   * @generated from field: uint32 root_key_id = 1;
+   */
+  rootKeyId: number;
+};
+
+/**
+ * Describes the message spike.nexus.v1.RotateRootKeyResponse.
+ * Use `create(RotateRootKeyResponseSchema)` to create a new message.
+ */
+export const RotateRootKeyResponseSchema: GenMessage<RotateRootKeyResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 3);
+
+/**
+ * ChangeAdminPasswordRequest carries the current and the new admin password.
+ *
+ * @generated from message spike.nexus.v1.ChangeAdminPasswordRequest
+ */
+export type ChangeAdminPasswordRequest = Message<"spike.nexus.v1.ChangeAdminPasswordRequest"> & {
+  /**
+   * The admin password now.
+   *
+   * @generated from field: string current_password = 1;
+   */
+  currentPassword: string;
+
+  /**
+   * At least 12 characters, and not the current password.
+   *
+   * @generated from field: string new_password = 2;
+   */
+  newPassword: string;
+};
+
+/**
+ * Describes the message spike.nexus.v1.ChangeAdminPasswordRequest.
+ * Use `create(ChangeAdminPasswordRequestSchema)` to create a new message.
+ */
+export const ChangeAdminPasswordRequestSchema: GenMessage<ChangeAdminPasswordRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 4);
+
+/**
+ * ChangeAdminPasswordResponse reports what changed.
+ *
+ * @generated from message spike.nexus.v1.ChangeAdminPasswordResponse
+ */
+export type ChangeAdminPasswordResponse = Message<"spike.nexus.v1.ChangeAdminPasswordResponse"> & {
+  /**
+   * How many admin sessions were revoked.
+   *
+   * @generated from field: uint32 sessions_revoked = 1;
+   */
+  sessionsRevoked: number;
+};
+
+/**
+ * Describes the message spike.nexus.v1.ChangeAdminPasswordResponse.
+ * Use `create(ChangeAdminPasswordResponseSchema)` to create a new message.
+ */
+export const ChangeAdminPasswordResponseSchema: GenMessage<ChangeAdminPasswordResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 5);
+
+/**
+ * KeyringKey describes one keyring key (never the key itself).
+ *
+ * @generated from message spike.nexus.v1.KeyringKey
+ */
+export type KeyringKey = Message<"spike.nexus.v1.KeyringKey"> & {
+  /**
+   * The key's id; the highest id of each purpose is the active key.
+   *
+   * @generated from field: uint32 id = 1;
+   */
+  id: number;
+
+  /**
+   * "wrapping" or "integrity".
+   *
+   * @generated from field: string purpose = 2;
+   */
+  purpose: string;
+
+  /**
+   * Whether it is the key this replica uses for new data (the highest id).
+   *
+   * @generated from field: bool active = 3;
+   */
+  active: boolean;
+
+  /**
+   * For wrapping keys: how many data keys it wraps.
+   *
+   * @generated from field: uint64 data_keys = 4;
+   */
+  dataKeys: bigint;
+};
+
+/**
+ * Describes the message spike.nexus.v1.KeyringKey.
+ * Use `create(KeyringKeySchema)` to create a new message.
+ */
+export const KeyringKeySchema: GenMessage<KeyringKey> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 6);
+
+/**
+ * RotationStatus describes a rotation in progress.
+ *
+ * @generated from message spike.nexus.v1.RotationStatus
+ */
+export type RotationStatus = Message<"spike.nexus.v1.RotationStatus"> & {
+  /**
+   * The rotation's id.
+   *
+   * @generated from field: uint64 rotation_id = 1;
+   */
+  rotationId: bigint;
+
+  /**
+   * Its phase.
+   *
+   * @generated from field: spike.nexus.v1.RotationPhase phase = 2;
+   */
+  phase: RotationPhase;
+
+  /**
+   * Data keys done in this phase.
+   *
+   * @generated from field: uint64 done = 3;
+   */
+  done: bigint;
+
+  /**
+   * Data keys in this phase in all.
+   *
+   * @generated from field: uint64 total = 4;
+   */
+  total: bigint;
+
+  /**
+   * When it started.
+   *
+   * @generated from field: google.protobuf.Timestamp started_at = 5;
+   */
+  startedAt?: Timestamp | undefined;
+
+  /**
+   * The SPIFFE ID that started it ("schedule" for a scheduled rotation).
+   *
+   * @generated from field: string started_by = 6;
+   */
+  startedBy: string;
+};
+
+/**
+ * Describes the message spike.nexus.v1.RotationStatus.
+ * Use `create(RotationStatusSchema)` to create a new message.
+ */
+export const RotationStatusSchema: GenMessage<RotationStatus> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_operator, 7);
 
 /**
  * GetStatusRequest has no fields.
@@ -27,7 +301,7 @@ export type GetStatusRequest = Message<"spike.nexus.v1.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 0);
+  messageDesc(file_spike_nexus_v1_operator, 8);
 
 /**
  * GetStatusResponse describes the server and the caller as the server sees it.
@@ -76,6 +350,28 @@ export type GetStatusResponse = Message<"spike.nexus.v1.GetStatusResponse"> & {
    * @generated from field: uint32 active_keyring_key_id = 6;
    */
   activeKeyringKeyId: number;
+
+  /**
+   * Admin callers only (superuser SVID with a valid admin credential): the
+   * active root key id; 0 otherwise.
+   *
+   * @generated from field: uint32 root_key_id = 7;
+   */
+  rootKeyId: number;
+
+  /**
+   * Admin callers only: the keyring.
+   *
+   * @generated from field: repeated spike.nexus.v1.KeyringKey keyring = 8;
+   */
+  keyring: KeyringKey[];
+
+  /**
+   * Admin callers only: the rotation in progress, if any.
+   *
+   * @generated from field: spike.nexus.v1.RotationStatus rotation = 9;
+   */
+  rotation?: RotationStatus | undefined;
 };
 
 /**
@@ -83,7 +379,7 @@ export type GetStatusResponse = Message<"spike.nexus.v1.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 1);
+  messageDesc(file_spike_nexus_v1_operator, 9);
 
 /**
  * InitializeRequest carries the admin password that will protect the root key.
@@ -104,7 +400,7 @@ export type InitializeRequest = Message<"spike.nexus.v1.InitializeRequest"> & {
  * Use `create(InitializeRequestSchema)` to create a new message.
  */
 export const InitializeRequestSchema: GenMessage<InitializeRequest> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 2);
+  messageDesc(file_spike_nexus_v1_operator, 10);
 
 /**
  * InitializeResponse reports the keys created.
@@ -132,7 +428,7 @@ export type InitializeResponse = Message<"spike.nexus.v1.InitializeResponse"> & 
  * Use `create(InitializeResponseSchema)` to create a new message.
  */
 export const InitializeResponseSchema: GenMessage<InitializeResponse> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 3);
+  messageDesc(file_spike_nexus_v1_operator, 11);
 
 /**
  * UnsealRequest carries the admin password.
@@ -165,7 +461,7 @@ export type UnsealRequest = Message<"spike.nexus.v1.UnsealRequest"> & {
  * Use `create(UnsealRequestSchema)` to create a new message.
  */
 export const UnsealRequestSchema: GenMessage<UnsealRequest> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 4);
+  messageDesc(file_spike_nexus_v1_operator, 12);
 
 /**
  * UnsealResponse reports the state after unsealing.
@@ -186,7 +482,7 @@ export type UnsealResponse = Message<"spike.nexus.v1.UnsealResponse"> & {
  * Use `create(UnsealResponseSchema)` to create a new message.
  */
 export const UnsealResponseSchema: GenMessage<UnsealResponse> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 5);
+  messageDesc(file_spike_nexus_v1_operator, 13);
 
 /**
  * SealRequest has no fields.
@@ -201,7 +497,7 @@ export type SealRequest = Message<"spike.nexus.v1.SealRequest"> & {
  * Use `create(SealRequestSchema)` to create a new message.
  */
 export const SealRequestSchema: GenMessage<SealRequest> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 6);
+  messageDesc(file_spike_nexus_v1_operator, 14);
 
 /**
  * SealResponse has no fields.
@@ -216,7 +512,7 @@ export type SealResponse = Message<"spike.nexus.v1.SealResponse"> & {
  * Use `create(SealResponseSchema)` to create a new message.
  */
 export const SealResponseSchema: GenMessage<SealResponse> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 7);
+  messageDesc(file_spike_nexus_v1_operator, 15);
 
 /**
  * LoginRequest carries the admin password and the session's lifetime.
@@ -244,7 +540,7 @@ export type LoginRequest = Message<"spike.nexus.v1.LoginRequest"> & {
  * Use `create(LoginRequestSchema)` to create a new message.
  */
 export const LoginRequestSchema: GenMessage<LoginRequest> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 8);
+  messageDesc(file_spike_nexus_v1_operator, 16);
 
 /**
  * LoginResponse carries the session token.
@@ -272,7 +568,7 @@ export type LoginResponse = Message<"spike.nexus.v1.LoginResponse"> & {
  * Use `create(LoginResponseSchema)` to create a new message.
  */
 export const LoginResponseSchema: GenMessage<LoginResponse> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 9);
+  messageDesc(file_spike_nexus_v1_operator, 17);
 
 /**
  * LogoutRequest has no fields: the session is the one in the authorization header.
@@ -287,7 +583,7 @@ export type LogoutRequest = Message<"spike.nexus.v1.LogoutRequest"> & {
  * Use `create(LogoutRequestSchema)` to create a new message.
  */
 export const LogoutRequestSchema: GenMessage<LogoutRequest> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 10);
+  messageDesc(file_spike_nexus_v1_operator, 18);
 
 /**
  * LogoutResponse has no fields.
@@ -302,7 +598,7 @@ export type LogoutResponse = Message<"spike.nexus.v1.LogoutResponse"> & {
  * Use `create(LogoutResponseSchema)` to create a new message.
  */
 export const LogoutResponseSchema: GenMessage<LogoutResponse> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 11);
+  messageDesc(file_spike_nexus_v1_operator, 19);
 
 /**
  * CreateAdminTokenRequest names the token and its lifetime.
@@ -330,7 +626,7 @@ export type CreateAdminTokenRequest = Message<"spike.nexus.v1.CreateAdminTokenRe
  * Use `create(CreateAdminTokenRequestSchema)` to create a new message.
  */
 export const CreateAdminTokenRequestSchema: GenMessage<CreateAdminTokenRequest> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 12);
+  messageDesc(file_spike_nexus_v1_operator, 20);
 
 /**
  * CreateAdminTokenResponse carries the token, shown once.
@@ -358,7 +654,7 @@ export type CreateAdminTokenResponse = Message<"spike.nexus.v1.CreateAdminTokenR
  * Use `create(CreateAdminTokenResponseSchema)` to create a new message.
  */
 export const CreateAdminTokenResponseSchema: GenMessage<CreateAdminTokenResponse> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 13);
+  messageDesc(file_spike_nexus_v1_operator, 21);
 
 /**
  * AdminToken describes an admin token; it never holds the token itself.
@@ -407,7 +703,7 @@ export type AdminToken = Message<"spike.nexus.v1.AdminToken"> & {
  * Use `create(AdminTokenSchema)` to create a new message.
  */
 export const AdminTokenSchema: GenMessage<AdminToken> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 14);
+  messageDesc(file_spike_nexus_v1_operator, 22);
 
 /**
  * ListAdminTokensRequest has no fields.
@@ -422,7 +718,7 @@ export type ListAdminTokensRequest = Message<"spike.nexus.v1.ListAdminTokensRequ
  * Use `create(ListAdminTokensRequestSchema)` to create a new message.
  */
 export const ListAdminTokensRequestSchema: GenMessage<ListAdminTokensRequest> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 15);
+  messageDesc(file_spike_nexus_v1_operator, 23);
 
 /**
  * ListAdminTokensResponse lists admin tokens by name.
@@ -443,7 +739,7 @@ export type ListAdminTokensResponse = Message<"spike.nexus.v1.ListAdminTokensRes
  * Use `create(ListAdminTokensResponseSchema)` to create a new message.
  */
 export const ListAdminTokensResponseSchema: GenMessage<ListAdminTokensResponse> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 16);
+  messageDesc(file_spike_nexus_v1_operator, 24);
 
 /**
  * RevokeAdminTokenRequest names the token to revoke.
@@ -464,7 +760,7 @@ export type RevokeAdminTokenRequest = Message<"spike.nexus.v1.RevokeAdminTokenRe
  * Use `create(RevokeAdminTokenRequestSchema)` to create a new message.
  */
 export const RevokeAdminTokenRequestSchema: GenMessage<RevokeAdminTokenRequest> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 17);
+  messageDesc(file_spike_nexus_v1_operator, 25);
 
 /**
  * RevokeAdminTokenResponse has no fields.
@@ -479,7 +775,7 @@ export type RevokeAdminTokenResponse = Message<"spike.nexus.v1.RevokeAdminTokenR
  * Use `create(RevokeAdminTokenResponseSchema)` to create a new message.
  */
 export const RevokeAdminTokenResponseSchema: GenMessage<RevokeAdminTokenResponse> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 18);
+  messageDesc(file_spike_nexus_v1_operator, 26);
 
 /**
  * AuditEvent records one RPC. It never holds a secret value, password or token.
@@ -579,7 +875,7 @@ export type AuditEvent = Message<"spike.nexus.v1.AuditEvent"> & {
  * Use `create(AuditEventSchema)` to create a new message.
  */
 export const AuditEventSchema: GenMessage<AuditEvent> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 19);
+  messageDesc(file_spike_nexus_v1_operator, 27);
 
 /**
  * ListAuditEventsRequest filters and pages audit events.
@@ -649,7 +945,7 @@ export type ListAuditEventsRequest = Message<"spike.nexus.v1.ListAuditEventsRequ
  * Use `create(ListAuditEventsRequestSchema)` to create a new message.
  */
 export const ListAuditEventsRequestSchema: GenMessage<ListAuditEventsRequest> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 20);
+  messageDesc(file_spike_nexus_v1_operator, 28);
 
 /**
  * ListAuditEventsResponse is one page of events, newest first.
@@ -677,7 +973,7 @@ export type ListAuditEventsResponse = Message<"spike.nexus.v1.ListAuditEventsRes
  * Use `create(ListAuditEventsResponseSchema)` to create a new message.
  */
 export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 21);
+  messageDesc(file_spike_nexus_v1_operator, 29);
 
 /**
  * VerifyAuditLogRequest bounds the verification in time.
@@ -705,7 +1001,7 @@ export type VerifyAuditLogRequest = Message<"spike.nexus.v1.VerifyAuditLogReques
  * Use `create(VerifyAuditLogRequestSchema)` to create a new message.
  */
 export const VerifyAuditLogRequestSchema: GenMessage<VerifyAuditLogRequest> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 22);
+  messageDesc(file_spike_nexus_v1_operator, 30);
 
 /**
  * AuditProblem is one finding.
@@ -747,7 +1043,7 @@ export type AuditProblem = Message<"spike.nexus.v1.AuditProblem"> & {
  * Use `create(AuditProblemSchema)` to create a new message.
  */
 export const AuditProblemSchema: GenMessage<AuditProblem> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 23);
+  messageDesc(file_spike_nexus_v1_operator, 31);
 
 /**
  * VerifyAuditLogResponse reports the findings.
@@ -783,7 +1079,62 @@ export type VerifyAuditLogResponse = Message<"spike.nexus.v1.VerifyAuditLogRespo
  * Use `create(VerifyAuditLogResponseSchema)` to create a new message.
  */
 export const VerifyAuditLogResponseSchema: GenMessage<VerifyAuditLogResponse> = /*@__PURE__*/
-  messageDesc(file_spike_nexus_v1_operator, 24);
+  messageDesc(file_spike_nexus_v1_operator, 32);
+
+/**
+ * RotationPhase is where a key rotation stands.
+ *
+ * @generated from enum spike.nexus.v1.RotationPhase
+ */
+export enum RotationPhase {
+  /**
+   * Not a phase.
+   *
+   * @generated from enum value: ROTATION_PHASE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The new wrapping and integrity keys are being created.
+   *
+   * @generated from enum value: ROTATION_PHASE_CREATING_KEYS = 1;
+   */
+  CREATING_KEYS = 1,
+
+  /**
+   * Data keys are being re-wrapped (and, with reencrypt, versions re-encrypted).
+   *
+   * @generated from enum value: ROTATION_PHASE_REWRAPPING = 2;
+   */
+  REWRAPPING = 2,
+
+  /**
+   * Rows the integrity key protects are being re-MAC'd.
+   *
+   * @generated from enum value: ROTATION_PHASE_REMACING = 3;
+   */
+  REMACING = 3,
+
+  /**
+   * The old wrapping key is being deleted.
+   *
+   * @generated from enum value: ROTATION_PHASE_RETIRING = 4;
+   */
+  RETIRING = 4,
+
+  /**
+   * The rotation is complete.
+   *
+   * @generated from enum value: ROTATION_PHASE_DONE = 5;
+   */
+  DONE = 5,
+}
+
+/**
+ * Describes the enum spike.nexus.v1.RotationPhase.
+ */
+export const RotationPhaseSchema: GenEnum<RotationPhase> = /*@__PURE__*/
+  enumDesc(file_spike_nexus_v1_operator, 0);
 
 /**
  * AuditOutcome is how a call ended.
@@ -824,7 +1175,7 @@ export enum AuditOutcome {
  * Describes the enum spike.nexus.v1.AuditOutcome.
  */
 export const AuditOutcomeSchema: GenEnum<AuditOutcome> = /*@__PURE__*/
-  enumDesc(file_spike_nexus_v1_operator, 0);
+  enumDesc(file_spike_nexus_v1_operator, 1);
 
 /**
  * AuditProblemKind classifies what verification found.
@@ -888,7 +1239,7 @@ export enum AuditProblemKind {
  * Describes the enum spike.nexus.v1.AuditProblemKind.
  */
 export const AuditProblemKindSchema: GenEnum<AuditProblemKind> = /*@__PURE__*/
-  enumDesc(file_spike_nexus_v1_operator, 1);
+  enumDesc(file_spike_nexus_v1_operator, 2);
 
 /**
  * OperatorService reports and changes the state of a Nexus server: its
@@ -1014,6 +1365,47 @@ export const OperatorService: GenService<{
     methodKind: "unary";
     input: typeof GetStatusRequestSchema;
     output: typeof GetStatusResponseSchema;
+  },
+  /**
+   * RotateEncryptionKey creates a new wrapping key and a new integrity key,
+   * re-wraps every data key under the new wrapping key in the background,
+   * re-MACs everything the integrity key protects, and deletes the old
+   * wrapping key once nothing references it. The stream reports progress;
+   * closing it does not cancel the rotation. A call while a rotation runs (on
+   * any replica) attaches to it and streams its progress. Admin credential required.
+   *
+   * @generated from rpc spike.nexus.v1.OperatorService.RotateEncryptionKey
+   */
+  rotateEncryptionKey: {
+    methodKind: "server_streaming";
+    input: typeof RotateEncryptionKeyRequestSchema;
+    output: typeof RotateEncryptionKeyResponseSchema;
+  },
+  /**
+   * RotateRootKey creates a new root key sealed under the admin password and
+   * re-wraps every keyring key under it in one transaction; the old root key
+   * row is deleted. Other replicas seal themselves and need Unseal. Admin
+   * credential required.
+   *
+   * @generated from rpc spike.nexus.v1.OperatorService.RotateRootKey
+   */
+  rotateRootKey: {
+    methodKind: "unary";
+    input: typeof RotateRootKeyRequestSchema;
+    output: typeof RotateRootKeyResponseSchema;
+  },
+  /**
+   * ChangeAdminPassword re-seals the root key under a key derived from the new
+   * password (new salt). Every admin session is revoked; admin tokens stay. A
+   * wrong current_password is PERMISSION_DENIED and counts toward the same
+   * lockout as Login and Unseal. Admin credential required.
+   *
+   * @generated from rpc spike.nexus.v1.OperatorService.ChangeAdminPassword
+   */
+  changeAdminPassword: {
+    methodKind: "unary";
+    input: typeof ChangeAdminPasswordRequestSchema;
+    output: typeof ChangeAdminPasswordResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_spike_nexus_v1_operator, 0);

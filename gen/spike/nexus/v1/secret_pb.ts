@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file spike/nexus/v1/secret.proto.
  */
 export const file_spike_nexus_v1_secret: GenFile = /*@__PURE__*/
-  fileDesc("ChtzcGlrZS9uZXh1cy92MS9zZWNyZXQucHJvdG8SDnNwaWtlLm5leHVzLnYxIv0BChBQdXRTZWNyZXRSZXF1ZXN0EgwKBHBhdGgYASABKAkSOAoEZGF0YRgCIAMoCzIqLnNwaWtlLm5leHVzLnYxLlB1dFNlY3JldFJlcXVlc3QuRGF0YUVudHJ5EhAKA2NhcxgDIAEoDUgAiAEBEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBXN0YWdlGAUgASgOMhsuc3Bpa2UubmV4dXMudjEuU2VjcmV0TGFiZWwaKwoJRGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCBgoEX2NhcyJUChFQdXRTZWNyZXRSZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgNEi4KCmNyZWF0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl0KEEdldFNlY3JldFJlcXVlc3QSDAoEcGF0aBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEioKBWxhYmVsGAMgASgOMhsuc3Bpa2UubmV4dXMudjEuU2VjcmV0TGFiZWwi9wEKEUdldFNlY3JldFJlc3BvbnNlEgwKBHBhdGgYASABKAkSDwoHdmVyc2lvbhgCIAEoDRI5CgRkYXRhGAMgAygLMisuc3Bpa2UubmV4dXMudjEuR2V0U2VjcmV0UmVzcG9uc2UuRGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKBmxhYmVscxgFIAMoDjIbLnNwaWtlLm5leHVzLnYxLlNlY3JldExhYmVsGisKCURhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIksKEkxpc3RTZWNyZXRzUmVxdWVzdBIOCgZwcmVmaXgYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiPQoTTGlzdFNlY3JldHNSZXNwb25zZRINCgVwYXRocxgBIAMoCRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiNQoTRGVsZXRlU2VjcmV0UmVxdWVzdBIMCgRwYXRoGAEgASgJEhAKCHZlcnNpb25zGAIgAygNIigKFERlbGV0ZVNlY3JldFJlc3BvbnNlEhAKCHZlcnNpb25zGAEgAygNIjcKFVVuZGVsZXRlU2VjcmV0UmVxdWVzdBIMCgRwYXRoGAEgASgJEhAKCHZlcnNpb25zGAIgAygNIioKFlVuZGVsZXRlU2VjcmV0UmVzcG9uc2USEAoIdmVyc2lvbnMYASADKA0iNgoURGVzdHJveVNlY3JldFJlcXVlc3QSDAoEcGF0aBgBIAEoCRIQCgh2ZXJzaW9ucxgCIAMoDSIpChVEZXN0cm95U2VjcmV0UmVzcG9uc2USEAoIdmVyc2lvbnMYASADKA0iKAoYR2V0U2VjcmV0TWV0YWRhdGFSZXF1ZXN0EgwKBHBhdGgYASABKAkiTQoZR2V0U2VjcmV0TWV0YWRhdGFSZXNwb25zZRIwCghtZXRhZGF0YRgBIAEoCzIeLnNwaWtlLm5leHVzLnYxLlNlY3JldE1ldGFkYXRhIv0ECg5TZWNyZXRNZXRhZGF0YRIMCgRwYXRoGAEgASgJEhYKDmxhdGVzdF92ZXJzaW9uGAIgASgNEhcKD2N1cnJlbnRfdmVyc2lvbhgDIAEoDRIWCg5vbGRlc3RfdmVyc2lvbhgEIAEoDRIUCgxtYXhfdmVyc2lvbnMYBSABKA0SSwoPY3VzdG9tX21ldGFkYXRhGAYgAygLMjIuc3Bpa2UubmV4dXMudjEuU2VjcmV0TWV0YWRhdGEuQ3VzdG9tTWV0YWRhdGFFbnRyeRIuCgpjcmVhdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI3Cgh2ZXJzaW9ucxgKIAMoCzIlLnNwaWtlLm5leHVzLnYxLlNlY3JldFZlcnNpb25NZXRhZGF0YRIwCghyb3RhdGlvbhgLIAEoCzIeLnNwaWtlLm5leHVzLnYxLlJvdGF0aW9uUG9saWN5EjQKEG5leHRfcm90YXRpb25fYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3Rfcm90YXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcm90YXRpb25fZHVlGA4gASgIGjUKE0N1c3RvbU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKkAgoOUm90YXRpb25Qb2xpY3kSKQoGcGVyaW9kGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEkIKD3JhbmRvbV9wYXNzd29yZBgCIAEoCzInLnNwaWtlLm5leHVzLnYxLlJhbmRvbVBhc3N3b3JkR2VuZXJhdG9ySAASPAoMcmFuZG9tX2J5dGVzGAMgASgLMiQuc3Bpa2UubmV4dXMudjEuUmFuZG9tQnl0ZXNHZW5lcmF0b3JIABI1CghleHRlcm5hbBgEIAEoCzIhLnNwaWtlLm5leHVzLnYxLkV4dGVybmFsR2VuZXJhdG9ySAASEAoIZGF0YV9rZXkYBSABKAkSDwoHcHJvbW90ZRgGIAEoCEILCglnZW5lcmF0b3IigQEKF1JhbmRvbVBhc3N3b3JkR2VuZXJhdG9yEg4KBmxlbmd0aBgBIAEoDRI5ChFjaGFyYWN0ZXJfY2xhc3NlcxgCIAMoDjIeLnNwaWtlLm5leHVzLnYxLkNoYXJhY3RlckNsYXNzEhsKE2V4Y2x1ZGVkX2NoYXJhY3RlcnMYAyABKAkiVgoUUmFuZG9tQnl0ZXNHZW5lcmF0b3ISDgoGbGVuZ3RoGAEgASgNEi4KCGVuY29kaW5nGAIgASgOMhwuc3Bpa2UubmV4dXMudjEuQnl0ZUVuY29kaW5nIhMKEUV4dGVybmFsR2VuZXJhdG9yItwBChVTZWNyZXRWZXJzaW9uTWV0YWRhdGESDwoHdmVyc2lvbhgBIAEoDRIuCgpjcmVhdGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpkZWxldGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglkZXN0cm95ZWQYBCABKAgSEgoKY3JlYXRlZF9ieRgFIAEoCRIrCgZsYWJlbHMYBiADKA4yGy5zcGlrZS5uZXh1cy52MS5TZWNyZXRMYWJlbCLlAgobVXBkYXRlU2VjcmV0TWV0YWRhdGFSZXF1ZXN0EgwKBHBhdGgYASABKAkSFAoMbWF4X3ZlcnNpb25zGAIgASgNElgKD2N1c3RvbV9tZXRhZGF0YRgDIAMoCzI/LnNwaWtlLm5leHVzLnYxLlVwZGF0ZVNlY3JldE1ldGFkYXRhUmVxdWVzdC5DdXN0b21NZXRhZGF0YUVudHJ5Ei4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV9tYXNrGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzaxIwCghyb3RhdGlvbhgGIAEoCzIeLnNwaWtlLm5leHVzLnYxLlJvdGF0aW9uUG9saWN5GjUKE0N1c3RvbU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJQChxVcGRhdGVTZWNyZXRNZXRhZGF0YVJlc3BvbnNlEjAKCG1ldGFkYXRhGAEgASgLMh4uc3Bpa2UubmV4dXMudjEuU2VjcmV0TWV0YWRhdGEiIgoSUHVyZ2VTZWNyZXRSZXF1ZXN0EgwKBHBhdGgYASABKAkiFQoTUHVyZ2VTZWNyZXRSZXNwb25zZSKAAQobUHJvbW90ZVNlY3JldFZlcnNpb25SZXF1ZXN0EgwKBHBhdGgYASABKAkSDwoHdmVyc2lvbhgCIAEoDRIlChhleHBlY3RlZF9jdXJyZW50X3ZlcnNpb24YAyABKA1IAIgBAUIbChlfZXhwZWN0ZWRfY3VycmVudF92ZXJzaW9uImoKHFByb21vdGVTZWNyZXRWZXJzaW9uUmVzcG9uc2USFwoPY3VycmVudF92ZXJzaW9uGAEgASgNEhgKEHByZXZpb3VzX3ZlcnNpb24YAiABKA0SFwoPcGVuZGluZ192ZXJzaW9uGAMgASgNIuYBChNSb3RhdGVTZWNyZXRSZXF1ZXN0EgwKBHBhdGgYASABKAkSQgoPcmFuZG9tX3Bhc3N3b3JkGAIgASgLMicuc3Bpa2UubmV4dXMudjEuUmFuZG9tUGFzc3dvcmRHZW5lcmF0b3JIABI8CgxyYW5kb21fYnl0ZXMYAyABKAsyJC5zcGlrZS5uZXh1cy52MS5SYW5kb21CeXRlc0dlbmVyYXRvckgAEhAKCGRhdGFfa2V5GAQgASgJEhQKB3Byb21vdGUYBSABKAhIAYgBAUILCglnZW5lcmF0b3JCCgoIX3Byb21vdGUiVAoUUm90YXRlU2VjcmV0UmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoDRIrCgZsYWJlbHMYAiADKA4yGy5zcGlrZS5uZXh1cy52MS5TZWNyZXRMYWJlbCp6CgtTZWNyZXRMYWJlbBIcChhTRUNSRVRfTEFCRUxfVU5TUEVDSUZJRUQQABIYChRTRUNSRVRfTEFCRUxfQ1VSUkVOVBABEhgKFFNFQ1JFVF9MQUJFTF9QRU5ESU5HEAISGQoVU0VDUkVUX0xBQkVMX1BSRVZJT1VTEAMqqAEKDkNoYXJhY3RlckNsYXNzEh8KG0NIQVJBQ1RFUl9DTEFTU19VTlNQRUNJRklFRBAAEh0KGUNIQVJBQ1RFUl9DTEFTU19MT1dFUkNBU0UQARIdChlDSEFSQUNURVJfQ0xBU1NfVVBQRVJDQVNFEAISGgoWQ0hBUkFDVEVSX0NMQVNTX0RJR0lUUxADEhsKF0NIQVJBQ1RFUl9DTEFTU19TWU1CT0xTEAQqewoMQnl0ZUVuY29kaW5nEh0KGUJZVEVfRU5DT0RJTkdfVU5TUEVDSUZJRUQQABIVChFCWVRFX0VOQ09ESU5HX0hFWBABEhgKFEJZVEVfRU5DT0RJTkdfQkFTRTY0EAISGwoXQllURV9FTkNPRElOR19CQVNFNjRVUkwQAzK3CAoNU2VjcmV0U2VydmljZRJQCglQdXRTZWNyZXQSIC5zcGlrZS5uZXh1cy52MS5QdXRTZWNyZXRSZXF1ZXN0GiEuc3Bpa2UubmV4dXMudjEuUHV0U2VjcmV0UmVzcG9uc2USVQoJR2V0U2VjcmV0EiAuc3Bpa2UubmV4dXMudjEuR2V0U2VjcmV0UmVxdWVzdBohLnNwaWtlLm5leHVzLnYxLkdldFNlY3JldFJlc3BvbnNlIgOQAgESWwoLTGlzdFNlY3JldHMSIi5zcGlrZS5uZXh1cy52MS5MaXN0U2VjcmV0c1JlcXVlc3QaIy5zcGlrZS5uZXh1cy52MS5MaXN0U2VjcmV0c1Jlc3BvbnNlIgOQAgESWQoMRGVsZXRlU2VjcmV0EiMuc3Bpa2UubmV4dXMudjEuRGVsZXRlU2VjcmV0UmVxdWVzdBokLnNwaWtlLm5leHVzLnYxLkRlbGV0ZVNlY3JldFJlc3BvbnNlEl8KDlVuZGVsZXRlU2VjcmV0EiUuc3Bpa2UubmV4dXMudjEuVW5kZWxldGVTZWNyZXRSZXF1ZXN0GiYuc3Bpa2UubmV4dXMudjEuVW5kZWxldGVTZWNyZXRSZXNwb25zZRJcCg1EZXN0cm95U2VjcmV0EiQuc3Bpa2UubmV4dXMudjEuRGVzdHJveVNlY3JldFJlcXVlc3QaJS5zcGlrZS5uZXh1cy52MS5EZXN0cm95U2VjcmV0UmVzcG9uc2USbQoRR2V0U2VjcmV0TWV0YWRhdGESKC5zcGlrZS5uZXh1cy52MS5HZXRTZWNyZXRNZXRhZGF0YVJlcXVlc3QaKS5zcGlrZS5uZXh1cy52MS5HZXRTZWNyZXRNZXRhZGF0YVJlc3BvbnNlIgOQAgEScQoUVXBkYXRlU2VjcmV0TWV0YWRhdGESKy5zcGlrZS5uZXh1cy52MS5VcGRhdGVTZWNyZXRNZXRhZGF0YVJlcXVlc3QaLC5zcGlrZS5uZXh1cy52MS5VcGRhdGVTZWNyZXRNZXRhZGF0YVJlc3BvbnNlElYKC1B1cmdlU2VjcmV0EiIuc3Bpa2UubmV4dXMudjEuUHVyZ2VTZWNyZXRSZXF1ZXN0GiMuc3Bpa2UubmV4dXMudjEuUHVyZ2VTZWNyZXRSZXNwb25zZRJxChRQcm9tb3RlU2VjcmV0VmVyc2lvbhIrLnNwaWtlLm5leHVzLnYxLlByb21vdGVTZWNyZXRWZXJzaW9uUmVxdWVzdBosLnNwaWtlLm5leHVzLnYxLlByb21vdGVTZWNyZXRWZXJzaW9uUmVzcG9uc2USWQoMUm90YXRlU2VjcmV0EiMuc3Bpa2UubmV4dXMudjEuUm90YXRlU2VjcmV0UmVxdWVzdBokLnNwaWtlLm5leHVzLnYxLlJvdGF0ZVNlY3JldFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("ChtzcGlrZS9uZXh1cy92MS9zZWNyZXQucHJvdG8SDnNwaWtlLm5leHVzLnYxIv0BChBQdXRTZWNyZXRSZXF1ZXN0EgwKBHBhdGgYASABKAkSOAoEZGF0YRgCIAMoCzIqLnNwaWtlLm5leHVzLnYxLlB1dFNlY3JldFJlcXVlc3QuRGF0YUVudHJ5EhAKA2NhcxgDIAEoDUgAiAEBEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBXN0YWdlGAUgASgOMhsuc3Bpa2UubmV4dXMudjEuU2VjcmV0TGFiZWwaKwoJRGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCBgoEX2NhcyJUChFQdXRTZWNyZXRSZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgNEi4KCmNyZWF0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl0KEEdldFNlY3JldFJlcXVlc3QSDAoEcGF0aBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEioKBWxhYmVsGAMgASgOMhsuc3Bpa2UubmV4dXMudjEuU2VjcmV0TGFiZWwi9wEKEUdldFNlY3JldFJlc3BvbnNlEgwKBHBhdGgYASABKAkSDwoHdmVyc2lvbhgCIAEoDRI5CgRkYXRhGAMgAygLMisuc3Bpa2UubmV4dXMudjEuR2V0U2VjcmV0UmVzcG9uc2UuRGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKBmxhYmVscxgFIAMoDjIbLnNwaWtlLm5leHVzLnYxLlNlY3JldExhYmVsGisKCURhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIksKEkxpc3RTZWNyZXRzUmVxdWVzdBIOCgZwcmVmaXgYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiPQoTTGlzdFNlY3JldHNSZXNwb25zZRINCgVwYXRocxgBIAMoCRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiNQoTRGVsZXRlU2VjcmV0UmVxdWVzdBIMCgRwYXRoGAEgASgJEhAKCHZlcnNpb25zGAIgAygNIigKFERlbGV0ZVNlY3JldFJlc3BvbnNlEhAKCHZlcnNpb25zGAEgAygNIjcKFVVuZGVsZXRlU2VjcmV0UmVxdWVzdBIMCgRwYXRoGAEgASgJEhAKCHZlcnNpb25zGAIgAygNIioKFlVuZGVsZXRlU2VjcmV0UmVzcG9uc2USEAoIdmVyc2lvbnMYASADKA0iNgoURGVzdHJveVNlY3JldFJlcXVlc3QSDAoEcGF0aBgBIAEoCRIQCgh2ZXJzaW9ucxgCIAMoDSIpChVEZXN0cm95U2VjcmV0UmVzcG9uc2USEAoIdmVyc2lvbnMYASADKA0iKAoYR2V0U2VjcmV0TWV0YWRhdGFSZXF1ZXN0EgwKBHBhdGgYASABKAkiTQoZR2V0U2VjcmV0TWV0YWRhdGFSZXNwb25zZRIwCghtZXRhZGF0YRgBIAEoCzIeLnNwaWtlLm5leHVzLnYxLlNlY3JldE1ldGFkYXRhIv0ECg5TZWNyZXRNZXRhZGF0YRIMCgRwYXRoGAEgASgJEhYKDmxhdGVzdF92ZXJzaW9uGAIgASgNEhcKD2N1cnJlbnRfdmVyc2lvbhgDIAEoDRIWCg5vbGRlc3RfdmVyc2lvbhgEIAEoDRIUCgxtYXhfdmVyc2lvbnMYBSABKA0SSwoPY3VzdG9tX21ldGFkYXRhGAYgAygLMjIuc3Bpa2UubmV4dXMudjEuU2VjcmV0TWV0YWRhdGEuQ3VzdG9tTWV0YWRhdGFFbnRyeRIuCgpjcmVhdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI3Cgh2ZXJzaW9ucxgKIAMoCzIlLnNwaWtlLm5leHVzLnYxLlNlY3JldFZlcnNpb25NZXRhZGF0YRIwCghyb3RhdGlvbhgLIAEoCzIeLnNwaWtlLm5leHVzLnYxLlJvdGF0aW9uUG9saWN5EjQKEG5leHRfcm90YXRpb25fYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3Rfcm90YXRlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcm90YXRpb25fZHVlGA4gASgIGjUKE0N1c3RvbU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKkAgoOUm90YXRpb25Qb2xpY3kSKQoGcGVyaW9kGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEkIKD3JhbmRvbV9wYXNzd29yZBgCIAEoCzInLnNwaWtlLm5leHVzLnYxLlJhbmRvbVBhc3N3b3JkR2VuZXJhdG9ySAASPAoMcmFuZG9tX2J5dGVzGAMgASgLMiQuc3Bpa2UubmV4dXMudjEuUmFuZG9tQnl0ZXNHZW5lcmF0b3JIABI1CghleHRlcm5hbBgEIAEoCzIhLnNwaWtlLm5leHVzLnYxLkV4dGVybmFsR2VuZXJhdG9ySAASEAoIZGF0YV9rZXkYBSABKAkSDwoHcHJvbW90ZRgGIAEoCEILCglnZW5lcmF0b3IigQEKF1JhbmRvbVBhc3N3b3JkR2VuZXJhdG9yEg4KBmxlbmd0aBgBIAEoDRI5ChFjaGFyYWN0ZXJfY2xhc3NlcxgCIAMoDjIeLnNwaWtlLm5leHVzLnYxLkNoYXJhY3RlckNsYXNzEhsKE2V4Y2x1ZGVkX2NoYXJhY3RlcnMYAyABKAkiVgoUUmFuZG9tQnl0ZXNHZW5lcmF0b3ISDgoGbGVuZ3RoGAEgASgNEi4KCGVuY29kaW5nGAIgASgOMhwuc3Bpa2UubmV4dXMudjEuQnl0ZUVuY29kaW5nIhMKEUV4dGVybmFsR2VuZXJhdG9yItwBChVTZWNyZXRWZXJzaW9uTWV0YWRhdGESDwoHdmVyc2lvbhgBIAEoDRIuCgpjcmVhdGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpkZWxldGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglkZXN0cm95ZWQYBCABKAgSEgoKY3JlYXRlZF9ieRgFIAEoCRIrCgZsYWJlbHMYBiADKA4yGy5zcGlrZS5uZXh1cy52MS5TZWNyZXRMYWJlbCLlAgobVXBkYXRlU2VjcmV0TWV0YWRhdGFSZXF1ZXN0EgwKBHBhdGgYASABKAkSFAoMbWF4X3ZlcnNpb25zGAIgASgNElgKD2N1c3RvbV9tZXRhZGF0YRgDIAMoCzI/LnNwaWtlLm5leHVzLnYxLlVwZGF0ZVNlY3JldE1ldGFkYXRhUmVxdWVzdC5DdXN0b21NZXRhZGF0YUVudHJ5Ei4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV9tYXNrGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzaxIwCghyb3RhdGlvbhgGIAEoCzIeLnNwaWtlLm5leHVzLnYxLlJvdGF0aW9uUG9saWN5GjUKE0N1c3RvbU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJQChxVcGRhdGVTZWNyZXRNZXRhZGF0YVJlc3BvbnNlEjAKCG1ldGFkYXRhGAEgASgLMh4uc3Bpa2UubmV4dXMudjEuU2VjcmV0TWV0YWRhdGEiIgoSUHVyZ2VTZWNyZXRSZXF1ZXN0EgwKBHBhdGgYASABKAkiFQoTUHVyZ2VTZWNyZXRSZXNwb25zZSKAAQobUHJvbW90ZVNlY3JldFZlcnNpb25SZXF1ZXN0EgwKBHBhdGgYASABKAkSDwoHdmVyc2lvbhgCIAEoDRIlChhleHBlY3RlZF9jdXJyZW50X3ZlcnNpb24YAyABKA1IAIgBAUIbChlfZXhwZWN0ZWRfY3VycmVudF92ZXJzaW9uImoKHFByb21vdGVTZWNyZXRWZXJzaW9uUmVzcG9uc2USFwoPY3VycmVudF92ZXJzaW9uGAEgASgNEhgKEHByZXZpb3VzX3ZlcnNpb24YAiABKA0SFwoPcGVuZGluZ192ZXJzaW9uGAMgASgNIuYBChNSb3RhdGVTZWNyZXRSZXF1ZXN0EgwKBHBhdGgYASABKAkSQgoPcmFuZG9tX3Bhc3N3b3JkGAIgASgLMicuc3Bpa2UubmV4dXMudjEuUmFuZG9tUGFzc3dvcmRHZW5lcmF0b3JIABI8CgxyYW5kb21fYnl0ZXMYAyABKAsyJC5zcGlrZS5uZXh1cy52MS5SYW5kb21CeXRlc0dlbmVyYXRvckgAEhAKCGRhdGFfa2V5GAQgASgJEhQKB3Byb21vdGUYBSABKAhIAYgBAUILCglnZW5lcmF0b3JCCgoIX3Byb21vdGUiVAoUUm90YXRlU2VjcmV0UmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoDRIrCgZsYWJlbHMYAiADKA4yGy5zcGlrZS5uZXh1cy52MS5TZWNyZXRMYWJlbCI1ChNXYXRjaFNlY3JldHNSZXF1ZXN0Eg4KBnByZWZpeBgBIAEoCRIOCgZjdXJzb3IYAiABKAkiywEKFFdhdGNoU2VjcmV0c1Jlc3BvbnNlEiwKBHR5cGUYASABKA4yHi5zcGlrZS5uZXh1cy52MS5XYXRjaEV2ZW50VHlwZRIMCgRwYXRoGAIgASgJEhAKCHZlcnNpb25zGAMgAygNEisKBmxhYmVscxgEIAMoDjIbLnNwaWtlLm5leHVzLnYxLlNlY3JldExhYmVsEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmN1cnNvchgGIAEoCSp6CgtTZWNyZXRMYWJlbBIcChhTRUNSRVRfTEFCRUxfVU5TUEVDSUZJRUQQABIYChRTRUNSRVRfTEFCRUxfQ1VSUkVOVBABEhgKFFNFQ1JFVF9MQUJFTF9QRU5ESU5HEAISGQoVU0VDUkVUX0xBQkVMX1BSRVZJT1VTEAMqqAEKDkNoYXJhY3RlckNsYXNzEh8KG0NIQVJBQ1RFUl9DTEFTU19VTlNQRUNJRklFRBAAEh0KGUNIQVJBQ1RFUl9DTEFTU19MT1dFUkNBU0UQARIdChlDSEFSQUNURVJfQ0xBU1NfVVBQRVJDQVNFEAISGgoWQ0hBUkFDVEVSX0NMQVNTX0RJR0lUUxADEhsKF0NIQVJBQ1RFUl9DTEFTU19TWU1CT0xTEAQqewoMQnl0ZUVuY29kaW5nEh0KGUJZVEVfRU5DT0RJTkdfVU5TUEVDSUZJRUQQABIVChFCWVRFX0VOQ09ESU5HX0hFWBABEhgKFEJZVEVfRU5DT0RJTkdfQkFTRTY0EAISGwoXQllURV9FTkNPRElOR19CQVNFNjRVUkwQAyr6AgoOV2F0Y2hFdmVudFR5cGUSIAocV0FUQ0hfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEiQKIFdBVENIX0VWRU5UX1RZUEVfVkVSU0lPTl9DUkVBVEVEEAESHQoZV0FUQ0hfRVZFTlRfVFlQRV9QUk9NT1RFRBACEhwKGFdBVENIX0VWRU5UX1RZUEVfREVMRVRFRBADEh4KGldBVENIX0VWRU5UX1RZUEVfVU5ERUxFVEVEEAQSHgoaV0FUQ0hfRVZFTlRfVFlQRV9ERVNUUk9ZRUQQBRIbChdXQVRDSF9FVkVOVF9UWVBFX1BVUkdFRBAGEhwKGFdBVENIX0VWRU5UX1RZUEVfRVhQSVJFRBAHEiUKIVdBVENIX0VWRU5UX1RZUEVfTUVUQURBVEFfVVBEQVRFRBAIEiEKHVdBVENIX0VWRU5UX1RZUEVfUk9UQVRJT05fRFVFEAkSHgoaV0FUQ0hfRVZFTlRfVFlQRV9IRUFSVEJFQVQQCjKUCQoNU2VjcmV0U2VydmljZRJQCglQdXRTZWNyZXQSIC5zcGlrZS5uZXh1cy52MS5QdXRTZWNyZXRSZXF1ZXN0GiEuc3Bpa2UubmV4dXMudjEuUHV0U2VjcmV0UmVzcG9uc2USVQoJR2V0U2VjcmV0EiAuc3Bpa2UubmV4dXMudjEuR2V0U2VjcmV0UmVxdWVzdBohLnNwaWtlLm5leHVzLnYxLkdldFNlY3JldFJlc3BvbnNlIgOQAgESWwoLTGlzdFNlY3JldHMSIi5zcGlrZS5uZXh1cy52MS5MaXN0U2VjcmV0c1JlcXVlc3QaIy5zcGlrZS5uZXh1cy52MS5MaXN0U2VjcmV0c1Jlc3BvbnNlIgOQAgESWQoMRGVsZXRlU2VjcmV0EiMuc3Bpa2UubmV4dXMudjEuRGVsZXRlU2VjcmV0UmVxdWVzdBokLnNwaWtlLm5leHVzLnYxLkRlbGV0ZVNlY3JldFJlc3BvbnNlEl8KDlVuZGVsZXRlU2VjcmV0EiUuc3Bpa2UubmV4dXMudjEuVW5kZWxldGVTZWNyZXRSZXF1ZXN0GiYuc3Bpa2UubmV4dXMudjEuVW5kZWxldGVTZWNyZXRSZXNwb25zZRJcCg1EZXN0cm95U2VjcmV0EiQuc3Bpa2UubmV4dXMudjEuRGVzdHJveVNlY3JldFJlcXVlc3QaJS5zcGlrZS5uZXh1cy52MS5EZXN0cm95U2VjcmV0UmVzcG9uc2USbQoRR2V0U2VjcmV0TWV0YWRhdGESKC5zcGlrZS5uZXh1cy52MS5HZXRTZWNyZXRNZXRhZGF0YVJlcXVlc3QaKS5zcGlrZS5uZXh1cy52MS5HZXRTZWNyZXRNZXRhZGF0YVJlc3BvbnNlIgOQAgEScQoUVXBkYXRlU2VjcmV0TWV0YWRhdGESKy5zcGlrZS5uZXh1cy52MS5VcGRhdGVTZWNyZXRNZXRhZGF0YVJlcXVlc3QaLC5zcGlrZS5uZXh1cy52MS5VcGRhdGVTZWNyZXRNZXRhZGF0YVJlc3BvbnNlElYKC1B1cmdlU2VjcmV0EiIuc3Bpa2UubmV4dXMudjEuUHVyZ2VTZWNyZXRSZXF1ZXN0GiMuc3Bpa2UubmV4dXMudjEuUHVyZ2VTZWNyZXRSZXNwb25zZRJxChRQcm9tb3RlU2VjcmV0VmVyc2lvbhIrLnNwaWtlLm5leHVzLnYxLlByb21vdGVTZWNyZXRWZXJzaW9uUmVxdWVzdBosLnNwaWtlLm5leHVzLnYxLlByb21vdGVTZWNyZXRWZXJzaW9uUmVzcG9uc2USWQoMUm90YXRlU2VjcmV0EiMuc3Bpa2UubmV4dXMudjEuUm90YXRlU2VjcmV0UmVxdWVzdBokLnNwaWtlLm5leHVzLnYxLlJvdGF0ZVNlY3JldFJlc3BvbnNlElsKDFdhdGNoU2VjcmV0cxIjLnNwaWtlLm5leHVzLnYxLldhdGNoU2VjcmV0c1JlcXVlc3QaJC5zcGlrZS5uZXh1cy52MS5XYXRjaFNlY3JldHNSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * PutSecretRequest writes a new version of a secret.
@@ -1036,6 +1036,92 @@ export const RotateSecretResponseSchema: GenMessage<RotateSecretResponse> = /*@_
   messageDesc(file_spike_nexus_v1_secret, 27);
 
 /**
+ * WatchSecretsRequest names what to watch and where to start.
+ *
+ * @generated from message spike.nexus.v1.WatchSecretsRequest
+ */
+export type WatchSecretsRequest = Message<"spike.nexus.v1.WatchSecretsRequest"> & {
+  /**
+   * Only paths that start with this prefix; empty watches every path the caller may see.
+   *
+   * @generated from field: string prefix = 1;
+   */
+  prefix: string;
+
+  /**
+   * The cursor of the last response received, to resume after it; empty
+   * starts now (events from before the call are not sent).
+   *
+   * @generated from field: string cursor = 2;
+   */
+  cursor: string;
+};
+
+/**
+ * Describes the message spike.nexus.v1.WatchSecretsRequest.
+ * Use `create(WatchSecretsRequestSchema)` to create a new message.
+ */
+export const WatchSecretsRequestSchema: GenMessage<WatchSecretsRequest> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_secret, 28);
+
+/**
+ * WatchSecretsResponse is one event.
+ *
+ * @generated from message spike.nexus.v1.WatchSecretsResponse
+ */
+export type WatchSecretsResponse = Message<"spike.nexus.v1.WatchSecretsResponse"> & {
+  /**
+   * What happened.
+   *
+   * @generated from field: spike.nexus.v1.WatchEventType type = 1;
+   */
+  type: WatchEventType;
+
+  /**
+   * The secret it happened to; empty for HEARTBEAT.
+   *
+   * @generated from field: string path = 2;
+   */
+  path: string;
+
+  /**
+   * The versions concerned, ascending (empty for PURGED, EXPIRED,
+   * METADATA_UPDATED and HEARTBEAT).
+   *
+   * @generated from field: repeated uint32 versions = 3;
+   */
+  versions: number[];
+
+  /**
+   * The labels the first of versions carries once the change is made.
+   *
+   * @generated from field: repeated spike.nexus.v1.SecretLabel labels = 4;
+   */
+  labels: SecretLabel[];
+
+  /**
+   * When the change was made (for HEARTBEAT: when it was sent).
+   *
+   * @generated from field: google.protobuf.Timestamp time = 5;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * Opaque: pass it in WatchSecretsRequest.cursor to resume after this event.
+   *
+   * @generated from field: string cursor = 6;
+   */
+  cursor: string;
+};
+
+/**
+ * Describes the message spike.nexus.v1.WatchSecretsResponse.
+ * Use `create(WatchSecretsResponseSchema)` to create a new message.
+ */
+export const WatchSecretsResponseSchema: GenMessage<WatchSecretsResponse> = /*@__PURE__*/
+  messageDesc(file_spike_nexus_v1_secret, 29);
+
+/**
  * SecretLabel names one version of a secret. Each label names at most one
  * version; a version may carry several labels.
  *
@@ -1166,6 +1252,100 @@ export enum ByteEncoding {
  */
 export const ByteEncodingSchema: GenEnum<ByteEncoding> = /*@__PURE__*/
   enumDesc(file_spike_nexus_v1_secret, 2);
+
+/**
+ * WatchEventType says what happened.
+ *
+ * @generated from enum spike.nexus.v1.WatchEventType
+ */
+export enum WatchEventType {
+  /**
+   * Never sent.
+   *
+   * @generated from enum value: WATCH_EVENT_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A version was written (a put or a rotation); labels are the labels it carries.
+   *
+   * @generated from enum value: WATCH_EVENT_TYPE_VERSION_CREATED = 1;
+   */
+  VERSION_CREATED = 1,
+
+  /**
+   * Labels moved without a new version; versions holds the new CURRENT.
+   *
+   * @generated from enum value: WATCH_EVENT_TYPE_PROMOTED = 2;
+   */
+  PROMOTED = 2,
+
+  /**
+   * Versions were soft-deleted.
+   *
+   * @generated from enum value: WATCH_EVENT_TYPE_DELETED = 3;
+   */
+  DELETED = 3,
+
+  /**
+   * Soft-deleted versions were restored.
+   *
+   * @generated from enum value: WATCH_EVENT_TYPE_UNDELETED = 4;
+   */
+  UNDELETED = 4,
+
+  /**
+   * Versions were destroyed (their data is gone for good).
+   *
+   * @generated from enum value: WATCH_EVENT_TYPE_DESTROYED = 5;
+   */
+  DESTROYED = 5,
+
+  /**
+   * The secret was purged with all its versions.
+   *
+   * @generated from enum value: WATCH_EVENT_TYPE_PURGED = 6;
+   */
+  PURGED = 6,
+
+  /**
+   * The secret expired and was removed.
+   *
+   * @generated from enum value: WATCH_EVENT_TYPE_EXPIRED = 7;
+   */
+  EXPIRED = 7,
+
+  /**
+   * max_versions, custom_metadata, expires_at or the rotation policy changed.
+   *
+   * @generated from enum value: WATCH_EVENT_TYPE_METADATA_UPDATED = 8;
+   */
+  METADATA_UPDATED = 8,
+
+  /**
+   * A rotation is due: a staged PENDING version waits to be promoted
+   * (versions holds it), or an external rotation's time has come (versions
+   * holds CURRENT).
+   *
+   * @generated from enum value: WATCH_EVENT_TYPE_ROTATION_DUE = 9;
+   */
+  ROTATION_DUE = 9,
+
+  /**
+   * Nothing happened: sent when the stream opens (or has sent the backlog of
+   * a resume) and every 15 s, with the current cursor, so idle streams stay
+   * open through proxies and a resume skips what was passed over.
+   *
+   * @generated from enum value: WATCH_EVENT_TYPE_HEARTBEAT = 10;
+   */
+  HEARTBEAT = 10,
+}
+
+/**
+ * Describes the enum spike.nexus.v1.WatchEventType.
+ */
+export const WatchEventTypeSchema: GenEnum<WatchEventType> = /*@__PURE__*/
+  enumDesc(file_spike_nexus_v1_secret, 3);
 
 /**
  * SecretService stores versioned key/value secrets, envelope-encrypted at rest.
@@ -1309,6 +1489,27 @@ export const SecretService: GenService<{
     methodKind: "unary";
     input: typeof RotateSecretRequestSchema;
     output: typeof RotateSecretResponseSchema;
+  },
+  /**
+   * WatchSecrets streams what happens to secrets under a prefix, one event per
+   * response, never a value: re-read the secret to get it. Only paths the
+   * caller may both READ and LIST are shown, judged by the policies in force
+   * when each event is sent. Needs LIST somewhere (like ListSecrets). Resume
+   * with the cursor of the last response received: every later event comes
+   * once, in order. OUT_OF_RANGE with reason CURSOR_EXPIRED for a cursor older
+   * than the retention (default 24 h), INVALID_ARGUMENT (MALFORMED_CURSOR) for
+   * a cursor Nexus did not hand out, RESOURCE_EXHAUSTED (WATCH_BUFFER_FULL)
+   * when the client reads too slowly, FAILED_PRECONDITION (SEALED) when the
+   * replica seals. The
+   * stream ends by itself (OK) after its maximum lifetime (default 1 h) or when
+   * the caller's SVID expires; resume with the cursor.
+   *
+   * @generated from rpc spike.nexus.v1.SecretService.WatchSecrets
+   */
+  watchSecrets: {
+    methodKind: "server_streaming";
+    input: typeof WatchSecretsRequestSchema;
+    output: typeof WatchSecretsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_spike_nexus_v1_secret, 0);
