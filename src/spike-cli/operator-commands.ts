@@ -28,7 +28,7 @@ import {
   type RotateEncryptionKeyResponse,
 } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { SingleBar } from "cli-progress";
-import { toJson } from "@bufbuild/protobuf";
+
 import { parseCount, parseDuration, parseTime } from "./argument-values.js";
 import { CliError } from "./cli-error.js";
 import { example, withConnection } from "./command-context.js";
@@ -225,7 +225,7 @@ export function operatorCommands(): Command {
             for await (const m of conn.stream(OperatorService.method.rotateEncryptionKey, { reencrypt: opts.reencrypt === true }, { admin: true })) {
               last = m;
               // JSON lines: one compact object per report, so a script can read them as they come.
-              if (out.format === "json") process.stdout.write(JSON.stringify(toJson(RotateEncryptionKeyResponseSchema, m, { alwaysEmitImplicit: true })) + "\n");
+              if (out.format === "json") out.messageLine(RotateEncryptionKeyResponseSchema, m);
               else progress.update(m);
             }
           } finally {

@@ -17,6 +17,8 @@ export interface Output {
   /** A JSON value that is not a proto message (e.g. what `policy apply` did). */
   json(value: unknown): void;
   /** An aligned table without borders, like kubectl's. */
+  /** One message as one line of JSON (streams: one line per message). */
+  messageLine<D extends DescMessage>(schema: D, message: MessageShape<D>): void;
   table(head: readonly string[], rows: ReadonlyArray<readonly string[]>): void;
   /** A line of data on stdout. */
   line(text: string): void;
@@ -35,6 +37,9 @@ export function createOutput(format: OutputFormat, stdout: NodeJS.WritableStream
     format,
     message(schema, message) {
       stdout.write(JSON.stringify(toJson(schema, message, { alwaysEmitImplicit: true }), null, 2) + "\n");
+    },
+    messageLine(schema, message) {
+      stdout.write(JSON.stringify(toJson(schema, message, { alwaysEmitImplicit: true })) + "\n");
     },
     json(value) {
       stdout.write(JSON.stringify(value, null, 2) + "\n");

@@ -2,7 +2,7 @@
 // key=@file or key=- (stdin) as well as key=value, which lands in shell history.
 
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { durationFromMs, durationMs, FieldMaskSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, durationMs, FieldMaskSchema, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Command, Option } from "commander";
 import {
   ByteEncoding,
@@ -17,6 +17,8 @@ import {
   PutSecretResponseSchema,
   RotateSecretResponseSchema,
   SecretLabel,
+  WatchEventType,
+  WatchSecretsResponseSchema,
   SecretService,
   UndeleteSecretResponseSchema,
   UpdateSecretMetadataResponseSchema,
@@ -205,6 +207,29 @@ export function secretCommands(): Command {
         }),
       ),
     "spike secret rotate apps/billing/db",
+  );
+
+  example(
+    secret
+      .command("watch")
+      .description("follow changes under a prefix, one line per event, until interrupted (never values: read the secret)")
+      .argument("[prefix]", "raw string prefix; none follows every path you may read and list", "")
+      .option("--cursor <cursor>", "resume after this event (each event prints its cursor); none starts now")
+      .action(async (prefix: string, _o: unknown, cmd: Command) =>
+        withConnection<{ cursor?: string }>(cmd, async ({ opts, out, conn }) => {
+          for await (const event of conn.stream(SecretService.method.watchSecrets, { prefix, cursor: opts.cursor ?? "" }, { target: { permission: "LIST", path: prefix } })) {
+            if (out.format === "json") out.messageLine(WatchSecretsResponseSchema, event);
+            else if (event.type !== WatchEventType.HEARTBEAT) {
+              const type = (WatchEventType[event.type] ?? String(event.type)).toLowerCase();
+              const versions = event.versions.length ? ` versions ${event.versions.join(",")}` : "";
+              const labels = event.labels.length ? ` (${event.labels.map(labelName).join(", ")})` : "";
+              out.line(`${event.time ? timestampDate(event.time).toISOString() : "-"} ${type} ${event.path}${versions}${labels} cursor=${event.cursor}`);
+            }
+          }
+        }),
+      ),
+    "spike secret watch apps/billing/",
+    "spike secret watch apps/billing/ -o json --cursor \"$LAST_CURSOR\"",
   );
 
   secret.addCommand(metadataCommands());

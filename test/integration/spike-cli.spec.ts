@@ -5,13 +5,15 @@
 // SVID are checked, and the password prompt is driven through a pseudo-terminal.
 
 import { expect } from "chai";
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
+import { once } from "node:events";
 import { copyFile, mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import postgres from "postgres";
 import { REPO, runSpike, SPIKE_BIN, startChildNexus, writeSvidDir, cleanEnv, type ChildNexus, type SpikeRun } from "../support/spike-cli.js";
 import { SUPERUSER_ID, WORKLOAD_ID } from "../support/test-server.js";
+import { eventually } from "../support/wait.js";
 
 const ADMIN_PASSWORD = "correct horse battery staple 13";
 
@@ -264,6 +266,48 @@ describe("spike, the command line, end to end against a nexus child process", fu
     failed(await spike(["secret", "metadata", "set", p, "--generator", "nonsense:1"]), 1);
     json(await spike(["secret", "metadata", "set", p, "--rotation-period", "off", "-o", "json"]));
     failed(await spike(["secret", "rotate", p]), 4);
+  });
+
+  it("secret watch prints one JSON line per event (no values) until interrupted, and --cursor resumes after the last one", async () => {
+    const env = cleanEnv({ SPIKE_NEXUS_ADDR: nexus.address, SPIKE_SVID_DIR: superuserDir, XDG_RUNTIME_DIR: sessionsRoot });
+    const events: Array<{ type: string; path?: string; cursor: string; versions?: number[] }> = [];
+    let text = "";
+    const watcher = spawn(process.execPath, [SPIKE_BIN, "secret", "watch", "apps/watched/", "-o", "json"], { cwd: REPO, env });
+    watcher.stdout.on("data", (chunk: Buffer) => {
+      text += chunk.toString();
+      for (let nl = text.indexOf("\n"); nl >= 0; nl = text.indexOf("\n")) {
+        events.push(JSON.parse(text.slice(0, nl)));
+        text = text.slice(nl + 1);
+      }
+    });
+    try {
+      await eventually(() => expect(events.length, "the first heartbeat carries the starting cursor").to.be.above(0), { timeoutMs: 20_000 });
+      json(await spike(["secret", "put", "apps/watched/db", "password=never-printed", "-o", "json"]));
+      await eventually(() => expect(events.map((e) => e.type)).to.include("WATCH_EVENT_TYPE_VERSION_CREATED"), { timeoutMs: 20_000 });
+    } finally {
+      if (watcher.exitCode === null && watcher.signalCode === null) {
+        watcher.kill("SIGINT");
+        await once(watcher, "exit");
+      }
+    }
+    const created = events.find((e) => e.type === "WATCH_EVENT_TYPE_VERSION_CREATED")!;
+    expect(created).to.deep.include({ path: "apps/watched/db", versions: [1] });
+    expect(JSON.stringify(events)).to.not.include("never-printed");
+    // Resume after the event: only what came later.
+    json(await spike(["secret", "put", "apps/watched/db", "password=again", "-o", "json"]));
+    const resumed = spawn(process.execPath, [SPIKE_BIN, "secret", "watch", "apps/watched/", "--cursor", created.cursor], { cwd: REPO, env });
+    let lines = "";
+    resumed.stdout.on("data", (chunk: Buffer) => (lines += chunk.toString()));
+    try {
+      await eventually(() => expect(lines).to.match(/version_created apps\/watched\/db versions 2/), { timeoutMs: 20_000 });
+    } finally {
+      if (resumed.exitCode === null && resumed.signalCode === null) {
+        resumed.kill("SIGINT");
+        await once(resumed, "exit");
+      }
+    }
+    expect(lines).to.not.match(/versions 1\b/);
+    failed(await spike(["secret", "watch", "apps/watched/", "--cursor", "not-a-cursor"]), 1);
   });
 
   it("secret delete, undelete and destroy change the named versions; purge removes the secret", async () => {
