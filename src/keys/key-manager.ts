@@ -257,17 +257,7 @@ export class KeyManager {
 
   /** Checks the admin password without changing the seal state (Login). */
   async verifyPassword(password: string): Promise<void> {
-    if (password.length === 0) throw NexusError.invalidArgument("admin_password", "must not be empty", "EMPTY_PASSWORD");
-    const keys = await this.loadHierarchy();
-    const ok = await this.serializedKdf(async () => {
-      const d = await derivePasswordKeys(password, keys.root.kdfSalt, keys.kdfParams);
-      const matches = passwordCheckMatches(d.checkKey, keys.root.kdfSalt, keys.root.passwordCheck);
-      d.kek.fill(0);
-      d.checkKey.fill(0);
-      if (!matches) await new Promise((r) => setTimeout(r, this.failedAttemptDelayMs));
-      return matches;
-    });
-    if (!ok) throw new NexusError("permission_denied", "the admin password is not correct", { reason: "WRONG_PASSWORD" });
+    await this.checkedHierarchy(password, "admin_password");
   }
 
   /**

@@ -32,6 +32,7 @@ import type { KeyRotationStore, RotationPhaseName, RotationRow } from "../store/
 import type { KeyRotation } from "./key-rotation.js";
 import { isStorableText } from "../store/storable-text.js";
 import { registerService, type ServiceRegistration } from "../transport/call-context.js";
+import { sleep } from "../timing/backoff.js";
 import { NEXUS_VERSION } from "../version.js";
 import { pageSize, validateTime } from "./secret-rules.js";
 
@@ -284,17 +285,6 @@ function progress(r: RotationRow, keysPerSecond: number) {
   };
 }
 
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    }
-    signal?.addEventListener("abort", done, { once: true });
-  });
-}
 
 function ttlMs(ttl: Duration | undefined, limits: { default: number; max: number }, field: string): number {
   if (ttl === undefined) return limits.default;

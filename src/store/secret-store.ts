@@ -240,15 +240,7 @@ export class SecretStore {
           INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
           SELECT id, ${a.version}, ${a.ciphertext}, ${a.createdBy} FROM upd
           RETURNING created_at
-        ), pruned AS (
-          -- A labelled version is never pruned.
-          DELETE FROM secret_versions v USING upd
-          WHERE v.secret_id = upd.id AND v.version <= ${a.version} - upd.max_versions
-            AND v.version IS DISTINCT FROM ${l.current}::int AND v.version IS DISTINCT FROM ${l.pending}::int
-            AND v.version IS DISTINCT FROM ${l.previous}::int
-        ), aud AS (
-          ${auditInsertFragment(this.sql, audit)} FROM upd
-        )
+        ), ${this.pruneAndAudit(a.version, l, audit)}
         SELECT (SELECT created_at FROM ins) AS created_at, cur.* FROM cur`;
       return appendResult(row);
     });
@@ -375,18 +367,26 @@ export class SecretStore {
           INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
           SELECT id, ${a.version}, ${a.ciphertext}, ${a.createdBy} FROM upd
           RETURNING created_at
-        ), pruned AS (
-          -- A labelled version is never pruned.
+        ), ${this.pruneAndAudit(a.version, l, audit)}
+        SELECT (SELECT created_at FROM ins) AS created_at, cur.* FROM cur`;
+      return appendResult(row);
+    });
+  }
+
+  /**
+   * The end of a single-secret append (CTEs `pruned` and `aud`, after `upd`
+   * and `ins`): versions beyond max_versions are pruned, never a labelled
+   * one, and the audit event is written only if the append happened.
+   */
+  private pruneAndAudit(version: number, l: { current: number | null; pending: number | null; previous: number | null }, audit: AuditRow) {
+    return this.sql`pruned AS (
           DELETE FROM secret_versions v USING upd
-          WHERE v.secret_id = upd.id AND v.version <= ${a.version} - upd.max_versions
+          WHERE v.secret_id = upd.id AND v.version <= ${version} - upd.max_versions
             AND v.version IS DISTINCT FROM ${l.current}::int AND v.version IS DISTINCT FROM ${l.pending}::int
             AND v.version IS DISTINCT FROM ${l.previous}::int
         ), aud AS (
           ${auditInsertFragment(this.sql, audit)} FROM upd
-        )
-        SELECT (SELECT created_at FROM ins) AS created_at, cur.* FROM cur`;
-      return appendResult(row);
-    });
+        )`;
   }
 
   /** Removes a secret only if it has expired (so a put can reuse its path). */
