@@ -103,6 +103,17 @@ export class AuditLog {
     return new CallRecord(this, this.nextSequence++, call);
   }
 
+  /**
+   * A record that takes its sequence number only when it is first needed: a
+   * change prepared with it, or its finish. A stream's end event is one: a
+   * number taken when a watch opens would stay unwritten for the stream's
+   * whole life, holding back the checkpointed head and showing the verifier a
+   * gap for as long as any watch is open.
+   */
+  beginDeferred(call: { requestId: string; rpc: string }): DeferredCallRecord {
+    return new DeferredCallRecord(() => this.begin({ ...call, time: new Date() }));
+  }
+
   /** Builds the row for an event: MAC'd if the integrity key is available, else signed with the SVID key. */
   row(fields: AuditFields): AuditRow {
     if (!this.keys.sealed) return { ...fields, mac: macAuditEvent(this.keys.integrityKey(), fields), signature: null, signer: null };
@@ -320,6 +331,55 @@ export class CallRecord implements CallAudit {
       code,
       detail,
     };
+  }
+}
+
+/** A CallRecord begun on first use (see AuditLog.beginDeferred). */
+export class DeferredCallRecord implements CallAudit {
+  private record: CallRecord | undefined;
+  private caller = "";
+  private addressed: [string | null, number | null] = [null, null];
+
+  constructor(private readonly begin: () => CallRecord) {}
+
+  identify(caller: string): void {
+    this.caller = caller;
+    this.record?.identify(caller);
+  }
+
+  subject(path: string | null, version: number | null): void {
+    this.addressed = [path, version];
+    this.record?.subject(path, version);
+  }
+
+  /** Whether its event is written (a record never begun has written nothing). */
+  get isWritten(): boolean {
+    return this.record?.isWritten ?? false;
+  }
+
+  prepare(detail?: Record<string, unknown>): AuditRow {
+    return this.begun().prepare(detail);
+  }
+
+  markWritten(): void {
+    this.begun().markWritten();
+  }
+
+  recordRead(read: AuditedRead): Promise<ReadableVersion | undefined> {
+    return this.begun().recordRead(read);
+  }
+
+  finish(outcome: AuditOutcome, code: string, detail?: Record<string, unknown>): Promise<void> {
+    return this.begun().finish(outcome, code, detail);
+  }
+
+  private begun(): CallRecord {
+    if (this.record === undefined) {
+      this.record = this.begin();
+      this.record.identify(this.caller);
+      this.record.subject(...this.addressed);
+    }
+    return this.record;
   }
 }
 

@@ -7,7 +7,7 @@
 
 import { create, type DescMethodServerStreaming, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
 import { randomUUID } from "node:crypto";
-import type { AuditLog, CallRecord } from "../audit/audit-log.js";
+import type { AuditLog, CallRecord, DeferredCallRecord } from "../audit/audit-log.js";
 import type { AccessPolicy } from "../authorization/access-policy.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { storableText } from "../store/storable-text.js";
@@ -85,7 +85,7 @@ export class CallPipeline {
     const subject = auditSubject(request);
     start.subject(...subject);
     let ctx: CallContext;
-    let end: CallRecord;
+    let end: DeferredCallRecord;
     try {
       if (call.refusal !== undefined) throw call.refusal;
       const svid = this.identifySvid(call);
@@ -94,9 +94,9 @@ export class CallPipeline {
       const bearerToken = bearer(call.authorization);
       const access = await this.access.authorize({ caller, method: path, request, bearerToken });
       await start.finish("ok", "OK", { stream: "started" });
-      // Begun only now, so a start that was not written leaves no number unused.
       // A change the handler makes is recorded with this record; the end event too if it makes none.
-      end = this.audit.begin({ requestId, rpc: path, time: new Date() });
+      // Its number is taken at first use, so an open stream holds back no one's checkpoint.
+      end = this.audit.beginDeferred({ requestId, rpc: path });
       end.identify(caller.toString());
       end.subject(...subject);
       ctx = { caller, method: path, requestId, bearerToken, transport: call.transport, wireFormat: call.wireFormat, access, audit: end, signal, svidNotAfterMs: svid.notAfterMs };
@@ -164,7 +164,7 @@ export class CallPipeline {
     return this.authenticator.authenticateSvid(call.peerCertificate);
   }
 
-  private async failed(record: CallRecord, path: string, requestId: string, err: unknown, detail: Record<string, unknown> = {}): Promise<NexusError> {
+  private async failed(record: Pick<CallRecord, "finish">, path: string, requestId: string, err: unknown, detail: Record<string, unknown> = {}): Promise<NexusError> {
     const failure = asNexusError(err);
     const denied = failure.code === "permission_denied" || failure.code === "unauthenticated";
     if (failure.code === "internal") this.logger.error("call failed", { method: path, requestId, err: failure.cause ?? failure });

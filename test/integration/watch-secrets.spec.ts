@@ -14,7 +14,7 @@ import { Permission, PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js
 import { SecretLabel, SecretService, WatchEventType } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { StreamFailure, type NexusClient } from "../../src/client/nexus-client.js";
 import { createPolicy, exactly, issueSvid, login, spiffeId } from "../support/admin-fixtures.js";
-import { ADMIN_PASSWORD, FAST_KDF, ok, openDatabase, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
+import { ADMIN_PASSWORD, adminSession, FAST_KDF, ok, openDatabase, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { LISTENERS, startTestServer, SUPERUSER_ID, type TestServer } from "../support/test-server.js";
 import { eventually, sleep } from "../support/wait.js";
 
@@ -92,6 +92,24 @@ describe("WatchSecrets", function () {
   });
 
   const put = async (client: NexusClient, path: string) => ok(await client.call(SecretService.method.putSecret, { path, data: { k: "never-in-an-event" } }), `put ${path}`).version;
+
+  it("an open watch holds back no audit checkpoint: VerifyAuditLog reports no gap while it stays open", async () => {
+    const client = a.client("grpc");
+    const token = await adminSession(client);
+    const w = watch(client, "held/");
+    await w.opened;
+    try {
+      // Calls numbered after the watch opened, then a checkpoint over them (the verifier writes one).
+      for (let i = 0; i < 5; i++) await put(client, `held/s${i}`);
+      await eventually(async () => {
+        const report = ok(await client.call(OperatorService.method.verifyAuditLog, {}, { bearerToken: token }), "VerifyAuditLog");
+        expect(report.problems.map((p) => `${p.kind} ${p.replicaId}#${p.sequence}: ${p.description}`)).to.deep.equal([]);
+      }, { timeoutMs: 3000, intervalMs: 100 });
+      expect(w.changes().length, "the watch is still open and saw the puts").to.equal(5);
+    } finally {
+      await w.stop();
+    }
+  });
 
   for (const listener of LISTENERS) {
     describe(`on the ${listener} listener`, () => {
