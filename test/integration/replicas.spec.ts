@@ -10,7 +10,7 @@ import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { expect } from "chai";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { Permission, PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
-import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
+import { SecretLabel, SecretService, WatchEventType } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { NexusClient } from "../../src/client/nexus-client.js";
 import { exactly } from "../support/admin-fixtures.js";
 import { startReplica, unsealReplica, type NexusReplica } from "../support/nexus-replica.js";
@@ -182,6 +182,73 @@ describe("three replicas on one PostgreSQL", function () {
         },
         { timeoutMs: 10_000, intervalMs: 150 },
       );
+    } finally {
+      await sql.end();
+    }
+  });
+
+  it("a watch on one replica sees writes and promotions made on the others, each within 1 s", async () => {
+    const events: Array<{ type: WatchEventType; path: string; versions: number[]; at: number }> = [];
+    let opened = false;
+    const stream = superusers[2].stream(SecretService.method.watchSecrets, { prefix: "watched/" });
+    const consumed = (async () => {
+      for await (const e of stream) {
+        opened = true;
+        if (e.type !== WatchEventType.HEARTBEAT) events.push({ type: e.type, path: e.path, versions: e.versions, at: Date.now() });
+      }
+    })().catch(() => {});
+    /** The first event of this type for this path, once it has arrived. */
+    const arrival = async (path: string, type: WatchEventType): Promise<{ versions: number[]; at: number }> => {
+      const find = () => events.find((e) => e.path === path && e.type === type);
+      await eventually(async () => expect(find(), `a ${WatchEventType[type]} event for ${path}`).to.not.equal(undefined), { timeoutMs: 5000, intervalMs: 5 });
+      return find()!;
+    };
+    try {
+      // Writes before the stream is open are not sent: warm up until one arrives.
+      let warm = 0;
+      await eventually(async () => {
+        ok(await superusers[0].call(SecretService.method.putSecret, { path: "watched/warm", data: { v: String(++warm) } }), "PutSecret");
+        expect(opened || events.length > 0, "the stream delivered something").to.equal(true);
+      }, { timeoutMs: 10_000, intervalMs: 100 });
+
+      ok(await superusers[0].call(SecretService.method.putSecret, { path: "watched/db", data: { v: "1" } }), "PutSecret on a");
+      const putAt = Date.now();
+      const created = await arrival("watched/db", WatchEventType.VERSION_CREATED);
+      expect(created.versions).to.deep.equal([1]);
+      expect(created.at - putAt, "ms from a's acknowledgement to c's event").to.be.below(1000);
+
+      ok(await superusers[1].call(SecretService.method.putSecret, { path: "watched/db", data: { v: "2" }, stage: SecretLabel.PENDING }), "staged on b");
+      ok(await superusers[1].call(SecretService.method.promoteSecretVersion, { path: "watched/db", version: 2 }), "PromoteSecretVersion on b");
+      const promotedAt = Date.now();
+      const promoted = await arrival("watched/db", WatchEventType.PROMOTED);
+      expect(promoted.versions).to.deep.equal([2]);
+      expect(promoted.at - promotedAt, "ms from b's acknowledgement to c's event").to.be.below(1000);
+    } finally {
+      // Ends at the stream's next message; awaiting it would wait for a heartbeat.
+      void stream[Symbol.asyncIterator]().return?.();
+      void consumed;
+    }
+  });
+
+  it("a key rotation started on one replica is followed by all: within 1 s each writes under the new key and reads every old version", async () => {
+    for (let i = 0; i < 30; i++) ok(await superusers[i % 3].call(SecretService.method.putSecret, { path: `rotated/s${i}`, data: { v: `value-${i}` } }), "PutSecret");
+    const sql = openDatabase(databaseUrl);
+    try {
+      let newKeyId = 0;
+      for await (const m of superusers[1].stream(OperatorService.method.rotateEncryptionKey, {}, { bearerToken: token })) newKeyId = m.newKeyId || newKeyId;
+      expect(newKeyId, "the rotation named its new key").to.be.greaterThan(0);
+      const finished = Date.now();
+      for (const [i, su] of superusers.entries()) {
+        await eventually(async () => {
+          ok(await su.call(SecretService.method.putSecret, { path: `rotated/after-${replicas[i].name}`, data: { v: "new" } }), "PutSecret");
+          const [row] = await sql`SELECT keyring_key_id FROM secrets WHERE path = ${`rotated/after-${replicas[i].name}`}`;
+          expect(row.keyring_key_id, `replica ${replicas[i].name} writes under the new key`).to.equal(newKeyId);
+        }, { timeoutMs: 1000, intervalMs: 20 });
+        expect(Date.now() - finished).to.be.below(1000 * (i + 1));
+        for (const n of [0, 14, 29]) expect(ok(await su.call(SecretService.method.getSecret, { path: `rotated/s${n}` }), "GetSecret").data).to.deep.equal({ v: `value-${n}` });
+      }
+      const [stale] = await sql`SELECT count(*)::int AS n FROM secrets WHERE keyring_key_id <> ${newKeyId}`;
+      expect(stale.n, "rows left under an older key once the rotation finished").to.equal(0);
     } finally {
       await sql.end();
     }
