@@ -43,6 +43,13 @@ export interface WorkerTask {
   readonly identity: PemIdentity;
   readonly channels: number;
   readonly inFlight: number;
+  /**
+   * Open loop: this worker's calls per second, sent on schedule whether or not
+   * earlier ones have answered (inFlight then only caps what may be
+   * outstanding). Latency is measured from the scheduled send time, so a
+   * stalled server is not hidden by the generator waiting for it.
+   */
+  readonly rate?: number;
   readonly warmupMs: number;
   readonly durationMs: number;
   /** Percentage of puts in a "mix" scenario. */

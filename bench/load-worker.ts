@@ -110,7 +110,7 @@ export function run(prepared: Prepared, startAt: number): Promise<WorkerResult> 
   };
 
   return new Promise((resolve) => {
-    let running = task.inFlight;
+    let running = task.rate === undefined ? task.inFlight : 1;
     const finish = () => {
       if (--running > 0) return;
       const cpu = cpuInWindow ?? process.cpuUsage(cpuAtStart);
@@ -149,7 +149,50 @@ export function run(prepared: Prepared, startAt: number): Promise<WorkerResult> 
       issue();
     };
 
+    // Open loop: a timer sends the calls due since the last tick, each timed
+    // from when it was due; calls beyond the cap of outstanding ones count as
+    // errors (the server fell behind the rate), not as silently skipped.
+    const openLoop = (rate: number) => {
+      const interval = 1000 / rate;
+      let due = performance.now();
+      let outstanding = 0;
+      let next = 0;
+      const tick = () => {
+        const now = performance.now();
+        while (due <= now) {
+          const scheduled = due;
+          due += interval;
+          if (scheduled >= measureTo) {
+            clearInterval(timer);
+            const settle = () => (outstanding === 0 ? finish() : setTimeout(settle, 5));
+            return settle();
+          }
+          const op = pick();
+          if (outstanding >= task.inFlight) {
+            errorCodes.OVERLOADED = (errorCodes.OVERLOADED ?? 0) + 1;
+            firstError ??= `${op}: more than ${task.inFlight} calls outstanding at ${rate}/s`;
+            record(op, scheduled, scheduled, true);
+            continue;
+          }
+          const pool = requests[op]!;
+          const request = pool.length === 1 ? pool[0] : pool[Math.floor(rnd() * pool.length)];
+          outstanding++;
+          clients[next++ % clients.length].makeUnaryRequest(METHODS[op], passThrough, passThrough, request, new grpc.Metadata(), {}, (err) => {
+            outstanding--;
+            if (err) {
+              errorCodes[grpc.status[err.code] ?? String(err.code)] = (errorCodes[grpc.status[err.code] ?? String(err.code)] ?? 0) + 1;
+              firstError ??= `${op}: ${grpc.status[err.code]} ${err.details}`;
+            }
+            record(op, scheduled, performance.now(), err !== null);
+          });
+        }
+      };
+      const timer = setInterval(tick, Math.max(1, Math.min(5, interval)));
+      tick();
+    };
+
     const begin = () => {
+      if (task.rate !== undefined) return openLoop(task.rate);
       for (let i = 0; i < task.inFlight; i++) slot(clients[i % clients.length]);
     };
     const wait = origin - performance.now();

@@ -29,13 +29,13 @@ export function medianMarkdown(runs: readonly Summary[], names: readonly string[
       "Each run is three interleaved rounds; a run's figure is the median of its rounds, and the value below is the median of the runs' figures.",
     "",
   );
-  lines.push("| target (issue 5) | goal | per run | median | result |", "|---|---|---|---:|---|");
+  lines.push("| target | issue | goal | per run | median | result |", "|---|---:|---|---|---:|---|");
   for (const t of runs[0].targets) {
     const values = runs.map((r) => r.targets.find((x) => x.name === t.name)?.value ?? NaN);
     const median = medianOf(values);
-    const digits = t.unit === "×" ? 2 : t.unit === "MB" ? 0 : 1;
+    const digits = t.unit === "×" || t.unit === "ms" ? 2 : t.unit === "MB" ? 0 : 1;
     const pass = meets(t.goal, median);
-    lines.push(`| ${t.name} | ${t.goal} | ${values.map((v) => f(v, digits)).join(", ")} | ${f(median, digits)} ${t.unit} | ${pass === undefined ? "not measured" : pass ? "pass" : "**FAIL**"} |`);
+    lines.push(`| ${t.name} | ${t.issue ?? 5} | ${t.goal} | ${values.map((v) => f(v, digits)).join(", ")} | ${f(median, digits)} ${t.unit} | ${pass === undefined ? "not measured" : pass ? "pass" : "**FAIL**"} |`);
   }
   lines.push("", "| ratio | per run | median |", "|---|---|---:|");
   for (const r of runs[0].ratios) {

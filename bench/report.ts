@@ -40,6 +40,8 @@ export interface BenchRun {
   readonly setupSeconds: Readonly<Record<string, number>>;
   /** Server RSS after seeding, before any scenario. */
   readonly idleRssMb: number;
+  /** Heap used right after a forced full GC in the middle of a loaded window (issue 15). */
+  readonly heap?: { readonly heapUsedMb: number; readonly rssMb: number; readonly scenario: string };
   readonly rounds: Round[];
   readonly propagation?: Timings;
   /** WatchSecrets fan-out (issue 12). */
@@ -90,6 +92,8 @@ export interface Ratio {
 }
 
 export interface Target {
+  /** The issue that set it. */
+  readonly issue: number;
   readonly name: string;
   readonly goal: string;
   readonly value: number;
@@ -219,6 +223,16 @@ export function ratios(run: BenchRun, inFlight: number): Ratio[] {
     }),
     make("PutSecret / pgbench-put throughput", (r) => div(s(r, `put${hi}`)?.rps, p(r, "put")?.tps)),
     make("GetSecret / pgbench-get throughput", (r) => div(s(r, `get${hi}`)?.rps, p(r, "get")?.tps)),
+    // Issue 15: what the server itself controls.
+    make("Server CPU ms per GetSecret @1", (r) => cpuPerCall(s(r, "get@1"))),
+    make("GetSecret p50 @1 / (Health p50 @1 + pgbench-get@1 p50)", (r) => {
+      const health = s(r, "health@1")?.p50;
+      const floor = p(r, "get@1")?.p50;
+      return health === undefined || floor === undefined ? undefined : div(s(r, "get@1")?.p50, health + floor);
+    }),
+    make(`Server CPU per GetSecret / per Health ${hi}`, (r) => div(cpuPerCall(s(r, `get${hi}`)), cpuPerCall(s(r, `health${hi}`)))),
+    make(`Server CPU per PutSecret / per Health ${hi}`, (r) => div(cpuPerCall(s(r, `put${hi}`)), cpuPerCall(s(r, `health${hi}`)))),
+    make("GetSecret p99 / Health p99, open loop at half the GetSecret maximum", (r) => div(s(r, "get@open")?.p99, s(r, "health@open")?.p99)),
   ];
 }
 
@@ -227,8 +241,16 @@ export function targets(run: BenchRun, pooled: PooledScenario[], rs: Ratio[]): T
   const list = pooled.find((s) => s.name === "list@1");
   const rss = Math.max(...pooled.map((s) => s.maxRssMb).filter(Number.isFinite));
   const check = (value: number, ok: (v: number) => boolean) => (Number.isFinite(value) ? ok(value) : undefined);
-  const t = (name: string, goal: string, value: number, unit: string, ok: (v: number) => boolean): Target => ({ name, goal, value, unit, pass: check(value, ok) });
+  const t = (name: string, goal: string, value: number, unit: string, ok: (v: number) => boolean, issue = 5): Target => ({ issue, name, goal, value, unit, pass: check(value, ok) });
   return [
+    // Issue 15 (second pass): what the server itself controls.
+    t("Server CPU per GetSecret @1", "≤ 0.4 ms", ratio("Server CPU ms per GetSecret @1"), "ms", (v) => v <= 0.4, 15),
+    t("GetSecret p50 @1 ÷ (Health p50 @1 + pgbench get@1 p50)", "≤ 1.5", ratio("GetSecret p50 @1 / (Health p50"), "×", (v) => v <= 1.5, 15),
+    t(`Server CPU per GetSecret ÷ per Health @${run.config.inFlight}`, "≤ 2.5", ratio("Server CPU per GetSecret / per Health"), "×", (v) => v <= 2.5, 15),
+    t(`Server CPU per PutSecret (durable) ÷ per Health @${run.config.inFlight}`, "≤ 3.0", ratio("Server CPU per PutSecret / per Health"), "×", (v) => v <= 3, 15),
+    t("GetSecret p99 ÷ Health p99, same open-loop rate (half the GetSecret maximum)", "≤ 1.5", ratio("GetSecret p99 / Health p99, open loop"), "×", (v) => v <= 1.5, 15),
+    t("Live heap after a full GC under load", "≤ 64 MB", run.heap?.heapUsedMb ?? NaN, "MB", (v) => v <= 64, 15),
+    t("Server RSS under load (max), default settings", "≤ 180 MB", rss, "MB", (v) => v <= 180, 15),
     t(`GetSecret throughput ÷ Health @${run.config.inFlight}`, "≥ 0.8", ratio("GetSecret / Health throughput"), "×", (v) => v >= 0.8),
     t(`PutSecret throughput ÷ Health @${run.config.inFlight} (durable commits)`, "≥ 0.6", ratio("PutSecret / Health throughput"), "×", (v) => v >= 0.6),
     t(`GetSecret p99 ÷ Health p99 @${run.config.inFlight}`, "≤ 1.5", ratio("GetSecret p99 / Health p99"), "×", (v) => v <= 1.5),
@@ -237,10 +259,10 @@ export function targets(run: BenchRun, pooled: PooledScenario[], rs: Ratio[]): T
     t("Server RSS under load (max)", "≤ 150 MB", rss, "MB", (v) => v <= 150),
     t("Start to SERVING, existing migrated database (median)", "≤ 1000 ms", run.startup?.servingWithPasswordFile.p50 ?? NaN, "ms", (v) => v <= 1000),
     t("Policy propagation between replicas (p99)", "≤ 1000 ms", run.propagation?.p99 ?? NaN, "ms", (v) => v <= 1000),
-    t(`Key rotation re-wrap rate, no other load (${(run.rotation?.dataKeys ?? 0).toLocaleString("en-US")} data keys)`, "≥ 5000 /s", run.rotation?.keysPerSecond ?? NaN, "/s", (v) => v >= 5000),
-    t("GetSecret p99 during a re-wrap ÷ without (open loop at half the GetSecret maximum)", "≤ 2", run.rotation?.p99Ratio ?? NaN, "×", (v) => v <= 2),
-    t("WatchSecrets delivery latency (p99)", "≤ 250 ms", run.watch?.latencyMs.p99 ?? NaN, "ms", (v) => v <= 250),
-    t("Server memory per idle watch stream (worse replica)", "≤ 50 KB", run.watch ? Math.max(run.watch.idleStreamKb.a, run.watch.idleStreamKb.b) : NaN, "KB", (v) => v <= 50),
+    t(`Key rotation re-wrap rate, no other load (${(run.rotation?.dataKeys ?? 0).toLocaleString("en-US")} data keys)`, "≥ 5000 /s", run.rotation?.keysPerSecond ?? NaN, "/s", (v) => v >= 5000, 11),
+    t("GetSecret p99 during a re-wrap ÷ without (open loop at half the GetSecret maximum)", "≤ 2", run.rotation?.p99Ratio ?? NaN, "×", (v) => v <= 2, 11),
+    t("WatchSecrets delivery latency (p99)", "≤ 250 ms", run.watch?.latencyMs.p99 ?? NaN, "ms", (v) => v <= 250, 12),
+    t("Server memory per idle watch stream (worse replica)", "≤ 50 KB", run.watch ? Math.max(run.watch.idleStreamKb.a, run.watch.idleStreamKb.b) : NaN, "KB", (v) => v <= 50, 12),
   ];
 }
 
@@ -261,6 +283,7 @@ export function buildReport(run: BenchRun) {
     config: run.config,
     setupSeconds: run.setupSeconds,
     idleRssMb: run.idleRssMb,
+    heap: run.heap,
     scenarios: pooled,
     pgbenchRuns: pgbench,
     ratios: rs,
@@ -313,9 +336,9 @@ export function markdown(report: Report): string {
   lines.push("| ratio (median of rounds) | value | per round |", "|---|---:|---|");
   for (const r of report.ratios) lines.push(`| ${r.name} | ${f(r.median)} | ${r.perRound.map((v) => f(v)).join(", ")} |`);
   lines.push("");
-  lines.push("| target (issue 5) | goal | measured | result |", "|---|---|---:|---|");
+  lines.push("| target | issue | goal | measured | result |", "|---|---:|---|---:|---|");
   for (const t of report.targets) {
-    lines.push(`| ${t.name} | ${t.goal} | ${t.unit === "×" ? f(t.value) + " ×" : f(t.value, t.unit === "MB" ? 0 : 1) + " " + t.unit} | ${t.pass === undefined ? "not measured" : t.pass ? "pass" : "**FAIL**"} |`);
+    lines.push(`| ${t.name} | ${t.issue} | ${t.goal} | ${t.unit === "×" ? f(t.value) + " ×" : f(t.value, t.unit === "MB" ? 0 : t.value < 10 ? 2 : 1) + " " + t.unit} | ${t.pass === undefined ? "not measured" : t.pass ? "pass" : "**FAIL**"} |`);
   }
   lines.push("");
   if (report.startupMs) {
@@ -327,6 +350,7 @@ export function markdown(report: Report): string {
   const heaviest = [...report.scenarios].filter((s) => s.serverMemory).sort((a, b) => b.maxRssMb - a.maxRssMb)[0];
   lines.push(
     `Server RSS idle after seeding: ${f(report.idleRssMb, 0)} MB.` +
+      (report.heap ? ` Heap used right after a forced full GC in the middle of ${report.heap.scenario} (its own window): ${f(report.heap.heapUsedMb, 1)} MB (RSS then ${f(report.heap.rssMb, 0)} MB).` : "") +
       (heaviest?.serverMemory
         ? ` At the end of ${heaviest.name} (max RSS ${f(heaviest.maxRssMb, 0)} MB): rss ${heaviest.serverMemory.rss} MB = V8 heap ${heaviest.serverMemory.heapTotal} MB (${heaviest.serverMemory.heapUsed} MB used) + external ${heaviest.serverMemory.external} MB (array buffers ${heaviest.serverMemory.arrayBuffers} MB) + ${f(heaviest.serverMemory.rss - heaviest.serverMemory.heapTotal - heaviest.serverMemory.external, 0)} MB code, stacks and native allocations.`
         : ""),
@@ -354,6 +378,7 @@ export function markdown(report: Report): string {
 
 export function label(name: string): string {
   const [kind, at] = name.split("@");
+  if (at === "open") return `${label(`${kind}@x`).replace(/ @x$/, "")}, open loop at half the GetSecret maximum`;
   const names: Record<string, string> = { health: "Health/Check (mTLS)", get: "GetSecret", put: "PutSecret", mix: "90 % Get / 10 % Put", list: "ListSecrets (page of 100)" };
   return `${names[kind] ?? kind} @${at}`;
 }
@@ -409,6 +434,11 @@ export function medianOf(values: number[]): number {
   if (v.length === 0) return NaN;
   const mid = Math.floor(v.length / 2);
   return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+/** Server CPU milliseconds per completed call in a scenario window. */
+function cpuPerCall(s: ScenarioResult | undefined): number | undefined {
+  return s === undefined || s.count === 0 || !Number.isFinite(s.serverCpuSeconds) ? undefined : (1000 * s.serverCpuSeconds) / s.count;
 }
 
 function div(a: number | undefined, b: number | undefined): number | undefined {

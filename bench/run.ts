@@ -59,6 +59,20 @@ function scenarios(config: BenchConfig, pki: BenchPki): ScenarioSpec[] {
   ];
 }
 
+/**
+ * Open loop (issue 15): Health and GetSecret at the same fixed rate, half of
+ * the GetSecret maximum measured earlier in the same round, so their p99s
+ * compare the server's own latency at a load it can sustain. At most 512
+ * calls may be outstanding; more count as errors.
+ */
+function openLoopScenarios(config: BenchConfig, pki: BenchPki, rate: number): ScenarioSpec[] {
+  const shape = { inFlight: 512, connections: config.connections, workers: config.workers, warmupMs: config.warmupMs, durationMs: config.durationMs, rate };
+  return [
+    { name: "health@open", kind: "health", identity: pki.callers.reader, ...shape },
+    { name: "get@open", kind: "get", identity: pki.callers.reader, ...shape },
+  ];
+}
+
 async function main(): Promise<void> {
   const config = benchConfig();
   const started = performance.now();
@@ -171,7 +185,12 @@ async function main(): Promise<void> {
     for (let round = 0; round < config.rounds; round++) {
       const results: ScenarioResult[] = [];
       const pgbench: PgbenchResult[] = [];
-      for (const spec of specs) {
+      // The open-loop pair runs after the closed-loop scenarios, at half of this round's GetSecret maximum.
+      const openAfter = (): ScenarioSpec[] => {
+        const getMax = results.find((r) => r.name === `get@${config.inFlight}`)?.rps ?? 0;
+        return getMax > 0 ? openLoopScenarios(config, pki, Math.max(1, Math.round(getMax / 2))) : [];
+      };
+      for (const spec of thenLater(specs, openAfter)) {
         const capture = round === 0 && (spec.name === `get@${config.inFlight}` || spec.name === `put@${config.inFlight}`);
         if (capture) await resetStatements(db);
         const r: ScenarioResult = { ...(await runScenario(spec, target)), serverMemory: readProbe(probeFile)?.now };
@@ -205,6 +224,7 @@ async function main(): Promise<void> {
       }
       rounds.push({ scenarios: results, pgbench });
     }
+    const heap = await phase("live heap after a full GC under load", () => heapUnderLoad(specs, target, probeFile, config));
     const floorPuts = floor
       ? { transactions: rounds.flatMap((r) => r.pgbench.filter((p) => p.name === "put")).reduce((a, p) => a + p.transactions, 0), written: (await floorPutsWritten(db.sql)) - floorPutsBefore }
       : undefined;
@@ -214,6 +234,11 @@ async function main(): Promise<void> {
     // Key rotation, after the scenarios (it adds secrets and changes the keys they read under).
     let rotation: RotationBench | undefined;
     if (config.rotationDataKeys > 0) {
+      // Rows the harness wrote with SQL carry data keys no rotation can unwrap:
+      // the ListSecrets paths a placeholder, pgbench's copies of the read
+      // secrets a key bound to another secret. Their scenarios are done; they
+      // go before the re-wrap, which would otherwise retry them forever.
+      await phase("drop the SQL-seeded rows (list paths, pgbench copies)", () => db.sql`DELETE FROM secrets WHERE path LIKE 'bench/list/%' OR path NOT LIKE 'bench/%'`.then(() => undefined));
       const getMaxRps = Math.max(...rounds.map((r) => r.scenarios.find((x) => x.name === `get@${config.inFlight}`)?.rps ?? 0));
       rotation = await phase(`key rotation (${config.rotationDataKeys} data keys)`, () =>
         keyRotationBench({ address: server.address, pki, operator, readSecrets: config.readSecrets, dataKeys: config.rotationDataKeys, getMaxRps, windowMs: config.rotationWindowMs, log }),
@@ -297,6 +322,7 @@ async function main(): Promise<void> {
       pgbench: pgbenchBin,
       setupSeconds: setup,
       idleRssMb,
+      heap,
       rounds,
       propagation,
       watch,
@@ -319,6 +345,35 @@ async function main(): Promise<void> {
   } finally {
     await cleanup();
   }
+}
+
+/** Yields `first`, then `more()`'s items, computed only once the iteration gets there (after the first ones have run). */
+function* thenLater<T>(first: readonly T[], more: () => T[]): Generator<T> {
+  yield* first;
+  yield* more();
+}
+
+/**
+ * The heap the server really holds under load: in the middle of a mix@N
+ * window (gets and puts), the probe forces a full garbage collection
+ * (SIGWINCH) and records the heap used after it. A window of its own, so the
+ * collection's pause touches no reported scenario.
+ */
+async function heapUnderLoad(specs: ScenarioSpec[], target: Target, probeFile: string, config: BenchConfig): Promise<{ heapUsedMb: number; rssMb: number; scenario: string } | undefined> {
+  const spec = specs.find((s) => s.kind === "mix" && s.inFlight === config.inFlight);
+  if (spec === undefined || target.serverPid === undefined) return undefined;
+  const pid = target.serverPid;
+  let timer: NodeJS.Timeout | undefined;
+  const before = readProbe(probeFile)?.afterGc?.at ?? 0;
+  const durationMs = Math.min(spec.durationMs, 4000);
+  await runScenario({ ...spec, durationMs }, target, { start: () => (timer = setTimeout(() => process.kill(pid, "SIGWINCH"), durationMs / 2)) });
+  clearTimeout(timer);
+  for (let i = 0; i < 50; i++) {
+    const gc = readProbe(probeFile)?.afterGc;
+    if (gc !== undefined && gc.at > before) return { heapUsedMb: gc.heapUsed, rssMb: gc.rss, scenario: spec.name };
+    await sleep(100);
+  }
+  return undefined;
 }
 
 /** CPU seconds per second of the window: how many cores a process used. */

@@ -21,6 +21,8 @@ export interface ScenarioSpec {
   readonly durationMs: number;
   readonly identity: PemIdentity;
   readonly putPercent?: number;
+  /** Open loop at this many calls per second in all (shared by the workers); inFlight caps what may be outstanding. */
+  readonly rate?: number;
 }
 
 export interface Target {
@@ -89,6 +91,7 @@ export async function runScenario(spec: ScenarioSpec, target: Target, hooks: Win
         identity: spec.identity,
         channels: share(spec.connections, workers, w),
         inFlight: share(spec.inFlight, workers, w),
+        ...(spec.rate === undefined ? {} : { rate: spec.rate / workers }),
         warmupMs: spec.warmupMs,
         durationMs: spec.durationMs,
         putPercent: spec.putPercent ?? 10,

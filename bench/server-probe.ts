@@ -4,6 +4,9 @@
 //                       since start) written to this JSON file, so the report
 //                       can say what the RSS is made of (V8 heap, external
 //                       memory, or native memory outside both)
+//                       SIGWINCH runs a full garbage collection and records
+//                       the heap still in use after it (what the server really
+//                       holds, not garbage not yet collected) as afterGc
 //   BENCH_PROFILE_DIR   SIGUSR2 starts V8's CPU profiler, the next SIGUSR2
 //                       stops it and writes window-<n>.cpuprofile: exactly one
 //                       scenario window of a warmed-up server, which --cpu-prof
@@ -12,6 +15,8 @@
 import { renameSync, writeFileSync } from "node:fs";
 import { Session } from "node:inspector";
 import path from "node:path";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 
 export interface MemorySample {
   readonly rss: number;
@@ -25,6 +30,8 @@ export interface ProbeFile {
   readonly at: number;
   readonly now: MemorySample;
   readonly max: MemorySample;
+  /** The latest forced full GC (SIGWINCH): when, and heap used after it (MB). */
+  readonly afterGc?: { readonly at: number; readonly heapUsed: number; readonly rss: number };
 }
 
 function writeAtomically(file: string, content: string): void {
@@ -36,6 +43,16 @@ const probeFile = process.env.BENCH_PROBE_FILE;
 if (probeFile !== undefined) {
   const mb = (n: number) => Math.round((n / 1024 / 1024) * 10) / 10;
   let max: MemorySample = { rss: 0, heapTotal: 0, heapUsed: 0, external: 0, arrayBuffers: 0 };
+  let afterGc: ProbeFile["afterGc"];
+  // gc() without starting the server with --expose-gc (a flag that changes nothing else).
+  setFlagsFromString("--expose-gc");
+  const gc = runInNewContext("gc") as (options?: { type: "major"; execution: "sync" }) => void;
+  process.on("SIGWINCH", () => {
+    gc({ type: "major", execution: "sync" });
+    const m = process.memoryUsage();
+    afterGc = { at: Date.now(), heapUsed: mb(m.heapUsed), rss: mb(m.rss) };
+    writeAtomically(probeFile, JSON.stringify({ at: Date.now(), now: { rss: mb(m.rss), heapTotal: mb(m.heapTotal), heapUsed: mb(m.heapUsed), external: mb(m.external), arrayBuffers: mb(m.arrayBuffers) }, max, afterGc } satisfies ProbeFile));
+  });
   setInterval(() => {
     const m = process.memoryUsage();
     const now = { rss: mb(m.rss), heapTotal: mb(m.heapTotal), heapUsed: mb(m.heapUsed), external: mb(m.external), arrayBuffers: mb(m.arrayBuffers) };
@@ -46,7 +63,7 @@ if (probeFile !== undefined) {
       external: Math.max(max.external, now.external),
       arrayBuffers: Math.max(max.arrayBuffers, now.arrayBuffers),
     };
-    writeAtomically(probeFile, JSON.stringify({ at: Date.now(), now, max } satisfies ProbeFile));
+    writeAtomically(probeFile, JSON.stringify({ at: Date.now(), now, max, afterGc } satisfies ProbeFile));
   }, 500).unref();
 }
 

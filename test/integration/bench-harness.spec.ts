@@ -45,6 +45,32 @@ describe("the benchmark harness", function () {
     expect(result.rps).to.be.greaterThan(0);
     expect(result.p99).to.be.at.least(result.p50);
   });
+
+  it("runs an open-loop scenario at the rate asked: the calls completed are the rate times the window, whatever the latency", async () => {
+    const result = await runScenario(
+      {
+        name: "health@open",
+        kind: "health",
+        inFlight: 64,
+        connections: 2,
+        workers: 2,
+        rate: 200,
+        warmupMs: 300,
+        durationMs: 2000,
+        identity: { cert: server.pki.workload.certPem, key: server.pki.workload.keyPem },
+      },
+      {
+        address: `127.0.0.1:${server.nexus.grpcPort}`,
+        serverId: NEXUS_ID,
+        ca: server.pki.ca.certPem,
+        data: { readSecrets: 0, writeSecrets: 0, valueBytes: 1024, listPageSize: 100 },
+        serverPid: process.pid,
+      },
+    );
+    expect(result.errors, result.firstError).to.equal(0);
+    // 200/s for 2 s, scheduled: a closed loop at 64 in flight would do many times more.
+    expect(result.count).to.be.within(380, 401);
+  });
 });
 
 describe("the key rotation bench", function () {
