@@ -26,6 +26,8 @@ export interface ClientIdentity {
 export interface CallOptions {
   readonly bearerToken?: string;
   readonly deadlineMs?: number;
+  /** Sent as the `idempotency-key` header: a retry with the same key and request gets the first result (writes only). */
+  readonly idempotencyKey?: string;
 }
 
 export interface FieldViolation {
@@ -97,6 +99,7 @@ export function grpcNexusClient(address: string, identity: ClientIdentity, chann
     call<M extends DescMethodUnary>(method: M, request: MessageInitShape<M["input"]>, options: CallOptions = {}) {
       const metadata = new grpc.Metadata();
       if (options.bearerToken !== undefined) metadata.set("authorization", `Bearer ${options.bearerToken}`);
+      if (options.idempotencyKey !== undefined) metadata.set("idempotency-key", options.idempotencyKey);
       const deadline = options.deadlineMs === undefined ? undefined : Date.now() + options.deadlineMs;
       return new Promise<CallResult<M>>((resolve) => {
         client.makeUnaryRequest(
@@ -173,6 +176,7 @@ export function connectNexusClient(
     async call<M extends DescMethodUnary>(method: M, request: MessageInitShape<M["input"]>, options: CallOptions = {}) {
       const headers: Record<string, string> = {};
       if (options.bearerToken !== undefined) headers.authorization = `Bearer ${options.bearerToken}`;
+      if (options.idempotencyKey !== undefined) headers["idempotency-key"] = options.idempotencyKey;
       // A client is a cheap set of method wrappers; the connection lives in the transport.
       const client = createClient(method.parent, transport) as unknown as Record<string, (req: unknown, opts: unknown) => Promise<MessageShape<M["output"]>>>;
       try {

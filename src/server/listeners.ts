@@ -16,6 +16,7 @@ import type { AccessPolicy } from "../authorization/access-policy.js";
 import type { ListenAddress, NexusConfig } from "../config/config.js";
 import type { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
+import type { IdempotentWrites } from "../services/idempotency.js";
 import type { ServiceRegistration } from "../transport/call-context.js";
 import { CallPipeline, type CallObserver } from "../transport/call-pipeline.js";
 import { secureContextOptions, type TlsMaterialSource } from "../transport/certificate-source.js";
@@ -35,6 +36,8 @@ export interface ListenerDeps {
   readonly auditLog: AuditLog;
   /** Told of every call (metrics); none when metrics are off. */
   readonly callObserver?: CallObserver;
+  /** Idempotency keys on writes (services/idempotency.ts); none, a key is refused. */
+  readonly idempotency?: IdempotentWrites;
   /** Where each listener registers how to take it down. */
   readonly cleanup: Array<() => Promise<void> | void>;
 }
@@ -50,7 +53,7 @@ export interface Listeners {
 
 export async function startListeners(deps: ListenerDeps): Promise<Listeners> {
   const { config, logger, services, certificates, cleanup } = deps;
-  const pipeline = new CallPipeline(deps.authenticator, deps.access, deps.auditLog, logger, deps.callObserver);
+  const pipeline = new CallPipeline(deps.authenticator, deps.access, deps.auditLog, logger, deps.callObserver, deps.idempotency);
   const health = new HealthReporter(services.map((s) => s.desc.typeName));
 
   const grpcServer = new grpc.Server(grpcServerOptions(config));

@@ -11,6 +11,7 @@ import type { AuditLog, CallRecord } from "../audit/audit-log.js";
 import type { AccessPolicy } from "../authorization/access-policy.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { storableText } from "../store/storable-text.js";
+import { IdempotentWrites } from "../services/idempotency.js";
 import type { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
 import { methodPath, type CallContext, type IncomingCall, type ServerStreamHandler, type UnaryHandler } from "./call-context.js";
@@ -30,6 +31,7 @@ export class CallPipeline {
     private readonly audit: AuditLog,
     private readonly logger: Logger,
     private readonly observer?: CallObserver,
+    private readonly idempotency?: IdempotentWrites,
   ) {}
 
   /** Runs one unary call; resolves with the response message or rejects with a NexusError. */
@@ -51,6 +53,7 @@ export class CallPipeline {
     const record = this.audit.begin({ requestId, rpc: path, time: new Date() });
     record.subject(...auditSubject(request));
     let response: Message;
+    let replayed = false;
     try {
       if (call.refusal !== undefined) throw call.refusal;
       const caller = this.identify(call);
@@ -58,11 +61,13 @@ export class CallPipeline {
       const bearerToken = bearer(call.authorization);
       const access = await this.access.authorize({ caller, method: path, request, bearerToken });
       const ctx: CallContext = { caller, method: path, requestId, bearerToken, transport: call.transport, wireFormat: call.wireFormat, access, audit: record };
-      response = create(method.output, await handler(request as never, ctx));
+      if (call.idempotencyKey === undefined) response = create(method.output, await handler(request as never, ctx));
+      else ({ response, replayed } = await this.runIdempotent(method, handler, request, ctx, call.idempotencyKey));
     } catch (err) {
       throw await this.failed(record, path, requestId, err);
     }
-    await record.finish("ok", "OK");
+    // A replay is re-authorized above and audited as what it is (nothing was written).
+    await record.finish("ok", "OK", replayed ? { idempotent_replay: true, idempotency_key: call.idempotencyKey } : {});
     return response;
   }
 
@@ -151,6 +156,15 @@ export class CallPipeline {
       // An invalid SVID leaves the event without a caller; the refusal stands.
     }
     return this.failed(record, path, requestId, failure);
+  }
+
+  /** A call with an idempotency key (services/idempotency.ts); refused where none is taken. */
+  private runIdempotent(method: DescMethodUnary, handler: UnaryHandler<DescMethodUnary>, request: Message, ctx: CallContext, key: string) {
+    if (this.idempotency === undefined) {
+      IdempotentWrites.check(ctx.method, key);
+      throw new NexusError("invalid_argument", "this server does not take idempotency keys", { reason: "IDEMPOTENCY_NOT_SUPPORTED" });
+    }
+    return this.idempotency.run(method, ctx.method, ctx.caller.toString(), key, request, (idempotency) => handler(request as never, { ...ctx, idempotency }));
   }
 
   private identify(call: IncomingCall) {
