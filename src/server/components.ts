@@ -239,6 +239,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
     access: new AccessController(config.superuserId, engine, credentials, keys, () => policySync.loaded),
     auditLog,
     callObserver: metrics?.calls,
+    rateLimitObserver: metrics?.rateLimits,
     idempotency,
     cleanup,
   });

@@ -6,7 +6,7 @@
 // and its end (OK, the error it ended with, or CANCELLED when the client left).
 
 import { create, type DescMethodServerStreaming, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import type { AuditLog, CallRecord } from "../audit/audit-log.js";
 import type { AccessPolicy } from "../authorization/access-policy.js";
 import { NexusError } from "../errors/nexus-error.js";
@@ -16,6 +16,7 @@ import type { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
 import { methodPath, type CallContext, type IncomingCall, type ServerStreamHandler, type UnaryHandler } from "./call-context.js";
 import { asNexusError, grpcStatusName } from "./error-mapping.js";
+import type { RateLimits } from "./rate-limits.js";
 
 const BEARER = /^Bearer\s+(\S+)$/i;
 
@@ -32,6 +33,7 @@ export class CallPipeline {
     private readonly logger: Logger,
     private readonly observer?: CallObserver,
     private readonly idempotency?: IdempotentWrites,
+    private readonly limits?: RateLimits,
   ) {}
 
   /** Runs one unary call; resolves with the response message or rejects with a NexusError. */
@@ -54,16 +56,19 @@ export class CallPipeline {
     record.subject(...auditSubject(request));
     let response: Message;
     let replayed = false;
+    let callerId: string | undefined;
     try {
       if (call.refusal !== undefined) throw call.refusal;
       const caller = this.identify(call);
-      record.identify(caller.toString());
+      callerId = caller.toString();
+      record.identify(callerId);
       const bearerToken = bearer(call.authorization);
       const access = await this.access.authorize({ caller, method: path, request, bearerToken });
       const ctx: CallContext = { caller, method: path, requestId, bearerToken, transport: call.transport, wireFormat: call.wireFormat, access, audit: record };
       if (call.idempotencyKey === undefined) response = create(method.output, await handler(request as never, ctx));
       else ({ response, replayed } = await this.runIdempotent(method, handler, request, ctx, call.idempotencyKey));
     } catch (err) {
+      if (callerId !== undefined) this.chargeFailedAuthentication(err, callerId);
       throw await this.failed(record, path, requestId, err);
     }
     // A replay is re-authorized above and audited as what it is (nothing was written).
@@ -97,7 +102,9 @@ export class CallPipeline {
       const caller = svid.id;
       start.identify(caller.toString());
       const bearerToken = bearer(call.authorization);
-      const access = await this.access.authorize({ caller, method: path, request, bearerToken });
+      const access = await this.access.authorize({ caller, method: path, request, bearerToken }).catch((err: unknown) => {
+        throw this.chargeFailedAuthentication(err, caller.toString());
+      });
       await start.finish("ok", "OK", { stream: "started" });
       // Begun only now, so a start that was not written leaves no number unused.
       // A change the handler makes is recorded with this record; the end event too if it makes none.
@@ -171,11 +178,33 @@ export class CallPipeline {
     return this.identifySvid(call).id;
   }
 
+  /** The caller's SVID, within the rate limits (rate-limits.ts): failed authentications first, then calls. */
   private identifySvid(call: IncomingCall) {
     if (call.peerCertificate === undefined) {
       throw new NexusError("unauthenticated", "a client X.509-SVID is required", { reason: "NO_CLIENT_CERTIFICATE" });
     }
-    return this.authenticator.authenticateSvid(call.peerCertificate);
+    const limits = this.limits;
+    if (limits === undefined) return this.authenticator.authenticateSvid(call.peerCertificate);
+    const presented = call.peerCertificate;
+    limits.checkFailures(() => certificateKey(presented));
+    let svid;
+    try {
+      svid = this.authenticator.authenticateSvid(presented);
+    } catch (err) {
+      limits.authenticationFailed(certificateKey(presented));
+      throw err;
+    }
+    const caller = svid.id.toString();
+    // A valid SVID whose bearer tokens keep failing is refused like a rejected certificate.
+    limits.checkFailures(() => caller);
+    limits.admit(caller);
+    return svid;
+  }
+
+  /** A bad bearer token (UNAUTHENTICATED after a valid SVID) counts against the caller's failed authentications. */
+  private chargeFailedAuthentication(err: unknown, caller: string): unknown {
+    if (err instanceof NexusError && err.code === "unauthenticated") this.limits?.authenticationFailed(caller);
+    return err;
   }
 
   private async failed(record: CallRecord, path: string, requestId: string, err: unknown, detail: Record<string, unknown> = {}): Promise<NexusError> {
@@ -212,6 +241,11 @@ function auditSubject(request: Message): [string | null, number | null] {
 function auditText(s: string): string {
   // Cut first: a cut can split a surrogate pair, and the replacement mends that too.
   return storableText(s.length > MAX_AUDIT_SUBJECT ? `${s.slice(0, MAX_AUDIT_SUBJECT)}…` : s);
+}
+
+/** Who presented a certificate that was not a valid SVID: its SHA-256 fingerprint. */
+function certificateKey(cert: { readonly raw: Uint8Array; readonly fingerprint256?: string }): string {
+  return cert.fingerprint256 ?? createHash("sha256").update(cert.raw).digest("hex");
 }
 
 /** The token of `authorization: Bearer <token>`; any other authorization header is refused, not ignored. */
