@@ -6,7 +6,7 @@
 -- commits (the duplicate is answered with the first result).
 --   request_mac:  keyed MAC (key id + HMAC-SHA-256 under the integrity key,
 --                 label nexus/v1/idempotency-request) of caller, method and
---                 the request's bytes: never a plain hash of a secret value.
+--                 the request's canonical JSON (map entries sorted): never a plain hash of a secret value.
 --   response:     the response message's bytes (never a credential).
 --   response_mac: keyed MAC binding caller, key, method, request_mac and
 --                 response, so a database writer cannot make a retry return

@@ -13,12 +13,13 @@
 //   stored result is then returned as a replay.
 // Only responses without credentials are stored: the methods are listed here.
 
-import { create, fromBinary, toBinary, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, toJson, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { createHmac } from "node:crypto";
 import type { AuditRow } from "../audit/audit-event.js";
 import { NexusError } from "../errors/nexus-error.js";
 import type { KeyManager } from "../keys/key-manager.js";
+import { canonicalJson } from "../keys/integrity.js";
 import { keyedMac, keyedMacKeyId, keyedMacMatches } from "../keys/keyed-mac.js";
 import type { Logger } from "../log/logger.js";
 import type { IdempotencyStore, StoredIdempotencyRecord } from "../store/idempotency-store.js";
@@ -88,7 +89,9 @@ export class IdempotentWrites {
   async run(method: DescMethodUnary, path: string, caller: string, key: string, request: Message, handler: IdempotentHandler): Promise<IdempotentOutcome> {
     IdempotentWrites.check(path, key);
     if (this.d.keys.sealed) throw this.d.keys.sealedError();
-    const requestBytes = toBinary(method.input, request as never);
+    // The request's canonical JSON form: map entries sorted, so the same request
+    // compares equal whichever listener, encoding or map order carried it.
+    const requestBytes = Buffer.from(canonicalJson(toJson(method.input, request as never)), "utf8");
     const earlier = await this.d.store.find(caller, key, this.ttlMs);
     if (earlier !== undefined && !earlier.expired) return { response: this.replay(method, path, requestBytes, earlier), replayed: true };
     // Expired and not yet removed by the expiry job: the key is free again.

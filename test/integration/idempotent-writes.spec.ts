@@ -109,6 +109,14 @@ describe("idempotent writes (idempotency-key)", function () {
     await expectGaplessSequences(db);
   });
 
+  it("the same request through the other listener, with its map entries in another order, is a replay", async () => {
+    const path = "idem/map-order";
+    const first = ok(await admin.grpc.call(SecretService.method.putSecret, { path, data: { a: "1", b: "2" } }, { idempotencyKey: "k-order" }));
+    const again = ok(await admin.connect.call(SecretService.method.putSecret, { path, data: { b: "2", a: "1" } }, { idempotencyKey: "k-order" }), "replay");
+    expect(again.version).to.equal(first.version);
+    expect(await versions(path)).to.deep.equal([1]);
+  });
+
   it("the same key with a different request is INVALID_ARGUMENT IDEMPOTENCY_KEY_REUSED and writes nothing", async () => {
     const path = "idem/reused";
     ok(await admin.grpc.call(SecretService.method.putSecret, { path, data: { v: "1" } }, { idempotencyKey: "k-reused" }));
