@@ -4,7 +4,7 @@
 -- back has none. The primary key is what makes a concurrent duplicate wait:
 -- its insert blocks on the first call's uncommitted row, then fails once that
 -- commits (the duplicate is answered with the first result).
---   request_mac:  keyed MAC (key id + HMAC-SHA-256 under the integrity key,
+--   request_mac:  keyed MAC (key id + HMAC-SHA-256 under a key derived from the integrity key,
 --                 label nexus/v1/idempotency-request) of caller, method and
 --                 the request's canonical JSON (map entries sorted): never a plain hash of a secret value.
 --   response:     the response message's bytes (never a credential).

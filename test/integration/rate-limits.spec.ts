@@ -29,6 +29,7 @@ describe("per-caller rate limits", function () {
         NEXUS_RATE_LIMIT_BURST: String(BURST),
         NEXUS_AUTH_FAILURE_RATE_LIMIT_RPS: "1",
         NEXUS_AUTH_FAILURE_RATE_LIMIT_BURST: "3",
+        NEXUS_METRICS_LISTEN: "127.0.0.1:0",
       },
     });
     db = openDatabase(server.nexus.databaseUrl);
@@ -91,6 +92,15 @@ describe("per-caller rate limits", function () {
     expect(refused.code).to.equal("RESOURCE_EXHAUSTED");
     expect(refused.retryDelayMs).to.be.within(1, 1000);
     ok(await server.client("grpc", server.pki.workload).call(SecretService.method.getSecret, { path: "rl/shared" }), "the workload");
+  });
+
+  it("refusals are counted by kind in nexus_rate_limited_total, never by caller", async () => {
+    const text = await (await fetch(`http://127.0.0.1:${server.nexus.metricsPort}/metrics`)).text();
+    const lines = text.split("\n").filter((l) => l.startsWith("nexus_rate_limited_total{"));
+    const count = (kind: string) => Number(lines.find((l) => l.startsWith(`nexus_rate_limited_total{kind="${kind}"} `))?.split(" ")[1] ?? 0);
+    expect(count("calls")).to.be.greaterThan(0);
+    expect(count("auth_failures")).to.be.greaterThan(0);
+    expect(lines.filter((l) => /spiffe:|workload|elsewhere/.test(l))).to.deep.equal([]);
   });
 
   it("a valid SVID whose bearer tokens keep failing is refused RESOURCE_EXHAUSTED", async () => {
