@@ -67,6 +67,8 @@ export async function spawnServer(opts: ServerOptions): Promise<ServerProcess> {
     NEXUS_DATA_DIR: opts.dataDir,
     NEXUS_LOG_LEVEL: "warn",
     NEXUS_SHUTDOWN_GRACE: "2s",
+    // The bench drives 64 calls in flight from one identity: no per-caller limit may shape what it measures.
+    NEXUS_RATE_LIMIT_RPS: "0",
     ...(opts.adminPasswordFile ? { NEXUS_ADMIN_PASSWORD_FILE: opts.adminPasswordFile } : {}),
     ...opts.extraEnv,
   });

@@ -29,6 +29,22 @@ export interface AuditRow extends AuditFields {
   readonly signature: Buffer | null;
   /** SHA-256 of the signing certificate (audit_signers), with the signature. */
   readonly signer: Buffer | null;
+  /**
+   * The idempotency record of the change this event records (issue 17 §5),
+   * written by the same statement or transaction as the event. Not part of the
+   * event: neither stored in audit_events nor covered by its MAC.
+   */
+  readonly idempotency?: IdempotencyRecordRow;
+}
+
+/** One idempotency_keys row as the change that creates it writes it (migration 010). */
+export interface IdempotencyRecordRow {
+  readonly caller: string;
+  readonly key: string;
+  readonly rpc: string;
+  readonly requestMac: Buffer;
+  readonly response: Buffer;
+  readonly responseMac: Buffer;
 }
 
 export const AUDIT_MAC_LABEL = "nexus/v1/audit-event";

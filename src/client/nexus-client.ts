@@ -8,8 +8,8 @@ import { create, fromBinary, toBinary, type DescMethodServerStreaming, type Desc
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
-import { anyIs, anyUnpack } from "@bufbuild/protobuf/wkt";
-import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { anyIs, anyUnpack, durationMs } from "@bufbuild/protobuf/wkt";
+import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { authorizeServerId } from "../identity/server-authorizer.js";
 
@@ -26,6 +26,8 @@ export interface ClientIdentity {
 export interface CallOptions {
   readonly bearerToken?: string;
   readonly deadlineMs?: number;
+  /** Sent as the `idempotency-key` header: a retry with the same key and request gets the first result (writes only). */
+  readonly idempotencyKey?: string;
 }
 
 export interface FieldViolation {
@@ -45,12 +47,21 @@ export interface CallFailure {
   readonly message: string;
   readonly reason?: string;
   readonly violations?: readonly FieldViolation[];
+  /** RESOURCE_EXHAUSTED from a rate limit: how long to wait before retrying (google.rpc.RetryInfo). */
+  readonly retryDelayMs?: number;
   readonly response?: undefined;
 }
 
 /** The outcome of a call: the status name ("OK", "NOT_FOUND", …) and the response or the failure. */
 export type CallResult<M extends DescMethodUnary> =
-  | { readonly code: "OK"; readonly response: MessageShape<M["output"]>; readonly message?: undefined; readonly reason?: undefined; readonly violations?: undefined }
+  | {
+      readonly code: "OK";
+      readonly response: MessageShape<M["output"]>;
+      readonly message?: undefined;
+      readonly reason?: undefined;
+      readonly violations?: undefined;
+      readonly retryDelayMs?: undefined;
+    }
   | CallFailure;
 
 /** A server stream that failed (or was refused): the same fields as a CallFailure, thrown by the stream's iteration. */
@@ -97,6 +108,7 @@ export function grpcNexusClient(address: string, identity: ClientIdentity, chann
     call<M extends DescMethodUnary>(method: M, request: MessageInitShape<M["input"]>, options: CallOptions = {}) {
       const metadata = new grpc.Metadata();
       if (options.bearerToken !== undefined) metadata.set("authorization", `Bearer ${options.bearerToken}`);
+      if (options.idempotencyKey !== undefined) metadata.set("idempotency-key", options.idempotencyKey);
       const deadline = options.deadlineMs === undefined ? undefined : Date.now() + options.deadlineMs;
       return new Promise<CallResult<M>>((resolve) => {
         client.makeUnaryRequest(
@@ -173,6 +185,7 @@ export function connectNexusClient(
     async call<M extends DescMethodUnary>(method: M, request: MessageInitShape<M["input"]>, options: CallOptions = {}) {
       const headers: Record<string, string> = {};
       if (options.bearerToken !== undefined) headers.authorization = `Bearer ${options.bearerToken}`;
+      if (options.idempotencyKey !== undefined) headers["idempotency-key"] = options.idempotencyKey;
       // A client is a cheap set of method wrappers; the connection lives in the transport.
       const client = createClient(method.parent, transport) as unknown as Record<string, (req: unknown, opts: unknown) => Promise<MessageShape<M["output"]>>>;
       try {
@@ -182,7 +195,8 @@ export function connectNexusClient(
         const e = ConnectError.from(err);
         const reason = e.findDetails(ErrorInfoSchema)[0]?.reason;
         const violations = e.findDetails(BadRequestSchema).flatMap((b) => b.fieldViolations.map(({ field, description }) => ({ field, description })));
-        return { code: connectCodeName(e.code), message: e.rawMessage, reason, violations };
+        const retryDelay = e.findDetails(RetryInfoSchema)[0]?.retryDelay;
+        return { code: connectCodeName(e.code), message: e.rawMessage, reason, violations, ...(retryDelay ? { retryDelayMs: durationMs(retryDelay) } : {}) };
       }
     },
     async *stream<M extends DescMethodServerStreaming>(method: M, request: MessageInitShape<M["input"]>, options: CallOptions = {}) {
@@ -206,14 +220,19 @@ export function connectNexusClient(
 }
 
 /** Decodes grpc-status-details-bin (a google.rpc.Status) into the ErrorInfo reason and field violations. */
-function statusDetails(metadata: grpc.Metadata | undefined): { reason?: string; violations?: FieldViolation[] } {
+function statusDetails(metadata: grpc.Metadata | undefined): { reason?: string; violations?: FieldViolation[]; retryDelayMs?: number } {
   const raw = metadata?.get("grpc-status-details-bin")[0];
   if (raw === undefined || typeof raw === "string") return {};
   let reason: string | undefined;
+  let retryDelayMs: number | undefined;
   const violations: FieldViolation[] = [];
   try {
     for (const detail of fromBinary(StatusSchema, raw).details) {
       if (anyIs(detail, ErrorInfoSchema)) reason = anyUnpack(detail, ErrorInfoSchema)?.reason;
+      if (anyIs(detail, RetryInfoSchema)) {
+        const delay = anyUnpack(detail, RetryInfoSchema)?.retryDelay;
+        if (delay) retryDelayMs = durationMs(delay);
+      }
       if (anyIs(detail, BadRequestSchema)) {
         violations.push(...(anyUnpack(detail, BadRequestSchema)?.fieldViolations ?? []).map(({ field, description }) => ({ field, description })));
       }
@@ -221,7 +240,7 @@ function statusDetails(metadata: grpc.Metadata | undefined): { reason?: string; 
   } catch {
     return {}; // malformed details: the status code and message still stand
   }
-  return { reason, violations };
+  return { reason, violations, ...(retryDelayMs === undefined ? {} : { retryDelayMs }) };
 }
 
 function connectCodeName(code: Code): string {

@@ -62,6 +62,11 @@ export interface NexusConfig {
   readonly watchMaxLifetimeMs: number;
   /** How long watch events are kept, and so how old a resumable cursor may be. */
   readonly watchRetentionMs: number;
+  /** Per-caller token buckets (transport/rate-limits.ts); a rate of 0 turns one off. */
+  readonly rateLimits: {
+    readonly calls: { readonly perSecond: number; readonly burst: number };
+    readonly authFailures: { readonly perSecond: number; readonly burst: number };
+  };
 }
 
 export class ConfigError extends Error {
@@ -118,6 +123,16 @@ export const SETTINGS = {
   keyRotationBatch: { env: "NEXUS_KEY_ROTATION_BATCH", help: "data keys re-wrapped per transaction during a rotation", parse: positiveInt, serveDefault: "500", devDefault: "500" },
   keyRotationPause: { env: "NEXUS_KEY_ROTATION_PAUSE", help: "pause between re-wrap batches (throttles a rotation)", parse: parseDuration, serveDefault: "0ms", devDefault: "0ms" },
   watchMaxLifetime: { env: "NEXUS_WATCH_MAX_LIFETIME", help: "longest a WatchSecrets stream stays open (the client resumes)", parse: parseDuration, serveDefault: "1h", devDefault: "1h" },
+  rateLimitRps: { env: "NEXUS_RATE_LIMIT_RPS", help: "calls per second each caller (SPIFFE ID) may make, per replica (0 = no limit)", parse: nonNegativeNumber, serveDefault: "1000", devDefault: "1000" },
+  rateLimitBurst: { env: "NEXUS_RATE_LIMIT_BURST", help: "calls a caller may make at once above its rate", parse: positiveInt, serveDefault: "2000", devDefault: "2000" },
+  authFailureRateLimitRps: {
+    env: "NEXUS_AUTH_FAILURE_RATE_LIMIT_RPS",
+    help: "failed authentications per second one identity (SPIFFE ID, or a rejected certificate) may make, per replica (0 = no limit)",
+    parse: nonNegativeNumber,
+    serveDefault: "10",
+    devDefault: "10",
+  },
+  authFailureRateLimitBurst: { env: "NEXUS_AUTH_FAILURE_RATE_LIMIT_BURST", help: "failed authentications one identity may make at once", parse: positiveInt, serveDefault: "100", devDefault: "100" },
   watchRetention: { env: "NEXUS_WATCH_RETENTION", help: "how long watch events are kept (oldest resumable cursor)", parse: parseDuration, serveDefault: "24h", devDefault: "24h" },
 } satisfies Record<string, Setting<unknown>>;
 
@@ -163,6 +178,10 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
     keyRotationPauseMs: required("keyRotationPause"),
     watchMaxLifetimeMs: required("watchMaxLifetime"),
     watchRetentionMs: required("watchRetention"),
+    rateLimits: {
+      calls: { perSecond: required("rateLimitRps"), burst: required("rateLimitBurst") },
+      authFailures: { perSecond: required("authFailureRateLimitRps"), burst: required("authFailureRateLimitBurst") },
+    },
   };
 }
 
@@ -321,6 +340,11 @@ export function parseDuration(raw: string): number {
 
 function parseDurationOrOff(raw: string): number {
   return raw.trim() === "off" || raw.trim() === "0" ? 0 : parseDuration(raw);
+}
+
+function nonNegativeNumber(raw: string): number {
+  if (!/^\d+(\.\d+)?$/.test(raw.trim())) throw new Error(`"${raw}" is not a number of 0 or more`);
+  return Number(raw);
 }
 
 function positiveInt(raw: string): number {

@@ -29,6 +29,8 @@ export interface NexusErrorOptions {
   /** Stable UPPER_SNAKE_CASE reason; defaults to the code in upper case. */
   readonly reason?: string;
   readonly violations?: readonly FieldViolation[];
+  /** RESOURCE_EXHAUSTED from a rate limit: when the caller may retry (sent as google.rpc.RetryInfo). */
+  readonly retryDelayMs?: number;
   /** Kept for logs only; never sent to a caller. */
   readonly cause?: unknown;
 }
@@ -38,12 +40,14 @@ export class NexusError extends Error {
   readonly code: ErrorCode;
   readonly reason: string;
   readonly violations: readonly FieldViolation[];
+  readonly retryDelayMs: number | undefined;
 
   constructor(code: ErrorCode, message: string, options: NexusErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.reason = options.reason ?? code.toUpperCase();
     this.violations = options.violations ?? [];
+    this.retryDelayMs = options.retryDelayMs;
   }
 
   /** An INVALID_ARGUMENT naming the field and the rule it broke. */

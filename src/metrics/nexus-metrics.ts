@@ -9,6 +9,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { AuditObserver } from "../audit/audit-log.js";
 import type { CallObserver } from "../transport/call-pipeline.js";
+import type { RateLimitObserver } from "../transport/rate-limits.js";
 
 /** What the gauges read when Prometheus scrapes: functions, so nothing is copied or kept twice. */
 export interface MetricSources {
@@ -42,6 +43,7 @@ export class NexusMetrics {
   private readonly auditBatchSize: Histogram;
   private readonly auditWriteDuration: Histogram;
   private readonly auditWriteFailures: Counter;
+  private readonly rateLimited: Counter<"kind">;
   /** Sampled from sources.watchStreamsOpen at scrape time. */
   readonly watchStreamsOpen: Gauge;
   /** Sampled from sources.keyRotationRemaining at scrape time; 0 when no rotation runs here. */
@@ -64,6 +66,12 @@ export class NexusMetrics {
       help: "RPC latency from authentication to the committed audit event",
       labelNames: ["service", "method"],
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.rateLimited = new Counter({
+      name: "nexus_rate_limited_total",
+      help: "Calls refused RESOURCE_EXHAUSTED by a per-caller rate limit, by kind (calls or auth_failures); never by caller",
+      labelNames: ["kind"],
       registers,
     });
     this.rpcInFlight = new Gauge({ name: "nexus_rpc_in_flight", help: "RPCs running now", labelNames: ["service", "method"], registers });
@@ -200,6 +208,10 @@ export class NexusMetrics {
         this.rpcRequests.inc({ ...labels, code: STATUS_NAME.test(code) ? code : "UNKNOWN" });
       };
     },
+  };
+
+  readonly rateLimits: RateLimitObserver = {
+    limited: (kind) => this.rateLimited.inc({ kind }),
   };
 
   readonly audit: AuditObserver = {

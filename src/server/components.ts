@@ -52,6 +52,8 @@ import { SecretStore } from "../store/secret-store.js";
 import { CertificateSource, type TlsMaterialSource } from "../transport/certificate-source.js";
 import { WorkloadApiCertificateSource } from "../transport/workload-api-certificate-source.js";
 import { WorkloadApiSource } from "../workload-api/workload-api-source.js";
+import { IdempotentWrites } from "../services/idempotency.js";
+import { IdempotencyStore } from "../store/idempotency-store.js";
 import { startListeners, type Listeners } from "./listeners.js";
 import { startMaintenance } from "./maintenance.js";
 
@@ -210,6 +212,8 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
     policyService({ store: policyStore, keys, sync: policySync, epochs }),
   ];
 
+  const idempotency = new IdempotentWrites({ store: new IdempotencyStore(sql), keys, logger });
+
   cleanup.push(
     startMaintenance({
       secrets,
@@ -222,6 +226,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       auditRetentionMs: config.auditRetentionMs,
       watchEvents: { store: secretEvents, retentionMs: config.watchRetentionMs },
       rotation: { store: secrets, rotator, auditLog, keys, logger, intervalMs: ROTATION_CHECK_INTERVAL_MS },
+      idempotency,
     }),
   );
 
@@ -234,6 +239,8 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
     access: new AccessController(config.superuserId, engine, credentials, keys, () => policySync.loaded),
     auditLog,
     callObserver: metrics?.calls,
+    rateLimitObserver: metrics?.rateLimits,
+    idempotency,
     cleanup,
   });
   // Serving means the database answers, this replica holds its keys and it

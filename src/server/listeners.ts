@@ -16,6 +16,7 @@ import type { AccessPolicy } from "../authorization/access-policy.js";
 import type { ListenAddress, NexusConfig } from "../config/config.js";
 import type { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
+import type { IdempotentWrites } from "../services/idempotency.js";
 import type { ServiceRegistration } from "../transport/call-context.js";
 import { CallPipeline, type CallObserver } from "../transport/call-pipeline.js";
 import { secureContextOptions, type TlsMaterialSource } from "../transport/certificate-source.js";
@@ -23,6 +24,7 @@ import { createConnectServer } from "../transport/connect-server.js";
 import { addServicesToGrpcServer, auditUnknownMethods, grpcServerOptions, listenGrpcTls } from "../transport/grpc-server.js";
 import { HealthReporter } from "../transport/health.js";
 import { listen } from "../transport/listen.js";
+import { RateLimits, type RateLimitObserver } from "../transport/rate-limits.js";
 import { createReflectionService } from "../transport/reflection.js";
 
 export interface ListenerDeps {
@@ -35,6 +37,10 @@ export interface ListenerDeps {
   readonly auditLog: AuditLog;
   /** Told of every call (metrics); none when metrics are off. */
   readonly callObserver?: CallObserver;
+  /** Idempotency keys on writes (services/idempotency.ts); none, a key is refused. */
+  readonly idempotency?: IdempotentWrites;
+  /** Told of every call refused by a rate limit (metrics). */
+  readonly rateLimitObserver?: RateLimitObserver;
   /** Where each listener registers how to take it down. */
   readonly cleanup: Array<() => Promise<void> | void>;
 }
@@ -50,7 +56,7 @@ export interface Listeners {
 
 export async function startListeners(deps: ListenerDeps): Promise<Listeners> {
   const { config, logger, services, certificates, cleanup } = deps;
-  const pipeline = new CallPipeline(deps.authenticator, deps.access, deps.auditLog, logger, deps.callObserver);
+  const pipeline = new CallPipeline(deps.authenticator, deps.access, deps.auditLog, logger, deps.callObserver, deps.idempotency, new RateLimits(config.rateLimits, deps.rateLimitObserver));
   const health = new HealthReporter(services.map((s) => s.desc.typeName));
 
   const grpcServer = new grpc.Server(grpcServerOptions(config));

@@ -1,6 +1,6 @@
 // Periodic housekeeping (seed 002's cleanup of expired rows): expired secrets
 // and admin credentials, audit checkpoints, audit retention, watch event
-// retention, and the rotation scheduler (rotation-scheduler.ts). Each job runs
+// retention, expired idempotency records, and the rotation scheduler (rotation-scheduler.ts). Each job runs
 // on its own timer, never overlaps itself, and logs rather than throws.
 
 import type { AuditLog } from "../audit/audit-log.js";
@@ -8,6 +8,7 @@ import type { AuditRetention } from "../audit/audit-retention.js";
 import type { AdminCredentials } from "../authorization/admin-credentials.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
+import type { IdempotentWrites } from "../services/idempotency.js";
 import type { SecretEventStore } from "../store/secret-event-store.js";
 import type { SecretStore } from "../store/secret-store.js";
 import { runDueRotations, type RotationSchedulerDeps } from "./rotation-scheduler.js";
@@ -24,6 +25,8 @@ export interface MaintenanceDeps {
   readonly checkpointIntervalMs?: number;
   /** Watch events older than the retention (plus a margin, see below) are removed; omitted, none are. */
   readonly watchEvents?: { readonly store: SecretEventStore; readonly retentionMs: number };
+  /** Idempotency records past their 24 h (services/idempotency.ts); omitted, none are removed. */
+  readonly idempotency?: Pick<IdempotentWrites, "deleteExpired">;
   /** The rotation scheduler; omitted, nothing is rotated by schedule. */
   readonly rotation?: RotationSchedulerDeps & { readonly intervalMs: number };
 }
@@ -56,6 +59,16 @@ export function startMaintenance(d: MaintenanceDeps): () => void {
       every(d.cleanupIntervalMs, "watch event retention", d.logger, async () => {
         const removed = await watch.store.deleteOlderThan(new Date(Date.now() - watch.retentionMs - WATCH_EVENT_MARGIN_MS));
         if (removed > 0) d.logger.info("watch events removed", { events: removed });
+      }),
+    );
+  }
+  const idem = d.idempotency;
+  // One replica at a time (the store's advisory lock); the others skip the run.
+  if (idem) {
+    timers.push(
+      every(d.cleanupIntervalMs, "idempotency expiry", d.logger, async () => {
+        const removed = await idem.deleteExpired();
+        if (removed > 0) d.logger.info("expired idempotency records removed", { records: removed });
       }),
     );
   }

@@ -15,7 +15,7 @@ import { mac } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { PolicyChange, PolicyStore, StoredPolicy } from "../store/policy-store.js";
 import type { AuditRow } from "../audit/audit-event.js";
-import { registerService, type ServiceRegistration } from "../transport/call-context.js";
+import { registerService, type CallContext, type ServiceRegistration } from "../transport/call-context.js";
 import { pageSize } from "./secret-rules.js";
 import { maskedFields } from "./update-mask.js";
 
@@ -70,7 +70,7 @@ export function policyService({ store, keys, sync, epochs }: PolicyServiceDeps):
         updatedAt: now,
       };
       compilePolicy(record);
-      await write(() => ({ kind: "insert", policy: sign(record) }), ctx.audit.prepare({ after: describe(record) }));
+      await write(() => ({ kind: "insert", policy: sign(record) }), recorded(ctx, ctx.audit.prepare({ after: describe(record) }), { policy: toProto(record) }));
       ctx.audit.markWritten();
       await sync.reload();
       return { policy: toProto(record) };
@@ -101,7 +101,7 @@ export function policyService({ store, keys, sync, epochs }: PolicyServiceDeps):
         updatedAt: new Date(Math.max(Date.now(), before.updatedAt.getTime() + 1)),
       };
       compilePolicy(record);
-      const ok = await write(() => ({ kind: "update", policy: sign(record), expectedUpdatedAt: before.updatedAt }), ctx.audit.prepare({ before: describe(before), after: describe(record) }));
+      const ok = await write(() => ({ kind: "update", policy: sign(record), expectedUpdatedAt: before.updatedAt }), recorded(ctx, ctx.audit.prepare({ before: describe(before), after: describe(record) }), { policy: toProto(record) }));
       if (!ok) throw new NexusError("aborted", `policy "${req.name}" changed concurrently; retry`, { reason: "CONCURRENT_UPDATE" });
       ctx.audit.markWritten();
       await sync.reload();
@@ -110,7 +110,7 @@ export function policyService({ store, keys, sync, epochs }: PolicyServiceDeps):
 
     async deletePolicy(req, ctx) {
       const before = await find(req.name);
-      if (!(await write({ kind: "delete", id: before.id }, ctx.audit.prepare({ before: describe(before) })))) {
+      if (!(await write({ kind: "delete", id: before.id }, recorded(ctx, ctx.audit.prepare({ before: describe(before) }), {})))) {
         throw new NexusError("not_found", `no policy named "${req.name}"`, { reason: "POLICY_NOT_FOUND" });
       }
       ctx.audit.markWritten();
@@ -118,6 +118,11 @@ export function policyService({ store, keys, sync, epochs }: PolicyServiceDeps):
       return {};
     },
   });
+}
+
+/** The change's audit row with the call's idempotency record, if it has a key (written in the change's transaction). */
+function recorded(ctx: CallContext, audit: AuditRow, response: object): AuditRow {
+  return ctx.idempotency === undefined ? audit : ctx.idempotency.attach(audit, response);
 }
 
 function validateName(name: string): string {

@@ -7,6 +7,7 @@
 
 import { SecretLabel } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { CallAudit } from "../audit/audit-log.js";
+import type { AuditRow } from "../audit/audit-event.js";
 import { NexusError } from "../errors/nexus-error.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { SecretCipher } from "../keys/secret-cipher.js";
@@ -15,6 +16,7 @@ import type { SecretStore } from "../store/secret-store.js";
 import { checkLabels, labelStateFromRow, labelsAfterPut, labelsOf, sealLabels, type LabelFreshness } from "./secret-labels.js";
 import { generateValue, type Generator, type StoredPolicy } from "./rotation-policy.js";
 import { encodeData } from "./secret-rules.js";
+import type { IdempotencyIntent } from "./idempotency.js";
 
 /** Attempts before a rotation that keeps losing races to writers gives up. */
 const ROTATE_ATTEMPTS = 10;
@@ -31,6 +33,8 @@ export interface RotationRequest {
   readonly createdBy: string;
   readonly audit: CallAudit;
   readonly detail?: Record<string, unknown>;
+  /** RotateSecret with an idempotency key: the record goes into the version's statement. */
+  readonly idempotency?: IdempotencyIntent;
 }
 
 export interface SecretRotatorDeps {
@@ -91,7 +95,7 @@ export class SecretRotator {
         const writeStarted = freshness.start();
         const result = await store.appendRotatedVersion(
           { secretId: row.id, dataKeyId: row.dataKeyId, version, ciphertext, createdBy: r.createdBy, expiresAt: undefined, labels: after, expectedLabelsMac: before.mac },
-          r.audit.prepare({ ...r.detail, stage, generator: generator.kind, data_key: dataKey }),
+          attachRecord(r, r.audit.prepare({ ...r.detail, stage, generator: generator.kind, data_key: dataKey }), { version, labels: labelsOf(after, version) }),
           { nextRotationAt },
         );
         if (result.kind === "written") {
@@ -107,4 +111,8 @@ export class SecretRotator {
     }
     throw new NexusError("aborted", `too many concurrent writes to "${r.path}"; retry`, { reason: "CONCURRENT_UPDATE" });
   }
+}
+
+function attachRecord(r: RotationRequest, audit: AuditRow, response: object): AuditRow {
+  return r.idempotency === undefined ? audit : r.idempotency.attach(audit, response);
 }

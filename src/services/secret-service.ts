@@ -229,7 +229,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
             const createdAt = await store.insertNew({
               id, path, maxVersions: DEFAULT_MAX_VERSIONS, dataKeyId: dk.dataKeyId, wrappedDataKey: dk.wrappedDataKey,
               keyringKeyId: dk.keyringKeyId, expiresAt, ciphertext, createdBy: ctx.caller.toString(), labels,
-            }, ctx.audit.prepare(stage === "pending" ? { stage } : {}));
+            }, recorded(ctx, ctx.audit.prepare(stage === "pending" ? { stage } : {}), { version: 1 }));
             if (createdAt !== undefined) {
               ctx.audit.markWritten();
               freshness.accept(id, labels.epoch, started);
@@ -246,7 +246,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
           const labels = sealLabels(keys.activeIntegrityKey(), secret.secretId, path, before, labelsAfterPut(before, version, stage), version);
           ctx.audit.subject(path, version);
           const started = freshness.start();
-          const audit = ctx.audit.prepare(stage === "pending" ? { stage } : {});
+          const audit = recorded(ctx, ctx.audit.prepare(stage === "pending" ? { stage } : {}), { version });
           const append = { secretId: secret.secretId, dataKeyId: secret.dataKeyId, version, createdBy: ctx.caller.toString(), expiresAt, labels, expectedLabelsMac: before.mac };
           let result: AppendResult;
           if (secret.dataKeyOriginKeyId < keys.activeWrappingKey().id) {
@@ -460,7 +460,8 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
         if (keys.sealed) throw keys.sealedError();
         const after = sealLabels(keys.activeIntegrityKey(), row.id, path, before, labelsAfterPromote(before, req.version), before.latestVersion);
         const writeStarted = freshness.start();
-        const result = await store.promote(row.id, req.version, { labelsMac: before.mac, latestVersion: before.latestVersion }, after, ctx.audit.prepare({ previous_current: before.current }));
+        const audit = recorded(ctx, ctx.audit.prepare({ previous_current: before.current }), respond(after));
+        const result = await store.promote(row.id, req.version, { labelsMac: before.mac, latestVersion: before.latestVersion }, after, audit);
         if (result.kind === "gone") throw notFound(path);
         if (result.kind === "promoted") {
           ctx.audit.markWritten();
@@ -499,6 +500,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
         promote: req.promote,
         createdBy: ctx.caller.toString(),
         audit: ctx.audit,
+        idempotency: ctx.idempotency,
       });
       known.delete(path);
       return result;
@@ -518,6 +520,15 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
       return {};
     },
   });
+}
+
+/**
+ * The change's audit row with the call's idempotency record attached, if the
+ * call has an idempotency key: the store writes both in the change's statement.
+ * `created_at` is left out of `response`: the record's own time is that time.
+ */
+function recorded(ctx: CallContext, audit: AuditRow, response: object): AuditRow {
+  return ctx.idempotency === undefined ? audit : ctx.idempotency.attach(audit, response);
 }
 
 function notFound(path: string): NexusError {

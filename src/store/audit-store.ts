@@ -3,6 +3,7 @@
 // checkpoints, the signers of sealed-time events, and retention.
 
 import type { AuditOutcome, AuditRow } from "../audit/audit-event.js";
+import { insertIdempotencyRow } from "./idempotency-store.js";
 import { guarded, type Queryable, type Sql } from "./database.js";
 import { lockEpoch, readEpoch, writeEpoch, type EpochRow, type EpochSeal } from "./grant-epoch-store.js";
 import { labelRow, type LabelRow } from "./secret-label-row.js";
@@ -72,6 +73,8 @@ export async function insertAuditRow(q: Queryable, r: AuditRow): Promise<void> {
     INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac, signature, signer)
     VALUES (${r.replicaId}, ${r.sequence}, ${r.time}, ${r.requestId}, ${r.caller}, ${r.rpc}, ${r.path}, ${r.version},
             ${r.outcome}, ${r.code}, ${q.json(r.detail as never)}, ${r.mac}, ${r.signature}, ${r.signer})`;
+  // The change's idempotency record commits (or not) with its event.
+  await insertIdempotencyRow(q, r.idempotency);
 }
 
 /**

@@ -74,6 +74,11 @@ export function databaseError(err: unknown): NexusError {
     return new NexusError("unavailable", "the database is unavailable; retry later", { reason: "DATABASE_UNAVAILABLE", cause: err });
   }
   const code = (err as { code?: unknown } | null)?.code;
+  // A duplicate of an idempotent write that ran while the first did: its
+  // insert waited for the first call's row and met it once that committed.
+  if (code === "23505" && (err as { constraint_name?: unknown }).constraint_name === "idempotency_keys_pkey") {
+    return new NexusError("aborted", "a call with this idempotency key was running; retry", { reason: "IDEMPOTENCY_KEY_IN_USE", cause: err });
+  }
   if (code === "40001" || code === "40P01") {
     return new NexusError("aborted", "the write conflicted with a concurrent one; retry", { reason: "CONCURRENT_UPDATE", cause: err });
   }

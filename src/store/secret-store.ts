@@ -10,6 +10,7 @@ import type { AuditRow } from "../audit/audit-event.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { auditInsertFragment, auditJson, insertAuditRow } from "./audit-store.js";
 import { guarded, type Sql } from "./database.js";
+import { idempotencyCte, idempotencyJson } from "./idempotency-store.js";
 import { concurrencyLimit, GroupCommit } from "./group-commit.js";
 import { labelRow, type LabelRow } from "./secret-label-row.js";
 
@@ -179,7 +180,7 @@ export class SecretStore {
           RETURNING id
         ), a AS (
           ${auditInsertFragment(this.sql, audit)} FROM s
-        )
+        )${idempotencyCte(this.sql, audit.idempotency, "s")}
         INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
         SELECT id, 1, ${s.ciphertext}, ${s.createdBy} FROM s
         RETURNING created_at`;
@@ -265,6 +266,7 @@ export class SecretStore {
         new_labels_mac_hex: a.labels.mac.toString("hex"),
         expected_labels_mac_hex: a.expectedLabelsMac?.toString("hex"),
         ...auditJson(audit),
+        ...idempotencyJson(audit.idempotency),
       })),
     );
     const rows = await this.run(
@@ -274,7 +276,8 @@ export class SecretStore {
             i int, secret_id uuid, new_version int, data_key_id int, ciphertext_hex text, created_by text, expires_at timestamptz,
             new_current int, new_pending int, new_previous int, new_epoch bigint, new_labels_mac_hex text, expected_labels_mac_hex text,
             replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
-            outcome text, code text, detail jsonb, mac_hex text, signature_hex text, signer_hex text)
+            outcome text, code text, detail jsonb, mac_hex text, signature_hex text, signer_hex text,
+            idem_caller text, idem_key text, idem_rpc text, idem_request_mac_hex text, idem_response_hex text, idem_response_mac_hex text)
         ), cur AS MATERIALIZED (
           SELECT id, latest_version, data_key_id, current_version, pending_version, previous_version, label_epoch, labels_mac,
                  (expires_at IS NOT NULL AND expires_at <= now()) AS expired
@@ -304,6 +307,10 @@ export class SecretStore {
           SELECT t.replica_id, t.sequence, t.time, t.request_id, t.caller, t.rpc, t.path, t.version, t.outcome, t.code, t.detail, decode(t.mac_hex, 'hex'),
                  decode(t.signature_hex, 'hex'), decode(t.signer_hex, 'hex')
           FROM t JOIN upd ON upd.i = t.i
+        ), idem AS (
+          INSERT INTO idempotency_keys (caller, key, rpc, request_mac, response, response_mac)
+          SELECT t.idem_caller, t.idem_key, t.idem_rpc, decode(t.idem_request_mac_hex, 'hex'), decode(t.idem_response_hex, 'hex'), decode(t.idem_response_mac_hex, 'hex')
+          FROM t JOIN upd ON upd.i = t.i WHERE t.idem_key IS NOT NULL
         )
         SELECT t.i, ins.created_at, cur.latest_version, cur.expired, cur.data_key_id, cur.current_version, cur.pending_version,
                cur.previous_version, cur.label_epoch, cur.labels_mac
@@ -386,7 +393,7 @@ export class SecretStore {
             AND v.version IS DISTINCT FROM ${l.previous}::int
         ), aud AS (
           ${auditInsertFragment(this.sql, audit)} FROM upd
-        )`;
+        )${idempotencyCte(this.sql, audit.idempotency, "upd")}`;
   }
 
   /** Removes a secret only if it has expired (so a put can reuse its path). */
@@ -544,7 +551,7 @@ export class SecretStore {
           RETURNING id
         ), aud AS (
           ${auditInsertFragment(this.sql, audit)} FROM upd
-        )
+        )${idempotencyCte(this.sql, audit.idempotency, "upd")}
         SELECT (SELECT id FROM s) AS id, (SELECT id FROM upd) AS promoted`;
       if (!row.id) return { kind: "gone" };
       return row.promoted ? { kind: "promoted" } : { kind: "changed" };

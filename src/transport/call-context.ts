@@ -6,6 +6,7 @@ import type { DescMethod, DescMethodServerStreaming, DescMethodUnary, DescServic
 import type { CallAudit } from "../audit/audit-log.js";
 import type { AccessGrant } from "../authorization/access-policy.js";
 import type { NexusError } from "../errors/nexus-error.js";
+import type { IdempotencyIntent } from "../services/idempotency.js";
 import type { SpiffeId } from "../identity/spiffe-id.js";
 import type { WireFormat } from "./request-decoding.js";
 
@@ -35,6 +36,11 @@ export interface CallContext {
    * and returns; work it started on the caller's behalf need not stop.
    */
   readonly signal?: AbortSignal;
+  /**
+   * Set when the call carries an idempotency key (services/idempotency.ts): the
+   * handler attaches its record to the audit row of its change.
+   */
+  readonly idempotency?: IdempotencyIntent;
   /** Server streams only: when the caller's X.509-SVID expires (ms since the epoch); a long stream ends then. */
   readonly svidNotAfterMs?: number;
 }
@@ -87,6 +93,8 @@ export interface IncomingCall {
   readonly peerCertificate: { readonly raw: Uint8Array; readonly fingerprint256?: string } | undefined;
   readonly authorization: string | undefined;
   readonly requestId: string | undefined;
+  /** The `idempotency-key` header, if sent (checked by the pipeline). */
+  readonly idempotencyKey?: string;
   readonly transport: TransportKind;
   readonly wireFormat: WireFormat;
   /** Set when the listener already knows the call must be refused (a body that does not decode or carries unknown fields). */

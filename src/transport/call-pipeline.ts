@@ -6,15 +6,17 @@
 // and its end (OK, the error it ended with, or CANCELLED when the client left).
 
 import { create, type DescMethodServerStreaming, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import type { AuditLog, CallRecord, DeferredCallRecord } from "../audit/audit-log.js";
 import type { AccessPolicy } from "../authorization/access-policy.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { storableText } from "../store/storable-text.js";
+import { IdempotentWrites } from "../services/idempotency.js";
 import type { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
 import { methodPath, type CallContext, type IncomingCall, type ServerStreamHandler, type UnaryHandler } from "./call-context.js";
 import { asNexusError, grpcStatusName } from "./error-mapping.js";
+import type { RateLimits } from "./rate-limits.js";
 
 const BEARER = /^Bearer\s+(\S+)$/i;
 
@@ -30,6 +32,8 @@ export class CallPipeline {
     private readonly audit: AuditLog,
     private readonly logger: Logger,
     private readonly observer?: CallObserver,
+    private readonly idempotency?: IdempotentWrites,
+    private readonly limits?: RateLimits,
   ) {}
 
   /** Runs one unary call; resolves with the response message or rejects with a NexusError. */
@@ -51,18 +55,24 @@ export class CallPipeline {
     const record = this.audit.begin({ requestId, rpc: path, time: new Date() });
     record.subject(...auditSubject(request));
     let response: Message;
+    let replayed = false;
+    let callerId: string | undefined;
     try {
       if (call.refusal !== undefined) throw call.refusal;
       const caller = this.identify(call);
-      record.identify(caller.toString());
+      callerId = caller.toString();
+      record.identify(callerId);
       const bearerToken = bearer(call.authorization);
       const access = await this.access.authorize({ caller, method: path, request, bearerToken });
       const ctx: CallContext = { caller, method: path, requestId, bearerToken, transport: call.transport, wireFormat: call.wireFormat, access, audit: record };
-      response = create(method.output, await handler(request as never, ctx));
+      if (call.idempotencyKey === undefined) response = create(method.output, await handler(request as never, ctx));
+      else ({ response, replayed } = await this.runIdempotent(method, handler, request, ctx, call.idempotencyKey));
     } catch (err) {
+      if (callerId !== undefined) this.chargeFailedAuthentication(err, callerId);
       throw await this.failed(record, path, requestId, err);
     }
-    await record.finish("ok", "OK");
+    // A replay is re-authorized above and audited as what it is (nothing was written).
+    await record.finish("ok", "OK", replayed ? { idempotent_replay: true, idempotency_key: call.idempotencyKey } : {});
     return response;
   }
 
@@ -92,7 +102,9 @@ export class CallPipeline {
       const caller = svid.id;
       start.identify(caller.toString());
       const bearerToken = bearer(call.authorization);
-      const access = await this.access.authorize({ caller, method: path, request, bearerToken });
+      const access = await this.access.authorize({ caller, method: path, request, bearerToken }).catch((err: unknown) => {
+        throw this.chargeFailedAuthentication(err, caller.toString());
+      });
       await start.finish("ok", "OK", { stream: "started" });
       // A change the handler makes is recorded with this record; the end event too if it makes none.
       // Its number is taken at first use, so an open stream holds back no one's checkpoint.
@@ -153,15 +165,46 @@ export class CallPipeline {
     return this.failed(record, path, requestId, failure);
   }
 
+  /** A call with an idempotency key (services/idempotency.ts); refused where none is taken. */
+  private runIdempotent(method: DescMethodUnary, handler: UnaryHandler<DescMethodUnary>, request: Message, ctx: CallContext, key: string) {
+    if (this.idempotency === undefined) {
+      IdempotentWrites.check(ctx.method, key);
+      throw new NexusError("invalid_argument", "this server does not take idempotency keys", { reason: "IDEMPOTENCY_NOT_SUPPORTED" });
+    }
+    return this.idempotency.run(method, ctx.method, ctx.caller.toString(), key, request, (idempotency) => handler(request as never, { ...ctx, idempotency }));
+  }
+
   private identify(call: IncomingCall) {
     return this.identifySvid(call).id;
   }
 
+  /** The caller's SVID, within the rate limits (rate-limits.ts): failed authentications first, then calls. */
   private identifySvid(call: IncomingCall) {
     if (call.peerCertificate === undefined) {
       throw new NexusError("unauthenticated", "a client X.509-SVID is required", { reason: "NO_CLIENT_CERTIFICATE" });
     }
-    return this.authenticator.authenticateSvid(call.peerCertificate);
+    const limits = this.limits;
+    if (limits === undefined) return this.authenticator.authenticateSvid(call.peerCertificate);
+    const presented = call.peerCertificate;
+    limits.checkFailures(() => certificateKey(presented));
+    let svid;
+    try {
+      svid = this.authenticator.authenticateSvid(presented);
+    } catch (err) {
+      limits.authenticationFailed(certificateKey(presented));
+      throw err;
+    }
+    const caller = svid.id.toString();
+    // A valid SVID whose bearer tokens keep failing is refused like a rejected certificate.
+    limits.checkFailures(() => caller);
+    limits.admit(caller);
+    return svid;
+  }
+
+  /** A bad bearer token (UNAUTHENTICATED after a valid SVID) counts against the caller's failed authentications. */
+  private chargeFailedAuthentication(err: unknown, caller: string): unknown {
+    if (err instanceof NexusError && err.code === "unauthenticated") this.limits?.authenticationFailed(caller);
+    return err;
   }
 
   private async failed(record: Pick<CallRecord, "finish">, path: string, requestId: string, err: unknown, detail: Record<string, unknown> = {}): Promise<NexusError> {
@@ -198,6 +241,11 @@ function auditSubject(request: Message): [string | null, number | null] {
 function auditText(s: string): string {
   // Cut first: a cut can split a surrogate pair, and the replacement mends that too.
   return storableText(s.length > MAX_AUDIT_SUBJECT ? `${s.slice(0, MAX_AUDIT_SUBJECT)}…` : s);
+}
+
+/** Who presented a certificate that was not a valid SVID: its SHA-256 fingerprint. */
+function certificateKey(cert: { readonly raw: Uint8Array; readonly fingerprint256?: string }): string {
+  return cert.fingerprint256 ?? createHash("sha256").update(cert.raw).digest("hex");
 }
 
 /** The token of `authorization: Bearer <token>`; any other authorization header is refused, not ignored. */

@@ -119,6 +119,7 @@ function incoming(ctx: HandlerContext, prepared: PreparedRequest | undefined): I
     peerCertificate: ctx.values.get(peerCertificateKey),
     authorization: ctx.requestHeader.get("authorization") ?? undefined,
     requestId: ctx.requestHeader.get("x-request-id") ?? undefined,
+    idempotencyKey: ctx.requestHeader.get("idempotency-key") ?? undefined,
     transport: "connect",
     wireFormat: prepared?.format ?? "binary",
     refusal: prepared === undefined ? NOT_DECODED : prepared.refusal,

@@ -1,13 +1,14 @@
 // The one place where NexusErrors become wire errors: a gRPC status with
 // google.rpc.Status details (grpc-status-details-bin) for grpc-js, and a
 // ConnectError with the same details for the Connect listener (AIP-193:
-// ErrorInfo with a stable reason, BadRequest field violations).
+// ErrorInfo with a stable reason, BadRequest field violations, RetryInfo when
+// a rate limit says when to retry).
 
 import { create, toBinary } from "@bufbuild/protobuf";
-import { anyPack } from "@bufbuild/protobuf/wkt";
+import { anyPack, durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { Metadata, status as GrpcStatus, type StatusObject } from "@grpc/grpc-js";
-import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { NexusError, type ErrorCode } from "../errors/nexus-error.js";
 
@@ -48,16 +49,21 @@ function details(err: NexusError) {
   const badRequest = err.violations.length
     ? create(BadRequestSchema, { fieldViolations: err.violations.map((v) => ({ field: v.field, description: v.description })) })
     : undefined;
-  return { errorInfo, badRequest };
+  const retryInfo = err.retryDelayMs === undefined ? undefined : create(RetryInfoSchema, { retryDelay: durationFromMs(Math.ceil(err.retryDelayMs)) });
+  return { errorInfo, badRequest, retryInfo };
 }
 
 export function toGrpcError(err: NexusError): Partial<StatusObject> {
-  const { errorInfo, badRequest } = details(err);
+  const { errorInfo, badRequest, retryInfo } = details(err);
   const code = CODES[err.code].grpc;
   const status = create(StatusSchema, {
     code,
     message: err.message,
-    details: [anyPack(ErrorInfoSchema, errorInfo), ...(badRequest ? [anyPack(BadRequestSchema, badRequest)] : [])],
+    details: [
+      anyPack(ErrorInfoSchema, errorInfo),
+      ...(badRequest ? [anyPack(BadRequestSchema, badRequest)] : []),
+      ...(retryInfo ? [anyPack(RetryInfoSchema, retryInfo)] : []),
+    ],
   });
   const metadata = new Metadata();
   metadata.set("grpc-status-details-bin", Buffer.from(toBinary(StatusSchema, status)));
@@ -65,9 +71,10 @@ export function toGrpcError(err: NexusError): Partial<StatusObject> {
 }
 
 export function toConnectError(err: NexusError): ConnectError {
-  const { errorInfo, badRequest } = details(err);
+  const { errorInfo, badRequest, retryInfo } = details(err);
   return new ConnectError(err.message, CODES[err.code].connect, undefined, [
     { desc: ErrorInfoSchema, value: errorInfo },
     ...(badRequest ? [{ desc: BadRequestSchema, value: badRequest }] : []),
+    ...(retryInfo ? [{ desc: RetryInfoSchema, value: retryInfo }] : []),
   ]);
 }

@@ -114,10 +114,12 @@ function unaryHandler(method: DescMethodUnary, handler: UnaryHandler<DescMethodU
 function incomingCall(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>, refused: RefusedRequest | undefined): IncomingCall {
   const authorization = call.metadata.get("authorization")[0];
   const requestId = call.metadata.get("x-request-id")[0];
+  const idempotencyKey = call.metadata.get("idempotency-key")[0];
   return {
     peerCertificate: call.getAuthContext().sslPeerCertificate,
     authorization: typeof authorization === "string" ? authorization : undefined,
     requestId: typeof requestId === "string" ? requestId : undefined,
+    idempotencyKey: typeof idempotencyKey === "string" ? idempotencyKey : undefined,
     transport: "grpc",
     wireFormat: "binary",
     refusal: refused?.refusal,

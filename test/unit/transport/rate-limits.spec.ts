@@ -1,0 +1,97 @@
+// Token buckets of the per-caller rate limits, on a clock the test moves:
+// a burst, then one call per 1/rate seconds, a wait that says when the next
+// token comes, independent callers, failed authentications counted apart,
+// and a bounded number of remembered callers.
+
+import { expect } from "chai";
+import { NexusError } from "../../../src/errors/nexus-error.js";
+import { RateLimits, TokenBuckets } from "../../../src/transport/rate-limits.js";
+
+describe("TokenBuckets", () => {
+  let now = 0;
+  const clock = () => now;
+  beforeEach(() => (now = 1_000_000));
+
+  it("lets a burst through, then refuses with the time until the next token", () => {
+    const b = new TokenBuckets({ perSecond: 10, burst: 3 }, 100, clock);
+    expect([b.take("a"), b.take("a"), b.take("a")]).to.deep.equal([0, 0, 0]);
+    expect(b.take("a")).to.equal(100);
+    now += 40;
+    expect(b.take("a")).to.equal(60);
+    now += 60;
+    expect(b.take("a")).to.equal(0);
+    expect(b.take("a")).to.equal(100);
+  });
+
+  it("keeps callers apart: one caller's empty bucket leaves another's full", () => {
+    const b = new TokenBuckets({ perSecond: 1, burst: 1 }, 100, clock);
+    expect(b.take("noisy")).to.equal(0);
+    expect(b.take("noisy")).to.be.greaterThan(0);
+    expect(b.take("quiet")).to.equal(0);
+  });
+
+  it("never holds more than its burst after a quiet spell", () => {
+    const b = new TokenBuckets({ perSecond: 100, burst: 2 }, 100, clock);
+    b.take("a");
+    now += 3_600_000;
+    expect([b.take("a"), b.take("a"), b.take("a")].map((w) => w > 0)).to.deep.equal([false, false, true]);
+  });
+
+  it("a rate of 0 is no limit", () => {
+    const b = new TokenBuckets({ perSecond: 0, burst: 1 }, 100, clock);
+    for (let i = 0; i < 1000; i++) expect(b.take("a")).to.equal(0);
+  });
+
+  it("peek tells the wait without taking a token", () => {
+    const b = new TokenBuckets({ perSecond: 10, burst: 1 }, 100, clock);
+    expect(b.peek("a")).to.equal(0);
+    b.take("a");
+    expect(b.peek("a")).to.equal(100);
+    expect(b.peek("a")).to.equal(100);
+  });
+
+  it("remembers a bounded number of callers: refilled buckets are dropped first", () => {
+    const b = new TokenBuckets({ perSecond: 1, burst: 1 }, 4, clock);
+    for (const k of ["a", "b", "c"]) b.take(k);
+    now += 5_000; // a, b, c have refilled
+    b.take("d");
+    b.take("e"); // the sweep drops a, b and c
+    // "d" is still empty: it was not swept.
+    expect(b.take("d")).to.be.greaterThan(0);
+  });
+});
+
+describe("RateLimits", () => {
+  let now = 0;
+  const clock = () => now;
+  beforeEach(() => (now = 1_000_000));
+
+  it("refuses an over-limit caller RESOURCE_EXHAUSTED RATE_LIMITED with a retry delay, and counts it by kind", () => {
+    const counted: string[] = [];
+    const limits = new RateLimits({ calls: { perSecond: 2, burst: 1 }, authFailures: { perSecond: 1, burst: 1 } }, { limited: (k) => counted.push(k) }, clock);
+    limits.admit("spiffe://x/a");
+    let err: unknown;
+    try {
+      limits.admit("spiffe://x/a");
+    } catch (e) {
+      err = e;
+    }
+    expect(err).to.be.instanceOf(NexusError);
+    expect((err as NexusError).code).to.equal("resource_exhausted");
+    expect((err as NexusError).reason).to.equal("RATE_LIMITED");
+    expect((err as NexusError).retryDelayMs).to.equal(500);
+    expect(counted).to.deep.equal(["calls"]);
+  });
+
+  it("refuses an identity whose failed authentications used up its bucket, before it is authenticated again", () => {
+    const limits = new RateLimits({ calls: { perSecond: 100, burst: 100 }, authFailures: { perSecond: 1, burst: 2 } }, undefined, clock);
+    limits.checkFailures(() => "cert-1");
+    limits.authenticationFailed("cert-1");
+    limits.checkFailures(() => "cert-1");
+    limits.authenticationFailed("cert-1");
+    expect(() => limits.checkFailures(() => "cert-1")).to.throw(NexusError, /failed authentications/);
+    limits.checkFailures(() => "cert-2");
+    now += 1000;
+    limits.checkFailures(() => "cert-1");
+  });
+});
