@@ -43,7 +43,7 @@ describe("package manifest: runnable bins after npm ci and from a packed tarball
       expect(files, bin).to.include(bin);
       const source = readFileSync(path.join(root, bin), "utf8");
       const imports = [...source.matchAll(/from\s+"(\.\.?\/[^"]+)"/g)].map((m) => m[1]);
-      expect(imports, `${bin} imports`).to.not.be.empty;
+      expect(imports.length, `${bin} imports`).to.be.greaterThan(0);
       for (const spec of imports) {
         const target = path.posix.normalize(path.posix.join(path.posix.dirname(bin), spec));
         expect(files, `${bin} -> ${spec}`).to.include(target);
