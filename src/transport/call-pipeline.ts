@@ -13,7 +13,7 @@ import { NexusError } from "../errors/nexus-error.js";
 import { storableText } from "../store/storable-text.js";
 import type { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
-import { methodPath, type CallContext, type IncomingCall, type ServerStreamHandler, type UnaryHandler } from "./call-context.js";
+import { methodPath, type CallContext, type IncomingCall, type ServerStreamHandler, type UnaryHandler } from "../calls/call-context.js";
 import { asNexusError, grpcStatusName } from "./error-mapping.js";
 
 const BEARER = /^Bearer\s+(\S+)$/i;
