@@ -91,6 +91,7 @@ install-check:
 	npm install --no-audit --no-fund "$$tmp/$$tarball" >/dev/null 2>&1 && \
 	npx nexus --help >/dev/null && npx spike --help >/dev/null && \
 	grep -q "xs.indexOf(x, index)" node_modules/nexus/node_modules/postgres/src/queue.js && \
+	grep -q "return go(open.pop(), query)" node_modules/nexus/node_modules/postgres/src/index.js && \
 	echo "packed install: nexus and spike run, with the patched postgres.js"
 
 # Benchmarks (issue 5): own PostgreSQL and server, about 6 minutes; BENCH_QUICK=1 for a
