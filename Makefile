@@ -8,7 +8,7 @@ BIN := node_modules/.bin
 MOCHA := $(BIN)/mocha --timeout 60000 --exit --forbid-only
 
 .PHONY: help deps build certs run test typecheck lint buf-lint gen gen-check unit integration e2e system-deps clean
-.PHONY: bench bench-3 bench-ab-metrics
+.PHONY: bench bench-3 bench-ab-metrics install-check
 
 help:
 	@echo "make run    serve in dev mode (embedded PostgreSQL, dev certificates)"
@@ -76,6 +76,23 @@ test: typecheck lint buf-lint gen-check certs system-deps
 
 clean:
 	rm -rf dist
+
+# Issue 15: `npm ci` in a clean clone of HEAD, and `npm install` of the packed
+# tarball into an empty project, both leave runnable `nexus` and `spike`
+# (committed changes only; about a minute). The unit spec package-manifest
+# checks the tarball's file list cheaply on every `make test`.
+install-check:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	git clone -q . "$$tmp/clone" && cd "$$tmp/clone" && \
+	npm ci --no-audit --no-fund >/dev/null && npx nexus --help >/dev/null && npx spike --help >/dev/null && \
+	echo "clean clone + npm ci: nexus and spike run" && \
+	tarball=$$(npm pack --silent --pack-destination "$$tmp" 2>/dev/null | tail -1) && \
+	mkdir "$$tmp/app" && cd "$$tmp/app" && npm init -y >/dev/null && \
+	npm install --no-audit --no-fund "$$tmp/$$tarball" >/dev/null 2>&1 && \
+	npx nexus --help >/dev/null && npx spike --help >/dev/null && \
+	grep -q "xs.indexOf(x, index)" node_modules/nexus/node_modules/postgres/src/queue.js && \
+	grep -q "return go(open.pop(), query)" node_modules/nexus/node_modules/postgres/src/index.js && \
+	echo "packed install: nexus and spike run, with the patched postgres.js"
 
 # Benchmarks (issue 5): own PostgreSQL and server, about 6 minutes; BENCH_QUICK=1 for a
 # one-minute smoke run. Writes bench/results/latest.{json,md} and prints the table.

@@ -11,6 +11,9 @@
 //                     grpc-server.ts aborts every call's AbortController
 //   postgres-queue    postgres.js's pool queue stops growing by one slot per
 //                     query while every connection is busy (postgres-queue-hook.ts)
+//   postgres-fifo     the pool as before the LIFO patch: one call at a time
+//                     rotates through every idle connection (B = "before";
+//                     postgres-fifo-hook.ts)
 //   buffer-pool-off   no small Buffer is a slice of a shared 8 KiB slab, so a
 //                     cached key or wrapped key pins only its own bytes (an
 //                     over-approximation of copying cached buffers out of the
@@ -55,10 +58,14 @@ if (patches.has("postgres-queue")) {
   register(new URL("./postgres-queue-hook.js", import.meta.url));
 }
 
+if (patches.has("postgres-fifo")) {
+  register(new URL("./postgres-fifo-hook.js", import.meta.url));
+}
+
 if (patches.has("buffer-pool-off")) {
   Buffer.poolSize = 0;
 }
 
 for (const p of patches) {
-  if (!["peer-certificate", "abort-reason", "buffer-pool-off", "postgres-queue", "v8-flags"].includes(p)) throw new Error(`server-patches: unknown patch "${p}"`);
+  if (!["peer-certificate", "abort-reason", "buffer-pool-off", "postgres-queue", "postgres-fifo", "v8-flags"].includes(p)) throw new Error(`server-patches: unknown patch "${p}"`);
 }

@@ -5,47 +5,10 @@
 // over the same fields with the server's SVID key instead (ADR 0003).
 
 import { canonicalJson, mac, macMatches } from "../keys/integrity.js";
+import type { AuditFields } from "../store/audit-row.js";
 
-export type AuditOutcome = "ok" | "denied" | "error";
-
-export interface AuditFields {
-  readonly replicaId: string;
-  readonly sequence: number;
-  readonly time: Date;
-  readonly requestId: string;
-  readonly caller: string;
-  readonly rpc: string;
-  readonly path: string | null;
-  readonly version: number | null;
-  readonly outcome: AuditOutcome;
-  readonly code: string;
-  readonly detail: Readonly<Record<string, unknown>>;
-}
-
-export interface AuditRow extends AuditFields {
-  /** Null when recorded while sealed: such an event is signed instead, and never MAC'd later. */
-  readonly mac: Buffer | null;
-  /** The SVID signature of an event recorded while sealed, else null. */
-  readonly signature: Buffer | null;
-  /** SHA-256 of the signing certificate (audit_signers), with the signature. */
-  readonly signer: Buffer | null;
-  /**
-   * The idempotency record of the change this event records (issue 17 §5),
-   * written by the same statement or transaction as the event. Not part of the
-   * event: neither stored in audit_events nor covered by its MAC.
-   */
-  readonly idempotency?: IdempotencyRecordRow;
-}
-
-/** One idempotency_keys row as the change that creates it writes it (migration 010). */
-export interface IdempotencyRecordRow {
-  readonly caller: string;
-  readonly key: string;
-  readonly rpc: string;
-  readonly requestMac: Buffer;
-  readonly response: Buffer;
-  readonly responseMac: Buffer;
-}
+// The row shape lives with the store that persists it (ADR 0013: store imports no higher layer).
+export type { AuditFields, AuditOutcome, AuditRow, IdempotencyRecordRow } from "../store/audit-row.js";
 
 export const AUDIT_MAC_LABEL = "nexus/v1/audit-event";
 const AUDIT_SIGNATURE_LABEL = "nexus/v1/audit-event-signature";

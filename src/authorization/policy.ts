@@ -5,21 +5,12 @@
 
 import { RE2JS } from "re2js";
 import { NexusError } from "../errors/nexus-error.js";
+import type { Grant, PolicyRecord } from "../store/policy-row.js";
 import { isStorableText } from "../store/storable-text.js";
 
-export type Grant = "read" | "write" | "list" | "super";
+// Grant and PolicyRecord are the policies table's row shape, owned by the store (ADR 0013).
+export type { Grant, PolicyRecord };
 export const GRANTS: readonly Grant[] = ["read", "write", "list", "super"];
-
-export interface PolicyRecord {
-  readonly id: string;
-  readonly name: string;
-  readonly spiffeIdPattern: string;
-  readonly pathPattern: string;
-  readonly permissions: readonly Grant[];
-  readonly createdAt: Date;
-  readonly createdBy: string;
-  readonly updatedAt: Date;
-}
 
 export interface CompiledPolicy {
   readonly record: PolicyRecord;

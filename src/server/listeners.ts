@@ -17,7 +17,7 @@ import type { ListenAddress, NexusConfig } from "../config/config.js";
 import type { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
 import type { IdempotentWrites } from "../services/idempotency.js";
-import type { ServiceRegistration } from "../transport/call-context.js";
+import type { ServiceRegistration } from "../calls/call-context.js";
 import { CallPipeline, type CallObserver } from "../transport/call-pipeline.js";
 import { secureContextOptions, type TlsMaterialSource } from "../transport/certificate-source.js";
 import { createConnectServer } from "../transport/connect-server.js";

@@ -17,6 +17,7 @@ import { create, fromBinary, toBinary, toJson, type DescMethodUnary, type Messag
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { createHmac } from "node:crypto";
 import type { AuditRow } from "../audit/audit-event.js";
+import type { IdempotencyIntent } from "../calls/call-context.js";
 import { NexusError } from "../errors/nexus-error.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import { canonicalJson } from "../keys/integrity.js";
@@ -43,14 +44,7 @@ const REQUEST_LABEL = "nexus/v1/idempotency-request";
 const RESPONSE_LABEL = "nexus/v1/idempotency-response";
 
 /** What a handler of a call with an idempotency key gets: attaches the record to its change's audit row. */
-export interface IdempotencyIntent {
-  /**
-   * The audit row with the record of `response` attached. A response field
-   * `created_at` left unset is filled on replay with the record's own time,
-   * which the same statement as the change writes (PutSecret's version time).
-   */
-  attach(audit: AuditRow, response: object): AuditRow;
-}
+export type { IdempotencyIntent };
 
 /** What the handler is run with: the call's context, with or without an intent. */
 export type IdempotentHandler = (intent: IdempotencyIntent | undefined) => Promise<object>;

@@ -31,7 +31,7 @@ import type { PolicyStore } from "../store/policy-store.js";
 import type { KeyRotationStore, RotationPhaseName, RotationRow } from "../store/key-rotation-store.js";
 import type { KeyRotation } from "./key-rotation.js";
 import { isStorableText } from "../store/storable-text.js";
-import { registerService, type ServiceRegistration } from "../transport/call-context.js";
+import { registerService, type ServiceRegistration } from "../calls/call-context.js";
 import { sleep } from "../timing/backoff.js";
 import { NEXUS_VERSION } from "../version.js";
 import { pageSize, validateTime } from "./secret-rules.js";

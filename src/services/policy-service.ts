@@ -15,7 +15,7 @@ import { mac } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { PolicyChange, PolicyStore, StoredPolicy } from "../store/policy-store.js";
 import type { AuditRow } from "../audit/audit-event.js";
-import { registerService, type CallContext, type ServiceRegistration } from "../transport/call-context.js";
+import { registerService, type CallContext, type ServiceRegistration } from "../calls/call-context.js";
 import { pageSize } from "./secret-rules.js";
 import { maskedFields } from "./update-mask.js";
 

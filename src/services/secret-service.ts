@@ -18,7 +18,7 @@ import type { DataKeyRef, SecretCipher } from "../keys/secret-cipher.js";
 import type { AuditRow } from "../audit/audit-event.js";
 import type { Logger } from "../log/logger.js";
 import type { AppendResult, AppendVersion, SecretMetadataRow, SecretStore, VersionChange } from "../store/secret-store.js";
-import { registerService, type CallContext, type ServiceRegistration } from "../transport/call-context.js";
+import { registerService, type CallContext, type ServiceRegistration } from "../calls/call-context.js";
 import {
   DEFAULT_MAX_VERSIONS,
   decodePageToken,

@@ -8,7 +8,7 @@
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { SecretLabel, WatchEventType, type SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { KeyManager } from "../keys/key-manager.js";
-import type { ServerStreamHandler } from "../transport/call-context.js";
+import type { ServerStreamHandler } from "../calls/call-context.js";
 import { decodeCursor } from "../watch/watch-cursor.js";
 import type { WatchHub } from "../watch/watch-hub.js";
 import type { WatchEvent } from "../watch/watch-stream.js";

@@ -7,7 +7,7 @@
 import type { FieldMask } from "@bufbuild/protobuf/wkt";
 import { protoCamelCase, protoSnakeCase } from "@bufbuild/protobuf/reflect";
 import { NexusError } from "../errors/nexus-error.js";
-import type { CallContext } from "../transport/call-context.js";
+import type { CallContext } from "../calls/call-context.js";
 
 /** The snake_case names of the fields the mask selects; refuses an empty mask and any path not in `updatable`. */
 export function maskedFields(mask: FieldMask | undefined, updatable: readonly string[], format: CallContext["wireFormat"]): Set<string> {

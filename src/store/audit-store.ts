@@ -2,7 +2,7 @@
 // statement, batches for group commit, listing, verification reads,
 // checkpoints, the signers of sealed-time events, and retention.
 
-import type { AuditOutcome, AuditRow } from "../audit/audit-event.js";
+import type { AuditOutcome, AuditRow } from "./audit-row.js";
 import { insertIdempotencyRow } from "./idempotency-store.js";
 import { guarded, type Queryable, type Sql } from "./database.js";
 import { lockEpoch, readEpoch, writeEpoch, type EpochRow, type EpochSeal } from "./grant-epoch-store.js";

@@ -5,7 +5,7 @@
 // sealed with it (keys/grant-epochs.ts checks and seals; this layer
 // only moves rows).
 
-import type { AuditRow } from "../audit/audit-event.js";
+import type { AuditRow } from "./audit-row.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { insertAuditRow } from "./audit-store.js";
 import { guarded, type Queryable, type Sql } from "./database.js";

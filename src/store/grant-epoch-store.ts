@@ -3,7 +3,7 @@
 // changes to one set are serialized across replicas; readers take it in the
 // same snapshot as the set's rows. MACs are made and checked above this layer.
 
-import type { AuditRow } from "../audit/audit-event.js";
+import type { AuditRow } from "./audit-row.js";
 import { insertAuditRow } from "./audit-store.js";
 import { guarded, type Queryable, type Sql } from "./database.js";
 

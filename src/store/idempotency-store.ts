@@ -4,7 +4,7 @@
 // records back for a retry and deletes the expired ones. It never sees a key:
 // the MACs are computed and checked by services/idempotency.ts.
 
-import type { IdempotencyRecordRow } from "../audit/audit-event.js";
+import type { IdempotencyRecordRow } from "./audit-row.js";
 import { guarded, type Queryable, type Sql } from "./database.js";
 
 export interface StoredIdempotencyRecord extends IdempotencyRecordRow {

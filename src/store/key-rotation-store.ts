@@ -6,7 +6,7 @@
 // killed mid-batch loses nothing and the next one resumes there. Ciphertext
 // only: wrapping happens above, in keys/.
 
-import type { AuditRow } from "../audit/audit-event.js";
+import type { AuditRow } from "./audit-row.js";
 import { insertAuditRow } from "./audit-store.js";
 import { guarded, type Queryable, type Sql } from "./database.js";
 import type { KeyringKeyRow } from "./root-key-store.js";

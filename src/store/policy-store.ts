@@ -1,8 +1,8 @@
 // SQL for policies. Writes carry the audit event of the change in the same
 // transaction; the table's trigger NOTIFYs every replica on commit.
 
-import type { Grant, PolicyRecord } from "../authorization/policy.js";
-import type { AuditRow } from "../audit/audit-event.js";
+import type { Grant, PolicyRecord } from "./policy-row.js";
+import type { AuditRow } from "./audit-row.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { insertAuditRow } from "./audit-store.js";
 import { guarded, type Queryable, type Sql } from "./database.js";

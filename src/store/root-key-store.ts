@@ -1,7 +1,7 @@
 // SQL for the key hierarchy's rows (root_keys, keyring_keys). Ciphertext only:
 // sealing and unsealing happen in keys/, above this layer.
 
-import type { AuditRow } from "../audit/audit-event.js";
+import type { AuditRow } from "./audit-row.js";
 import { insertAuditRow } from "./audit-store.js";
 import { guarded, type Sql } from "./database.js";
 

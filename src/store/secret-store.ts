@@ -6,7 +6,7 @@
 // write that moves labels is conditional on the exact labels state (its MAC)
 // the service verified, so it never seals over a state it did not check.
 
-import type { AuditRow } from "../audit/audit-event.js";
+import type { AuditRow } from "./audit-row.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { auditInsertFragment, auditJson, insertAuditRow } from "./audit-store.js";
 import { guarded, type Sql } from "./database.js";

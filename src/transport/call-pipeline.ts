@@ -14,7 +14,7 @@ import { storableText } from "../store/storable-text.js";
 import { IdempotentWrites } from "../services/idempotency.js";
 import type { PeerAuthenticator } from "../identity/peer-authenticator.js";
 import type { Logger } from "../log/logger.js";
-import { methodPath, type CallContext, type IncomingCall, type ServerStreamHandler, type UnaryHandler } from "./call-context.js";
+import { methodPath, type CallContext, type IncomingCall, type ServerStreamHandler, type UnaryHandler } from "../calls/call-context.js";
 import { asNexusError, grpcStatusName } from "./error-mapping.js";
 import type { RateLimits } from "./rate-limits.js";
 

@@ -13,7 +13,7 @@ import { errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
 import { NexusError } from "../errors/nexus-error.js";
 import type { Logger } from "../log/logger.js";
 import type { CallPipeline } from "./call-pipeline.js";
-import type { IncomingCall, ServerStreamHandler, ServiceRegistration, UnaryHandler } from "./call-context.js";
+import type { IncomingCall, ServerStreamHandler, ServiceRegistration, UnaryHandler } from "../calls/call-context.js";
 import { secureContextOptions, type TlsMaterial } from "./certificate-source.js";
 import { decodeAhead, preparedRequestKey, type AuditRefusal, type PreparedRequest } from "./connect-request-body.js";
 import { asNexusError, toConnectError, toGrpcError } from "./error-mapping.js";

@@ -11,7 +11,7 @@ import type { Logger } from "../log/logger.js";
 import { secureContextOptions, type TlsMaterialSource } from "./certificate-source.js";
 import { listen } from "./listen.js";
 import type { CallPipeline } from "./call-pipeline.js";
-import { methodPath, type IncomingCall, type ServerStreamHandler, type ServiceRegistration, type UnaryHandler } from "./call-context.js";
+import { methodPath, type IncomingCall, type ServerStreamHandler, type ServiceRegistration, type UnaryHandler } from "../calls/call-context.js";
 import { decodeRequest, messageTooLarge } from "./request-decoding.js";
 import { asNexusError, toGrpcError } from "./error-mapping.js";
 import { readPeerCertificateOnce } from "./peer-certificate.js";

@@ -10,9 +10,10 @@
 
 import { fromBinary, fromJsonString, type DescEnum, type DescField, type DescMessage, type Message } from "@bufbuild/protobuf";
 import { protoCamelCase } from "@bufbuild/protobuf/reflect";
+import type { WireFormat } from "../calls/call-context.js";
 import { NexusError } from "../errors/nexus-error.js";
 
-export type WireFormat = "binary" | "json";
+export type { WireFormat };
 
 export type DecodedRequest = { readonly message: Message; readonly refusal?: undefined } | { readonly message?: undefined; readonly refusal: NexusError };
 

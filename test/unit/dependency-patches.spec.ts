@@ -29,4 +29,12 @@ describe("dependency patches", () => {
       expect(source, file).to.include("chunk = nextWriteTimer = null");
     }
   });
+
+  it("postgres.js hands a query to the connection that went idle last, so one call at a time meets a warm backend (patches/postgres+3.4.9.patch)", () => {
+    const entry = fileURLToPath(import.meta.resolve("postgres"));
+    const root = path.join(entry.slice(0, entry.lastIndexOf(`${path.sep}node_modules${path.sep}postgres${path.sep}`)), "node_modules", "postgres");
+    for (const file of ["src/index.js", "cjs/src/index.js"]) {
+      expect(readFileSync(path.join(root, file), "utf8"), file).to.include("return go(open.pop(), query)");
+    }
+  });
 });

@@ -1,16 +1,20 @@
 // What a handler knows about the call it serves, whichever listener carried it:
 // the authenticated caller, the method, a request id, its credential and
-// authorization, and its audit record.
+// authorization, and its audit record. It sits below both the listeners
+// (src/transport) and the handlers (src/services), so that neither imports the
+// other's layer (ADR 0013).
 
 import type { DescMethod, DescMethodServerStreaming, DescMethodUnary, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import type { CallAudit } from "../audit/audit-log.js";
 import type { AccessGrant } from "../authorization/access-policy.js";
 import type { NexusError } from "../errors/nexus-error.js";
-import type { IdempotencyIntent } from "../services/idempotency.js";
+import type { AuditRow } from "../store/audit-row.js";
 import type { SpiffeId } from "../identity/spiffe-id.js";
-import type { WireFormat } from "./request-decoding.js";
 
 export type TransportKind = "grpc" | "connect";
+
+/** How a request message was encoded on the wire: "json" only for Connect JSON. */
+export type WireFormat = "binary" | "json";
 
 export interface CallContext {
   readonly caller: SpiffeId;
@@ -103,4 +107,14 @@ export interface IncomingCall {
 
 export function methodPath(method: DescMethod): string {
   return `/${method.parent.typeName}/${method.name}`;
+}
+
+/** How a handler records its response with its change when the call carries an idempotency key (services/idempotency.ts). */
+export interface IdempotencyIntent {
+  /**
+   * The audit row with the record of `response` attached. A response field
+   * `created_at` left unset is filled on replay with the record's own time,
+   * which the same statement as the change writes (PutSecret's version time).
+   */
+  attach(audit: AuditRow, response: object): AuditRow;
 }
