@@ -16,7 +16,6 @@
 import { create, fromBinary, toBinary, toJson, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { createHmac } from "node:crypto";
-import type { AuditRow } from "../audit/audit-event.js";
 import type { IdempotencyIntent } from "../calls/call-context.js";
 import { NexusError } from "../errors/nexus-error.js";
 import type { KeyManager } from "../keys/key-manager.js";
