@@ -1,10 +1,12 @@
 // The client library workloads import as `nexus/client`: idempotent calls
 // retried across replicas when one goes away, writes not retried (the next
-// call goes to the next replica), and the caller's SVID from the Workload API
+// call goes to the next replica), a hung replica skipped within the call's
+// deadline, and the caller's SVID from the Workload API
 // followed through rotations on both sides while calls keep succeeding.
 
 import { expect } from "chai";
 import { X509Certificate } from "node:crypto";
+import net from "node:net";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { createNexusClient, staticSvid, svidFromWorkloadApi, type ReplicatedNexusClient } from "../../src/client/index.js";
@@ -95,6 +97,36 @@ describe("the nexus/client library", function () {
       await sealed.stop();
       await unsealed.stop();
       await pki.remove();
+    }
+  });
+
+  it("a hung replica listed first (accepts TCP, never answers) costs one attempt: a read is answered by the next replica within the call's deadline", async () => {
+    const server = await startSecretServer();
+    const sockets = new Set<net.Socket>();
+    const hung = net.createServer((socket) => sockets.add(socket.on("error", () => {})));
+    await new Promise<void>((resolve) => hung.listen(0, "127.0.0.1", resolve));
+    const addresses = [`127.0.0.1:${(hung.address() as net.AddressInfo).port}`, `127.0.0.1:${server.nexus.grpcPort}`];
+    const svid = () => staticSvid({ certPem: server.pki.superuser.certPem, keyPem: server.pki.superuser.keyPem, bundlePem: server.pki.ca.certPem });
+    const withDeadline = createNexusClient({ addresses, svid: svid() });
+    const withAttemptTimeout = createNexusClient({ addresses, svid: svid(), retry: { attemptTimeoutMs: 500 } });
+    try {
+      ok(await server.client("grpc").call(SecretService.method.putSecret, { path: "apps/hung/db", data: { password: "p" } }), "put");
+      let started = Date.now();
+      const read = await withDeadline.call(SecretService.method.getSecret, { path: "apps/hung/db" }, { deadlineMs: 3000 });
+      expect(ok(read, "read past the hung replica").data.password).to.equal("p");
+      expect(Date.now() - started, "ms, within the deadline").to.be.below(3000);
+      expect(sockets.size, "the hung replica was asked first").to.be.at.least(1);
+
+      // Without a deadline the attempt timeout bounds the wait on the hung replica.
+      started = Date.now();
+      expect(ok(await withAttemptTimeout.call(SecretService.method.getSecret, { path: "apps/hung/db" }), "read without a deadline").data.password).to.equal("p");
+      expect(Date.now() - started).to.be.below(2500);
+    } finally {
+      withDeadline.close();
+      withAttemptTimeout.close();
+      sockets.forEach((s) => s.destroy());
+      await new Promise((resolve) => hung.close(resolve));
+      await server.stop();
     }
   });
 
