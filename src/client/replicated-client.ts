@@ -16,7 +16,7 @@ import { parseSpiffeId } from "../identity/spiffe-id.js";
 import { backoffDelay, sleep } from "../timing/backoff.js";
 import { grpcNexusClient, SERVER_IDENTITY_REJECTED, StreamFailure, type CallOptions, type CallResult, type NexusClient } from "./nexus-client.js";
 import { DEFAULT_RETRY_POLICY, isIdempotent, isRetryableFailure, isSealedRefusal, type RetryPolicy } from "./retry-policy.js";
-import type { ClientSvid, SvidProvider } from "./svid-provider.js";
+import { openSvid, type ClientSvid, type SvidProvider, type SvidSourceOptions } from "./svid-provider.js";
 import { watchSecrets, type WatchItem, type WatchOptions } from "./secret-watch.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 
@@ -72,6 +72,26 @@ interface Generation {
   readonly clients: Map<string, NexusClient>;
   inflight: number;
   retired: boolean;
+}
+
+export interface OpenNexusClientOptions extends Omit<NexusClientOptions, "svid"> {
+  /** An SVID provider; or leave it out and say where the SVID comes from with `source`. */
+  readonly svid?: SvidProvider;
+  /** Socket or files; with neither (and no svid), the Workload API at SPIFFE_ENDPOINT_SOCKET. */
+  readonly source?: SvidSourceOptions;
+}
+
+/**
+ * createNexusClient with the SVID found as the CLI and the agent find it:
+ * `svid`, or `source` (a socket or files), or by default the Workload API at
+ * SPIFFE_ENDPOINT_SOCKET. Resolves once the first SVID is in hand.
+ */
+export async function openNexusClient(options: OpenNexusClientOptions): Promise<ReplicatedNexusClient> {
+  const { svid, source, ...rest } = options;
+  if (svid !== undefined && (source?.socket !== undefined || source?.files !== undefined)) {
+    throw new Error(`svid and source.${source.socket !== undefined ? "socket" : "files"} are both set: give one SVID source`);
+  }
+  return createNexusClient({ ...rest, svid: svid ?? (await openSvid(source)) });
 }
 
 export function createNexusClient(options: NexusClientOptions): ReplicatedNexusClient {
