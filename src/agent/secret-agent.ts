@@ -188,8 +188,9 @@ export class SecretAgent {
         this.request(names);
       }
     } catch (err) {
-      if (!(err instanceof StreamFailure)) throw err;
-      this.logger.warn("WatchSecrets refused; polling instead", { code: err.code, reason: err.reason, message: err.message, pollIntervalMs: this.config.pollIntervalMs });
+      // Whatever ended the watch, the files must stay fresh: fall back to polling rather than crash.
+      const detail = err instanceof StreamFailure ? { code: err.code, reason: err.reason, message: err.message } : { message: (err as Error).message };
+      this.logger.warn("WatchSecrets refused; polling instead", { ...detail, pollIntervalMs: this.config.pollIntervalMs });
       this.watching = false;
       this.request("all");
     }

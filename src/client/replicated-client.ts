@@ -184,11 +184,14 @@ export function createNexusClient(options: NexusClientOptions): ReplicatedNexusC
       try {
         yield* clientFor(g, addresses[index]).stream(method, request, callOptions);
       } catch (err) {
+        // A caller that cancelled with a StreamFailure as the reason (watch(): the replica fell silent) reports that instead of CANCELLED.
+        const reason: unknown = callOptions.signal?.aborted ? callOptions.signal.reason : undefined;
+        const failure = reason instanceof StreamFailure ? reason : err;
         // As for calls: after a replica went away (or sealed), the next stream or call goes to the next one.
-        if (err instanceof StreamFailure && (isRetryableFailure(err.code, err.reason, SERVER_IDENTITY_REJECTED) || isSealedRefusal(err.code, err.reason))) {
+        if (failure instanceof StreamFailure && (isRetryableFailure(failure.code, failure.reason, SERVER_IDENTITY_REJECTED) || isSealedRefusal(failure.code, failure.reason))) {
           if (preferred === index) preferred = (index + 1) % addresses.length;
         }
-        throw err;
+        throw failure;
       } finally {
         g.inflight--;
         closeIfDone(g);

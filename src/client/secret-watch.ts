@@ -9,7 +9,8 @@
 // follows. Other failures (PERMISSION_DENIED, a malformed cursor, a server
 // refused for its identity) end the iteration with a StreamFailure: retrying
 // would not change them. Leaving the loop (break, return, throw) or aborting
-// the signal cancels the open stream and any pending backoff.
+// the signal cancels the open stream and any pending backoff. A stream that
+// stays silent past idleTimeoutMs (no heartbeat) counts as UNAVAILABLE.
 
 import type { MessageShape } from "@bufbuild/protobuf";
 import { SecretService, WatchEventType, type WatchSecretsResponse } from "../../gen/spike/nexus/v1/secret_pb.js";
@@ -26,6 +27,12 @@ export interface WatchOptions {
   readonly bearerToken?: string;
   /** Waits between reconnects (default 200 ms doubling to 10 s, with jitter). */
   readonly backoff?: BackoffPolicy;
+  /**
+   * A stream that sends nothing for this long (default 45 s: three of the
+   * server's 15 s heartbeats) is taken for a dead connection or a hung replica
+   * and replaced, from the cursor, on the next replica.
+   */
+  readonly idleTimeoutMs?: number;
   /** Called when a stream broke and another is about to be opened (for logs and health). */
   readonly onDisconnect?: (failure: CallFailure, retryInMs: number) => void;
   /** Called with each stream's first response (its opening heartbeat): the watch is live again. */
@@ -43,12 +50,14 @@ export type WatchItem =
   | { readonly kind: "cursor_expired"; readonly message: string };
 
 export const DEFAULT_WATCH_BACKOFF: BackoffPolicy = { initialMs: 200, maxMs: 10_000 };
+export const DEFAULT_WATCH_IDLE_TIMEOUT_MS = 45_000;
 
 /** Opens one WatchSecrets stream (on whichever replica the client prefers now). */
 export type OpenWatchStream = (request: { prefix: string; cursor: string }, options: CallOptions) => AsyncIterable<MessageShape<typeof SecretService.method.watchSecrets.output>>;
 
 export async function* watchSecrets(open: OpenWatchStream, prefix: string, options: WatchOptions = {}): AsyncGenerator<WatchItem, void, undefined> {
   const policy = options.backoff ?? DEFAULT_WATCH_BACKOFF;
+  const idleMs = options.idleTimeoutMs ?? DEFAULT_WATCH_IDLE_TIMEOUT_MS;
   // Our own signal, so that leaving the loop also cuts a pending backoff short.
   const stop = new AbortController();
   const forward = () => stop.abort();
@@ -61,8 +70,19 @@ export async function* watchSecrets(open: OpenWatchStream, prefix: string, optio
     while (!stop.signal.aborted) {
       let received = 0;
       let failure: CallFailure;
+      // This stream's own signal: stopping ends it, and so does silence (the abort's reason says which).
+      const attempt = new AbortController();
+      const endAttempt = () => attempt.abort();
+      stop.signal.addEventListener("abort", endAttempt, { once: true });
+      let idle: NodeJS.Timeout | undefined;
+      const watchIdle = () => {
+        idle = setTimeout(() => attempt.abort(new StreamFailure("UNAVAILABLE", `no message from the server within ${idleMs} ms`)), idleMs);
+      };
       try {
-        for await (const event of open({ prefix, cursor }, { bearerToken: options.bearerToken, signal: stop.signal })) {
+        watchIdle();
+        for await (const event of open({ prefix, cursor }, { bearerToken: options.bearerToken, signal: attempt.signal })) {
+          // The caller's pace is not the server's silence: the clock stops while the caller holds an item.
+          clearTimeout(idle);
           if (received++ === 0) {
             failures = 0;
             options.onConnect?.(cursor !== "");
@@ -75,13 +95,19 @@ export async function* watchSecrets(open: OpenWatchStream, prefix: string, optio
             yield { kind: "cursor_expired", message };
           }
           yield { kind: "event", event };
+          watchIdle();
         }
         // A clean end: the stream's lifetime or the caller's SVID expiry. Resume at once if it served anything.
         failure = { code: "OK", message: "the stream ended" };
       } catch (err) {
         if (stop.signal.aborted) return;
-        if (!(err instanceof StreamFailure)) throw err;
-        failure = err;
+        const silence: unknown = attempt.signal.reason;
+        if (silence instanceof StreamFailure) failure = silence;
+        else if (err instanceof StreamFailure) failure = err;
+        else throw err;
+      } finally {
+        clearTimeout(idle);
+        stop.signal.removeEventListener("abort", endAttempt);
       }
       if (stop.signal.aborted) return;
       if (failure.code === "OUT_OF_RANGE" && failure.reason === "CURSOR_EXPIRED") {

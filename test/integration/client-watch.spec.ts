@@ -1,10 +1,11 @@
 // `watch()` of nexus/client against real replicas: it resumes from the last
 // cursor it yielded on the next replica when its replica goes away (an event
 // written while it was away arrives once), tells the caller when its cursor
-// expired and goes on from a new stream, ends with a StreamFailure on what a
-// reconnect cannot mend, and stops at once on break or abort, backoff included.
+// expired and goes on from a new stream, leaves a replica that stays silent,
+// ends with a StreamFailure on what a reconnect cannot mend, and stops at once on break or abort, backoff included.
 
 import { expect } from "chai";
+import net from "node:net";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { SecretService, WatchEventType } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { createNexusClient, staticSvid, StreamFailure, type CallFailure, type ReplicatedNexusClient, type WatchItem } from "../../src/client/index.js";
@@ -134,6 +135,31 @@ describe("watch() in nexus/client", function () {
     } finally {
       client.close();
       await db.end();
+    }
+  });
+
+  it("a hung replica listed first (accepts TCP, never answers) is left after the idle timeout for the next one", async () => {
+    const sockets = new Set<net.Socket>();
+    const hung = net.createServer((socket) => sockets.add(socket.on("error", () => {})));
+    await new Promise<void>((resolve) => hung.listen(0, "127.0.0.1", resolve));
+    const client = clientFor([`127.0.0.1:${(hung.address() as net.AddressInfo).port}`, `127.0.0.1:${b.nexus.grpcPort}`]);
+    const disconnects: CallFailure[] = [];
+    const it = client.watch("hung/", { idleTimeoutMs: 500, onDisconnect: (f) => disconnects.push(f) });
+    try {
+      const started = Date.now();
+      const first = (await it.next()).value as WatchItem;
+      expect(first.kind === "event" && first.event.type).to.equal(WatchEventType.HEARTBEAT);
+      expect(Date.now() - started).to.be.below(3000);
+      expect(sockets.size, "the hung replica was tried first").to.be.at.least(1);
+      expect(disconnects.map((f) => [f.code, f.message])).to.deep.equal([["UNAVAILABLE", "no message from the server within 500 ms"]]);
+      await put("hung/db", "v");
+      const change = await nextChange(it);
+      expect(change.kind === "event" && change.event.path).to.equal("hung/db");
+    } finally {
+      await it.return();
+      client.close();
+      sockets.forEach((s) => s.destroy());
+      await new Promise((resolve) => hung.close(resolve));
     }
   });
 
