@@ -183,7 +183,8 @@ describe("spike agent", function () {
       const afterPromotion = await timeUntil(file, "w-v3");
       ok(await promoted, "promote v3");
       expect(afterPromotion, "ms from PromoteSecretVersion to the new file").to.be.below(1000);
-      expect(run.logs().filter((l) => l.msg === "output updated").map((l) => l.version)).to.deep.equal([1, 2, 3]);
+      // The log line follows the rename: wait for it rather than race it.
+      await eventually(() => expect(run.logs().filter((l) => l.msg === "output updated").map((l) => l.version)).to.deep.equal([1, 2, 3]));
       expectNoValueLogged(run, ["w-v1", "w-v2", "w-v3"]);
     });
 
