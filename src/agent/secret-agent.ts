@@ -117,17 +117,19 @@ export class SecretAgent {
       let full = true;
       let fullAt = 0;
       while (!this.stopping.signal.aborted) {
+        const interval = this.watching ? this.config.resyncIntervalMs : this.config.pollIntervalMs;
         if (full) {
           this.dirty.clear();
           await this.syncOnce();
-          failures = this.healthy ? 0 : failures + 1;
-          const interval = this.watching ? this.config.resyncIntervalMs : this.config.pollIntervalMs;
-          fullAt = Date.now() + (failures === 0 ? interval : Math.min(interval, backoffDelay({ initialMs: 500, maxMs: 30_000 }, failures - 1)));
+          fullAt = Date.now() + interval;
         } else {
           const names = new Set(this.dirty);
           this.dirty.clear();
           await this.syncOutputs(this.config.outputs.filter((o) => names.has(o.name)));
         }
+        // A failed output (after a full sync or an event's) is retried by a full sync soon, not at the next interval.
+        failures = this.healthy ? 0 : failures + 1;
+        if (failures > 0) fullAt = Math.min(fullAt, Date.now() + Math.min(interval, backoffDelay({ initialMs: 500, maxMs: 30_000 }, failures - 1)));
         full = await this.waitForWork(fullAt);
       }
     })();

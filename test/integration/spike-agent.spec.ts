@@ -8,7 +8,7 @@
 
 import { expect } from "chai";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { Permission, PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
@@ -186,6 +186,23 @@ describe("spike agent", function () {
       // The log line follows the rename: wait for it rather than race it.
       await eventually(() => expect(run.logs().filter((l) => l.msg === "output updated").map((l) => l.version)).to.deep.equal([1, 2, 3]));
       expectNoValueLogged(run, ["w-v1", "w-v2", "w-v3"]);
+    });
+
+    it("an output that fails after an event (its folder is gone) is retried with backoff, not left until the next resync", async () => {
+      const p = "apps/watch-retry/db";
+      const folder = `${dir}/retry-folder`;
+      await mkdir(folder);
+      await put(p, { password: "r-v1" });
+      const run = agent(["--config", await watchConfig("watch-retry", [{ path: p, file: `${folder}/db.value`, format: "value", key: "password" }])]);
+      await eventually(() => expect(run.logs().some((l) => l.msg === "watch connected")).to.equal(true));
+      await timeUntil(`${folder}/db.value`, "r-v1");
+
+      await rm(folder, { recursive: true });
+      await put(p, { password: "r-v2" });
+      await eventually(() => expect(run.logs().some((l) => l.msg === "output not rendered; keeping the last good content")).to.equal(true));
+      await mkdir(folder);
+      // No event comes now: only the agent's own retry can write the file.
+      await eventually(async () => expect(await readFile(`${folder}/db.value`, "utf8")).to.equal("r-v2"), { timeoutMs: 10_000 });
     });
 
     it("re-reads every output when its watch cursor expired", async () => {
