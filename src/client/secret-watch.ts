@@ -69,6 +69,7 @@ export async function* watchSecrets(open: OpenWatchStream, prefix: string, optio
   try {
     while (!stop.signal.aborted) {
       let received = 0;
+      const openedAt = Date.now();
       let failure: CallFailure;
       // This stream's own signal: stopping ends it, and so does silence (the abort's reason says which).
       const attempt = new AbortController();
@@ -116,7 +117,9 @@ export async function* watchSecrets(open: OpenWatchStream, prefix: string, optio
         continue;
       }
       if (!resumable(failure)) throw failure instanceof StreamFailure ? failure : new StreamFailure(failure.code, failure.message, failure.reason);
-      const delay = failure.code === "OK" && received > 0 ? 0 : backoffDelay(policy, failures++);
+      // A stream that ended cleanly after a while resumes at once; one that ends as soon as it opens (a server
+      // ending streams at the caller's SVID expiry, say) must not be reopened in a tight loop.
+      const delay = failure.code === "OK" && received > 0 && Date.now() - openedAt >= 1000 ? 0 : backoffDelay(policy, failures++);
       options.onDisconnect?.(failure, delay);
       await sleep(delay, stop.signal);
     }
