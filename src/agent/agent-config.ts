@@ -44,7 +44,12 @@ export interface AgentConfig {
   readonly serverId: string | undefined;
   readonly svid: { readonly socket: string; readonly spiffeId: string | undefined } | { readonly cert: string; readonly key: string; readonly bundle: string };
   readonly healthListen: string | undefined;
+  /** Follow WatchSecrets (default); false polls every pollIntervalMs. */
+  readonly watch: boolean;
+  /** Polling mode, or when the server refuses the watch: how often every output is re-read. */
   readonly pollIntervalMs: number;
+  /** Watch mode: the safety-net full resync. */
+  readonly resyncIntervalMs: number;
   readonly debounceMs: number;
   readonly outputs: readonly OutputConfig[];
 }
@@ -93,7 +98,7 @@ class Reader {
   ) {}
 
   agent(options: LoadOptions): AgentConfig {
-    this.keys([], ["nexus", "svid", "health", "poll_interval", "debounce", "outputs"], ["nexus", "outputs"]);
+    this.keys([], ["nexus", "svid", "health", "watch", "poll_interval", "resync_interval", "debounce", "outputs"], ["nexus", "outputs"]);
     this.keys(["nexus"], ["addr", "server_id"], ["addr"]);
     const addr = this.value(["nexus", "addr"]);
     const addresses = (Array.isArray(addr) ? addr : [addr]).map((a, i) => {
@@ -119,7 +124,9 @@ class Reader {
       serverId,
       svid: this.svid(options.defaultSocket),
       healthListen,
+      watch: this.boolean(["watch"], true),
       pollIntervalMs: this.duration(["poll_interval"], "10s"),
+      resyncIntervalMs: this.duration(["resync_interval"], "5m"),
       debounceMs: this.duration(["debounce"], "500ms"),
       outputs,
     };
@@ -224,6 +231,13 @@ class Reader {
     const ms = this.check(at, () => parseDuration(raw as string));
     if (ms <= 0) this.fail(at, "must be more than zero");
     return ms;
+  }
+
+  private boolean(at: Path, fallback: boolean): boolean {
+    if (!this.has(at)) return fallback;
+    const v = this.value(at);
+    if (typeof v !== "boolean") this.fail(at, `"${String(v)}" is not true or false`);
+    return v as boolean;
   }
 
   private keys(at: Path, allowed: readonly string[], required: readonly string[]): void {

@@ -1,8 +1,11 @@
 // How one secret version becomes the bytes of one output: `env` (KEY="value"
 // lines, quoted so that `source file.env` in sh reads the value back exactly),
 // `json` (the data map), `value` (one key's raw value) and `template`
-// (`{{ data.KEY }}`, `{{ path }}`, `{{ version }}` substituted as they are:
-// no HTML escaping, no logic, nothing evaluated). Errors name keys, never values.
+// (mustache, kept logic-less: `{{ data.KEY }}`, `{{ path }}`, `{{ version }}`
+// substituted as they are, no HTML escaping, no sections or partials, a
+// missing key an error rather than an empty string). Errors name keys, never values.
+
+import Mustache from "mustache";
 
 export interface SecretVersion {
   readonly path: string;
@@ -34,7 +37,7 @@ export function render(spec: RenderSpec, secret: SecretVersion): string {
       return value;
     }
     case "template":
-      return renderTemplate(parseTemplate(spec.template), secret);
+      return renderTemplate(spec.template, secret);
   }
 }
 
@@ -61,38 +64,40 @@ export function shellQuote(value: string): string {
   return `"${value.replace(/[\\"$`]/g, (c) => `\\${c}`)}"`;
 }
 
-type TemplatePart = { readonly text: string } | { readonly ref: "path" | "version" } | { readonly dataKey: string };
-
-/** Parses a template; throws on a reference other than data.KEY, path or version, or an unclosed {{. */
-export function parseTemplate(template: string): TemplatePart[] {
-  const parts: TemplatePart[] = [];
-  let at = 0;
-  for (;;) {
-    const open = template.indexOf("{{", at);
-    if (open === -1) {
-      parts.push({ text: template.slice(at) });
-      return parts;
-    }
-    parts.push({ text: template.slice(at, open) });
-    const close = template.indexOf("}}", open + 2);
-    if (close === -1) throw new Error(`unclosed "{{" at character ${open + 1}`);
-    const ref = template.slice(open + 2, close).trim();
-    const dataKey = /^data\.([^\s{}]+)$/.exec(ref);
-    if (dataKey) parts.push({ dataKey: dataKey[1] });
-    else if (ref === "path" || ref === "version") parts.push({ ref });
-    else throw new Error(`"{{ ${ref} }}" is not {{ data.KEY }}, {{ path }} or {{ version }}`);
-    at = close + 2;
-  }
+/** What a template may name: the secret's path and version, and data.KEY for each of its keys. */
+export interface TemplateReferences {
+  readonly dataKeys: readonly string[];
 }
 
-function renderTemplate(parts: readonly TemplatePart[], secret: SecretVersion): string {
-  return parts
-    .map((p) => {
-      if ("text" in p) return p.text;
-      if ("ref" in p) return p.ref === "path" ? secret.path : String(secret.version);
-      const value = secret.data[p.dataKey];
-      if (value === undefined) throw new RenderError(`${secret.path} version ${secret.version} has no key "${p.dataKey}" (used by the template)`);
-      return value;
-    })
-    .join("");
+/**
+ * Parses a template with mustache and keeps it logic-less: only {{ name }}
+ * (or {{{ name }}} / {{& name }}, the same here) and {{! comments }}; sections,
+ * partials and delimiter changes are refused, and so is any name other than
+ * data.KEY, path or version. Throws on an unclosed tag.
+ */
+export function parseTemplate(template: string): TemplateReferences {
+  const dataKeys: string[] = [];
+  for (const token of Mustache.parse(template)) {
+    const [type, value] = token;
+    if (type === "text" || type === "!") continue;
+    if (type !== "name" && type !== "&") throw new Error(`"{{${type} ${value}}}" is not allowed: templates name data.KEY, path and version only (no sections or partials)`);
+    const dataKey = /^data\.(.+)$/.exec(value);
+    if (dataKey) {
+      // mustache reads a dot as a step into an object: "data.a.b" would look for data.a, then b.
+      if (dataKey[1].includes(".")) throw new Error(`"{{ ${value} }}": a key with a dot cannot be named in a template (use format json or value)`);
+      dataKeys.push(dataKey[1]);
+    } else if (value !== "path" && value !== "version") throw new Error(`"{{ ${value} }}" is not {{ data.KEY }}, {{ path }} or {{ version }}`);
+  }
+  return { dataKeys };
+}
+
+/** No HTML escaping: the file gets the values exactly. */
+const AS_IS = { escape: (text: string) => text };
+
+function renderTemplate(template: string, secret: SecretVersion): string {
+  // A missing key would render as "" (mustache's rule): refuse it instead, naming the key.
+  for (const key of parseTemplate(template).dataKeys) {
+    if (!Object.hasOwn(secret.data, key)) throw new RenderError(`${secret.path} version ${secret.version} has no key "${key}" (used by the template)`);
+  }
+  return Mustache.render(template, { data: secret.data, path: secret.path, version: secret.version }, {}, AS_IS);
 }

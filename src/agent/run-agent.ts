@@ -1,5 +1,5 @@
 // The three ways the agent runs, wired together: as a sidecar (sync, then
-// poll until SIGTERM, /healthz), once (render everything and exit: the
+// follow WatchSecrets or poll until SIGTERM, /healthz), once (render everything and exit: the
 // init-container mode) and exec (the workload as a child with the env outputs
 // in its environment). Exit codes are a contract: 0 rendered, 2 invalid
 // configuration, 3 some output could not be rendered (each one named).
@@ -78,7 +78,7 @@ export async function runAgent(run: AgentRun): Promise<number> {
       supervisor.start(agent.environment);
     }
     agent.start();
-    logger.info("agent running", { outputs: config.outputs.length, pollIntervalMs: config.pollIntervalMs });
+    logger.info("agent running", config.watch ? { outputs: config.outputs.length, watch: true, resyncIntervalMs: config.resyncIntervalMs } : { outputs: config.outputs.length, watch: false, pollIntervalMs: config.pollIntervalMs });
 
     const signalled = new Promise<number>((resolve) => {
       const onSignal = (signal: NodeJS.Signals) => {

@@ -5,12 +5,18 @@
 // jitter; the others carry on. Logs name the output, path, version and file,
 // never a value.
 //
-// Changes are found by polling every poll_interval. WatchSecrets (server
-// streaming) will replace the wait between polls with a stream and keep
-// polling as the safety-net resync.
+// Changes are found by following WatchSecrets (client.watch(): reconnects
+// and resumes from its cursor by itself): an event on an output's path
+// re-reads that output at once. A full resync runs when the watch opens (so a
+// change between the first sync and the stream is not missed), when its
+// cursor expired, when the stream breaks (so a server that went away shows as
+// unhealthy) and every resync_interval as the safety net. With `watch: false`,
+// or when the server refuses the watch for good (it needs LIST as well as
+// READ), the agent polls every poll_interval instead.
 
 import { SecretLabel, SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
-import type { NexusClient } from "../client/nexus-client.js";
+import { StreamFailure, type CallFailure, type NexusClient } from "../client/nexus-client.js";
+import { WatchEventType, type WatchItem, type WatchOptions } from "../client/secret-watch.js";
 import type { Logger } from "../log/logger.js";
 import { backoffDelay, sleep } from "../timing/backoff.js";
 import type { AgentConfig, OutputConfig } from "./agent-config.js";
@@ -31,6 +37,11 @@ export interface OutputStatus {
   readonly lastSyncAt: Date | undefined;
 }
 
+/** The client the agent needs: calls, and watch() when it follows WatchSecrets. */
+export interface AgentClient extends NexusClient {
+  watch(prefix: string, options?: WatchOptions): AsyncIterable<WatchItem>;
+}
+
 export interface SecretAgentOptions {
   /** `spike agent exec`: env outputs without a file go to the child's environment. */
   readonly exec?: boolean;
@@ -46,14 +57,21 @@ export class SecretAgent {
   private readonly environments = new Map<string, Record<string, string>>();
   private readonly stopping = new AbortController();
   private loop: Promise<void> | undefined;
+  private following: Promise<void> | undefined;
+  /** Outputs an event asked to re-read before the next full resync ("all": a full resync now). */
+  private readonly dirty = new Set<string>();
+  private wake: (() => void) | undefined;
+  /** Whether WatchSecrets drives the syncs (false: polling every poll_interval). */
+  private watching: boolean;
 
   constructor(
     private readonly config: AgentConfig,
-    private readonly client: NexusClient,
+    private readonly client: AgentClient,
     private readonly logger: Logger,
     private readonly actions: ChangeActions,
     private readonly options: SecretAgentOptions = {},
   ) {
+    this.watching = config.watch;
     for (const o of config.outputs) {
       this.statuses.set(o.name, { name: o.name, path: o.path, file: o.file, version: undefined, current: false, error: "not synced yet", lastSyncAt: undefined });
     }
@@ -75,29 +93,109 @@ export class SecretAgent {
 
   /** Renders every output once; resolves with their statuses. */
   async syncOnce(): Promise<OutputStatus[]> {
+    return this.syncOutputs(this.config.outputs);
+  }
+
+  private async syncOutputs(outputs: readonly OutputConfig[]): Promise<OutputStatus[]> {
     const before = JSON.stringify(this.environment);
-    await Promise.all(this.config.outputs.map((o) => this.syncOutput(o)));
+    await Promise.all(outputs.map((o) => this.syncOutput(o)));
     const env = this.environment;
     if (this.options.onEnvironmentChange && JSON.stringify(env) !== before && this.environments.size > 0) this.options.onEnvironmentChange(env);
     return this.outputs;
   }
 
-  /** Syncs now, then every poll interval; failing outputs are retried sooner, with backoff and jitter. */
+  /**
+   * Syncs now, then follows WatchSecrets (or polls), with a full resync every
+   * resync_interval (poll_interval when polling); failing outputs are retried
+   * sooner, with backoff and jitter.
+   */
   start(): void {
-    this.loop ??= (async () => {
+    if (this.loop) return;
+    if (this.watching) this.following = this.follow();
+    this.loop = (async () => {
       let failures = 0;
+      let full = true;
+      let fullAt = 0;
       while (!this.stopping.signal.aborted) {
-        await this.syncOnce();
+        const interval = this.watching ? this.config.resyncIntervalMs : this.config.pollIntervalMs;
+        if (full) {
+          this.dirty.clear();
+          await this.syncOnce();
+          fullAt = Date.now() + interval;
+        } else {
+          const names = new Set(this.dirty);
+          this.dirty.clear();
+          await this.syncOutputs(this.config.outputs.filter((o) => names.has(o.name)));
+        }
+        // A failed output (after a full sync or an event's) is retried by a full sync soon, not at the next interval.
         failures = this.healthy ? 0 : failures + 1;
-        const wait = failures === 0 ? this.config.pollIntervalMs : Math.min(this.config.pollIntervalMs, backoffDelay({ initialMs: 500, maxMs: 30_000 }, failures - 1));
-        await sleep(wait, this.stopping.signal);
+        if (failures > 0) fullAt = Math.min(fullAt, Date.now() + Math.min(interval, backoffDelay({ initialMs: 500, maxMs: 30_000 }, failures - 1)));
+        full = await this.waitForWork(fullAt);
       }
     })();
   }
 
   async stop(): Promise<void> {
     this.stopping.abort();
+    this.wake?.();
     await this.loop;
+    await this.following;
+  }
+
+  /** Asks the sync loop to re-read these outputs now ("all": a full resync). */
+  private request(names: "all" | readonly string[]): void {
+    if (names === "all") this.dirty.add("all");
+    else names.forEach((n) => this.dirty.add(n));
+    this.wake?.();
+  }
+
+  /** Waits for a request or until `fullAt`; true when a full resync is due. */
+  private async waitForWork(fullAt: number): Promise<boolean> {
+    if (this.dirty.size === 0 && !this.stopping.signal.aborted) {
+      // A wake-up (a request or stop) cuts the sleep short and clears its timer.
+      const woken = new AbortController();
+      this.wake = () => woken.abort();
+      await sleep(Math.max(0, fullAt - Date.now()), woken.signal);
+      this.wake = undefined;
+    }
+    return this.dirty.has("all") || Date.now() >= fullAt;
+  }
+
+  /** Follows WatchSecrets under the outputs' common prefix until stopped; falls back to polling if the server refuses it for good. */
+  private async follow(): Promise<void> {
+    const byPath = new Map<string, string[]>();
+    for (const o of this.config.outputs) byPath.set(o.path, [...(byPath.get(o.path) ?? []), o.name]);
+    const prefix = commonPrefix([...byPath.keys()]);
+    const onDisconnect = (failure: CallFailure, retryInMs: number) => {
+      if (failure.code === "OK") return; // the stream's lifetime: it resumes at once
+      this.logger.warn("watch interrupted; resuming from its cursor", { code: failure.code, reason: failure.reason, retryInMs });
+      // A server that went away must show as unhealthy, and the resync's backoff brings the files back when it returns.
+      if (this.healthy) this.request("all");
+    };
+    const onConnect = (resumed: boolean) => {
+      this.logger.info("watch connected", { prefix, resumed });
+      // A fresh stream: re-read everything once, so a change from before it opened is not missed.
+      if (!resumed) this.request("all");
+    };
+    try {
+      for await (const item of this.client.watch(prefix, { signal: this.stopping.signal, onDisconnect, onConnect })) {
+        if (item.kind === "cursor_expired") {
+          this.logger.warn("watch cursor expired; re-reading every output", { reason: item.message });
+          this.request("all");
+          continue;
+        }
+        const names = item.event.type === WatchEventType.HEARTBEAT ? undefined : byPath.get(item.event.path);
+        if (names === undefined) continue;
+        this.logger.debug("watch event", { path: item.event.path, type: WatchEventType[item.event.type], versions: item.event.versions });
+        this.request(names);
+      }
+    } catch (err) {
+      // Whatever ended the watch, the files must stay fresh: fall back to polling rather than crash.
+      const detail = err instanceof StreamFailure ? { code: err.code, reason: err.reason, message: err.message } : { message: (err as Error).message };
+      this.logger.warn("WatchSecrets refused; polling instead", { ...detail, pollIntervalMs: this.config.pollIntervalMs });
+      this.watching = false;
+      this.request("all");
+    }
   }
 
   private async syncOutput(o: OutputConfig): Promise<void> {
@@ -160,4 +258,11 @@ function renderSpec(o: OutputConfig): RenderSpec {
     default:
       return { format: o.format };
   }
+}
+
+/** The longest prefix all paths share: one stream covers every output. */
+function commonPrefix(paths: readonly string[]): string {
+  let prefix = paths[0] ?? "";
+  for (const p of paths) while (!p.startsWith(prefix)) prefix = prefix.slice(0, -1);
+  return prefix;
 }

@@ -28,6 +28,8 @@ export interface CallOptions {
   readonly deadlineMs?: number;
   /** Sent as the `idempotency-key` header: a retry with the same key and request gets the first result (writes only). */
   readonly idempotencyKey?: string;
+  /** Streams only: aborting cancels the call and ends the iteration with CANCELLED. */
+  readonly signal?: AbortSignal;
 }
 
 export interface FieldViolation {
@@ -140,6 +142,9 @@ export function grpcNexusClient(address: string, identity: ClientIdentity, chann
         options.deadlineMs === undefined ? {} : { deadline: Date.now() + options.deadlineMs },
       );
       let finished = false;
+      const cancel = () => call.cancel();
+      options.signal?.addEventListener("abort", cancel, { once: true });
+      if (options.signal?.aborted) call.cancel();
       try {
         for await (const message of call) yield message as MessageShape<M["output"]>;
         finished = true;
@@ -150,6 +155,7 @@ export function grpcNexusClient(address: string, identity: ClientIdentity, chann
         const { reason, violations } = statusDetails(e.metadata);
         throw new StreamFailure(grpc.status[e.code] ?? String(e.code), e.details ?? String(err), reason, violations);
       } finally {
+        options.signal?.removeEventListener("abort", cancel);
         if (!finished) call.cancel();
       }
     },
@@ -203,6 +209,9 @@ export function connectNexusClient(
       const headers: Record<string, string> = {};
       if (options.bearerToken !== undefined) headers.authorization = `Bearer ${options.bearerToken}`;
       const abort = new AbortController();
+      const cancel = () => abort.abort();
+      options.signal?.addEventListener("abort", cancel, { once: true });
+      if (options.signal?.aborted) abort.abort();
       const client = createClient(method.parent, transport) as unknown as Record<string, (req: unknown, opts: unknown) => AsyncIterable<MessageShape<M["output"]>>>;
       try {
         yield* client[method.localName](request, { headers, timeoutMs: options.deadlineMs, signal: abort.signal });
@@ -212,6 +221,7 @@ export function connectNexusClient(
         const violations = e.findDetails(BadRequestSchema).flatMap((b) => b.fieldViolations.map(({ field, description }) => ({ field, description })));
         throw new StreamFailure(connectCodeName(e.code), e.rawMessage, reason, violations);
       } finally {
+        options.signal?.removeEventListener("abort", cancel);
         abort.abort();
       }
     },

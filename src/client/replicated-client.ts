@@ -16,7 +16,9 @@ import { parseSpiffeId } from "../identity/spiffe-id.js";
 import { backoffDelay, sleep } from "../timing/backoff.js";
 import { grpcNexusClient, SERVER_IDENTITY_REJECTED, StreamFailure, type CallOptions, type CallResult, type NexusClient } from "./nexus-client.js";
 import { DEFAULT_RETRY_POLICY, isIdempotent, isRetryableFailure, isSealedRefusal, type RetryPolicy } from "./retry-policy.js";
-import type { ClientSvid, SvidProvider } from "./svid-provider.js";
+import { openSvid, type ClientSvid, type SvidProvider, type SvidSourceOptions } from "./svid-provider.js";
+import { watchSecrets, type WatchItem, type WatchOptions } from "./secret-watch.js";
+import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 
 export interface NexusClientOptions {
   /**
@@ -44,6 +46,25 @@ export interface ReplicatedNexusClient extends NexusClient {
   readonly spiffeId: string;
   readonly serverId: string;
   readonly addresses: readonly string[];
+  /**
+   * WatchSecrets under `prefix` as an async iterator that reconnects (next
+   * replica, backoff) and resumes from the last cursor it yielded; see
+   * secret-watch.ts. Break out of the loop or abort `signal` to stop.
+   */
+  watch(prefix: string, options?: WatchOptions): AsyncGenerator<WatchItem, void, undefined>;
+}
+
+/**
+ * How long one attempt of a retryable call may take: the policy's
+ * attemptTimeoutMs, and with a deadline no more than an even share of the time
+ * left among the replicas not yet tried in this round (and the attempts left).
+ */
+export function attemptBudget(policy: RetryPolicy, replicas: number, attempt: number, deadline: number | undefined): number | undefined {
+  const cap = policy.attemptTimeoutMs;
+  if (deadline === undefined) return cap;
+  const turnsLeft = Math.max(1, Math.min(replicas - (attempt % replicas), policy.maxAttempts - attempt));
+  const share = Math.max(1, Math.floor((deadline - Date.now()) / turnsLeft));
+  return cap === undefined ? share : Math.min(cap, share);
 }
 
 interface Generation {
@@ -51,6 +72,26 @@ interface Generation {
   readonly clients: Map<string, NexusClient>;
   inflight: number;
   retired: boolean;
+}
+
+export interface OpenNexusClientOptions extends Omit<NexusClientOptions, "svid"> {
+  /** An SVID provider; or leave it out and say where the SVID comes from with `source`. */
+  readonly svid?: SvidProvider;
+  /** Socket or files; with neither (and no svid), the Workload API at SPIFFE_ENDPOINT_SOCKET. */
+  readonly source?: SvidSourceOptions;
+}
+
+/**
+ * createNexusClient with the SVID found as the CLI and the agent find it:
+ * `svid`, or `source` (a socket or files), or by default the Workload API at
+ * SPIFFE_ENDPOINT_SOCKET. Resolves once the first SVID is in hand.
+ */
+export async function openNexusClient(options: OpenNexusClientOptions): Promise<ReplicatedNexusClient> {
+  const { svid, source, ...rest } = options;
+  if (svid !== undefined && (source?.socket !== undefined || source?.files !== undefined)) {
+    throw new Error(`svid and source.${source.socket !== undefined ? "socket" : "files"} are both set: give one SVID source`);
+  }
+  return createNexusClient({ ...rest, svid: svid ?? (await openSvid(source)) });
 }
 
 export function createNexusClient(options: NexusClientOptions): ReplicatedNexusClient {
@@ -86,7 +127,7 @@ export function createNexusClient(options: NexusClientOptions): ReplicatedNexusC
     return c;
   };
 
-  return {
+  const client: ReplicatedNexusClient = {
     serverId,
     addresses,
     get spiffeId() {
@@ -101,12 +142,22 @@ export function createNexusClient(options: NexusClientOptions): ReplicatedNexusC
         const g = currentGeneration();
         g.inflight++;
         let result: CallResult<M>;
+        // A retryable call gives each attempt only its share of the time left, so
+        // that a replica that accepts connections and never answers costs one
+        // attempt and the next replica still gets its turn before the deadline.
+        const remaining = deadline === undefined ? undefined : Math.max(1, deadline - Date.now());
+        const attemptMs = retryable ? attemptBudget(policy, addresses.length, attempt, deadline) : undefined;
+        const attemptLimited = attemptMs !== undefined && (remaining === undefined || attemptMs < remaining);
+        const attemptDeadlineMs = attemptLimited ? attemptMs : remaining;
         try {
-          const remaining = deadline === undefined ? undefined : Math.max(1, deadline - Date.now());
-          result = await clientFor(g, addresses[index]).call(method, request, { bearerToken: callOptions.bearerToken, deadlineMs: remaining });
+          result = await clientFor(g, addresses[index]).call(method, request, { bearerToken: callOptions.bearerToken, deadlineMs: attemptDeadlineMs });
         } finally {
           g.inflight--;
           closeIfDone(g);
+        }
+        if (result.code === "DEADLINE_EXCEEDED" && attemptLimited) {
+          // Only this attempt's share ran out: the replica hangs, treat it as away.
+          result = { code: "UNAVAILABLE", message: `${addresses[index]} did not answer within ${attemptDeadlineMs} ms`, reason: undefined };
         }
         if (isSealedRefusal(result.code, result.reason)) {
           // Sealed replicas are tried once each, without waiting: the next one may hold its keys.
@@ -128,13 +179,26 @@ export function createNexusClient(options: NexusClientOptions): ReplicatedNexusC
     async *stream<M extends DescMethodServerStreaming>(method: M, request: MessageInitShape<M["input"]>, callOptions: CallOptions = {}): AsyncIterable<MessageShape<M["output"]>> {
       if (closed) throw new StreamFailure("CANCELLED", "the client is closed");
       const g = currentGeneration();
+      const index = preferred;
       g.inflight++;
       try {
-        yield* clientFor(g, addresses[preferred]).stream(method, request, callOptions);
+        yield* clientFor(g, addresses[index]).stream(method, request, callOptions);
+      } catch (err) {
+        // A caller that cancelled with a StreamFailure as the reason (watch(): the replica fell silent) reports that instead of CANCELLED.
+        const reason: unknown = callOptions.signal?.aborted ? callOptions.signal.reason : undefined;
+        const failure = reason instanceof StreamFailure ? reason : err;
+        // As for calls: after a replica went away (or sealed), the next stream or call goes to the next one.
+        if (failure instanceof StreamFailure && (isRetryableFailure(failure.code, failure.reason, SERVER_IDENTITY_REJECTED) || isSealedRefusal(failure.code, failure.reason))) {
+          if (preferred === index) preferred = (index + 1) % addresses.length;
+        }
+        throw failure;
       } finally {
         g.inflight--;
         closeIfDone(g);
       }
+    },
+    watch(prefix: string, watchOptions?: WatchOptions): AsyncGenerator<WatchItem, void, undefined> {
+      return watchSecrets((request, o) => client.stream(SecretService.method.watchSecrets, request, o), prefix, watchOptions);
     },
     close() {
       closed = true;
@@ -145,4 +209,5 @@ export function createNexusClient(options: NexusClientOptions): ReplicatedNexusC
       options.svid.close();
     },
   };
+  return client;
 }

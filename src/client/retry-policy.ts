@@ -14,9 +14,15 @@ import type { BackoffPolicy } from "../timing/backoff.js";
 export interface RetryPolicy extends BackoffPolicy {
   /** Attempts per call, the first included (default 5). 1 turns retries off. */
   readonly maxAttempts: number;
+  /**
+   * Longest wait for one attempt of a retryable call before the next replica is
+   * asked (default 10 s; undefined: only the call's deadline). With a deadline
+   * an attempt also gets no more than its share of the time left.
+   */
+  readonly attemptTimeoutMs?: number;
 }
 
-export const DEFAULT_RETRY_POLICY: RetryPolicy = { maxAttempts: 5, initialMs: 100, maxMs: 2000 };
+export const DEFAULT_RETRY_POLICY: RetryPolicy = { maxAttempts: 5, initialMs: 100, maxMs: 2000, attemptTimeoutMs: 10_000 };
 
 /** Whether the proto declares the method safe to repeat. */
 export function isIdempotent(method: DescMethodUnary): boolean {

@@ -1,6 +1,7 @@
 // Where a client's own X.509-SVID comes from: PEM files (re-read when they
 // change, as spiffe-helper and Kubernetes volumes rotate them), the SPIFFE
-// Workload API (following its stream), or a fixed value. The client asks for
+// Workload API (following its stream; SPIFFE_ENDPOINT_SOCKET by default), or
+// a fixed value. The client asks for
 // current() before each call and opens new connections when the answer is a
 // new SVID, so a rotation needs no restart and open calls finish on the old one.
 
@@ -71,6 +72,33 @@ export async function svidFromWorkloadApi(socket: string, options: WorkloadApiOp
     current: () => source.current,
     close: () => source.close(),
   };
+}
+
+/** Where openSvid takes the SVID from; with neither socket nor files, SPIFFE_ENDPOINT_SOCKET. */
+export interface SvidSourceOptions extends WorkloadApiOptions {
+  /** The Workload API socket (unix:///path or tcp://IP:port). */
+  readonly socket?: string;
+  /** PEM files (as spiffe-helper or a Kubernetes volume writes them). */
+  readonly files?: SvidFiles;
+  /** Where SPIFFE_ENDPOINT_SOCKET is read (default process.env). */
+  readonly env?: NodeJS.ProcessEnv;
+}
+
+/**
+ * The caller's SVID as the CLI and the agent find it: the socket or the files
+ * given, else the Workload API at SPIFFE_ENDPOINT_SOCKET (the standard
+ * variable, a default only: files given explicitly win over it). A socket and
+ * files together are refused, naming both: which should win is not obvious.
+ */
+export async function openSvid(options: SvidSourceOptions = {}): Promise<SvidProvider> {
+  const { socket, files, env = process.env, ...workloadApi } = options;
+  if (socket !== undefined && files !== undefined) {
+    throw new Error(`socket (${socket}) and files (${files.cert}, ${files.key}, ${files.bundle}) are both set: take the SVID from the Workload API or from files, not both`);
+  }
+  if (files !== undefined) return svidFromFiles(files);
+  const address = socket ?? env.SPIFFE_ENDPOINT_SOCKET;
+  if (address === undefined || address === "") throw new Error("no SVID: give a Workload API socket or SVID files, or set SPIFFE_ENDPOINT_SOCKET");
+  return svidFromWorkloadApi(address, workloadApi);
 }
 
 function readSvidFiles(files: SvidFiles): ClientSvid {

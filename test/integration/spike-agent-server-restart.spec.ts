@@ -1,7 +1,8 @@
 // The agent outlives its server: `nexus serve` in a child process is killed
 // with SIGKILL; the agent keeps the last good file, reports 503 on /healthz,
 // retries with backoff, and once the server is back (same ports, unsealed
-// from its password file) catches up with the version written meanwhile.
+// from its password file) catches up with the version written meanwhile; its
+// WatchSecrets stream resumes from its cursor and re-renders within 1 s again.
 
 import { expect } from "chai";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -78,7 +79,9 @@ describe("spike agent across a server crash", function () {
       nexus: { addr: `127.0.0.1:${grpcPort}` },
       svid: { cert: `${svidDir}/svid.pem`, key: `${svidDir}/svid_key.pem`, bundle: `${svidDir}/bundle.pem` },
       health: { listen: "127.0.0.1:0" },
-      poll_interval: "300ms",
+      // Watching only: polling and the safety-net resync are an hour away, so catching up is the watch's and the retries' doing.
+      poll_interval: "1h",
+      resync_interval: "1h",
       outputs: [{ path: "apps/crash/db", file, format: "env" }],
     });
     agent = startAgentProcess(["--config", config]);
@@ -94,6 +97,14 @@ describe("spike agent across a server crash", function () {
     ok(await client.call(SecretService.method.putSecret, { path: "apps/crash/db", data: { password: "after-crash" } }), "put v2");
     await eventually(async () => expect(await readFile(file, "utf8")).to.equal('password="after-crash"\n'), { timeoutMs: 20_000 });
     await eventually(async () => expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).to.equal(200));
+
+    // The watch came back from its cursor, and follows the new server within 1 s.
+    await eventually(() => expect(agent!.logs().some((l) => l.msg === "watch connected" && l.resumed === true)).to.equal(true), { timeoutMs: 15_000 });
+    const written = client.call(SecretService.method.putSecret, { path: "apps/crash/db", data: { password: "after-crash-2" } });
+    const started = Date.now();
+    await eventually(async () => expect(await readFile(file, "utf8")).to.equal('password="after-crash-2"\n'), { timeoutMs: 5000, intervalMs: 10 });
+    expect(Date.now() - started, "ms from PutSecret to the file after the restart").to.be.below(1000);
+    ok(await written, "put v3");
     expect(agent.stderr()).to.not.include("before-crash").and.to.not.include("after-crash");
   });
 });

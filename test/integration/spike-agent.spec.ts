@@ -1,22 +1,24 @@
 // `spike agent` against a real server, with its SVID from a test Workload API:
-// every format rendered, --once exit codes, a re-render after PutSecret within
-// the poll interval (the 1 s target on a new version comes with WatchSecrets),
+// every format rendered, --once exit codes, a re-render within 1 s of a
+// PutSecret and of a promotion by following WatchSecrets (polling an hour
+// away), a full re-read when the watch cursor expired, polling as an option,
 // /healthz, a debounced signal reaching a process by its pid file, exec mode
 // restarting its child with the new environment, an SVID rotation in the
 // middle of a session, and no secret value in any log line.
 
 import { expect } from "chai";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { Permission, PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { SecretLabel, SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { NexusClient } from "../../src/client/nexus-client.js";
 import { createPolicy, exactly } from "../support/admin-fixtures.js";
-import { adminSession, ok, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
+import { ADMIN_PASSWORD, adminSession, FAST_KDF, ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
+import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { startAgentProcess, writeAgentConfig, type AgentProcess } from "../support/spike-agent.js";
-import { createTestPki, SUPERUSER_ID, WORKLOAD_ID, type TestPki } from "../support/test-server.js";
+import { createTestPki, startTestServer, SUPERUSER_ID, WORKLOAD_ID, type TestPki } from "../support/test-server.js";
 import { eventually, sleep } from "../support/wait.js";
 import { startTestWorkloadApi, type TestWorkloadApi } from "../support/workload-api-server.js";
 
@@ -122,12 +124,13 @@ describe("spike agent", function () {
     expect(partial.stderr()).to.not.include("not rendered: outputs[0]");
   });
 
-  it("re-renders after a PutSecret within the poll interval, logs path and version only, and /healthz reports it", async () => {
+  it("with watch: false, re-renders after a PutSecret within the poll interval, logs path and version only, and /healthz reports it", async () => {
     await put("apps/poll/db", { password: "poll-v1" });
     const config = await writeAgentConfig(path.join(dir, "poll.yaml"), {
       nexus: nexus(),
       svid: svid(),
       health: { listen: "127.0.0.1:0" },
+      watch: false,
       poll_interval: "300ms",
       outputs: [{ path: "apps/poll/db", file: `${dir}/poll.env`, format: "env" }],
     });
@@ -148,6 +151,85 @@ describe("spike agent", function () {
     expect(Date.now() - started, "within the poll interval and a write").to.be.lessThan(1500);
     await eventually(() => expect(run.logs().some((l) => l.msg === "output updated" && l.path === "apps/poll/db" && l.version === 2)).to.equal(true));
     expectNoValueLogged(run, ["poll-v1", "poll-v2"]);
+  });
+
+  describe("following WatchSecrets, with polling and the safety-net resync an hour away", () => {
+    const watchConfig = (name: string, outputs: Array<Record<string, unknown>>, addr = nexus()) =>
+      writeAgentConfig(path.join(dir, `${name}.yaml`), { nexus: addr, svid: svid(), poll_interval: "1h", resync_interval: "1h", outputs });
+    /** Milliseconds from now until `file` holds `content` (polled every 10 ms). */
+    const timeUntil = async (file: string, content: string) => {
+      const started = Date.now();
+      await eventually(async () => expect(await readFile(file, "utf8")).to.equal(content), { timeoutMs: 5000, intervalMs: 10 });
+      return Date.now() - started;
+    };
+
+    it("re-renders within 1 s of a PutSecret and of a promotion (a label move without a new version)", async () => {
+      const p = "apps/watch/db";
+      const file = `${dir}/watch.value`;
+      await put(p, { password: "w-v1" });
+      const run = agent(["--config", await watchConfig("watch", [{ path: p, file, format: "value", key: "password" }])]);
+      await eventually(() => expect(run.logs().some((l) => l.msg === "watch connected")).to.equal(true));
+      await timeUntil(file, "w-v1");
+
+      const written = put(p, { password: "w-v2" });
+      const afterPut = await timeUntil(file, "w-v2");
+      await written;
+      expect(afterPut, "ms from PutSecret to the new file").to.be.below(1000);
+
+      ok(await client.call(SecretService.method.putSecret, { path: p, data: { password: "w-v3" }, stage: SecretLabel.PENDING }), "stage v3");
+      await sleep(300);
+      expect(await readFile(file, "utf8"), "a PENDING version is not CURRENT").to.equal("w-v2");
+      const promoted = client.call(SecretService.method.promoteSecretVersion, { path: p, version: 3 });
+      const afterPromotion = await timeUntil(file, "w-v3");
+      ok(await promoted, "promote v3");
+      expect(afterPromotion, "ms from PromoteSecretVersion to the new file").to.be.below(1000);
+      // The log line follows the rename: wait for it rather than race it.
+      await eventually(() => expect(run.logs().filter((l) => l.msg === "output updated").map((l) => l.version)).to.deep.equal([1, 2, 3]));
+      expectNoValueLogged(run, ["w-v1", "w-v2", "w-v3"]);
+    });
+
+    it("an output that fails after an event (its folder is gone) is retried with backoff, not left until the next resync", async () => {
+      const p = "apps/watch-retry/db";
+      const folder = `${dir}/retry-folder`;
+      await mkdir(folder);
+      await put(p, { password: "r-v1" });
+      const run = agent(["--config", await watchConfig("watch-retry", [{ path: p, file: `${folder}/db.value`, format: "value", key: "password" }])]);
+      await eventually(() => expect(run.logs().some((l) => l.msg === "watch connected")).to.equal(true));
+      await timeUntil(`${folder}/db.value`, "r-v1");
+
+      await rm(folder, { recursive: true });
+      await put(p, { password: "r-v2" });
+      await eventually(() => expect(run.logs().some((l) => l.msg === "output not rendered; keeping the last good content")).to.equal(true));
+      await mkdir(folder);
+      // No event comes now: only the agent's own retry can write the file.
+      await eventually(async () => expect(await readFile(`${folder}/db.value`, "utf8")).to.equal("r-v2"), { timeoutMs: 10_000 });
+    });
+
+    it("re-reads every output when its watch cursor expired", async () => {
+      // A replica that keeps cursors 2 s and ends streams after 3 s: the agent resumes with a cursor (its stream's opening heartbeat) that has expired.
+      const replica = await startTestServer({ pki, databaseUrl: server.nexus.databaseUrl, env: { NEXUS_WATCH_RETENTION: "2s", NEXUS_WATCH_MAX_LIFETIME: "3s" }, start: FAST_KDF });
+      const db = openDatabase(server.nexus.databaseUrl);
+      try {
+        ok(await replica.client("grpc").call(OperatorService.method.unseal, { adminPassword: ADMIN_PASSWORD }), "Unseal the replica");
+        const p = "apps/expiry/db";
+        await put(p, { password: "e-v1" });
+        const reads = async () => (await db`SELECT count(*)::int AS n FROM audit_events WHERE rpc = '/spike.nexus.v1.SecretService/GetSecret' AND path = ${p}`)[0].n as number;
+        const run = agent(["--config", await watchConfig("expiry", [{ path: p, file: `${dir}/expiry.env`, format: "env" }], { addr: `127.0.0.1:${replica.nexus.grpcPort}` })]);
+        await eventually(() => expect(run.logs().some((l) => l.msg === "watch connected")).to.equal(true));
+        await sleep(500);
+        const before = await reads();
+        await eventually(() => expect(run.logs().some((l) => l.msg === "watch cursor expired; re-reading every output")).to.equal(true), { timeoutMs: 10_000 });
+        await eventually(async () => expect(await reads(), "GetSecret after the expiry").to.be.above(before));
+        // And it follows the new stream: a put is on disk within 1 s.
+        const started = Date.now();
+        await put(p, { password: "e-v2" });
+        await eventually(async () => expect(await readFile(`${dir}/expiry.env`, "utf8")).to.equal('password="e-v2"\n'), { timeoutMs: 5000, intervalMs: 10 });
+        expect(Date.now() - started).to.be.below(1000);
+      } finally {
+        await db.end();
+        await replica.stop();
+      }
+    });
   });
 
   it("on_change signals the process in the pid file once for a burst of versions", async () => {

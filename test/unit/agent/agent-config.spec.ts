@@ -33,11 +33,13 @@ function error(text: string, exec = false): string {
 }
 
 describe("agent.yaml", () => {
-  it("a valid file reads with its defaults (0600 unless given, poll every 10 s, label current)", () => {
+  it("a valid file reads with its defaults (0600 unless given, watch with a resync every 5 min, poll every 10 s when not watching, label current)", () => {
     const config = parseAgentConfig(VALID, "agent.yaml");
     expect(config.addresses).to.deep.equal(["localhost:8553"]);
     expect(config.svid).to.deep.equal({ socket: "unix:///run/spire/agent.sock", spiffeId: undefined });
     expect(config.pollIntervalMs).to.equal(10_000);
+    expect(config.watch, "follows WatchSecrets unless told not to").to.equal(true);
+    expect(config.resyncIntervalMs).to.equal(5 * 60_000);
     expect(config.outputs[0]).to.include({ label: "current", format: "env", mode: 0o640 });
     expect(config.outputs[0].onChange).to.deep.equal({ kind: "signal", signal: "SIGHUP", pidFile: "/run/app.pid" });
     expect(config.outputs[1]).to.include({ version: 3, label: undefined, key: "token", mode: 0o600 });
@@ -58,6 +60,8 @@ describe("agent.yaml", () => {
     ["a missing nexus.addr", VALID.replace('addr: "localhost:8553", ', ""), "nexus: addr is required"],
     ["an unknown signal", VALID.replace("SIGHUP", "SIGFOO"), 'outputs[0].on_change.signal: "SIGFOO" is not one of'],
     ["a bad duration", VALID.replace("timeout: 5s", "timeout: soon"), "outputs[1].on_change.timeout"],
+    ["watch that is not a boolean", `watch: "yes"\n${VALID}`, 'agent.yaml:1: watch: "yes" is not true or false'],
+    ["a bad resync_interval", `resync_interval: often\n${VALID}`, "agent.yaml:1: resync_interval"],
     ["broken YAML", VALID.replace("outputs:", "outputs: ["), "agent.yaml:"],
     ["two outputs on one file", VALID.replace("/run/secrets/api-key", "/run/secrets/db.env"), "outputs[1].file: /run/secrets/db.env is also the file of outputs[0]"],
   ];

@@ -44,8 +44,25 @@ describe("agent output formats", () => {
     expect(out).to.equal(`url=postgres://demo:${secret.data.password}@db/apps/demo/db#3`);
   });
 
-  it("template: an unknown reference or an unclosed {{ is refused at parse time", () => {
+  it("template: triple braces and comments are mustache's; values are as they are either way", () => {
+    const out = render({ format: "template", template: "{{! a comment }}{{{ data.password }}}|{{& data.password }}" }, secret);
+    expect(out).to.equal(`${secret.data.password}|${secret.data.password}`);
+  });
+
+  it("template: an unknown reference, an unclosed tag, a section, a partial or a delimiter change is refused at parse time", () => {
     expect(() => parseTemplate("{{ .Data.password }}")).to.throw("data.KEY");
-    expect(() => parseTemplate("x {{ data.a")).to.throw("unclosed");
+    expect(() => parseTemplate("x {{ data.a")).to.throw("Unclosed tag");
+    expect(() => parseTemplate("{{# data.password }}x{{/ data.password }}")).to.throw("no sections or partials");
+    expect(() => parseTemplate("{{^ data.password }}x{{/ data.password }}")).to.throw("no sections or partials");
+    expect(() => parseTemplate("{{> other }}")).to.throw("no sections or partials");
+    expect(() => parseTemplate("{{=<% %>=}}<% path %>")).to.throw("no sections or partials");
+    expect(() => parseTemplate("{{ data.a.b }}")).to.throw("a key with a dot");
+  });
+
+  it("template: a key the version does not have is an error naming the key, never an empty value", () => {
+    expect(() => render({ format: "template", template: "pw={{ data.missing }}" }, secret))
+      .to.throw(RenderError, 'no key "missing"')
+      .and.satisfy((e: Error) => !e.message.includes(secret.data.password));
+    expect(() => render({ format: "template", template: "{{ data.constructor }}" }, secret)).to.throw(RenderError, 'no key "constructor"');
   });
 });
