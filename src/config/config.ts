@@ -62,6 +62,12 @@ export interface NexusConfig {
   readonly watchMaxLifetimeMs: number;
   /** How long watch events are kept, and so how old a resumable cursor may be. */
   readonly watchRetentionMs: number;
+  /** The SPIFFE ID every replica of this Nexus serves with; only it may call ReplicaService. */
+  readonly serverId: string;
+  /** The host:port other replicas dial for peer unseal; undefined: this replica is not advertised. */
+  readonly advertiseAddress: ListenAddress | undefined;
+  /** Whether sealed replicas take the keys from an unsealed peer, and unsealed ones hand them out (ADR 0012). */
+  readonly peerUnseal: boolean;
 }
 
 export class ConfigError extends Error {
@@ -119,6 +125,9 @@ export const SETTINGS = {
   keyRotationPause: { env: "NEXUS_KEY_ROTATION_PAUSE", help: "pause between re-wrap batches (throttles a rotation)", parse: parseDuration, serveDefault: "0ms", devDefault: "0ms" },
   watchMaxLifetime: { env: "NEXUS_WATCH_MAX_LIFETIME", help: "longest a WatchSecrets stream stays open (the client resumes)", parse: parseDuration, serveDefault: "1h", devDefault: "1h" },
   watchRetention: { env: "NEXUS_WATCH_RETENTION", help: "how long watch events are kept (oldest resumable cursor)", parse: parseDuration, serveDefault: "24h", devDefault: "24h" },
+  serverId: { env: "NEXUS_SERVER_ID", help: "SPIFFE ID of the Nexus replicas, the only caller of ReplicaService (default spiffe://<trust domain>/spike/nexus)", parse: parseSpiffeIdSetting },
+  advertiseAddress: { env: "NEXUS_ADVERTISE_ADDRESS", help: "host:port of this replica's gRPC listener as other replicas dial it (peer unseal); default: NEXUS_LISTEN unless its host is 0.0.0.0 or ::", parse: parseListen },
+  peerUnseal: { env: "NEXUS_PEER_UNSEAL", help: "on: a sealed replica takes the keys from an unsealed peer (mTLS, server SPIFFE ID only); off: it waits for Unseal", parse: parseOnOff, serveDefault: "on", devDefault: "on" },
 } satisfies Record<string, Setting<unknown>>;
 
 export type SettingName = keyof typeof SETTINGS;
@@ -138,9 +147,10 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
   const trustDomain = required<string>("trustDomain");
   const superuserId = get<string>("superuserId") ?? `spiffe://${trustDomain}/spike/pilot/role/superuser`;
   const svid = svidSettings(mode, env, cwd, { get, required, explicit });
+  const listen = required<ListenAddress>("listen");
   return {
     ...database,
-    listen: required("listen"),
+    listen,
     connectListen: required("connectListen"),
     healthListen: required("healthListen"),
     metricsListen: get<ListenAddress>("metricsListen"),
@@ -163,8 +173,14 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
     keyRotationPauseMs: required("keyRotationPause"),
     watchMaxLifetimeMs: required("watchMaxLifetime"),
     watchRetentionMs: required("watchRetention"),
+    serverId: get<string>("serverId") ?? `spiffe://${trustDomain}/spike/nexus`,
+    advertiseAddress: get<ListenAddress>("advertiseAddress") ?? (WILDCARD_HOSTS.has(listen.host) || listen.port === 0 ? undefined : listen),
+    peerUnseal: required("peerUnseal"),
   };
 }
+
+/** Listen hosts that name no address a peer could dial. */
+const WILDCARD_HOSTS: ReadonlySet<string> = new Set(["0.0.0.0", "::", ""]);
 
 /** What `nexus migrate` needs: the database and the log level, no TLS files or listeners. */
 export type DatabaseConfig = Pick<NexusConfig, "mode" | "databaseUrl" | "databaseCaFile" | "dataDir" | "logLevel">;
@@ -321,6 +337,13 @@ export function parseDuration(raw: string): number {
 
 function parseDurationOrOff(raw: string): number {
   return raw.trim() === "off" || raw.trim() === "0" ? 0 : parseDuration(raw);
+}
+
+function parseOnOff(raw: string): boolean {
+  const v = raw.trim().toLowerCase();
+  if (v === "on" || v === "true" || v === "1") return true;
+  if (v === "off" || v === "false" || v === "0") return false;
+  throw new Error(`"${raw}" is not on or off`);
 }
 
 function positiveInt(raw: string): number {
