@@ -1,0 +1,247 @@
+// Peer unseal (issue 16 §3, ADR 0012) with real `nexus serve` processes on one
+// PostgreSQL: a sealed replica takes the keys from an unsealed peer over mTLS,
+// only the server's own SPIFFE ID may ask, an endpoint a database writer
+// advertises is not believed unless it proves the server ID, and a cluster
+// seal holds until a person unseals one replica with the password.
+
+import { expect } from "chai";
+import type postgres from "postgres";
+import { OperatorService, SealScope } from "../../gen/spike/nexus/v1/operator_pb.js";
+import { ReplicaService } from "../../gen/spike/nexus/v1/replica_pb.js";
+import { grpcNexusClient } from "../../src/client/nexus-client.js";
+import { ephemeralKey, handoverNonce } from "../../src/keys/peer-handover.js";
+import { startReplica, unsealReplica, type NexusReplica } from "../support/nexus-replica.js";
+import { ADMIN_PASSWORD, adminSession, ok, openDatabase } from "../support/secret-server.js";
+import { createTestDatabase } from "../support/test-database.js";
+import { writePkiFiles, type IssuedCert } from "../support/test-pki.js";
+import { createTestPki, NEXUS_ID, WORKLOAD_ID, type TestPki } from "../support/test-server.js";
+import { eventually, sleep } from "../support/wait.js";
+
+const RPC = "/spike.nexus.v1.ReplicaService/RequestUnsealKeys";
+
+async function sealed(replica: NexusReplica): Promise<boolean> {
+  return ok(await replica.client().call(OperatorService.method.getStatus, {}), `GetStatus on ${replica.name}`).sealed;
+}
+
+async function serving(replica: NexusReplica): Promise<boolean> {
+  const h = await replica.health.check();
+  return "status" in h && h.status === "SERVING";
+}
+
+/** A well-formed request, signed by nobody the server trusts: authorization must refuse it before anything else. */
+function unsignedRequest() {
+  return { requesterNonce: handoverNonce(), requesterPublicKey: ephemeralKey().publicKey, requesterCertificateChain: "", requesterSignature: new Uint8Array(0) };
+}
+
+describe("peer unseal: replicas unseal each other over mTLS", function () {
+  this.timeout(180_000);
+  let pki: TestPki;
+  let databaseUrl: string;
+  let db: postgres.Sql;
+  const replicas = new Map<string, NexusReplica>();
+  const start = async (name: string, env: Record<string, string> = {}) => {
+    const r = await startReplica({ name, pki, databaseUrl, env });
+    replicas.set(name, r);
+    return r;
+  };
+
+  before(async () => {
+    pki = await createTestPki();
+    databaseUrl = await createTestDatabase("peer_unseal");
+    db = openDatabase(databaseUrl);
+    const a = await start("a");
+    await Promise.all([start("b"), start("c")]);
+    ok(await a.client().call(OperatorService.method.initialize, { adminPassword: ADMIN_PASSWORD }), "Initialize on a");
+  });
+
+  after(async () => {
+    await Promise.all([...replicas.values()].map((r) => r.stop().catch(() => {})));
+    await db?.end();
+    await pki?.remove();
+  });
+
+  it("replicas started sealed take the keys from the one initialized, without a password, and both sides audit the handover", async () => {
+    for (const name of ["b", "c"]) await eventually(async () => expect(await serving(replicas.get(name)!), name).to.equal(true), { timeoutMs: 15_000 });
+    await eventually(async () => {
+      const rows = await db`SELECT replica_id, caller, outcome, detail FROM audit_events WHERE rpc = ${RPC} AND outcome = 'ok'`;
+      // Two responder events (the pipeline's) and two requester events (detail.handover = received).
+      expect(rows.filter((r) => r.detail.handover === "received")).to.have.length(2);
+      expect(rows.filter((r) => r.detail.handover === undefined && r.caller === NEXUS_ID)).to.have.length(2);
+    });
+  });
+
+  it("two replicas killed with SIGKILL and restarted serve within 5 s, without a password", async () => {
+    await Promise.all(["b", "c"].map((n) => replicas.get(n)!.process.kill()));
+    await Promise.all(["b", "c"].map((n) => replicas.get(n)!.stop().catch(() => {})));
+    const began = Date.now();
+    const restarted = await Promise.all(["b", "c"].map((n) => start(n)));
+    await Promise.all(restarted.map((r) => eventually(async () => expect(await serving(r), r.name).to.equal(true), { timeoutMs: 10_000, intervalMs: 50 })));
+    const tookMs = Date.now() - began;
+    expect(tookMs, "ms from spawning both replicas to both SERVING").to.be.below(5_000);
+    for (const r of restarted) expect(await sealed(r)).to.equal(false);
+  });
+
+  it("a workload SVID asking for the keys gets PERMISSION_DENIED and an audit event; a foreign-trust-domain SVID is refused and audited too", async () => {
+    const a = replicas.get("a")!;
+    const workload = a.client(pki.workload);
+    const denied = await workload.call(ReplicaService.method.requestUnsealKeys, unsignedRequest());
+    expect(denied.code).to.equal("PERMISSION_DENIED");
+    expect(denied.response).to.equal(undefined);
+
+    const foreign = await pki.ca.issue({ uris: ["spiffe://other.org/spike/nexus"] });
+    const refused = await a.client(foreign).call(ReplicaService.method.requestUnsealKeys, unsignedRequest());
+    // Authentication refuses a foreign trust domain before authorization is asked.
+    expect(refused.code).to.be.oneOf(["PERMISSION_DENIED", "UNAUTHENTICATED"]);
+    expect(refused.response).to.equal(undefined);
+
+    await eventually(async () => {
+      const rows = await db`SELECT caller, outcome, code FROM audit_events WHERE rpc = ${RPC} AND outcome = 'denied'`;
+      expect(rows.some((r) => r.caller === WORKLOAD_ID && r.code === "PERMISSION_DENIED")).to.equal(true);
+      expect(rows.some((r) => r.code === "UNAUTHENTICATED" || r.code === "PERMISSION_DENIED")).to.equal(true);
+      expect(rows.filter((r) => r.caller !== WORKLOAD_ID)).to.have.length.above(0);
+    });
+  });
+
+  it("a replica's own SVID without a valid handshake signature gets no keys", async () => {
+    const a = replicas.get("a")!;
+    const asServer = a.client(pki.nexus);
+    const result = await asServer.call(ReplicaService.method.requestUnsealKeys, unsignedRequest());
+    expect(result.code).to.equal("PERMISSION_DENIED");
+    expect(result.reason).to.equal("PEER_SIGNATURE_INVALID");
+  });
+
+  it("a replica with NEXUS_PEER_UNSEAL=off stays sealed while its peers are unsealed", async () => {
+    const off = await start("off", { NEXUS_PEER_UNSEAL: "off" });
+    await sleep(4_000);
+    expect(await sealed(off)).to.equal(true);
+    expect(await serving(off)).to.equal(false);
+    await off.stop();
+    replicas.delete("off");
+  });
+
+  it("a replica sealed on request stays sealed (its peers do not unseal it) until it is unsealed", async () => {
+    const [a, b] = [replicas.get("a")!, replicas.get("b")!];
+    const token = await adminSession(a.client());
+    ok(await b.client().call(OperatorService.method.seal, { scope: SealScope.REPLICA }, { bearerToken: token }), "Seal b");
+    await sleep(4_000);
+    expect(await sealed(b)).to.equal(true);
+    expect(await sealed(a)).to.equal(false);
+    await unsealReplica(b, ADMIN_PASSWORD);
+    expect(await sealed(b)).to.equal(false);
+  });
+
+  it("a forged cluster-seal row seals nobody and lifts nothing: unsealed replicas stay unsealed, and hand out no keys while it is there", async () => {
+    const [a, c] = [replicas.get("a")!, replicas.get("c")!];
+    const token = await adminSession(a.client());
+    await db`INSERT INTO cluster_seal (id, epoch, sealed, changed_by, mac) VALUES (1, 99, true, 'forger', ${Buffer.alloc(36)})
+             ON CONFLICT (id) DO UPDATE SET epoch = 99, sealed = true, changed_by = 'forger', mac = EXCLUDED.mac`;
+    await db`SELECT pg_notify('nexus_cluster_seal', '99')`;
+    await sleep(3_000);
+    expect(await sealed(a)).to.equal(false);
+    // Responders refuse: a replica sealed now stays sealed.
+    ok(await c.client().call(OperatorService.method.seal, {}, { bearerToken: token }), "Seal c");
+    await db`UPDATE cluster_seal SET sealed = false`;
+    await sleep(4_000);
+    expect(await sealed(c)).to.equal(true);
+    // An Unseal with the password replaces the forged row; peers hand out keys again.
+    await unsealReplica(c, ADMIN_PASSWORD);
+    const [row] = await db`SELECT sealed, changed_by FROM cluster_seal`;
+    expect(row).to.deep.include({ sealed: false });
+    expect(row.changed_by).to.not.equal("forger");
+  });
+
+  it("a cluster seal seals every replica, peers do not undo it (not even for a restarted replica), and an Unseal with the password on one brings the others back", async () => {
+    const [a, b] = [replicas.get("a")!, replicas.get("b")!];
+    const token = await adminSession(a.client());
+    ok(await a.client().call(OperatorService.method.seal, { scope: SealScope.CLUSTER }, { bearerToken: token }), "cluster Seal on a");
+    for (const r of replicas.values()) await eventually(async () => expect(await sealed(r), r.name).to.equal(true), { timeoutMs: 5_000 });
+    // Killed and restarted: it starts sealed and asks nobody.
+    await replicas.get("c")!.process.kill();
+    await replicas.get("c")!.stop().catch(() => {});
+    await start("c");
+    await sleep(4_000);
+    for (const r of replicas.values()) expect(await sealed(r), `${r.name} after the cluster seal`).to.equal(true);
+
+    await unsealReplica(b, ADMIN_PASSWORD);
+    for (const r of replicas.values()) await eventually(async () => expect(await serving(r), r.name).to.equal(true), { timeoutMs: 15_000 });
+  });
+});
+
+describe("peer unseal: an endpoint advertised through the database", function () {
+  this.timeout(120_000);
+  let pki: TestPki;
+  let databaseUrl: string;
+  let db: postgres.Sql;
+  const running: NexusReplica[] = [];
+  let impostorPki: { remove(): Promise<void> } | undefined;
+
+  before(async () => {
+    pki = await createTestPki();
+    databaseUrl = await createTestDatabase("peer_impostor");
+    db = openDatabase(databaseUrl);
+  });
+
+  after(async () => {
+    await Promise.all(running.map((r) => r.stop().catch(() => {})));
+    await db?.end();
+    await impostorPki?.remove();
+    await pki?.remove();
+  });
+
+  it("a sealed replica pointed at an endpoint that presents a workload SVID (even one holding the keys) refuses it and stays sealed", async () => {
+    const first = await startReplica({ name: "first", pki, databaseUrl });
+    running.push(first);
+    ok(await first.client().call(OperatorService.method.initialize, { adminPassword: ADMIN_PASSWORD }), "Initialize");
+
+    // A full Nexus serving with a workload SVID, unsealed with the password: it holds the keys and answers the RPC.
+    const workloadFiles = await workloadSvidFiles(pki, pki.workload);
+    impostorPki = workloadFiles;
+    const impostor = await startReplica({
+      name: "impostor",
+      pki: { ...pki, files: workloadFiles.files },
+      databaseUrl,
+      env: { NEXUS_SERVER_ID: WORKLOAD_ID },
+    });
+    running.push(impostor);
+    const impostorClient = grpcNexusClient(`127.0.0.1:${impostor.grpcPort}`, { cert: pki.superuser.certPem, key: pki.superuser.keyPem, ca: pki.ca.certPem, serverId: WORKLOAD_ID });
+    ok(await impostorClient.call(OperatorService.method.unseal, { adminPassword: ADMIN_PASSWORD }, { deadlineMs: 20_000 }), "Unseal the impostor");
+    impostorClient.close();
+
+    // The only honest replica leaves; a new one starts sealed.
+    await first.stop();
+    running.splice(running.indexOf(first), 1);
+    const victim = await startReplica({ name: "victim", pki, databaseUrl });
+    running.push(victim);
+    // The database writer advertises the impostor, and keeps its heartbeat fresh.
+    const advertise = () => db`
+      INSERT INTO replica_adverts (instance_id, address, heartbeat_at) VALUES ('evil', ${`127.0.0.1:${impostor.grpcPort}`}, now())
+      ON CONFLICT (instance_id) DO UPDATE SET address = EXCLUDED.address, heartbeat_at = now()`;
+    await advertise();
+    const keepFresh = setInterval(() => void advertise().catch(() => {}), 500);
+    try {
+      await eventually(
+        async () => {
+          const rows = await db`SELECT detail FROM audit_events WHERE rpc = ${RPC} AND outcome = 'denied' AND detail->>'handover' = 'refused'`;
+          expect(rows.length, "refusals audited by the victim").to.be.above(0);
+        },
+        { timeoutMs: 10_000 },
+      );
+      await sleep(2_000);
+      expect(await sealed(victim)).to.equal(true);
+      expect(await serving(victim)).to.equal(false);
+    } finally {
+      clearInterval(keepFresh);
+    }
+  });
+});
+
+/** SVID files for a Nexus process that serves with `cert` (for an impostor). */
+async function workloadSvidFiles(pki: TestPki, cert: IssuedCert) {
+  const dir = `${pki.dir}-impostor`;
+  await writePkiFiles(dir, { "ca.pem": pki.ca.certPem, "svid.pem": cert.certPem, "svid_key.pem": cert.keyPem });
+  const { rm } = await import("node:fs/promises");
+  return {
+    files: { ca: `${dir}/ca.pem`, cert: `${dir}/svid.pem`, key: `${dir}/svid_key.pem` },
+    remove: () => rm(dir, { recursive: true, force: true }),
+  };
+}
