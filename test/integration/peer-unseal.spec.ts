@@ -81,24 +81,23 @@ describe("peer unseal: replicas unseal each other over mTLS", function () {
     for (const r of restarted) expect(await sealed(r)).to.equal(false);
   });
 
-  it("a workload SVID asking for the keys gets PERMISSION_DENIED and an audit event; a foreign-trust-domain SVID is refused and audited too", async () => {
+  it("a workload SVID asking for the keys gets PERMISSION_DENIED and an audit event; a foreign-trust-domain SVID gets UNAUTHENTICATED and an audit event", async () => {
     const a = replicas.get("a")!;
     const workload = a.client(pki.workload);
     const denied = await workload.call(ReplicaService.method.requestUnsealKeys, unsignedRequest());
     expect(denied.code).to.equal("PERMISSION_DENIED");
-    expect(denied.response).to.equal(undefined);
+    // Refused by authorization, not only by the handshake's signature check further on.
+    expect(denied.reason).to.equal("NOT_AUTHORIZED");
 
     const foreign = await pki.ca.issue({ uris: ["spiffe://other.org/spike/nexus"] });
     const refused = await a.client(foreign).call(ReplicaService.method.requestUnsealKeys, unsignedRequest());
-    // Authentication refuses a foreign trust domain before authorization is asked.
-    expect(refused.code).to.be.oneOf(["PERMISSION_DENIED", "UNAUTHENTICATED"]);
-    expect(refused.response).to.equal(undefined);
+    // Even signed by the trusted CA, a foreign trust domain is refused by authentication, before authorization is asked.
+    expect({ code: refused.code, reason: refused.reason }).to.deep.equal({ code: "UNAUTHENTICATED", reason: "FOREIGN_TRUST_DOMAIN" });
 
     await eventually(async () => {
-      const rows = await db`SELECT caller, outcome, code FROM audit_events WHERE rpc = ${RPC} AND outcome = 'denied'`;
-      expect(rows.some((r) => r.caller === WORKLOAD_ID && r.code === "PERMISSION_DENIED")).to.equal(true);
-      expect(rows.some((r) => r.code === "UNAUTHENTICATED" || r.code === "PERMISSION_DENIED")).to.equal(true);
-      expect(rows.filter((r) => r.caller !== WORKLOAD_ID)).to.have.length.above(0);
+      const rows = await db`SELECT caller, code, detail FROM audit_events WHERE rpc = ${RPC} AND outcome = 'denied'`;
+      expect(rows.some((r) => r.caller === WORKLOAD_ID && r.code === "PERMISSION_DENIED" && r.detail.reason === "NOT_AUTHORIZED")).to.equal(true);
+      expect(rows.some((r) => r.code === "UNAUTHENTICATED" && r.detail.reason === "FOREIGN_TRUST_DOMAIN")).to.equal(true);
     });
   });
 
