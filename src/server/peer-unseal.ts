@@ -206,15 +206,18 @@ export class PeerUnseal implements SealCoordinator, UnsealKeysResponder {
   }
 
   /** Waits `ms`, or less if the seal state or the cluster seal changes. */
-  private pause(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const done = () => {
-        this.wake = undefined;
-        resolve();
-      };
-      this.wake = done;
-      void sleep(ms, this.stopping.signal).then(done);
-    });
+  private async pause(ms: number): Promise<void> {
+    const woken = new AbortController();
+    const wake = () => woken.abort();
+    this.wake = wake;
+    const stop = () => woken.abort();
+    this.stopping.signal.addEventListener("abort", stop, { once: true });
+    try {
+      await sleep(ms, woken.signal);
+    } finally {
+      this.stopping.signal.removeEventListener("abort", stop);
+      if (this.wake === wake) this.wake = undefined;
+    }
   }
 
   /** One round over the live peers; true once unsealed (by a peer or otherwise). */
