@@ -9,7 +9,8 @@ import type postgres from "postgres";
 import { OperatorService, SealScope } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { ReplicaService } from "../../gen/spike/nexus/v1/replica_pb.js";
 import { grpcNexusClient } from "../../src/client/nexus-client.js";
-import { ephemeralKey, handoverNonce } from "../../src/keys/peer-handover.js";
+import { createPrivateKey, sign } from "node:crypto";
+import { ephemeralKey, handoverNonce, requestTranscript } from "../../src/keys/peer-handover.js";
 import { startReplica, unsealReplica, type NexusReplica } from "../support/nexus-replica.js";
 import { ADMIN_PASSWORD, adminSession, ok, openDatabase } from "../support/secret-server.js";
 import { createTestDatabase } from "../support/test-database.js";
@@ -107,6 +108,28 @@ describe("peer unseal: replicas unseal each other over mTLS", function () {
     const result = await asServer.call(ReplicaService.method.requestUnsealKeys, unsignedRequest());
     expect(result.code).to.equal("PERMISSION_DENIED");
     expect(result.reason).to.equal("PEER_SIGNATURE_INVALID");
+  });
+
+  it("a handshake signed by a workload SVID's key, on a connection that presents the server SVID, gets no keys", async () => {
+    const a = replicas.get("a")!;
+    const half = { requesterId: NEXUS_ID, responderId: NEXUS_ID, requesterNonce: handoverNonce(), requesterPublicKey: ephemeralKey().publicKey };
+    const signature = sign("sha256", requestTranscript(half), createPrivateKey(pki.workload.keyPem));
+    const result = await a.client(pki.nexus).call(ReplicaService.method.requestUnsealKeys, {
+      requesterNonce: half.requesterNonce,
+      requesterPublicKey: half.requesterPublicKey,
+      requesterCertificateChain: pki.workload.certPem,
+      requesterSignature: signature,
+    });
+    expect({ code: result.code, reason: result.reason }).to.deep.equal({ code: "PERMISSION_DENIED", reason: "PEER_SIGNATURE_INVALID" });
+    // The same request signed with the server SVID's key is answered (the check above is the only difference).
+    const good = sign("sha256", requestTranscript(half), createPrivateKey(pki.nexus.keyPem));
+    const answered = await a.client(pki.nexus).call(ReplicaService.method.requestUnsealKeys, {
+      requesterNonce: half.requesterNonce,
+      requesterPublicKey: half.requesterPublicKey,
+      requesterCertificateChain: pki.nexus.certPem,
+      requesterSignature: good,
+    });
+    expect(answered.code).to.equal("OK");
   });
 
   it("a replica with NEXUS_PEER_UNSEAL=off stays sealed while its peers are unsealed", async () => {
