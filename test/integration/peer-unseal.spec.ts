@@ -7,10 +7,25 @@
 import { expect } from "chai";
 import type postgres from "postgres";
 import { OperatorService, SealScope } from "../../gen/spike/nexus/v1/operator_pb.js";
-import { ReplicaService } from "../../gen/spike/nexus/v1/replica_pb.js";
+import {
+  ReplicaService,
+  RequestUnsealKeysRequestSchema,
+  RequestUnsealKeysResponseSchema,
+  type RequestUnsealKeysRequest,
+} from "../../gen/spike/nexus/v1/replica_pb.js";
 import { grpcNexusClient } from "../../src/client/nexus-client.js";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
 import { createPrivateKey, sign } from "node:crypto";
-import { ephemeralKey, handoverNonce, requestTranscript } from "../../src/keys/peer-handover.js";
+import {
+  ephemeralKey,
+  handoverNonce,
+  openRootKeyFromPeer,
+  requestTranscript,
+  responseTranscript,
+  sealRootKeyForPeer,
+  type RequestHalf,
+} from "../../src/keys/peer-handover.js";
 import { startReplica, unsealReplica, type NexusReplica } from "../support/nexus-replica.js";
 import { ADMIN_PASSWORD, adminSession, ok, openDatabase } from "../support/secret-server.js";
 import { createTestDatabase } from "../support/test-database.js";
@@ -196,6 +211,12 @@ describe("peer unseal: an endpoint advertised through the database", function ()
   let db: postgres.Sql;
   const running: NexusReplica[] = [];
   let impostorPki: { remove(): Promise<void> } | undefined;
+  let impostor: NexusReplica;
+  let victim: NexusReplica;
+  let fake: grpc.Server | undefined;
+  const advertise = (port: number) => db`
+    INSERT INTO replica_adverts (instance_id, address, heartbeat_at) VALUES ('evil', ${`127.0.0.1:${port}`}, now())
+    ON CONFLICT (instance_id) DO UPDATE SET address = EXCLUDED.address, heartbeat_at = now()`;
 
   before(async () => {
     pki = await createTestPki();
@@ -205,6 +226,7 @@ describe("peer unseal: an endpoint advertised through the database", function ()
 
   after(async () => {
     await Promise.all(running.map((r) => r.stop().catch(() => {})));
+    fake?.forceShutdown();
     await db?.end();
     await impostorPki?.remove();
     await pki?.remove();
@@ -218,7 +240,7 @@ describe("peer unseal: an endpoint advertised through the database", function ()
     // A full Nexus serving with a workload SVID, unsealed with the password: it holds the keys and answers the RPC.
     const workloadFiles = await workloadSvidFiles(pki, pki.workload);
     impostorPki = workloadFiles;
-    const impostor = await startReplica({
+    impostor = await startReplica({
       name: "impostor",
       pki: { ...pki, files: workloadFiles.files },
       databaseUrl,
@@ -232,14 +254,11 @@ describe("peer unseal: an endpoint advertised through the database", function ()
     // The only honest replica leaves; a new one starts sealed.
     await first.stop();
     running.splice(running.indexOf(first), 1);
-    const victim = await startReplica({ name: "victim", pki, databaseUrl });
+    victim = await startReplica({ name: "victim", pki, databaseUrl });
     running.push(victim);
     // The database writer advertises the impostor, and keeps its heartbeat fresh.
-    const advertise = () => db`
-      INSERT INTO replica_adverts (instance_id, address, heartbeat_at) VALUES ('evil', ${`127.0.0.1:${impostor.grpcPort}`}, now())
-      ON CONFLICT (instance_id) DO UPDATE SET address = EXCLUDED.address, heartbeat_at = now()`;
-    await advertise();
-    const keepFresh = setInterval(() => void advertise().catch(() => {}), 500);
+    await advertise(impostor.grpcPort);
+    const keepFresh = setInterval(() => void advertise(impostor.grpcPort).catch(() => {}), 500);
     try {
       await eventually(
         async () => {
@@ -255,7 +274,91 @@ describe("peer unseal: an endpoint advertised through the database", function ()
       clearInterval(keepFresh);
     }
   });
+
+  it("an endpoint that presents the server SVID in TLS but signs the handshake with another key is refused, though its sealed root key is right", async () => {
+    // The real root key, taken from the impostor (its server ID is the workload's, so the workload may ask it).
+    const rootKey = await takeRootKey(impostor.grpcPort, pki, pki.workload, WORKLOAD_ID);
+    let signer: IssuedCert = pki.workload;
+    fake = await fakeResponder(pki, rootKey.id, rootKey.key, () => signer);
+    const port = (fake as grpc.Server & { port: number }).port;
+    await db`DELETE FROM replica_adverts WHERE instance_id <> 'evil'`;
+    await advertise(port);
+    const keepFresh = setInterval(() => void advertise(port).catch(() => {}), 500);
+    try {
+      await eventually(async () => {
+        const rows = await db`SELECT detail FROM audit_events WHERE rpc = ${RPC} AND outcome = 'denied' AND detail->>'peer' = ${`127.0.0.1:${port}`}`;
+        expect(rows.map((r) => r.detail.why)).to.include("the handshake is not signed by an SVID of the server ID");
+      });
+      expect(await sealed(victim)).to.equal(true);
+      // Control: the same endpoint signing with the server SVID's key is believed (the signature was the only thing wrong).
+      signer = pki.nexus;
+      await eventually(async () => expect(await sealed(victim)).to.equal(false), { timeoutMs: 15_000 });
+    } finally {
+      clearInterval(keepFresh);
+    }
+  });
 });
+
+/** Asks the replica on `port` for the root key with `cert` (its key signs), as a replica whose server ID is `serverId` would. */
+async function takeRootKey(port: number, pki: TestPki, cert: IssuedCert, serverId: string): Promise<{ id: number; key: Buffer }> {
+  const own = ephemeralKey();
+  const half: RequestHalf = { requesterId: serverId, responderId: serverId, requesterNonce: handoverNonce(), requesterPublicKey: own.publicKey };
+  const client = grpcNexusClient(`127.0.0.1:${port}`, { cert: cert.certPem, key: cert.keyPem, ca: pki.ca.certPem, serverId });
+  try {
+    const r = ok(
+      await client.call(ReplicaService.method.requestUnsealKeys, {
+        requesterNonce: half.requesterNonce,
+        requesterPublicKey: half.requesterPublicKey,
+        requesterCertificateChain: cert.certPem,
+        requesterSignature: sign("sha256", requestTranscript(half), createPrivateKey(cert.keyPem)),
+      }),
+      "RequestUnsealKeys",
+    );
+    const t = responseTranscript(half, { responderNonce: r.responderNonce, responderPublicKey: r.responderPublicKey, rootKeyId: r.rootKeyId });
+    return { id: r.rootKeyId, key: openRootKeyFromPeer(own.privateKey, r.responderPublicKey, t, r.sealedRootKey) };
+  } finally {
+    client.close();
+  }
+}
+
+/**
+ * A ReplicaService endpoint serving TLS with the server SVID that answers with
+ * the right root key, correctly sealed, but signs with `signer()`'s key.
+ */
+async function fakeResponder(pki: TestPki, rootKeyId: number, rootKey: Buffer, signer: () => IssuedCert): Promise<grpc.Server> {
+  const server = new grpc.Server();
+  const method = {
+    path: "/spike.nexus.v1.ReplicaService/RequestUnsealKeys",
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: (m: RequestUnsealKeysRequest) => Buffer.from(toBinary(RequestUnsealKeysRequestSchema, m)),
+    requestDeserialize: (b: Buffer) => fromBinary(RequestUnsealKeysRequestSchema, b),
+    responseSerialize: (m: ReturnType<typeof create<typeof RequestUnsealKeysResponseSchema>>) => Buffer.from(toBinary(RequestUnsealKeysResponseSchema, m)),
+    responseDeserialize: (b: Buffer) => fromBinary(RequestUnsealKeysResponseSchema, b),
+  };
+  server.addService({ requestUnsealKeys: method } as unknown as grpc.ServiceDefinition, {
+    requestUnsealKeys: (call: grpc.ServerUnaryCall<RequestUnsealKeysRequest, unknown>, done: grpc.sendUnaryData<unknown>) => {
+      const req = call.request;
+      const half: RequestHalf = { requesterId: NEXUS_ID, responderId: NEXUS_ID, requesterNonce: req.requesterNonce, requesterPublicKey: req.requesterPublicKey };
+      const own = ephemeralKey();
+      const s = { responderNonce: handoverNonce(), responderPublicKey: own.publicKey, rootKeyId };
+      const t = responseTranscript(half, s);
+      const by = signer();
+      done(
+        null,
+        create(RequestUnsealKeysResponseSchema, {
+          ...s,
+          sealedRootKey: sealRootKeyForPeer(own.privateKey, req.requesterPublicKey, t, rootKeyId, rootKey),
+          responderCertificateChain: by.certPem,
+          responderSignature: sign("sha256", t, createPrivateKey(by.keyPem)),
+        }),
+      );
+    },
+  });
+  const credentials = grpc.ServerCredentials.createSsl(Buffer.from(pki.ca.certPem), [{ cert_chain: Buffer.from(pki.nexus.certPem), private_key: Buffer.from(pki.nexus.keyPem) }], true);
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", credentials, (err, p) => (err ? reject(err) : resolve(p))));
+  return Object.assign(server, { port });
+}
 
 /** SVID files for a Nexus process that serves with `cert` (for an impostor). */
 async function workloadSvidFiles(pki: TestPki, cert: IssuedCert) {
