@@ -275,6 +275,25 @@ describe("peer unseal: an endpoint advertised through the database", function ()
     }
   });
 
+  it("an endpoint that presents a workload SVID in TLS is refused even when its handshake is signed with the server SVID's key and sends the right root key", async () => {
+    const rootKey = await takeRootKey(impostor.grpcPort, pki, pki.workload, WORKLOAD_ID);
+    const other = await fakeResponder(pki, rootKey.id, rootKey.key, () => pki.nexus, pki.workload);
+    const port = (other as grpc.Server & { port: number }).port;
+    await advertise(port);
+    const keepFresh = setInterval(() => void advertise(port).catch(() => {}), 500);
+    try {
+      await eventually(async () => {
+        const rows = await db`SELECT detail FROM audit_events WHERE rpc = ${RPC} AND outcome = 'denied' AND detail->>'peer' = ${`127.0.0.1:${port}`}`;
+        expect(rows.length, "refusals of the endpoint audited").to.be.above(0);
+      });
+      await sleep(1_000);
+      expect(await sealed(victim)).to.equal(true);
+    } finally {
+      clearInterval(keepFresh);
+      other.forceShutdown();
+    }
+  });
+
   it("an endpoint that presents the server SVID in TLS but signs the handshake with another key is refused, though its sealed root key is right", async () => {
     // The real root key, taken from the impostor (its server ID is the workload's, so the workload may ask it).
     const rootKey = await takeRootKey(impostor.grpcPort, pki, pki.workload, WORKLOAD_ID);
@@ -323,9 +342,10 @@ async function takeRootKey(port: number, pki: TestPki, cert: IssuedCert, serverI
 
 /**
  * A ReplicaService endpoint serving TLS with the server SVID that answers with
- * the right root key, correctly sealed, but signs with `signer()`'s key.
+ * the right root key, correctly sealed, but signs with `signer()`'s key; `tls`
+ * is the SVID it presents.
  */
-async function fakeResponder(pki: TestPki, rootKeyId: number, rootKey: Buffer, signer: () => IssuedCert): Promise<grpc.Server> {
+async function fakeResponder(pki: TestPki, rootKeyId: number, rootKey: Buffer, signer: () => IssuedCert, tls: IssuedCert = pki.nexus): Promise<grpc.Server> {
   const server = new grpc.Server();
   const method = {
     path: "/spike.nexus.v1.ReplicaService/RequestUnsealKeys",
@@ -355,7 +375,7 @@ async function fakeResponder(pki: TestPki, rootKeyId: number, rootKey: Buffer, s
       );
     },
   });
-  const credentials = grpc.ServerCredentials.createSsl(Buffer.from(pki.ca.certPem), [{ cert_chain: Buffer.from(pki.nexus.certPem), private_key: Buffer.from(pki.nexus.keyPem) }], true);
+  const credentials = grpc.ServerCredentials.createSsl(Buffer.from(pki.ca.certPem), [{ cert_chain: Buffer.from(tls.certPem), private_key: Buffer.from(tls.keyPem) }], true);
   const port = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", credentials, (err, p) => (err ? reject(err) : resolve(p))));
   return Object.assign(server, { port });
 }
