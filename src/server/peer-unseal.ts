@@ -73,6 +73,8 @@ export class PeerUnseal implements SealCoordinator, UnsealKeysResponder {
   private readonly stopping = new AbortController();
   /** Sealed on request (scope REPLICA): peers do not unseal it until an Unseal or a restart. */
   private heldSealed = false;
+  /** An Unseal with the password is running: the cluster seal it is about to lift must not seal this replica again meanwhile. */
+  private lifting = 0;
   private wake: (() => void) | undefined;
   private timer: NodeJS.Timeout | undefined;
   private unlisten: (() => Promise<void>) | undefined;
@@ -138,7 +140,17 @@ export class PeerUnseal implements SealCoordinator, UnsealKeysResponder {
     this.o.logger.warn("cluster sealed: every replica seals itself; an Unseal with the admin password lifts it", { by });
   }
 
-  async liftClusterSeal(by: string): Promise<void> {
+  async unsealWithPassword(by: string, unseal: () => Promise<void>): Promise<void> {
+    this.lifting++;
+    try {
+      await unseal();
+      await this.liftClusterSeal(by);
+    } finally {
+      this.lifting--;
+    }
+  }
+
+  private async liftClusterSeal(by: string): Promise<void> {
     const previous = await this.o.store.clusterSeal();
     if (previous === undefined || this.guard.judge(previous) === "open") return;
     const row = this.guard.next(previous, false, by);
@@ -163,7 +175,7 @@ export class PeerUnseal implements SealCoordinator, UnsealKeysResponder {
     }
     if (keys.sealed) throw new NexusError("failed_precondition", "this replica is sealed too", { reason: "SEALED" });
     const verdict = this.guard.judge(await this.o.store.clusterSeal());
-    if (verdict === "sealed") keys.seal("cluster seal");
+    if (verdict === "sealed" && this.lifting === 0) keys.seal("cluster seal");
     if (verdict !== "open") throw clusterSealRefusal(verdict);
     const own = ephemeralKey();
     const nonce = handoverNonce();
@@ -301,7 +313,7 @@ export class PeerUnseal implements SealCoordinator, UnsealKeysResponder {
         return;
       }
       const verdict = this.guard.judge(row);
-      if (verdict === "sealed") this.o.keys.seal("cluster seal");
+      if (verdict === "sealed" && this.lifting === 0) this.o.keys.seal("cluster seal");
       else if (verdict !== "open") this.o.logger.error("the cluster-seal row does not verify (written outside Nexus?); this replica hands no keys to peers", { verdict });
     } catch (err) {
       this.o.logger.debug("cluster seal check failed", { err });

@@ -71,8 +71,12 @@ export interface SealCoordinator {
   sealReplica(): void;
   /** Records and broadcasts a cluster seal, then seals this replica. */
   sealCluster(by: string): Promise<void>;
-  /** After an Unseal with the admin password: lifts a cluster seal, so the other replicas follow. */
-  liftClusterSeal(by: string): Promise<void>;
+  /**
+   * Runs `unseal` (the admin password checked), then lifts a cluster seal so
+   * the other replicas follow; a cluster seal seen meanwhile does not seal
+   * this replica again.
+   */
+  unsealWithPassword(by: string, unseal: () => Promise<void>): Promise<void>;
 }
 
 const PHASE_TO_PROTO: Record<RotationPhaseName, RotationPhase> = {
@@ -131,9 +135,8 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
     },
 
     async unseal(req, ctx) {
-      await deps.attempts.guard(ctx.caller, () => keys.unseal(req.adminPassword));
       // A person with the password decides: a cluster seal ends here.
-      await deps.sealing.liftClusterSeal(ctx.caller.toString());
+      await deps.sealing.unsealWithPassword(ctx.caller.toString(), () => deps.attempts.guard(ctx.caller, () => keys.unseal(req.adminPassword)));
       if (req.acceptRestoredState) {
         const { epochs } = deps;
         const adopted = await deps.grantStore.acceptStored(
