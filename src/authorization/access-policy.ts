@@ -8,12 +8,14 @@
 //   list       a policy granting LIST somewhere; the listing is then filtered per path
 //   watch      as list; each event is then shown only if the policies in force
 //              when it is sent grant READ and LIST on its path (WatchSecrets)
+//   server     the Nexus server's own SPIFFE ID only (ReplicaService: peer unseal)
 // Policies never grant admin RPCs. While sealed, secret RPCs are refused as
 // sealed for everyone (policies cannot be verified without the integrity key).
 
 import type { DescService, Message } from "@bufbuild/protobuf";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
+import { ReplicaService } from "../../gen/spike/nexus/v1/replica_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { NexusError } from "../errors/nexus-error.js";
 import type { SpiffeId } from "../identity/spiffe-id.js";
@@ -23,7 +25,7 @@ import type { AdminCredentials } from "./admin-credentials.js";
 import type { Grant } from "./policy.js";
 import type { PolicyEngine } from "./policy-engine.js";
 
-export type Rule = { kind: "any" } | { kind: "superuser" } | { kind: "admin" } | { kind: "secret"; grant: Grant } | { kind: "list" } | { kind: "watch" };
+export type Rule = { kind: "any" } | { kind: "superuser" } | { kind: "admin" } | { kind: "secret"; grant: Grant } | { kind: "list" } | { kind: "watch" } | { kind: "server" };
 
 export interface AccessRequest {
   readonly caller: SpiffeId;
@@ -56,6 +58,7 @@ const NONE: AccessGrant = { mayList: () => false };
 const METHOD_RULES: ReadonlyMap<string, Rule> = new Map([
   ...rules(OperatorService, { getStatus: { kind: "any" }, initialize: { kind: "superuser" }, unseal: { kind: "superuser" }, login: { kind: "superuser" } }, { kind: "admin" }),
   ...rules(PolicyService, {}, { kind: "admin" }),
+  ...rules(ReplicaService, {}, { kind: "server" }),
   ...rules(
     SecretService,
     {
@@ -76,6 +79,8 @@ export class AccessController implements AccessPolicy {
     private readonly keys: KeyManager,
     /** Whether the policies have been loaded since the last unseal: until then no policy decides. */
     private readonly policiesLoaded: () => boolean,
+    /** The SPIFFE ID every replica serves with (NEXUS_SERVER_ID): the only caller of ReplicaService. */
+    private readonly serverId?: string,
   ) {}
 
   async authorize({ caller, method, request, bearerToken }: AccessRequest): Promise<AccessGrant> {
@@ -92,6 +97,9 @@ export class AccessController implements AccessPolicy {
         return NONE;
       case "superuser":
         if (superuser) return NONE;
+        break;
+      case "server":
+        if (this.serverId !== undefined && caller.toString() === this.serverId) return NONE;
         break;
       case "admin":
         if (!superuser) break;

@@ -67,6 +67,12 @@ export interface NexusConfig {
     readonly calls: { readonly perSecond: number; readonly burst: number };
     readonly authFailures: { readonly perSecond: number; readonly burst: number };
   };
+  /** The SPIFFE ID every replica of this Nexus serves with; only it may call ReplicaService. */
+  readonly serverId: string;
+  /** The host:port other replicas dial for peer unseal; undefined: this replica is not advertised. */
+  readonly advertiseAddress: ListenAddress | undefined;
+  /** Whether sealed replicas take the keys from an unsealed peer, and unsealed ones hand them out (ADR 0012). */
+  readonly peerUnseal: boolean;
 }
 
 export class ConfigError extends Error {
@@ -134,6 +140,9 @@ export const SETTINGS = {
   },
   authFailureRateLimitBurst: { env: "NEXUS_AUTH_FAILURE_RATE_LIMIT_BURST", help: "failed authentications one identity may make at once", parse: positiveInt, serveDefault: "100", devDefault: "100" },
   watchRetention: { env: "NEXUS_WATCH_RETENTION", help: "how long watch events are kept (oldest resumable cursor)", parse: parseDuration, serveDefault: "24h", devDefault: "24h" },
+  serverId: { env: "NEXUS_SERVER_ID", help: "SPIFFE ID of the Nexus replicas, the only caller of ReplicaService (default spiffe://<trust domain>/spike/nexus)", parse: parseSpiffeIdSetting },
+  advertiseAddress: { env: "NEXUS_ADVERTISE_ADDRESS", help: "host:port of this replica's gRPC listener as other replicas dial it (peer unseal); default: NEXUS_LISTEN unless its host is 0.0.0.0 or ::", parse: parseListen },
+  peerUnseal: { env: "NEXUS_PEER_UNSEAL", help: "on: a sealed replica takes the keys from an unsealed peer (mTLS, server SPIFFE ID only); off: it waits for Unseal", parse: parseOnOff, serveDefault: "on", devDefault: "on" },
 } satisfies Record<string, Setting<unknown>>;
 
 export type SettingName = keyof typeof SETTINGS;
@@ -153,9 +162,10 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
   const trustDomain = required<string>("trustDomain");
   const superuserId = get<string>("superuserId") ?? `spiffe://${trustDomain}/spike/pilot/role/superuser`;
   const svid = svidSettings(mode, env, cwd, { get, required, explicit });
+  const listen = required<ListenAddress>("listen");
   return {
     ...database,
-    listen: required("listen"),
+    listen,
     connectListen: required("connectListen"),
     healthListen: required("healthListen"),
     metricsListen: get<ListenAddress>("metricsListen"),
@@ -182,8 +192,14 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
       calls: { perSecond: required("rateLimitRps"), burst: required("rateLimitBurst") },
       authFailures: { perSecond: required("authFailureRateLimitRps"), burst: required("authFailureRateLimitBurst") },
     },
+    serverId: get<string>("serverId") ?? `spiffe://${trustDomain}/spike/nexus`,
+    advertiseAddress: get<ListenAddress>("advertiseAddress") ?? (WILDCARD_HOSTS.has(listen.host) || listen.port === 0 ? undefined : listen),
+    peerUnseal: required("peerUnseal"),
   };
 }
+
+/** Listen hosts that name no address a peer could dial. */
+const WILDCARD_HOSTS: ReadonlySet<string> = new Set(["0.0.0.0", "::", ""]);
 
 /** What `nexus migrate` needs: the database and the log level, no TLS files or listeners. */
 export type DatabaseConfig = Pick<NexusConfig, "mode" | "databaseUrl" | "databaseCaFile" | "dataDir" | "logLevel">;
@@ -345,6 +361,13 @@ function parseDurationOrOff(raw: string): number {
 function nonNegativeNumber(raw: string): number {
   if (!/^\d+(\.\d+)?$/.test(raw.trim())) throw new Error(`"${raw}" is not a number of 0 or more`);
   return Number(raw);
+}
+
+function parseOnOff(raw: string): boolean {
+  const v = raw.trim().toLowerCase();
+  if (v === "on" || v === "true" || v === "1") return true;
+  if (v === "off" || v === "false" || v === "0") return false;
+  throw new Error(`"${raw}" is not on or off`);
 }
 
 function positiveInt(raw: string): number {

@@ -84,6 +84,21 @@ export class SvidSignerChain {
   }
 }
 
+/** Longest signer chain text accepted from a peer (a leaf and a few intermediates are a few KiB). */
+const MAX_CHAIN_PEM_LENGTH = 64 * 1024;
+
+/**
+ * Whether `signature` over `data` was made, now, by the key of an SVID of
+ * `expectedId` whose chain (`chainPem`, leaf first, sent by a peer) leads to
+ * an authority of `bundle` (peer unseal: each replica checks the other's).
+ */
+export function verifySvidSignature(chainPem: string, bundle: TrustBundleSet, expectedId: string, data: Buffer, signature: Uint8Array, at = new Date()): boolean {
+  if (chainPem.length > MAX_CHAIN_PEM_LENGTH) return false;
+  const leaf = parseChain(chainPem)[0];
+  if (leaf === undefined) return false;
+  return new SvidSignerChain(sha256(leaf.raw), chainPem, bundle, expectedId).verifies(data, signature, at);
+}
+
 /** The certificates from the leaf, through the chain's intermediates, to an authority of the trust domain's bundle. */
 function pathToAuthority(chain: readonly X509Certificate[], bundle: TrustBundleSet, trustDomain: string): X509Certificate[] | undefined {
   const pem = bundle.authoritiesFor(trustDomain);

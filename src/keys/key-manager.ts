@@ -206,11 +206,52 @@ export class KeyManager {
       this.logger.warn("unseal refused: wrong admin password");
       throw new NexusError("permission_denied", "the admin password is not correct", { reason: "WRONG_PASSWORD" });
     }
-    // Keys opened so far; zeroed if unsealing fails before they are installed.
-    const opened: Buffer[] = [];
+    let rootKey: Buffer;
     try {
-      const rootKey = open(derived.kek, keys.root.encryptedKey, rootKeyAad(keys.root.id));
-      opened.push(rootKey);
+      rootKey = open(derived.kek, keys.root.encryptedKey, rootKeyAad(keys.root.id));
+    } finally {
+      derived.kek.fill(0);
+      derived.checkKey.fill(0);
+    }
+    this.installRootKey(rootKey, keys, "unsealed");
+  }
+
+  /**
+   * Peer unseal, requester side: the stored hierarchy to unseal with, read
+   * before the peer is asked (no key is held across this await).
+   */
+  async storedHierarchy(): Promise<InitialKeys> {
+    return this.loadHierarchy();
+  }
+
+  /**
+   * Peer unseal, requester side: installs the root key a peer handed over and
+   * the keyring `keys` (read before) opened under it. The keyring's AEAD tags
+   * prove it is the right root key. `rootKey` belongs to this call from now
+   * on: installed or zeroed. Synchronous, so nothing awaits with it.
+   */
+  unsealWithRootKey(rootKeyId: number, rootKey: Buffer, keys: InitialKeys): void {
+    if (keys.root.id !== rootKeyId) {
+      rootKey.fill(0);
+      throw rootKeyChanged();
+    }
+    this.installRootKey(rootKey, keys, "unsealed by a peer");
+  }
+
+  /**
+   * Peer unseal, responder side: hands the root key to `encrypt`, which must
+   * seal it synchronously and keep no reference; its result is returned.
+   */
+  withRootKey<T>(encrypt: (rootKeyId: number, rootKey: Buffer) => T): T {
+    const s = this.unsealed();
+    return encrypt(s.rootKeyId, s.rootKey);
+  }
+
+  /** Opens the keyring under `rootKey` and installs both; zeroes everything if that fails. */
+  private installRootKey(rootKey: Buffer, keys: InitialKeys, message: string): void {
+    // Keys opened so far; zeroed if unsealing fails before they are installed.
+    const opened: Buffer[] = [rootKey];
+    try {
       const wrappingKeys = new Map<number, Buffer>();
       const integrityKeys = new Map<number, Buffer>();
       for (const k of keys.keyring) {
@@ -227,15 +268,12 @@ export class KeyManager {
       if (this.state) this.seal("re-unsealed");
       this.install({ rootKeyId: keys.root.id, rootKey, wrappingKeys, activeWrappingKeyId, integrityKeys, activeIntegrityKeyId, integrityWindow: "unknown" });
       opened.length = 0; // installed: sealing zeroes them from now on
-      this.logger.info("unsealed", { rootKeyId: keys.root.id, activeKeyringKeyId: activeWrappingKeyId });
+      this.logger.info(message, { rootKeyId: keys.root.id, activeKeyringKeyId: activeWrappingKeyId });
       // Until this is read, a row under a retired integrity key is answered UNAVAILABLE (retry), never accepted.
       void this.loadIntegrityWindow().catch((err) => this.logger.warn("could not read the key rotation's re-MAC window", { err }));
     } catch (err) {
       for (const key of opened) key.fill(0);
       throw err;
-    } finally {
-      derived.kek.fill(0);
-      derived.checkKey.fill(0);
     }
   }
 

@@ -10,6 +10,7 @@ import { mkdir } from "node:fs/promises";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
+import { ReplicaService } from "../../gen/spike/nexus/v1/replica_pb.js";
 import { AuditExporter, exportTarget } from "../audit/audit-export.js";
 import { AuditLog, type CallRecord } from "../audit/audit-log.js";
 import { AuditRetention } from "../audit/audit-retention.js";
@@ -33,6 +34,9 @@ import { NexusMetrics } from "../metrics/nexus-metrics.js";
 import { DEFAULT_ROTATION_OPTIONS, grantSetParticipants, KeyRotation, SCHEDULE_CHECK_MS } from "../services/key-rotation.js";
 import { operatorService } from "../services/operator-service.js";
 import { policyService } from "../services/policy-service.js";
+import { replicaService } from "../services/replica-service.js";
+import { PeerUnsealStore } from "../store/peer-unseal-store.js";
+import { dialAddress, PeerUnseal } from "./peer-unseal.js";
 import { LabelFreshness } from "../services/secret-labels.js";
 import { SecretRotator } from "../services/secret-rotation.js";
 import { secretService } from "../services/secret-service.js";
@@ -104,7 +108,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
     config.metricsListen === undefined
       ? undefined
       : new NexusMetrics(
-          [OperatorService, SecretService, PolicyService].flatMap((s) => s.methods.map((m) => `/${s.typeName}/${m.name}`)),
+          [OperatorService, SecretService, PolicyService, ReplicaService].flatMap((s) => s.methods.map((m) => `/${s.typeName}/${m.name}`)),
           {
             sealed: () => keys.sealed,
             keyringKeys: () => keys.keyringSize,
@@ -182,6 +186,17 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   await watchHub.start();
   cleanup.push(() => watchHub.stop());
   keys.onSealChange((sealed) => sealed && watchHub.endAll(keys.sealedError()));
+  const peerUnseal = new PeerUnseal({
+    serverId: config.serverId,
+    enabled: config.peerUnseal,
+    advertiseAddress: config.advertiseAddress === undefined ? undefined : dialAddress(config.advertiseAddress),
+    instanceId: auditLog.replicaId,
+    keys,
+    store: new PeerUnsealStore(sql),
+    certificates,
+    auditLog,
+    logger,
+  });
   const rotator = new SecretRotator({ keys, cipher, store: secrets, freshness, logger, maxSecretBytes: config.maxSecretBytes });
   const services = [
     operatorService({
@@ -201,6 +216,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       rotation,
       rootKeys,
       rotationStore: new KeyRotationStore(sql),
+      sealing: peerUnseal,
     }),
     secretService({
       keys, cipher, store: secrets, maxSecretBytes: config.maxSecretBytes, freshness, rotator, logger,
@@ -210,6 +226,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
       },
     }),
     policyService({ store: policyStore, keys, sync: policySync, epochs }),
+    replicaService(peerUnseal),
   ];
 
   const idempotency = new IdempotentWrites({ store: new IdempotencyStore(sql), keys, logger });
@@ -236,7 +253,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
     services,
     certificates,
     authenticator: new PeerAuthenticator({ trustDomains: [config.trustDomain] }),
-    access: new AccessController(config.superuserId, engine, credentials, keys, () => policySync.loaded),
+    access: new AccessController(config.superuserId, engine, credentials, keys, () => policySync.loaded, config.serverId),
     auditLog,
     callObserver: metrics?.calls,
     rateLimitObserver: metrics?.rateLimits,
@@ -252,6 +269,9 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   cleanup.push(() => svidExpiry.stop());
   const updateHealth = () => listeners.health.set(monitor.isHealthy && policySync.loaded && !svidExpiry.expired ? "SERVING" : "NOT_SERVING");
   keys.onSealChange((sealed) => (sealed ? updateHealth() : void policySync.ensureLoaded().then(updateHealth)));
+  // After the listeners: the advert names a port that answers.
+  await peerUnseal.start();
+  cleanup.push(() => peerUnseal.stop());
   await monitor.check();
   monitor.start();
   cleanup.push(() => monitor.stop());

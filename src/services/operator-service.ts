@@ -11,6 +11,7 @@ import {
   AuditProblemKind,
   OperatorService,
   RotationPhase,
+  SealScope,
   type AdminTokenSchema,
   type AuditEventSchema,
 } from "../../gen/spike/nexus/v1/operator_pb.js";
@@ -61,6 +62,21 @@ export interface OperatorDeps {
   readonly rotation: KeyRotation;
   readonly rootKeys: RootKeyStore;
   readonly rotationStore: KeyRotationStore;
+  readonly sealing: SealCoordinator;
+}
+
+/** Seal's scopes and the cluster seal (server/peer-unseal.ts, ADR 0012). */
+export interface SealCoordinator {
+  /** Seals this replica; its peers do not unseal it again until it restarts or is unsealed. */
+  sealReplica(): void;
+  /** Records and broadcasts a cluster seal, then seals this replica. */
+  sealCluster(by: string): Promise<void>;
+  /**
+   * Runs `unseal` (the admin password checked), then lifts a cluster seal so
+   * the other replicas follow; a cluster seal seen meanwhile does not seal
+   * this replica again.
+   */
+  unsealWithPassword(by: string, unseal: () => Promise<void>): Promise<void>;
 }
 
 const PHASE_TO_PROTO: Record<RotationPhaseName, RotationPhase> = {
@@ -119,7 +135,8 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
     },
 
     async unseal(req, ctx) {
-      await deps.attempts.guard(ctx.caller, () => keys.unseal(req.adminPassword));
+      // A person with the password decides: a cluster seal ends here.
+      await deps.sealing.unsealWithPassword(ctx.caller.toString(), () => deps.attempts.guard(ctx.caller, () => keys.unseal(req.adminPassword)));
       if (req.acceptRestoredState) {
         const { epochs } = deps;
         const adopted = await deps.grantStore.acceptStored(
@@ -137,8 +154,10 @@ export function operatorService(deps: OperatorDeps): ServiceRegistration {
       return { activeKeyringKeyId: keys.activeKeyringKeyId };
     },
 
-    async seal() {
-      keys.seal();
+    async seal(req, ctx) {
+      if (req.scope === SealScope.CLUSTER) await deps.sealing.sealCluster(ctx.caller.toString());
+      else if (req.scope === SealScope.REPLICA || req.scope === SealScope.UNSPECIFIED) deps.sealing.sealReplica();
+      else throw NexusError.invalidArgument("scope", "must be SEAL_SCOPE_REPLICA or SEAL_SCOPE_CLUSTER", "INVALID_SEAL_SCOPE");
       return {};
     },
 

@@ -18,6 +18,7 @@ import {
   OperatorService,
   RevokeAdminTokenResponseSchema,
   SealResponseSchema,
+  SealScope,
   UnsealResponseSchema,
   VerifyAuditLogResponseSchema,
   ChangeAdminPasswordResponseSchema,
@@ -132,15 +133,17 @@ export function operatorCommands(): Command {
   example(
     operator
       .command("seal")
-      .description("drop all key material from the server's memory (needs login)")
-      .action(async (_o: unknown, cmd: Command) =>
+      .description("drop all key material from the server's memory (needs login); peers leave it sealed until unseal or a restart")
+      .option("--cluster", "seal every replica: none unseals another until one is unsealed with the admin password")
+      .action(async (o: { cluster?: boolean }, cmd: Command) =>
         withConnection(cmd, async ({ out, conn }) => {
-          const res = await conn.call(OperatorService.method.seal, {}, { admin: true });
+          const scope = o.cluster === true ? SealScope.CLUSTER : SealScope.REPLICA;
+          const res = await conn.call(OperatorService.method.seal, { scope }, { admin: true });
           if (out.format === "json") out.message(SealResponseSchema, res);
-          else out.note("sealed");
+          else out.note(o.cluster === true ? "cluster sealed: every replica seals itself until one is unsealed with the admin password" : "sealed");
         }),
       ),
-    "spike operator seal",
+    "spike operator seal --cluster",
   );
 
   example(

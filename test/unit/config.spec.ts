@@ -133,6 +133,30 @@ describe("loadConfig", () => {
       const config = load({ ...SERVE_ENV, NEXUS_SUPERUSER_ID: "spiffe://spike.ist/ops/admin" });
       expect(config.superuserId).to.equal("spiffe://spike.ist/ops/admin");
     });
+
+    it("peer unseal: NEXUS_SERVER_ID derives from NEXUS_TRUST_DOMAIN, peer unseal is on, and nothing is advertised while NEXUS_LISTEN is 0.0.0.0", () => {
+      const config = load({ ...SERVE_ENV, NEXUS_TRUST_DOMAIN: "example.org" });
+      expect({ serverId: config.serverId, peerUnseal: config.peerUnseal, advertise: config.advertiseAddress }).to.deep.equal({
+        serverId: "spiffe://example.org/spike/nexus",
+        peerUnseal: true,
+        advertise: undefined,
+      });
+    });
+
+    it("peer unseal: a NEXUS_LISTEN with a host is advertised; NEXUS_ADVERTISE_ADDRESS wins; NEXUS_PEER_UNSEAL=off turns it off", () => {
+      expect(load({ ...SERVE_ENV, NEXUS_LISTEN: "10.0.0.7:8553" }).advertiseAddress).to.deep.equal({ host: "10.0.0.7", port: 8553 });
+      const config = load({ ...SERVE_ENV, NEXUS_ADVERTISE_ADDRESS: "nexus-1.nexus.svc:8553", NEXUS_PEER_UNSEAL: "off", NEXUS_SERVER_ID: "spiffe://spike.ist/ns/nexus/sa/nexus" });
+      expect({ advertise: config.advertiseAddress, peerUnseal: config.peerUnseal, serverId: config.serverId }).to.deep.equal({
+        advertise: { host: "nexus-1.nexus.svc", port: 8553 },
+        peerUnseal: false,
+        serverId: "spiffe://spike.ist/ns/nexus/sa/nexus",
+      });
+    });
+
+    it("peer unseal: a NEXUS_PEER_UNSEAL that is not on/off, or a NEXUS_SERVER_ID that is not a SPIFFE ID, is refused, naming the variable", () => {
+      expect(configError(() => load({ ...SERVE_ENV, NEXUS_PEER_UNSEAL: "maybe" })).message).to.match(/^NEXUS_PEER_UNSEAL \(--peer-unseal\): "maybe" is not on or off/);
+      expect(configError(() => load({ ...SERVE_ENV, NEXUS_SERVER_ID: "nexus" })).message).to.match(/^NEXUS_SERVER_ID \(--server-id\)/);
+    });
   });
 
   describe("the SVID from the SPIFFE Workload API", () => {
