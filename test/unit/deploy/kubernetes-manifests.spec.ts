@@ -27,7 +27,7 @@ interface Container {
   image: string;
   args?: string[];
   command?: string[];
-  env?: Array<{ name: string; value?: string }>;
+  env?: Array<{ name: string; value?: string; valueFrom?: { fieldRef?: { fieldPath: string } } }>;
   ports?: Array<{ name: string; containerPort: number }>;
   volumeMounts?: Array<{ name: string; mountPath: string; readOnly?: boolean }>;
   readinessProbe?: Any;
@@ -43,8 +43,18 @@ function matches(selector: Record<string, string> | undefined, labels: Record<st
   return Object.entries(selector).every(([k, v]) => labels?.[k] === v);
 }
 
+/** A pod IP for expanding $(POD_IP) the way the kubelet does. */
+const SAMPLE_POD_IP = "10.1.2.3";
+
+/** The container's settings as the process sees them: downward-API fields and $(VAR) references resolved. */
 function envOf(c: Container): Map<string, string> {
-  return new Map((c.env ?? []).map((e) => [e.name, e.value ?? ""]));
+  const fields: Record<string, string> = { "status.podIP": SAMPLE_POD_IP };
+  const env = new Map<string, string>();
+  for (const e of c.env ?? []) {
+    const value = e.valueFrom?.fieldRef ? (fields[e.valueFrom.fieldRef.fieldPath] ?? "") : (e.value ?? "");
+    env.set(e.name, value.replace(/\$\(([A-Z_][A-Z0-9_]*)\)/g, (_, name: string) => env.get(name) ?? `$(${name})`));
+  }
+  return env;
 }
 
 function portOf(listen: string): number {
@@ -148,6 +158,7 @@ describe("Kubernetes manifests (deploy/kubernetes)", () => {
 
     it("uses only known settings, each valid, and listens on the ports the container declares", () => {
       for (const [name, value] of env) {
+        if (!name.startsWith("NEXUS_")) continue; // POD_IP: only an input to NEXUS_ADVERTISE_ADDRESS
         const setting = Object.values(SETTINGS).find((s) => s.env === name);
         expect(setting !== undefined || SETTINGS_IN_FLIGHT.has(name), `${name} is not a Nexus setting`).to.equal(true);
         if (setting !== undefined) expect(() => setting.parse(value), name).to.not.throw();
@@ -158,6 +169,16 @@ describe("Kubernetes manifests (deploy/kubernetes)", () => {
       expect(portOf(env.get("NEXUS_HEALTH_LISTEN")!)).to.equal(ports.get("health"));
       expect(portOf(env.get("NEXUS_METRICS_LISTEN")!)).to.equal(ports.get("metrics"));
       expect(nexus.args).to.deep.equal(["serve"]);
+    });
+
+    it("advertises each pod's own IP on the gRPC port for peer unseal, and the NetworkPolicy lets the replicas dial each other there", () => {
+      const grpc = nexus.ports!.find((p) => p.name === "grpc")!.containerPort;
+      expect(env.get("NEXUS_ADVERTISE_ADDRESS")).to.equal(`${SAMPLE_POD_IP}:${grpc}`);
+      const policy = one("NetworkPolicy", "nexus").spec;
+      const labels = pod.metadata.labels;
+      const peers = policy.egress.find((r: Any) => r.to.some((t: Any) => t.podSelector && matches(t.podSelector.matchLabels, labels)));
+      expect(peers?.ports, "egress to the other replicas").to.deep.equal([{ port: grpc, protocol: "TCP" }]);
+      expect(env.has("NEXUS_PEER_UNSEAL") ? env.get("NEXUS_PEER_UNSEAL") : "on").to.equal("on");
     });
 
     it("probes gRPC health on the health port: readiness the overall status, liveness (and startup) the liveness service", () => {
@@ -177,7 +198,7 @@ describe("Kubernetes manifests (deploy/kubernetes)", () => {
       const cluster = one("Cluster", "nexus-db");
       const database = policy.egress.find((r: Any) => r.to.some((t: Any) => t.podSelector?.matchLabels?.["cnpg.io/cluster"] === cluster.metadata.name));
       expect(database?.ports, "egress to the CloudNativePG cluster").to.deep.equal([{ port: 5432, protocol: "TCP" }]);
-      expect(policy.egress).to.have.length(2, "PostgreSQL and DNS only");
+      expect(policy.egress).to.have.length(3, "the other replicas (peer unseal), PostgreSQL and DNS only");
     });
 
     it("mounts every volume it declares: the database URL and CA from CloudNativePG's Secrets, the Workload API socket from the SPIFFE CSI driver", () => {
