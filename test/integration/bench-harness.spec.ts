@@ -4,7 +4,7 @@
 // speed is `make bench`'s business.
 
 import { expect } from "chai";
-import { runScenario } from "../../bench/scenario-runner.js";
+import { runScenario, type Target } from "../../bench/scenario-runner.js";
 import { NEXUS_ID, startTestServer, type TestServer } from "../support/test-server.js";
 
 describe("the benchmark harness", function () {
@@ -19,6 +19,15 @@ describe("the benchmark harness", function () {
     await server?.stop();
   });
 
+  const workload = () => ({ cert: server.pki.workload.certPem, key: server.pki.workload.keyPem });
+  const target = (): Target => ({
+    address: `127.0.0.1:${server.nexus.grpcPort}`,
+    serverId: NEXUS_ID,
+    ca: server.pki.ca.certPem,
+    data: { readSecrets: 0, writeSecrets: 0, valueBytes: 1024, listPageSize: 100 },
+    serverPid: process.pid,
+  });
+
   it("runs the health scenario from a load worker and counts completed calls without errors", async () => {
     const result = await runScenario(
       {
@@ -29,15 +38,9 @@ describe("the benchmark harness", function () {
         workers: 1,
         warmupMs: 300,
         durationMs: 2000,
-        identity: { cert: server.pki.workload.certPem, key: server.pki.workload.keyPem },
+        identity: workload(),
       },
-      {
-        address: `127.0.0.1:${server.nexus.grpcPort}`,
-        serverId: NEXUS_ID,
-        ca: server.pki.ca.certPem,
-        data: { readSecrets: 0, writeSecrets: 0, valueBytes: 1024, listPageSize: 100 },
-        serverPid: process.pid,
-      },
+      target(),
     );
     expect(result.errors, result.firstError).to.equal(0);
     expect(result.errorCodes).to.deep.equal({});
@@ -57,15 +60,9 @@ describe("the benchmark harness", function () {
         rate: 200,
         warmupMs: 300,
         durationMs: 2000,
-        identity: { cert: server.pki.workload.certPem, key: server.pki.workload.keyPem },
+        identity: workload(),
       },
-      {
-        address: `127.0.0.1:${server.nexus.grpcPort}`,
-        serverId: NEXUS_ID,
-        ca: server.pki.ca.certPem,
-        data: { readSecrets: 0, writeSecrets: 0, valueBytes: 1024, listPageSize: 100 },
-        serverPid: process.pid,
-      },
+      target(),
     );
     expect(result.errors, result.firstError).to.equal(0);
     // 200/s for 2 s, scheduled: a closed loop at 64 in flight would do many times more.
