@@ -29,6 +29,11 @@ export class ClusterSealGuard {
     return { epoch, sealed, changedBy, mac: keyedMac(this.keys.activeIntegrityKey(), LABEL, [epoch, sealed, changedBy]) };
   }
 
+  /** Whether `row` is older than one this replica has seen, or missing after one was seen (needs no key). */
+  isStale(row: ClusterSealRow | undefined): boolean {
+    return row === undefined ? this.highestSeen > 0 : row.epoch < this.highestSeen;
+  }
+
   /** Records a row this replica wrote or verified, so an older one is never believed again. */
   observe(row: ClusterSealRow): void {
     this.highestSeen = Math.max(this.highestSeen, row.epoch);
@@ -36,7 +41,9 @@ export class ClusterSealGuard {
 
   /** Judges the stored row with the keys held (a sealed replica holds none: "unverified"). */
   judge(row: ClusterSealRow | undefined): ClusterSealVerdict {
-    if (row === undefined) return this.highestSeen > 0 ? "stale" : "open";
+    // Older than a row seen (or gone): the database was rolled back; told without keys.
+    if (this.isStale(row)) return "stale";
+    if (row === undefined) return "open";
     if (this.keys.sealed) return "unverified";
     const verifies = keyedMacMatches((id) => this.keys.integrityKeyById(id), LABEL, [row.epoch, row.sealed, row.changedBy], row.mac);
     if (!verifies) return "unverified";

@@ -73,10 +73,17 @@ export class PeerUnseal implements SealCoordinator, UnsealKeysResponder {
   private readonly stopping = new AbortController();
   /** Sealed on request (scope REPLICA): peers do not unseal it until an Unseal or a restart. */
   private heldSealed = false;
-  /** An Unseal with the password is running: the cluster seal it is about to lift must not seal this replica again meanwhile. */
-  private lifting = 0;
+  /**
+   * Key generations that a running Unseal with the password produces when it
+   * succeeds (it started while this replica was sealed): the cluster seal it
+   * is about to lift must not seal the replica again at that generation.
+   * Keyed by generation, not a count of calls, so Unseal calls that fail (a
+   * wrong password) or reach an already unsealed replica hold nothing off.
+   */
+  private readonly passwordUnseals = new Set<number>();
   private wake: (() => void) | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private sealCheck: NodeJS.Timeout | undefined;
   private unlisten: (() => Promise<void>) | undefined;
   private running: Promise<void> | undefined;
 
@@ -93,10 +100,17 @@ export class PeerUnseal implements SealCoordinator, UnsealKeysResponder {
   async start(): Promise<void> {
     const { keys, logger } = this.o;
     keys.onSealChange((sealed) => {
-      if (!sealed) this.heldSealed = false;
+      if (!sealed) {
+        this.heldSealed = false;
+        // However it was unsealed (the password file at start included), a cluster seal in force applies.
+        setImmediate(() => void this.clusterSealChanged());
+      }
       this.wake?.();
     });
     this.unlisten = (await this.o.store.listen(() => void this.clusterSealChanged())).unlisten;
+    // A NOTIFY lost (a reconnect) must not leave this replica serving through a cluster seal, peer unseal on or off.
+    this.sealCheck = setInterval(() => void (this.o.keys.sealed ? undefined : this.clusterSealChanged()), HEARTBEAT_MS);
+    this.sealCheck.unref();
     if (!this.o.enabled) {
       logger.info("peer unseal is off (NEXUS_PEER_UNSEAL=off): this replica stays sealed until Unseal");
       return;
@@ -117,6 +131,7 @@ export class PeerUnseal implements SealCoordinator, UnsealKeysResponder {
     this.stopping.abort();
     this.wake?.();
     clearInterval(this.timer);
+    clearInterval(this.sealCheck);
     await this.running?.catch(() => {});
     await this.unlisten?.().catch(() => {});
     if (this.active && this.o.advertiseAddress !== undefined) await this.o.store.withdraw(this.o.instanceId).catch(() => {});
@@ -141,13 +156,20 @@ export class PeerUnseal implements SealCoordinator, UnsealKeysResponder {
   }
 
   async unsealWithPassword(by: string, unseal: () => Promise<void>): Promise<void> {
-    this.lifting++;
+    const { keys } = this.o;
+    const expected = keys.sealed ? keys.generation + 1 : undefined;
+    if (expected !== undefined) this.passwordUnseals.add(expected);
     try {
       await unseal();
       await this.liftClusterSeal(by);
     } finally {
-      this.lifting--;
+      if (expected !== undefined) this.passwordUnseals.delete(expected);
     }
+  }
+
+  /** Whether the keys in memory come from an Unseal with the password that is lifting the cluster seal now. */
+  private get lifting(): boolean {
+    return this.passwordUnseals.has(this.o.keys.generation);
   }
 
   private async liftClusterSeal(by: string): Promise<void> {
@@ -175,7 +197,7 @@ export class PeerUnseal implements SealCoordinator, UnsealKeysResponder {
     }
     if (keys.sealed) throw new NexusError("failed_precondition", "this replica is sealed too", { reason: "SEALED" });
     const verdict = this.guard.judge(await this.o.store.clusterSeal());
-    if (verdict === "sealed" && this.lifting === 0) keys.seal("cluster seal");
+    if (verdict === "sealed" && !this.lifting) keys.seal("cluster seal");
     if (verdict !== "open") throw clusterSealRefusal(verdict);
     const own = ephemeralKey();
     const nonce = handoverNonce();
@@ -236,7 +258,14 @@ export class PeerUnseal implements SealCoordinator, UnsealKeysResponder {
   private async askPeers(): Promise<boolean> {
     const { store, keys } = this.o;
     // Sealed, this replica cannot verify the row: a cluster seal (or a forged one: denial only) stops it asking.
-    if ((await store.clusterSeal())?.sealed) return false;
+    const row = await store.clusterSeal();
+    if (row?.sealed) return false;
+    // A row older than one it saw (or none after one): a rollback by a database writer, which a peer that
+    // restarted since cannot tell. Only an Unseal with the password goes on from here.
+    if (this.guard.isStale(row)) {
+      this.o.logger.error("the cluster-seal row is older than one this replica has seen (or gone): it asks no peer for the keys; Unseal with the admin password");
+      return false;
+    }
     if (!(await keys.checkInitialized())) return false;
     const peers = shuffled(await store.liveAdverts(this.o.instanceId, FRESH_MS));
     for (const peer of peers) {
@@ -301,19 +330,22 @@ export class PeerUnseal implements SealCoordinator, UnsealKeysResponder {
 
   private async heartbeat(): Promise<void> {
     if (this.o.advertiseAddress !== undefined) await this.o.store.heartbeat(this.o.instanceId, this.o.advertiseAddress);
-    // A NOTIFY lost (a reconnect) must not leave this replica serving through a cluster seal.
-    if (!this.o.keys.sealed) await this.clusterSealChanged();
   }
 
   private async clusterSealChanged(): Promise<void> {
     try {
+      const generation = this.o.keys.generation;
       const row = await this.o.store.clusterSeal();
       if (this.o.keys.sealed) {
         this.wake?.();
         return;
       }
+      // Unsealed while the row was read: judge it again (the check after every unseal does).
+      if (this.o.keys.generation !== generation) return;
       const verdict = this.guard.judge(row);
-      if (verdict === "sealed" && this.lifting === 0) this.o.keys.seal("cluster seal");
+      if ((verdict === "sealed" || verdict === "stale") && this.lifting) return;
+      // A rolled-back row fails closed too: this replica saw a newer state than the database now shows.
+      if (verdict === "sealed" || verdict === "stale") this.o.keys.seal(verdict === "sealed" ? "cluster seal" : "cluster-seal row rolled back");
       else if (verdict !== "open") this.o.logger.error("the cluster-seal row does not verify (written outside Nexus?); this replica hands no keys to peers", { verdict });
     } catch (err) {
       this.o.logger.debug("cluster seal check failed", { err });
