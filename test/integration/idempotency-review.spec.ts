@@ -70,6 +70,18 @@ describe("idempotent writes (review)", function () {
     expect(results.map((r) => `${r.code} ${r.reason ?? ""}`)).to.deep.equal(["OK ", "OK "]);
   });
 
+  it("a duplicate UpdatePolicy arriving while the first still runs gets the first result, not ABORTED", async () => {
+    const name = "idem-review-upd";
+    ok(await admin.call(PolicyService.method.createPolicy, { policy: { name, spiffeIdPattern: "spiffe://spike\\.ist/x", pathPattern: "x/.*", permissions: [Permission.READ] } }, { bearerToken: token }));
+    const update = { name, policy: { pathPattern: "y/.*" }, updateMask: { paths: ["path_pattern"] } };
+    const release = await holdPolicies();
+    const calls = [server.client("grpc"), server.client("connect")].map((c) => c.call(PolicyService.method.updatePolicy, update, { bearerToken: token, idempotencyKey: "k-review-update" }));
+    await sleep(300);
+    await release();
+    const results = await Promise.all(calls);
+    expect(results.map((r) => `${r.code} ${r.reason ?? ""}`)).to.deep.equal(["OK ", "OK "]);
+  });
+
   it("a record whose created_at a database writer moved forward is not replayed (it would outlive its 24 h)", async () => {
     const path = "idem-review/moved";
     const put = { path, data: { v: "1" } };
