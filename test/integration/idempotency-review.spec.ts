@@ -82,6 +82,29 @@ describe("idempotent writes (review)", function () {
     expect(results.map((r) => `${r.code} ${r.reason ?? ""}`)).to.deep.equal(["OK ", "OK "]);
   });
 
+  it("a duplicate PutSecret with cas arriving while the first still runs gets the first result, not a cas mismatch", async () => {
+    const path = "idem-review/cas";
+    ok(await admin.call(SecretService.method.putSecret, { path, data: { v: "1" } }));
+    // Holds the secret's row: the puts wait for it together.
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    let locked!: () => void;
+    const isLocked = new Promise<void>((r) => (locked = r));
+    const held = db.begin(async (tx) => {
+      await tx`SELECT id FROM secrets WHERE path = ${path} FOR UPDATE`;
+      locked();
+      await released;
+    });
+    await isLocked;
+    const put = { path, data: { v: "2" }, cas: 1 };
+    const calls = [server.client("grpc"), server.client("connect")].map((c) => c.call(SecretService.method.putSecret, put, { idempotencyKey: "k-review-cas" }));
+    await sleep(300);
+    release();
+    await held;
+    const results = await Promise.all(calls);
+    expect(results.map((r) => `${r.code} ${r.reason ?? ""} ${r.response?.version ?? ""}`)).to.deep.equal(["OK  2", "OK  2"]);
+  });
+
   it("a record whose created_at a database writer moved forward is not replayed (it would outlive its 24 h)", async () => {
     const path = "idem-review/moved";
     const put = { path, data: { v: "1" } };
