@@ -63,4 +63,16 @@ describe("per-caller rate limits: refusals before identification (review)", func
     const codes = await flood("/spike.nexus.v1.SecretService/GetSecret", new Uint8Array([0xff, 0xff, 0xff]));
     expect(codes.filter((c) => c === grpc.status.RESOURCE_EXHAUSTED).length, `codes ${codes.join(",")}`).to.be.greaterThan(0);
   });
+  it("the audit event of a call refused RATE_LIMITED names the caller whose SVID was valid", async () => {
+    await new Promise((r) => setTimeout(r, 1500)); // the bucket refills
+    const refused: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const { err, requestId } = await rawCall("/spike.nexus.v1.SecretService/GetSecret", new Uint8Array());
+      if (err?.code === grpc.status.RESOURCE_EXHAUSTED) refused.push(requestId);
+    }
+    expect(refused.length).to.be.greaterThan(0);
+    const events = await db`SELECT caller FROM audit_events WHERE request_id IN ${db(refused)}`;
+    expect(events.length).to.equal(refused.length);
+    expect([...new Set(events.map((e) => e.caller as string))]).to.deep.equal([WORKLOAD_ID]);
+  });
 });
