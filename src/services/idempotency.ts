@@ -8,9 +8,17 @@
 // - none exists: the handler runs with ctx.idempotency, and attaches the record
 //   to the audit row of its change, so the store writes both in one statement;
 // - a duplicate that ran while the first was still running waits for it: its
-//   record insert blocks on the first call's uncommitted primary key, fails once
-//   that commits (IDEMPOTENCY_KEY_IN_USE, nothing of it written), and the
-//   stored result is then returned as a replay.
+//   write blocks on the first call's uncommitted rows (the record's primary
+//   key, or the rows its own precondition reads under a lock) and, once the
+//   first commits, fails — IDEMPOTENCY_KEY_IN_USE, or its own precondition
+//   (ALREADY_EXISTS, NOT_FOUND, a cas mismatch...), nothing of it written.
+//   So on ANY failure of a call with a key the record is looked up again and,
+//   if one exists now, replayed (or IDEMPOTENCY_KEY_REUSED). This is sound
+//   because a change and its record commit in one transaction and READ
+//   COMMITTED shows this call nothing of the first before that commit: a
+//   failure caused by the first's change is seen only after its record is
+//   visible. (A session advisory lock per (caller, key) would also serialize
+//   them, but holds a pooled connection across the whole call.)
 // Only responses without credentials are stored: the methods are listed here.
 
 import { create, fromBinary, toBinary, toJson, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
@@ -103,9 +111,9 @@ export class IdempotentWrites {
     try {
       return { response: create(method.output, (await handler(intent)) as never), replayed: false };
     } catch (err) {
-      if (!(err instanceof NexusError && err.reason === "IDEMPOTENCY_KEY_IN_USE")) throw err;
-      // The first call committed while this one ran: answer with its result.
-      const first = await this.d.store.find(caller, key, this.ttlMs);
+      // Whatever the failure: if a call with this key committed meanwhile (this
+      // one was its duplicate, and failed on its change), answer with its result.
+      const first = await this.d.store.find(caller, key, this.ttlMs).catch(() => undefined);
       if (first === undefined || first.expired) throw err;
       return { response: this.replay(method, path, requestBytes, first), replayed: true };
     }
