@@ -1,9 +1,10 @@
 // Per-caller rate limits (issue 17 §6): token buckets in this process's memory,
-// checked by the call pipeline before any database work, so a noisy workload is
-// refused cheaply (a Map lookup and arithmetic) while others keep being served.
-// Two kinds:
+// checked by the call pipeline before the call's own database work, so a noisy
+// workload is refused cheaply (a Map lookup and arithmetic; the refusal's one
+// audit row is group-committed) while others keep being served. Two kinds:
 // - calls, per authenticated caller (SPIFFE ID): every unary call and every
-//   stream start takes a token;
+//   stream start takes a token, also one refused before it runs (undecodable,
+//   unknown method...), as that refusal is an audit write too;
 // - failed authentications, per presented identity: the caller's SPIFFE ID
 //   when its SVID was valid (a bad bearer token), else the SHA-256 fingerprint
 //   of the certificate it presented (the TLS layer has already checked it
