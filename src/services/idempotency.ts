@@ -96,7 +96,8 @@ export class IdempotentWrites {
     const earlier = await this.d.store.find(caller, key, this.ttlMs);
     if (earlier !== undefined && !earlier.expired) return { response: this.replay(method, path, requestBytes, earlier), replayed: true };
     // Expired and not yet removed by the expiry job: the key is free again.
-    if (earlier !== undefined) await this.d.store.deleteIfExpired(caller, key, this.ttlMs);
+    // (A database writer could move its time back to make it so; it can delete it anyway.)
+    if (earlier !== undefined) await this.d.store.deleteExpiredRecord(earlier);
     const intent: IdempotencyIntent = {
       attach: (audit, response) => {
         // Key material is used synchronously here and not kept.
@@ -104,8 +105,11 @@ export class IdempotentWrites {
         const k = { id: active.id, key: derive(active.key) };
         const requestMac = keyedMac(k, REQUEST_LABEL, requestInput(caller, path, requestBytes));
         const responseBytes = Buffer.from(toBinary(method.output, create(method.output, response as never)));
-        const responseMac = keyedMac(k, RESPONSE_LABEL, responseInput(caller, key, path, requestMac, responseBytes));
-        return { ...audit, idempotency: { caller, key, rpc: path, requestMac, response: responseBytes, responseMac } };
+        // The record's time is chosen here and MAC'd: it decides when the record
+        // expires and is the created_at a replay reports.
+        const createdAt = new Date();
+        const responseMac = keyedMac(k, RESPONSE_LABEL, responseInput(caller, key, path, requestMac, responseBytes, createdAt));
+        return { ...audit, idempotency: { caller, key, rpc: path, requestMac, response: responseBytes, responseMac, createdAt } };
       },
     };
     try {
@@ -134,7 +138,7 @@ export class IdempotentWrites {
         reason: "IDEMPOTENCY_RECORD_UNVERIFIABLE",
       });
     }
-    if (!keyedMacMatches(lookup, RESPONSE_LABEL, responseInput(r.caller, r.key, r.rpc, r.requestMac, r.response), r.responseMac)) throw this.altered(path);
+    if (!keyedMacMatches(lookup, RESPONSE_LABEL, responseInput(r.caller, r.key, r.rpc, r.requestMac, r.response, r.createdAt), r.responseMac)) throw this.altered(path);
     if (r.rpc !== path || !keyedMacMatches(lookup, REQUEST_LABEL, requestInput(r.caller, path, requestBytes), r.requestMac)) {
       throw NexusError.invalidArgument(
         "idempotency-key",
@@ -169,6 +173,6 @@ function requestInput(caller: string, path: string, requestBytes: Uint8Array): u
   return [caller, path, Buffer.from(requestBytes).toString("base64")];
 }
 
-function responseInput(caller: string, key: string, path: string, requestMac: Buffer, response: Buffer): unknown {
-  return [caller, key, path, requestMac.toString("hex"), response.toString("base64")];
+function responseInput(caller: string, key: string, path: string, requestMac: Buffer, response: Buffer, createdAt: Date): unknown {
+  return [caller, key, path, requestMac.toString("hex"), response.toString("base64"), createdAt.getTime()];
 }
