@@ -8,7 +8,8 @@ import { expect } from "chai";
 import * as grpc from "@grpc/grpc-js";
 import { randomUUID } from "node:crypto";
 import { openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
-import { WORKLOAD_ID } from "../support/test-server.js";
+import { SUPERUSER_ID, WORKLOAD_ID } from "../support/test-server.js";
+import { connectRaw, connectSession } from "../support/connect-json.js";
 
 const RATE = 5;
 const BURST = 5;
@@ -63,6 +64,25 @@ describe("per-caller rate limits: refusals before identification (review)", func
     const codes = await flood("/spike.nexus.v1.SecretService/GetSecret", new Uint8Array([0xff, 0xff, 0xff]));
     expect(codes.filter((c) => c === grpc.status.RESOURCE_EXHAUSTED).length, `codes ${codes.join(",")}`).to.be.greaterThan(0);
   });
+  it("Connect calls refused HTTP 415 before any handler count against the caller's call rate limit (their events name it)", async () => {
+    // The superuser's own bucket: untouched by the workload's floods above.
+    const session = connectSession(server);
+    try {
+      const statuses: number[] = [];
+      for (let i = 0; i < 2 * BURST; i++) {
+        statuses.push((await connectRaw(session, "/spike.nexus.v1.OperatorService/GetStatus", "{}", "text/plain")).status);
+      }
+      expect(statuses.every((s) => s === 415), `statuses ${statuses.join(",")}`).to.equal(true);
+      const after = await connectRaw(session, "/spike.nexus.v1.OperatorService/GetStatus", "{}", "application/json");
+      expect(after.status, after.body.toString()).to.equal(429);
+      expect(JSON.parse(after.body.toString())).to.deep.include({ code: "resource_exhausted" });
+      const callers = await db`SELECT DISTINCT caller FROM audit_events WHERE rpc = '/spike.nexus.v1.OperatorService/GetStatus' AND detail->>'reason' = 'UNSUPPORTED_MEDIA_TYPE'`;
+      expect(callers.map((e) => e.caller as string)).to.deep.equal([SUPERUSER_ID]);
+    } finally {
+      session.close();
+    }
+  });
+
   it("the audit event of a call refused RATE_LIMITED names the caller whose SVID was valid", async () => {
     await new Promise((r) => setTimeout(r, 1500)); // the bucket refills
     const refused: string[] = [];
