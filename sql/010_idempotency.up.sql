@@ -8,10 +8,14 @@
 --                 label nexus/v1/idempotency-request) of caller, method and
 --                 the request's canonical JSON (map entries sorted): never a plain hash of a secret value.
 --   response:     the response message's bytes (never a credential).
---   response_mac: keyed MAC binding caller, key, method, request_mac and
---                 response, so a database writer cannot make a retry return
---                 a result of its choosing.
--- Rows older than 24 h are deleted by one replica at a time (advisory lock).
+--   response_mac: keyed MAC binding caller, key, method, request_mac,
+--                 response and created_at, so a database writer cannot make a
+--                 retry return a result of its choosing, nor keep a record
+--                 alive past 24 h or pick the time a replay reports.
+--   created_at:   chosen by the server (in milliseconds) when the change is
+--                 prepared, under response_mac; a version the change writes
+--                 gets the same created_at.
+-- Rows older than 24 h are ignored, and deleted by one replica at a time (advisory lock).
 CREATE TABLE idempotency_keys (
   caller text NOT NULL,
   key text NOT NULL,
@@ -19,7 +23,7 @@ CREATE TABLE idempotency_keys (
   request_mac bytea NOT NULL,
   response bytea NOT NULL,
   response_mac bytea NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now(),
+  created_at timestamptz NOT NULL,
   PRIMARY KEY (caller, key)
 );
 CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);

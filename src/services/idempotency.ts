@@ -8,9 +8,17 @@
 // - none exists: the handler runs with ctx.idempotency, and attaches the record
 //   to the audit row of its change, so the store writes both in one statement;
 // - a duplicate that ran while the first was still running waits for it: its
-//   record insert blocks on the first call's uncommitted primary key, fails once
-//   that commits (IDEMPOTENCY_KEY_IN_USE, nothing of it written), and the
-//   stored result is then returned as a replay.
+//   write blocks on the first call's uncommitted rows (the record's primary
+//   key, or the rows its own precondition reads under a lock) and, once the
+//   first commits, fails — IDEMPOTENCY_KEY_IN_USE, or its own precondition
+//   (ALREADY_EXISTS, NOT_FOUND, a cas mismatch...), nothing of it written.
+//   So on ANY failure of a call with a key the record is looked up again and,
+//   if one exists now, replayed (or IDEMPOTENCY_KEY_REUSED). This is sound
+//   because a change and its record commit in one transaction and READ
+//   COMMITTED shows this call nothing of the first before that commit: a
+//   failure caused by the first's change is seen only after its record is
+//   visible. (A session advisory lock per (caller, key) would also serialize
+//   them, but holds a pooled connection across the whole call.)
 // Only responses without credentials are stored: the methods are listed here.
 
 import { create, fromBinary, toBinary, toJson, type DescMethodUnary, type Message } from "@bufbuild/protobuf";
@@ -88,7 +96,8 @@ export class IdempotentWrites {
     const earlier = await this.d.store.find(caller, key, this.ttlMs);
     if (earlier !== undefined && !earlier.expired) return { response: this.replay(method, path, requestBytes, earlier), replayed: true };
     // Expired and not yet removed by the expiry job: the key is free again.
-    if (earlier !== undefined) await this.d.store.deleteIfExpired(caller, key, this.ttlMs);
+    // (A database writer could move its time back to make it so; it can delete it anyway.)
+    if (earlier !== undefined) await this.d.store.deleteExpiredRecord(earlier);
     const intent: IdempotencyIntent = {
       attach: (audit, response) => {
         // Key material is used synchronously here and not kept.
@@ -96,16 +105,19 @@ export class IdempotentWrites {
         const k = { id: active.id, key: derive(active.key) };
         const requestMac = keyedMac(k, REQUEST_LABEL, requestInput(caller, path, requestBytes));
         const responseBytes = Buffer.from(toBinary(method.output, create(method.output, response as never)));
-        const responseMac = keyedMac(k, RESPONSE_LABEL, responseInput(caller, key, path, requestMac, responseBytes));
-        return { ...audit, idempotency: { caller, key, rpc: path, requestMac, response: responseBytes, responseMac } };
+        // The record's time is chosen here and MAC'd: it decides when the record
+        // expires and is the created_at a replay reports.
+        const createdAt = new Date();
+        const responseMac = keyedMac(k, RESPONSE_LABEL, responseInput(caller, key, path, requestMac, responseBytes, createdAt));
+        return { ...audit, idempotency: { caller, key, rpc: path, requestMac, response: responseBytes, responseMac, createdAt } };
       },
     };
     try {
       return { response: create(method.output, (await handler(intent)) as never), replayed: false };
     } catch (err) {
-      if (!(err instanceof NexusError && err.reason === "IDEMPOTENCY_KEY_IN_USE")) throw err;
-      // The first call committed while this one ran: answer with its result.
-      const first = await this.d.store.find(caller, key, this.ttlMs);
+      // Whatever the failure: if a call with this key committed meanwhile (this
+      // one was its duplicate, and failed on its change), answer with its result.
+      const first = await this.d.store.find(caller, key, this.ttlMs).catch(() => undefined);
       if (first === undefined || first.expired) throw err;
       return { response: this.replay(method, path, requestBytes, first), replayed: true };
     }
@@ -126,7 +138,7 @@ export class IdempotentWrites {
         reason: "IDEMPOTENCY_RECORD_UNVERIFIABLE",
       });
     }
-    if (!keyedMacMatches(lookup, RESPONSE_LABEL, responseInput(r.caller, r.key, r.rpc, r.requestMac, r.response), r.responseMac)) throw this.altered(path);
+    if (!keyedMacMatches(lookup, RESPONSE_LABEL, responseInput(r.caller, r.key, r.rpc, r.requestMac, r.response, r.createdAt), r.responseMac)) throw this.altered(path);
     if (r.rpc !== path || !keyedMacMatches(lookup, REQUEST_LABEL, requestInput(r.caller, path, requestBytes), r.requestMac)) {
       throw NexusError.invalidArgument(
         "idempotency-key",
@@ -161,6 +173,6 @@ function requestInput(caller: string, path: string, requestBytes: Uint8Array): u
   return [caller, path, Buffer.from(requestBytes).toString("base64")];
 }
 
-function responseInput(caller: string, key: string, path: string, requestMac: Buffer, response: Buffer): unknown {
-  return [caller, key, path, requestMac.toString("hex"), response.toString("base64")];
+function responseInput(caller: string, key: string, path: string, requestMac: Buffer, response: Buffer, createdAt: Date): unknown {
+  return [caller, key, path, requestMac.toString("hex"), response.toString("base64"), createdAt.getTime()];
 }

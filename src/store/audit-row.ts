@@ -42,4 +42,10 @@ export interface IdempotencyRecordRow {
   readonly requestMac: Buffer;
   readonly response: Buffer;
   readonly responseMac: Buffer;
+  /**
+   * The record's time, chosen by the service and under response_mac (so a
+   * database writer cannot keep a record alive or pick the time a replay
+   * reports); a version the change writes gets it as its created_at too.
+   */
+  readonly createdAt: Date;
 }

@@ -19,8 +19,8 @@ const EXPIRY_LOCK = "nexus/idempotency-expiry";
 export async function insertIdempotencyRow(q: Queryable, r: IdempotencyRecordRow | undefined): Promise<void> {
   if (r === undefined) return;
   await q`
-    INSERT INTO idempotency_keys (caller, key, rpc, request_mac, response, response_mac)
-    VALUES (${r.caller}, ${r.key}, ${r.rpc}, ${r.requestMac}, ${r.response}, ${r.responseMac})`;
+    INSERT INTO idempotency_keys (caller, key, rpc, request_mac, response, response_mac, created_at)
+    VALUES (${r.caller}, ${r.key}, ${r.rpc}, ${r.requestMac}, ${r.response}, ${r.responseMac}, ${r.createdAt})`;
 }
 
 /**
@@ -31,9 +31,19 @@ export async function insertIdempotencyRow(q: Queryable, r: IdempotencyRecordRow
 export function idempotencyCte(sql: Queryable, r: IdempotencyRecordRow | undefined, from: string) {
   if (r === undefined) return sql``;
   return sql`, idem AS (
-          INSERT INTO idempotency_keys (caller, key, rpc, request_mac, response, response_mac)
-          SELECT ${r.caller}, ${r.key}, ${r.rpc}, ${r.requestMac}::bytea, ${r.response}::bytea, ${r.responseMac}::bytea FROM ${sql.unsafe(from)}
+          INSERT INTO idempotency_keys (caller, key, rpc, request_mac, response, response_mac, created_at)
+          SELECT ${r.caller}, ${r.key}, ${r.rpc}, ${r.requestMac}::bytea, ${r.response}::bytea, ${r.responseMac}::bytea, ${r.createdAt}::timestamptz
+          FROM ${sql.unsafe(from)}
         )`;
+}
+
+/**
+ * The created_at of a version written by a change that carries a record: the
+ * record's (MAC'd) time, so PutSecret's created_at on a replay is the
+ * version's; now() without one.
+ */
+export function versionTime(r: IdempotencyRecordRow | undefined): Date | null {
+  return r?.createdAt ?? null;
 }
 
 /** The record as JSON fields for a json_to_recordset batch (see SecretStore.appendMany). */
@@ -46,18 +56,22 @@ export function idempotencyJson(r: IdempotencyRecordRow | undefined) {
     idem_request_mac_hex: r.requestMac.toString("hex"),
     idem_response_hex: r.response.toString("hex"),
     idem_response_mac_hex: r.responseMac.toString("hex"),
+    idem_created_at: r.createdAt.toISOString(),
   };
 }
 
 export class IdempotencyStore {
   constructor(private readonly sql: Sql) {}
 
-  /** The caller's record for `key`, if any; `expired` when it is older than `maxAgeMs` (to be ignored and replaced). */
+  /**
+   * The caller's record for `key`, if any; `expired` when its time (which the
+   * service checks under the response MAC) is older than `maxAgeMs`, by this
+   * replica's clock, the one that chose it: to be ignored and replaced.
+   */
   async find(caller: string, key: string, maxAgeMs: number): Promise<StoredIdempotencyRecord | undefined> {
     return guarded(async () => {
       const [r] = await this.sql`
-        SELECT caller, key, rpc, request_mac, response, response_mac, created_at,
-               created_at <= now() - ${maxAgeMs} * interval '1 millisecond' AS expired
+        SELECT caller, key, rpc, request_mac, response, response_mac, created_at
         FROM idempotency_keys WHERE caller = ${caller} AND key = ${key}`;
       if (!r) return undefined;
       return {
@@ -68,14 +82,18 @@ export class IdempotencyStore {
         response: r.response as Buffer,
         responseMac: r.response_mac as Buffer,
         createdAt: r.created_at as Date,
-        expired: r.expired as boolean,
+        expired: Date.now() - (r.created_at as Date).getTime() >= maxAgeMs,
       };
     });
   }
 
-  /** Deletes the caller's record for `key` if it has expired, so the key can be used again before the expiry job runs. */
-  async deleteIfExpired(caller: string, key: string, maxAgeMs: number): Promise<void> {
-    await guarded(() => this.sql`DELETE FROM idempotency_keys WHERE caller = ${caller} AND key = ${key} AND created_at <= now() - ${maxAgeMs} * interval '1 millisecond'`);
+  /**
+   * Deletes the expired record `seen` (as find() returned it: its time to the
+   * millisecond), so the key can be used again before the expiry job runs.
+   */
+  async deleteExpiredRecord(seen: StoredIdempotencyRecord): Promise<void> {
+    await guarded(() => this.sql`DELETE FROM idempotency_keys WHERE caller = ${seen.caller} AND key = ${seen.key}
+      AND created_at >= ${seen.createdAt} AND created_at < ${seen.createdAt}::timestamptz + interval '1 millisecond'`);
   }
 
   /**

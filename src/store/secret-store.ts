@@ -10,7 +10,7 @@ import type { AuditRow } from "./audit-row.js";
 import { NexusError } from "../errors/nexus-error.js";
 import { auditInsertFragment, auditJson, insertAuditRow } from "./audit-store.js";
 import { guarded, type Sql } from "./database.js";
-import { idempotencyCte, idempotencyJson } from "./idempotency-store.js";
+import { idempotencyCte, idempotencyJson, versionTime } from "./idempotency-store.js";
 import { concurrencyLimit, GroupCommit } from "./group-commit.js";
 import { labelRow, type LabelRow } from "./secret-label-row.js";
 
@@ -181,8 +181,8 @@ export class SecretStore {
         ), a AS (
           ${auditInsertFragment(this.sql, audit)} FROM s
         )${idempotencyCte(this.sql, audit.idempotency, "s")}
-        INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
-        SELECT id, 1, ${s.ciphertext}, ${s.createdBy} FROM s
+        INSERT INTO secret_versions (secret_id, version, ciphertext, created_by, created_at)
+        SELECT id, 1, ${s.ciphertext}, ${s.createdBy}, coalesce(${versionTime(audit.idempotency)}::timestamptz, now()) FROM s
         RETURNING created_at`;
       return row?.created_at as Date | undefined;
     });
@@ -238,8 +238,8 @@ export class SecretStore {
             AND ${this.sql.unsafe(LIVE)}
           RETURNING id, max_versions
         ), ins AS (
-          INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
-          SELECT id, ${a.version}, ${a.ciphertext}, ${a.createdBy} FROM upd
+          INSERT INTO secret_versions (secret_id, version, ciphertext, created_by, created_at)
+          SELECT id, ${a.version}, ${a.ciphertext}, ${a.createdBy}, coalesce(${versionTime(audit.idempotency)}::timestamptz, now()) FROM upd
           RETURNING created_at
         ), ${this.pruneAndAudit(a.version, l, audit)}
         SELECT (SELECT created_at FROM ins) AS created_at, cur.* FROM cur`;
@@ -277,7 +277,8 @@ export class SecretStore {
             new_current int, new_pending int, new_previous int, new_epoch bigint, new_labels_mac_hex text, expected_labels_mac_hex text,
             replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
             outcome text, code text, detail jsonb, mac_hex text, signature_hex text, signer_hex text,
-            idem_caller text, idem_key text, idem_rpc text, idem_request_mac_hex text, idem_response_hex text, idem_response_mac_hex text)
+            idem_caller text, idem_key text, idem_rpc text, idem_request_mac_hex text, idem_response_hex text, idem_response_mac_hex text,
+            idem_created_at timestamptz)
         ), cur AS MATERIALIZED (
           SELECT id, latest_version, data_key_id, current_version, pending_version, previous_version, label_epoch, labels_mac,
                  (expires_at IS NOT NULL AND expires_at <= now()) AS expired
@@ -294,8 +295,8 @@ export class SecretStore {
             AND s.labels_mac IS NOT DISTINCT FROM decode(t.expected_labels_mac_hex, 'hex')
           RETURNING s.id, s.max_versions, t.i
         ), ins AS (
-          INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
-          SELECT upd.id, t.new_version, decode(t.ciphertext_hex, 'hex'), t.created_by FROM upd JOIN t ON t.i = upd.i
+          INSERT INTO secret_versions (secret_id, version, ciphertext, created_by, created_at)
+          SELECT upd.id, t.new_version, decode(t.ciphertext_hex, 'hex'), t.created_by, coalesce(t.idem_created_at, now()) FROM upd JOIN t ON t.i = upd.i
           RETURNING secret_id, created_at
         ), pruned AS (
           DELETE FROM secret_versions v USING upd JOIN t ON t.i = upd.i
@@ -308,8 +309,9 @@ export class SecretStore {
                  decode(t.signature_hex, 'hex'), decode(t.signer_hex, 'hex')
           FROM t JOIN upd ON upd.i = t.i
         ), idem AS (
-          INSERT INTO idempotency_keys (caller, key, rpc, request_mac, response, response_mac)
-          SELECT t.idem_caller, t.idem_key, t.idem_rpc, decode(t.idem_request_mac_hex, 'hex'), decode(t.idem_response_hex, 'hex'), decode(t.idem_response_mac_hex, 'hex')
+          INSERT INTO idempotency_keys (caller, key, rpc, request_mac, response, response_mac, created_at)
+          SELECT t.idem_caller, t.idem_key, t.idem_rpc, decode(t.idem_request_mac_hex, 'hex'), decode(t.idem_response_hex, 'hex'), decode(t.idem_response_mac_hex, 'hex'),
+                 t.idem_created_at
           FROM t JOIN upd ON upd.i = t.i WHERE t.idem_key IS NOT NULL
         )
         SELECT t.i, ins.created_at, cur.latest_version, cur.expired, cur.data_key_id, cur.current_version, cur.pending_version,
@@ -371,8 +373,8 @@ export class SecretStore {
           FROM upd, json_to_recordset(${json}::text::json) AS t(version int, c text)
           WHERE v.secret_id = upd.id AND v.version = t.version AND v.ciphertext IS NOT NULL
         ), ins AS (
-          INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
-          SELECT id, ${a.version}, ${a.ciphertext}, ${a.createdBy} FROM upd
+          INSERT INTO secret_versions (secret_id, version, ciphertext, created_by, created_at)
+          SELECT id, ${a.version}, ${a.ciphertext}, ${a.createdBy}, coalesce(${versionTime(audit.idempotency)}::timestamptz, now()) FROM upd
           RETURNING created_at
         ), ${this.pruneAndAudit(a.version, l, audit)}
         SELECT (SELECT created_at FROM ins) AS created_at, cur.* FROM cur`;

@@ -58,10 +58,8 @@ export class CallPipeline {
     let replayed = false;
     let callerId: string | undefined;
     try {
-      if (call.refusal !== undefined) throw call.refusal;
-      const caller = this.identify(call);
+      const caller = this.identifyBeforeRefusal(call, record).id;
       callerId = caller.toString();
-      record.identify(callerId);
       const bearerToken = bearer(call.authorization);
       const access = await this.access.authorize({ caller, method: path, request, bearerToken });
       const ctx: CallContext = { caller, method: path, requestId, bearerToken, transport: call.transport, wireFormat: call.wireFormat, access, audit: record };
@@ -97,10 +95,8 @@ export class CallPipeline {
     let ctx: CallContext;
     let end: DeferredCallRecord;
     try {
-      if (call.refusal !== undefined) throw call.refusal;
-      const svid = this.identifySvid(call);
+      const svid = this.identifyBeforeRefusal(call, start);
       const caller = svid.id;
-      start.identify(caller.toString());
       const bearerToken = bearer(call.authorization);
       const access = await this.access.authorize({ caller, method: path, request, bearerToken }).catch((err: unknown) => {
         throw this.chargeFailedAuthentication(err, caller.toString());
@@ -153,16 +149,13 @@ export class CallPipeline {
    * certificate is a valid SVID, so the event says who probed.
    */
   async refuseUnknown(rpc: string, call: IncomingCall, failure: NexusError): Promise<NexusError> {
-    this.observer?.callStarted(rpc)(grpcStatusName(failure.code));
     const path = auditText(rpc === "" ? "(none)" : rpc);
     const requestId = validRequestId(call.requestId) ?? randomUUID();
     const record = this.audit.begin({ requestId, rpc: path, time: new Date() });
-    try {
-      if (call.peerCertificate !== undefined) record.identify(this.authenticator.authenticate(call.peerCertificate).toString());
-    } catch {
-      // An invalid SVID leaves the event without a caller; the refusal stands.
-    }
-    return this.failed(record, path, requestId, failure);
+    // Each refusal is an audit write: it takes a token like any call (rate-limits.ts).
+    const answer = call.peerCertificate === undefined ? failure : this.refusalWithinLimits(call, record, failure);
+    this.observer?.callStarted(rpc)(grpcStatusName(answer.code));
+    return this.failed(record, path, requestId, answer);
   }
 
   /** A call with an idempotency key (services/idempotency.ts); refused where none is taken. */
@@ -174,17 +167,42 @@ export class CallPipeline {
     return this.idempotency.run(method, ctx.method, ctx.caller.toString(), key, request, (idempotency) => handler(request as never, { ...ctx, idempotency }));
   }
 
-  private identify(call: IncomingCall) {
-    return this.identifySvid(call).id;
+  /**
+   * The caller's SVID; a call the transport refused already (body that does
+   * not decode, unknown fields, too large) is identified and charged first
+   * too, since its refusal is still an audit write: a caller over its limit
+   * gets RATE_LIMITED, not a free audited refusal.
+   */
+  private identifyBeforeRefusal(call: IncomingCall, record: Pick<CallRecord, "identify">) {
+    if (call.refusal === undefined) return this.identifySvid(call, record);
+    throw this.refusalWithinLimits(call, record, call.refusal);
   }
 
-  /** The caller's SVID, within the rate limits (rate-limits.ts): failed authentications first, then calls. */
-  private identifySvid(call: IncomingCall) {
+  /** `failure`, unless identifying the caller hit a rate limit; an invalid SVID leaves the record without a caller and charges its certificate. */
+  private refusalWithinLimits(call: IncomingCall, record: Pick<CallRecord, "identify">, failure: NexusError): NexusError {
+    try {
+      this.identifySvid(call, record);
+    } catch (err) {
+      if (err instanceof NexusError && err.reason === "RATE_LIMITED") return err;
+    }
+    return failure;
+  }
+
+  /**
+   * The caller's SVID, within the rate limits (rate-limits.ts): failed
+   * authentications first, then calls. `record` is identified before the call
+   * limit is checked, so a RATE_LIMITED event names the caller refused.
+   */
+  private identifySvid(call: IncomingCall, record: Pick<CallRecord, "identify">) {
     if (call.peerCertificate === undefined) {
       throw new NexusError("unauthenticated", "a client X.509-SVID is required", { reason: "NO_CLIENT_CERTIFICATE" });
     }
     const limits = this.limits;
-    if (limits === undefined) return this.authenticator.authenticateSvid(call.peerCertificate);
+    if (limits === undefined) {
+      const svid = this.authenticator.authenticateSvid(call.peerCertificate);
+      record.identify(svid.id.toString());
+      return svid;
+    }
     const presented = call.peerCertificate;
     limits.checkFailures(() => certificateKey(presented));
     let svid;
@@ -195,6 +213,7 @@ export class CallPipeline {
       throw err;
     }
     const caller = svid.id.toString();
+    record.identify(caller);
     // A valid SVID whose bearer tokens keep failing is refused like a rejected certificate.
     limits.checkFailures(() => caller);
     limits.admit(caller);

@@ -1,9 +1,10 @@
 // Per-caller rate limits (issue 17 §6): token buckets in this process's memory,
-// checked by the call pipeline before any database work, so a noisy workload is
-// refused cheaply (a Map lookup and arithmetic) while others keep being served.
-// Two kinds:
+// checked by the call pipeline before the call's own database work, so a noisy
+// workload is refused cheaply (a Map lookup and arithmetic; the refusal's one
+// audit row is group-committed) while others keep being served. Two kinds:
 // - calls, per authenticated caller (SPIFFE ID): every unary call and every
-//   stream start takes a token;
+//   stream start takes a token, also one refused before it runs (undecodable,
+//   unknown method...), as that refusal is an audit write too;
 // - failed authentications, per presented identity: the caller's SPIFFE ID
 //   when its SVID was valid (a bad bearer token), else the SHA-256 fingerprint
 //   of the certificate it presented (the TLS layer has already checked it
@@ -41,15 +42,28 @@ interface Bucket {
 
 const DEFAULT_MAX_KEYS = 100_000;
 
-/** One kind of token bucket, keyed by caller. */
+/**
+ * One kind of token bucket, keyed by caller, remembering at most `maxKeys`
+ * callers. When the map is full only buckets that have refilled to capacity
+ * are forgotten (forgetting one changes nothing): a bucket that is not full,
+ * above all an emptied one, is never dropped, or a noisy caller could get a
+ * fresh burst by making new identities arrive. If none has refilled, callers
+ * not in the map share one overflow bucket (same rate and burst) until some
+ * bucket refills: newcomers are then limited together, never admitted free.
+ */
 export class TokenBuckets {
   private readonly buckets = new Map<string, Bucket>();
+  private readonly overflow: Bucket;
+  /** No bucket can have refilled before this time: a full map is not swept again until then. */
+  private nextSweepMs = 0;
 
   constructor(
     private readonly settings: BucketSettings,
     private readonly maxKeys = DEFAULT_MAX_KEYS,
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    this.overflow = { tokens: settings.burst, updatedMs: now() };
+  }
 
   get enabled(): boolean {
     return this.settings.perSecond > 0;
@@ -73,9 +87,10 @@ export class TokenBuckets {
   /** How many ms until `key` has a token (0: it has one now); takes nothing. */
   peek(key: string): number {
     if (!this.enabled) return 0;
-    const b = this.buckets.get(key);
+    // A caller not remembered has a full bucket, unless it would be sent to the overflow one.
+    const b = this.buckets.get(key) ?? (this.buckets.size >= this.maxKeys ? this.overflow : undefined);
     if (b === undefined) return 0;
-    const tokens = Math.min(this.settings.burst, b.tokens + ((this.now() - b.updatedMs) * this.settings.perSecond) / 1000);
+    const tokens = this.tokensAt(b, this.now());
     return tokens >= 1 ? 0 : Math.ceil(((1 - tokens) * 1000) / this.settings.perSecond);
   }
 
@@ -83,30 +98,42 @@ export class TokenBuckets {
     return Math.max(1, Math.ceil(((1 - b.tokens) * 1000) / this.settings.perSecond));
   }
 
+  private tokensAt(b: Bucket, now: number): number {
+    return Math.min(this.settings.burst, b.tokens + ((now - b.updatedMs) * this.settings.perSecond) / 1000);
+  }
+
   private refilled(key: string): Bucket {
     const now = this.now();
     let b = this.buckets.get(key);
     if (b === undefined) {
       if (this.buckets.size >= this.maxKeys) this.sweep(now);
-      b = { tokens: this.settings.burst, updatedMs: now };
-      this.buckets.set(key, b);
-      return b;
+      if (this.buckets.size >= this.maxKeys) b = this.overflow;
+      else {
+        b = { tokens: this.settings.burst, updatedMs: now };
+        this.buckets.set(key, b);
+        return b;
+      }
     }
-    b.tokens = Math.min(this.settings.burst, b.tokens + ((now - b.updatedMs) * this.settings.perSecond) / 1000);
+    b.tokens = this.tokensAt(b, now);
     b.updatedMs = now;
     return b;
   }
 
-  /** Drops buckets that have refilled (forgetting them changes nothing); if none have, the oldest half. */
+  /**
+   * Drops the buckets that have refilled to capacity, and no other. Scans at
+   * most once per time a bucket can next be full (the earliest seen), so a
+   * stream of newcomers to a full map costs a comparison each, not a scan.
+   */
   private sweep(now: number): void {
-    const fullAfterMs = (this.settings.burst * 1000) / this.settings.perSecond;
-    for (const [k, b] of this.buckets) if (now - b.updatedMs >= fullAfterMs) this.buckets.delete(k);
-    if (this.buckets.size < this.maxKeys) return;
-    let drop = this.buckets.size / 2;
-    for (const k of this.buckets.keys()) {
-      if (drop-- <= 0) break;
-      this.buckets.delete(k);
+    if (now < this.nextSweepMs) return;
+    let next = Infinity;
+    for (const [k, b] of this.buckets) {
+      const fullAt = b.updatedMs + ((this.settings.burst - b.tokens) * 1000) / this.settings.perSecond;
+      if (fullAt <= now) this.buckets.delete(k);
+      else next = Math.min(next, fullAt);
     }
+    // Later takes only delay a bucket's fullAt, so none is full before `next`.
+    this.nextSweepMs = this.buckets.size >= this.maxKeys ? next : 0;
   }
 }
 

@@ -1,7 +1,8 @@
 // Token buckets of the per-caller rate limits, on a clock the test moves:
 // a burst, then one call per 1/rate seconds, a wait that says when the next
 // token comes, independent callers, failed authentications counted apart,
-// and a bounded number of remembered callers.
+// and a bounded number of remembered callers (never forgetting one that is not
+// full; newcomers to a full map share an overflow bucket).
 
 import { expect } from "chai";
 import { NexusError } from "../../../src/errors/nexus-error.js";
@@ -58,6 +59,36 @@ describe("TokenBuckets", () => {
     b.take("e"); // the sweep drops a, b and c
     // "d" is still empty: it was not swept.
     expect(b.take("d")).to.be.greaterThan(0);
+  });
+
+  it("a full map never forgets a caller whose bucket is empty: new callers do not hand the noisy one a fresh burst", () => {
+    const b = new TokenBuckets({ perSecond: 1, burst: 1 }, 4, clock);
+    expect(b.take("noisy")).to.equal(0);
+    expect(b.take("noisy")).to.be.greaterThan(0); // empty
+    for (const k of ["a", "b", "c", "d"]) b.take(k); // the map fills; nothing has refilled
+    now += 10;
+    expect(b.take("noisy"), "noisy got a fresh bucket after the sweep").to.be.greaterThan(0);
+  });
+
+  it("a full map with no refilled bucket sends newcomers to one shared overflow bucket, not a fresh burst each", () => {
+    const b = new TokenBuckets({ perSecond: 1, burst: 2 }, 2, clock);
+    for (const k of ["a", "b"]) b.take(k); // the map is full; neither has refilled
+    // Newcomers share the overflow bucket's burst of 2, then wait together.
+    expect(["x", "y", "z"].map((k) => b.take(k) > 0)).to.deep.equal([false, false, true]);
+    expect(b.peek("w"), "a newcomer is told the overflow bucket's wait").to.be.greaterThan(0);
+    expect(b.take("a"), "a remembered caller keeps its own bucket").to.equal(0);
+  });
+
+  it("once a bucket refills, the sweep frees its place for a newcomer's own bucket", () => {
+    const b = new TokenBuckets({ perSecond: 1, burst: 1 }, 2, clock);
+    b.take("a");
+    now += 500;
+    b.take("b");
+    b.take("x"); // overflow: nothing has refilled
+    expect(b.take("y"), "the overflow bucket is empty").to.be.greaterThan(0);
+    now += 600; // "a" (only) has refilled
+    expect(b.take("y"), "y got a's place and a full bucket").to.equal(0);
+    expect(b.take("b"), "b was not forgotten").to.be.greaterThan(0);
   });
 });
 
