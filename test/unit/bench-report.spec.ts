@@ -128,6 +128,23 @@ describe("bench: the report's ratios and targets", () => {
     });
   }
 
+  it("issue 15's figures: server CPU per call from the window's CPU over its calls, and the ratios to Health and to the database floor", () => {
+    // Each scenario window below used 1 s of server CPU; get@1 made 300 calls, health@64 1000, get@64 500.
+    const rs = ratios(run([round({ get: 0.5, put: 0.25, p50At1: 2 })]), 64);
+    expect(ratio(rs, "Server CPU ms per GetSecret @1").median).to.be.closeTo(1000 / 300, 1e-9);
+    expect(ratio(rs, "Server CPU per GetSecret / per Health @64").median).to.be.closeTo(2, 1e-9);
+    expect(ratio(rs, "Server CPU per PutSecret / per Health @64").median).to.be.closeTo(4, 1e-9);
+    // get@1 p50 0.4 ms over (Health 0.2 + pgbench get@1 0.1).
+    expect(ratio(rs, "GetSecret p50 @1 / (Health p50").median).to.be.closeTo(0.4 / 0.3, 0.02);
+    expect(target(run([round({ get: 0.5, p50At1: 2 })]), "Server CPU per GetSecret ÷ per Health").pass).to.equal(true);
+    expect(target(run([round({ get: 0.39, p50At1: 2 })]), "Server CPU per GetSecret ÷ per Health").pass, "1/0.39 = 2.56 × Health").to.equal(false);
+    expect(target(run([round({ get: 1, p50At1: 2 })]), "GetSecret p50 @1 ÷ (Health").pass).to.equal(true);
+    expect(target(run([round({ get: 1, p50At1: 3 })]), "GetSecret p50 @1 ÷ (Health").pass, "0.6 / 0.3 = 2").to.equal(false);
+    expect(target(run([round({ get: 1 })], { heap: { heapUsedMb: 64, rssMb: 150, scenario: "mix@64" } }), "Live heap").pass).to.equal(true);
+    expect(target(run([round({ get: 1 })], { heap: { heapUsedMb: 64.5, rssMb: 150, scenario: "mix@64" } }), "Live heap").pass).to.equal(false);
+    expect(target(run([round({ get: 1 })]), "Live heap").pass, "not measured").to.equal(undefined);
+  });
+
   it("start-up and propagation pass at 1,000 ms and fail past it", () => {
     const ms = (p50: number) => ({ samples: [p50], p50, p99: p50, max: p50 });
     const startup = (p50: number) => ({ listening: ms(10), servingAfterUnsealRpc: ms(10), servingWithPasswordFile: ms(p50) });
@@ -141,7 +158,7 @@ describe("bench: the report's ratios and targets", () => {
     const r = run([round({})], { startup: undefined, propagation: undefined });
     for (const name of ["GetSecret throughput ÷ Health", "Start to SERVING", "Policy propagation"]) expect(target(r, name).pass, name).to.equal(undefined);
     const md = markdown(buildReport(r));
-    expect(md).to.match(/\| GetSecret throughput ÷ Health @64 \| ≥ 0\.8 \| – × \| not measured \|/);
+    expect(md).to.match(/\| GetSecret throughput ÷ Health @64 \| 5 \| ≥ 0\.8 \| – × \| not measured \|/);
   });
 
   it("pools throughput as all requests over all measured time, not the mean of the rounds' rates", () => {
@@ -155,10 +172,10 @@ describe("bench: the report's ratios and targets", () => {
   it("writes a report whose JSON median-of-runs reads back, failing targets in bold", () => {
     const written = (r: BenchRun) => JSON.parse(JSON.stringify(buildReport(r))) as Report;
     const reports = [written(run([round({ get: 0.9 })])), written(run([round({ get: 0.7 })])), written(run([round({ get: 0.75 })]))];
-    expect(markdown(reports[0])).to.contain("| GetSecret throughput ÷ Health @64 | ≥ 0.8 | 0.90 × | pass |");
-    expect(markdown(reports[1])).to.contain("| GetSecret throughput ÷ Health @64 | ≥ 0.8 | 0.70 × | **FAIL** |");
+    expect(markdown(reports[0])).to.contain("| GetSecret throughput ÷ Health @64 | 5 | ≥ 0.8 | 0.90 × | pass |");
+    expect(markdown(reports[1])).to.contain("| GetSecret throughput ÷ Health @64 | 5 | ≥ 0.8 | 0.70 × | **FAIL** |");
     const md = medianMarkdown(reports, ["run-1.json", "run-2.json", "run-3.json"]);
-    expect(md).to.contain("| GetSecret throughput ÷ Health @64 | ≥ 0.8 | 0.90, 0.70, 0.75 | 0.75 × | **FAIL** |");
+    expect(md).to.contain("| GetSecret throughput ÷ Health @64 | 5 | ≥ 0.8 | 0.90, 0.70, 0.75 | 0.75 × | **FAIL** |");
     expect(md).to.contain("| GetSecret / Health throughput @64 | 0.90, 0.70, 0.75 | 0.75 |");
   });
 });
