@@ -50,6 +50,14 @@ export interface AccessGrant {
 export interface AccessPolicy {
   /** Resolves with what the caller may do, or rejects with a NexusError. */
   authorize(request: AccessRequest): Promise<AccessGrant>;
+  /**
+   * The one SPIFFE ID that may call `method`, for methods that admit exactly
+   * one (ReplicaService: the server ID), else undefined. To such a method an
+   * SVID of a trust domain this server does not trust is refused as any other
+   * caller is, PERMISSION_DENIED: no one but that ID is authorized, whoever
+   * they are.
+   */
+  soleCaller?(method: string): string | undefined;
 }
 
 const ALL: AccessGrant = { mayList: () => true };
@@ -82,6 +90,10 @@ export class AccessController implements AccessPolicy {
     /** The SPIFFE ID every replica serves with (NEXUS_SERVER_ID): the only caller of ReplicaService. */
     private readonly serverId?: string,
   ) {}
+
+  soleCaller(method: string): string | undefined {
+    return METHOD_RULES.get(method)?.kind === "server" ? this.serverId : undefined;
+  }
 
   async authorize({ caller, method, request, bearerToken }: AccessRequest): Promise<AccessGrant> {
     const rule = METHOD_RULES.get(method);

@@ -58,7 +58,7 @@ export class CallPipeline {
     let replayed = false;
     let callerId: string | undefined;
     try {
-      const caller = this.identifyBeforeRefusal(call, record).id;
+      const caller = this.identifyBeforeRefusal(call, record, path).id;
       callerId = caller.toString();
       const bearerToken = bearer(call.authorization);
       const access = await this.access.authorize({ caller, method: path, request, bearerToken });
@@ -95,7 +95,7 @@ export class CallPipeline {
     let ctx: CallContext;
     let end: DeferredCallRecord;
     try {
-      const svid = this.identifyBeforeRefusal(call, start);
+      const svid = this.identifyBeforeRefusal(call, start, path);
       const caller = svid.id;
       const bearerToken = bearer(call.authorization);
       const access = await this.access.authorize({ caller, method: path, request, bearerToken }).catch((err: unknown) => {
@@ -173,9 +173,20 @@ export class CallPipeline {
    * too, since its refusal is still an audit write: a caller over its limit
    * gets RATE_LIMITED, not a free audited refusal.
    */
-  private identifyBeforeRefusal(call: IncomingCall, record: Pick<CallRecord, "identify">) {
-    if (call.refusal === undefined) return this.identifySvid(call, record);
-    throw this.refusalWithinLimits(call, record, call.refusal);
+  private identifyBeforeRefusal(call: IncomingCall, record: Pick<CallRecord, "identify">, method: string) {
+    if (call.refusal !== undefined) throw this.refusalWithinLimits(call, record, call.refusal);
+    try {
+      return this.identifySvid(call, record);
+    } catch (err) {
+      throw this.foreignToSoleCallerMethod(err, method);
+    }
+  }
+
+  /** A foreign trust domain's SVID calling a method only one ID may call is not authorized for it (AccessPolicy.soleCaller). */
+  private foreignToSoleCallerMethod(err: unknown, method: string): unknown {
+    const sole = this.access.soleCaller?.(method);
+    if (sole === undefined || !(err instanceof NexusError) || err.reason !== "FOREIGN_TRUST_DOMAIN") return err;
+    return new NexusError("permission_denied", `only ${sole} may call ${method}; ${err.message}`, { reason: "NOT_AUTHORIZED" });
   }
 
   /** `failure`, unless identifying the caller hit a rate limit; an invalid SVID leaves the record without a caller and charges its certificate. */
