@@ -154,6 +154,16 @@ export interface FloorData {
 
 /** Copies the read secrets (rows and versions) to the paths "0".."N-1"; idempotent. */
 export async function prepareFloorData(sql: postgres.Sql, readSecrets: number, clients: number, writeSecrets: number): Promise<FloorData> {
+  // pgbench's puts go to copies of the write secrets outside bench/ (floor/write/…): its
+  // statements carry placeholder MACs, which would make the server's own later puts to
+  // those secrets fail their label integrity check (and no key rotation unwraps the copies,
+  // which the rotation phase therefore deletes).
+  await sql`
+    INSERT INTO secrets (id, path, latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, created_at, updated_at)
+    SELECT md5('pgbench-write/' || id::text)::uuid, 'floor/write/' || substr(path, length('bench/write/') + 1),
+           latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, created_at, updated_at
+    FROM secrets WHERE path >= 'bench/write/' AND path < 'bench/write0'
+    ON CONFLICT DO NOTHING`;
   await sql`
     INSERT INTO secrets (id, path, latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, created_at, updated_at)
     SELECT md5('pgbench-read/' || id::text)::uuid, (row_number() OVER (ORDER BY path) - 1)::text,
@@ -225,7 +235,7 @@ export async function pgbenchPut(run: FloorRun, putBatch: number): Promise<Pgben
     "\\if :init = 0",
     `\\set idx :client_id * ${run.data.writeSpread}`,
     `SELECT array_agg(id ORDER BY path)::text AS sids, 1 AS ${FLOOR_BOOKKEEPING} FROM (`,
-    `  SELECT id, path FROM secrets WHERE path >= 'bench/write/s' || lpad(:idx::text, 6, '0') ORDER BY path LIMIT ${batch}) x \\gset`,
+    `  SELECT id, path FROM secrets WHERE path >= 'floor/write/s' || lpad(:idx::text, 6, '0') AND path < 'floor/write0' ORDER BY path LIMIT ${batch}) x \\gset`,
     "\\set init 1",
     "\\endif",
     `SELECT json_agg(json_build_object('i', n - 1, 'secret_id', id, 'new_version', latest_version + 1, 'ciphertext_hex', :ct::text,`,

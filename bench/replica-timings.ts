@@ -38,8 +38,14 @@ export async function policyPropagation(operator: Operator, replicaB: string, pk
   try {
     for (let i = 0; i < repeats; i++) {
       const path = `bench/prop/p${Date.now()}-${i}`;
-      const before = await workload.call(SecretService.method.getSecret, { path });
-      if (before.code !== "PERMISSION_DENIED") throw new Error(`propagation: expected PERMISSION_DENIED before the policy, got ${before.code}`);
+      let before = await workload.call(SecretService.method.getSecret, { path });
+      // A replica just started may still be taking its keys or policies up: UNAVAILABLE is retryable.
+      if (before.code === "UNAVAILABLE") process.stderr.write(`propagation: replica B answered UNAVAILABLE ${before.reason ?? ""} (${before.message}); retrying\n`);
+      for (const t = performance.now(); before.code === "UNAVAILABLE" && performance.now() - t < 10_000; ) {
+        await new Promise((r) => setTimeout(r, 100));
+        before = await workload.call(SecretService.method.getSecret, { path });
+      }
+      if (before.code !== "PERMISSION_DENIED") throw new Error(`propagation: expected PERMISSION_DENIED before the policy, got ${before.code} ${before.reason ?? ""}: ${before.message}`);
       await createPolicy(operator, {
         name: `bench-prop-${Date.now()}-${i}`,
         spiffeIdPattern: callerId("prop").replace(/\./g, "\\."),

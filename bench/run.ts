@@ -62,11 +62,12 @@ function scenarios(config: BenchConfig, pki: BenchPki): ScenarioSpec[] {
 /**
  * Open loop (issue 15): Health and GetSecret at the same fixed rate, half of
  * the GetSecret maximum measured earlier in the same round, so their p99s
- * compare the server's own latency at a load it can sustain. At most 512
- * calls may be outstanding; more count as errors.
+ * compare the server's own latency at a load it can sustain. At most 4096
+ * calls may be outstanding (a stall shows as latency, not as calls not sent);
+ * more count as errors.
  */
 function openLoopScenarios(config: BenchConfig, pki: BenchPki, rate: number): ScenarioSpec[] {
-  const shape = { inFlight: 512, connections: config.connections, workers: config.workers, warmupMs: config.warmupMs, durationMs: config.durationMs, rate };
+  const shape = { inFlight: 4096, connections: config.connections, workers: config.workers, warmupMs: config.warmupMs, durationMs: config.durationMs, rate };
   return [
     { name: "health@open", kind: "health", identity: pki.callers.reader, ...shape },
     { name: "get@open", kind: "get", identity: pki.callers.reader, ...shape },
