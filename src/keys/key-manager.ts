@@ -265,6 +265,15 @@ export class KeyManager {
       // The highest id of each purpose, never the stored `active` flag.
       const activeWrappingKeyId = Math.max(...wrappingKeys.keys());
       const activeIntegrityKeyId = Math.max(...integrityKeys.keys());
+      if (this.state !== undefined && this.state.rootKeyId === keys.root.id) {
+        // Already unsealed under this root key (a peer handed it over while the
+        // password file's scrypt ran, or Unseal on a serving replica): the keys
+        // in memory stay, so policies and health do not flap through a re-seal.
+        for (const key of opened) key.fill(0);
+        opened.length = 0;
+        this.logger.debug("already unsealed under this root key", { rootKeyId: keys.root.id });
+        return;
+      }
       if (this.state) this.seal("re-unsealed");
       this.install({ rootKeyId: keys.root.id, rootKey, wrappingKeys, activeWrappingKeyId, integrityKeys, activeIntegrityKeyId, integrityWindow: "unknown" });
       opened.length = 0; // installed: sealing zeroes them from now on

@@ -176,9 +176,13 @@ describe("Initialize, Seal and Unseal", function () {
       }
     });
 
-    it("Unseal while unsealed checks the password: the right one is OK, a wrong one is PERMISSION_DENIED and does not seal", async () => {
+    it("Unseal while unsealed checks the password: the right one is OK and keeps the keys in memory (no re-seal, health never flaps), a wrong one is PERMISSION_DENIED and does not seal", async () => {
       ok(await server.client("grpc").call(OperatorService.method.unseal, { adminPassword: password }));
+      const generation = server.nexus.keys.generation;
+      const seen: string[] = [];
+      server.nexus.keys.onSealChange((sealed) => seen.push(sealed ? "sealed" : "unsealed"));
       ok(await server.client("grpc").call(OperatorService.method.unseal, { adminPassword: password }), "again");
+      expect({ generation: server.nexus.keys.generation, seen }, "a second Unseal under the same root key").to.deep.equal({ generation, seen: [] });
       fails(await server.client("grpc").call(OperatorService.method.unseal, { adminPassword: "twelve-charz" }), "PERMISSION_DENIED");
       expect(await status(server)).to.include({ sealed: false });
       expect(ok(await server.client("grpc").call(SecretService.method.getSecret, { path: "life/db" })).data).to.deep.equal({ password: "s3cr3t" });
