@@ -89,21 +89,22 @@ export const AUDIT_BATCH_SQL = `
 WITH t AS MATERIALIZED (
   SELECT * FROM json_to_recordset(:batch::text::json) AS t(
     replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
-    outcome text, code text, detail jsonb, mac_hex text, i int, read_path text, read_version int)
+    outcome text, code text, detail jsonb, mac_hex text, signature_hex text, signer_hex text, i int, read_path text, read_version int, read_label text)
 ), r AS MATERIALIZED (
-  SELECT t.i, s.id, s.path, s.data_key_id, s.wrapped_data_key, s.keyring_key_id, v.version, v.ciphertext, v.created_at
+  SELECT t.i, s.id, s.path, s.data_key_id, s.wrapped_data_key, s.keyring_key_id, v.version, v.ciphertext, v.created_at,
+         s.latest_version, s.current_version, s.pending_version, s.previous_version, s.label_epoch, s.labels_mac
   FROM t
   JOIN secrets s ON s.path = t.read_path AND (s.expires_at IS NULL OR s.expires_at > now())
-  JOIN LATERAL (
-    SELECT version, ciphertext, created_at FROM secret_versions
-    WHERE secret_id = s.id AND deleted_at IS NULL AND ciphertext IS NOT NULL
-      AND version <= CASE WHEN t.read_version = 0 THEN 2147483647 ELSE t.read_version END
-      AND (t.read_version = 0 OR version = t.read_version)
-    ORDER BY version DESC LIMIT 1
-  ) v ON true
+  JOIN secret_versions v ON v.secret_id = s.id
+    AND v.version = CASE WHEN t.read_version <> 0 THEN t.read_version
+                         WHEN t.read_label = 'pending' THEN s.pending_version
+                         WHEN t.read_label = 'previous' THEN s.previous_version
+                         ELSE s.current_version END
+    AND v.deleted_at IS NULL AND v.ciphertext IS NOT NULL
 ), ins AS (
-  INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
-  SELECT replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, decode(mac_hex, 'hex')
+  INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac, signature, signer)
+  SELECT replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, decode(mac_hex, 'hex'),
+         decode(signature_hex, 'hex'), decode(signer_hex, 'hex')
   FROM t WHERE t.read_path IS NULL OR t.i IN (SELECT i FROM r)
 )
 SELECT * FROM r`;
