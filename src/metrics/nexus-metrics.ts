@@ -33,9 +33,18 @@ const UNKNOWN = "unknown";
 /** grpc status names (upper snake case); anything else is recorded as UNKNOWN. */
 const STATUS_NAME = /^[A-Z_]{2,20}$/;
 
+interface MethodMetrics {
+  readonly service: string;
+  readonly method: string;
+  readonly inFlight: { inc(): void; dec(): void };
+  readonly duration: { startTimer(): () => unknown };
+  readonly requests: Map<string, { inc(): void }>;
+}
+
 export class NexusMetrics {
   readonly registry = new Registry();
   private readonly methods: ReadonlyMap<string, { service: string; method: string }>;
+  private readonly perMethod = new Map<string, MethodMetrics>();
   private readonly rpcRequests: Counter<"service" | "method" | "code">;
   private readonly rpcDuration: Histogram<"service" | "method">;
   private readonly rpcInFlight: Gauge<"service" | "method">;
@@ -195,20 +204,38 @@ export class NexusMetrics {
   /** The observer the call pipeline reports each call to. */
   readonly calls: CallObserver = {
     callStarted: (path) => {
-      const { service, method } = this.methods.get(path) ?? { service: UNKNOWN, method: UNKNOWN };
-      const labels = { service, method };
-      this.rpcInFlight.inc(labels);
-      const end = this.rpcDuration.startTimer(labels);
+      const m = this.methodMetrics(path);
+      m.inFlight.inc();
+      const end = m.duration.startTimer();
       let ended = false;
       return (code) => {
         if (ended) return;
         ended = true;
         end();
-        this.rpcInFlight.dec(labels);
-        this.rpcRequests.inc({ ...labels, code: STATUS_NAME.test(code) ? code : "UNKNOWN" });
+        m.inFlight.dec();
+        const name = STATUS_NAME.test(code) ? code : "UNKNOWN";
+        let requests = m.requests.get(name);
+        if (requests === undefined) m.requests.set(name, (requests = this.rpcRequests.labels(m.service, m.method, name)));
+        requests.inc();
       };
     },
   };
+
+  /**
+   * The labelled children of one method's metrics, made once: a call then
+   * costs no label hashing (prom-client hashes a label object on every inc
+   * and observe). Keyed by served method paths only, and UNKNOWN, so bounded.
+   */
+  private methodMetrics(path: string): MethodMetrics {
+    const key = this.methods.has(path) ? path : UNKNOWN;
+    let m = this.perMethod.get(key);
+    if (m === undefined) {
+      const { service, method } = this.methods.get(path) ?? { service: UNKNOWN, method: UNKNOWN };
+      m = { service, method, inFlight: this.rpcInFlight.labels(service, method), duration: this.rpcDuration.labels(service, method), requests: new Map() };
+      this.perMethod.set(key, m);
+    }
+    return m;
+  }
 
   readonly rateLimits: RateLimitObserver = {
     limited: (kind) => this.rateLimited.inc({ kind }),
