@@ -91,7 +91,10 @@ describe("PostgreSQL failover to a synchronous standby", function () {
   });
 
   it("under 16 writers and 16 readers, an immediate stop of the primary and a promotion of the standby lose no acknowledged write and fail calls only with UNAVAILABLE", async () => {
-    nexus = await startReplica({ name: "nexus", pki, databaseUrl: multiHostUrl });
+    // The 32 clients below retry at once on UNAVAILABLE through the outage, one
+    // SPIFFE ID for the writers: the per-caller rate limit (issue 17) would refuse
+    // them RESOURCE_EXHAUSTED, which is not what this test is about.
+    nexus = await startReplica({ name: "nexus", pki, databaseUrl: multiHostUrl, env: { NEXUS_RATE_LIMIT_RPS: "0" } });
     const superuser = nexus.client();
     ok(await superuser.call(OperatorService.method.initialize, { adminPassword: ADMIN_PASSWORD }), "Initialize");
     const token = await adminSession(superuser);
