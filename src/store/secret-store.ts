@@ -237,11 +237,7 @@ export class SecretStore {
           WHERE id = ${a.secretId} AND latest_version = ${a.version - 1} AND data_key_id = ${a.dataKeyId} AND labels_mac IS NOT DISTINCT FROM ${a.expectedLabelsMac}::bytea
             AND ${this.sql.unsafe(LIVE)}
           RETURNING id, max_versions
-        ), ins AS (
-          INSERT INTO secret_versions (secret_id, version, ciphertext, created_by, created_at)
-          SELECT id, ${a.version}, ${a.ciphertext}, ${a.createdBy}, coalesce(${versionTime(audit.idempotency)}::timestamptz, now()) FROM upd
-          RETURNING created_at
-        ), ${this.pruneAndAudit(a.version, l, audit)}
+        ), ${this.insertVersion(a, audit)}, ${this.pruneAndAudit(a.version, l, audit)}
         SELECT (SELECT created_at FROM ins) AS created_at, cur.* FROM cur`;
       return appendResult(row);
     });
@@ -372,14 +368,19 @@ export class SecretStore {
           UPDATE secret_versions v SET ciphertext = decode(t.c, 'hex')
           FROM upd, json_to_recordset(${json}::text::json) AS t(version int, c text)
           WHERE v.secret_id = upd.id AND v.version = t.version AND v.ciphertext IS NOT NULL
-        ), ins AS (
-          INSERT INTO secret_versions (secret_id, version, ciphertext, created_by, created_at)
-          SELECT id, ${a.version}, ${a.ciphertext}, ${a.createdBy}, coalesce(${versionTime(audit.idempotency)}::timestamptz, now()) FROM upd
-          RETURNING created_at
-        ), ${this.pruneAndAudit(a.version, l, audit)}
+        ), ${this.insertVersion(a, audit)}, ${this.pruneAndAudit(a.version, l, audit)}
         SELECT (SELECT created_at FROM ins) AS created_at, cur.* FROM cur`;
       return appendResult(row);
     });
+  }
+
+  /** The `ins` CTE of a single-secret append: the new version, at the idempotency record's time when there is one. */
+  private insertVersion(a: AppendVersion, audit: AuditRow) {
+    return this.sql`ins AS (
+          INSERT INTO secret_versions (secret_id, version, ciphertext, created_by, created_at)
+          SELECT id, ${a.version}, ${a.ciphertext}, ${a.createdBy}, coalesce(${versionTime(audit.idempotency)}::timestamptz, now()) FROM upd
+          RETURNING created_at
+        )`;
   }
 
   /**

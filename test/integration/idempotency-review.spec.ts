@@ -8,6 +8,7 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Permission, PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
 import type { NexusClient } from "../../src/client/nexus-client.js";
+import { holdRowLock } from "../support/row-lock.js";
 import { login } from "../support/admin-fixtures.js";
 import { ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { sleep } from "../support/wait.js";
@@ -20,22 +21,7 @@ describe("idempotent writes (review)", function () {
   let admin: NexusClient;
 
   /** Holds the policies' grant-epoch row (every policy write locks it first) until released. */
-  const holdPolicies = async () => {
-    let release!: () => void;
-    const released = new Promise<void>((r) => (release = r));
-    let locked!: () => void;
-    const isLocked = new Promise<void>((r) => (locked = r));
-    const done = db.begin(async (tx) => {
-      await tx`SELECT 1 FROM grant_epochs WHERE name = 'policies' FOR UPDATE`;
-      locked();
-      await released;
-    });
-    await isLocked;
-    return async () => {
-      release();
-      await done;
-    };
-  };
+  const holdPolicies = () => holdRowLock(db, (tx) => tx`SELECT 1 FROM grant_epochs WHERE name = 'policies' FOR UPDATE`);
 
   before(async () => {
     server = await startSecretServer();

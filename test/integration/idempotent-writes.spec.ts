@@ -13,6 +13,7 @@ import { PutSecretResponseSchema, SecretLabel, SecretService } from "../../gen/s
 import type { NexusClient } from "../../src/client/nexus-client.js";
 import { IDEMPOTENCY_TTL_MS } from "../../src/services/idempotency.js";
 import { IdempotencyStore } from "../../src/store/idempotency-store.js";
+import { holdRowLock } from "../support/row-lock.js";
 import { login } from "../support/admin-fixtures.js";
 import { expectGaplessSequences } from "../support/audit-fixtures.js";
 import { fails, ok, openDatabase, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
@@ -33,22 +34,7 @@ describe("idempotent writes (idempotency-key)", function () {
     (await db`SELECT v.version FROM secret_versions v JOIN secrets s ON s.id = v.secret_id WHERE s.path = ${path} ORDER BY v.version`).map((r) => r.version as number);
 
   /** Holds the secret's row lock in a transaction of the test's own until `release` is called: a put waits for it. */
-  const holdRow = async (path: string) => {
-    let release!: () => void;
-    const released = new Promise<void>((r) => (release = r));
-    let locked!: () => void;
-    const isLocked = new Promise<void>((r) => (locked = r));
-    const done = db.begin(async (tx) => {
-      await tx`SELECT id FROM secrets WHERE path = ${path} FOR UPDATE`;
-      locked();
-      await released;
-    });
-    await isLocked;
-    return async () => {
-      release();
-      await done;
-    };
-  };
+  const holdRow = (path: string) => holdRowLock(db, (tx) => tx`SELECT id FROM secrets WHERE path = ${path} FOR UPDATE`);
 
   before(async () => {
     server = await startSecretServer();
