@@ -13,6 +13,7 @@ import { fileURLToPath } from "node:url";
 import { GetSecretResponseSchema, PutSecretRequestSchema } from "../gen/spike/nexus/v1/secret_pb.js";
 import { macAuditEvent } from "../src/audit/audit-event.js";
 import { compilePattern } from "../src/authorization/policy.js";
+import { NexusMetrics } from "../src/metrics/nexus-metrics.js";
 import { associatedData, open, seal } from "../src/keys/aead.js";
 import { createAuthority } from "../test/support/test-pki.js";
 import { secretData } from "./load-protocol.js";
@@ -104,6 +105,29 @@ export async function microCosts(): Promise<Cost[]> {
 
   const pattern = compilePattern("bench/read/.*", "path_pattern");
   costs.push(measure("RE2 policy match of a path (re2js)", () => pattern.matches("bench/read/s000001")));
+
+  // Metrics on (issue 17: within 5 % of server CPU per GetSecret): what one call
+  // records, and what one scrape renders (paid once per scrape interval).
+  const getSecret = "/spike.nexus.v1.SecretService/GetSecret";
+  const metrics = new NexusMetrics([getSecret], {
+    sealed: () => false,
+    keyringKeys: () => 1,
+    activeKeyringKeyId: () => 1,
+    databaseUp: () => true,
+    databasePoolMax: 8,
+    databasePoolWaiting: () => 0,
+    auditEventsWaiting: () => 0,
+    svidNotAfterMs: () => Date.now(),
+  });
+  costs.push(measure("metrics: one call recorded (in flight ±1, duration histogram, requests counter)", () => metrics.calls.callStarted(getSecret)("OK")));
+  const renders: number[] = [];
+  for (let i = 0; i < 50; i++) {
+    const start = performance.now();
+    await metrics.render();
+    renders.push(performance.now() - start);
+  }
+  renders.sort((a, b) => a - b);
+  costs.push({ step: "metrics: one /metrics rendering (median of 50, per scrape)", microseconds: renders[25] * 1000 });
   return costs;
 }
 

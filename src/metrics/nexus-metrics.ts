@@ -20,6 +20,8 @@ export interface MetricSources {
   readonly databasePoolMax: number;
   /** This replica's connections as PostgreSQL sees them, sampled at scrape time. */
   readonly databasePool?: () => Promise<{ inUse: number; open: number }>;
+  /** Queries and transactions waiting in the driver for a free connection, read at scrape time. */
+  readonly databasePoolWaiting?: () => number;
   readonly auditEventsWaiting: () => number;
   /** The server's own X.509-SVID's notAfter, in ms since the epoch. */
   readonly svidNotAfterMs: () => number;
@@ -120,6 +122,17 @@ export class NexusMetrics {
         async collect() {
           const s = await sampled();
           if (s !== undefined) this.set(s.open);
+        },
+      });
+    }
+    const waiting = sources.databasePoolWaiting;
+    if (waiting !== undefined) {
+      new Gauge({
+        name: "nexus_database_pool_waiting",
+        help: "Queries and transactions waiting for a free database connection in this replica's pool (read at scrape)",
+        registers,
+        collect() {
+          this.set(waiting());
         },
       });
     }

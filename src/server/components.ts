@@ -47,7 +47,7 @@ import { AuditStore } from "../store/audit-store.js";
 import { CredentialStore } from "../store/credential-store.js";
 import type { Sql } from "../store/database.js";
 import { DatabaseMonitor } from "../store/database-monitor.js";
-import { poolActivity } from "../store/pool-activity.js";
+import { poolActivity, poolWaiting } from "../store/pool-activity.js";
 import { GrantEpochStore } from "../store/grant-epoch-store.js";
 import { KeyRotationStore } from "../store/key-rotation-store.js";
 import { PolicyStore } from "../store/policy-store.js";
@@ -116,6 +116,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
             databaseUp: () => monitor.isHealthy,
             databasePoolMax: config.dbPoolMax,
             databasePool: deps.databaseApplicationName === undefined ? undefined : () => poolActivity(sql, deps.databaseApplicationName!),
+            databasePoolWaiting: () => poolWaiting(sql),
             auditEventsWaiting: (): number => auditLog.eventsWaiting,
             svidNotAfterMs: () => new Date(new X509Certificate(certificates.material.cert).validTo).getTime(),
             watchStreamsOpen: () => watchHub.size,

@@ -1,7 +1,9 @@
 // What this replica's connections are doing, as PostgreSQL sees them: the
 // `postgres` driver keeps its pool's queues private, so the pool's occupancy is
 // read from pg_stat_activity instead, by the application_name each replica
-// connects with. Sampled when metrics are scraped.
+// connects with. Sampled when metrics are scraped. The one figure PostgreSQL
+// cannot see, the queries waiting for a connection, comes from the driver
+// (our patch exposes its queue length: patches/README.md).
 
 import { hostname } from "node:os";
 import { guarded, type Sql } from "./database.js";
@@ -27,4 +29,10 @@ export function poolActivity(sql: Sql, applicationName: string): Promise<PoolAct
         AND NOT (state = 'idle' AND query ILIKE 'listen %')`;
     return { inUse: r.in_use as number, open: r.open as number };
   });
+}
+
+/** Queries and transactions waiting in the driver for a free connection (0 when the driver lacks the patch). */
+export function poolWaiting(sql: Sql): number {
+  const waiting = (sql as unknown as { waiting?: () => number }).waiting;
+  return typeof waiting === "function" ? waiting() : 0;
 }

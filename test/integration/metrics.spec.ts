@@ -88,6 +88,8 @@ describe("metrics (NEXUS_METRICS_LISTEN)", function () {
     // Read from pg_stat_activity by this replica's application_name: its pool has connections open.
     expect(sample(text, "nexus_database_pool_open")).to.be.within(1, 4);
     expect(sample(text, "nexus_database_pool_in_use")).to.be.within(0, 4);
+    // From the driver's queue (patched postgres.js): nothing waits for a connection at rest.
+    expect(sample(text, "nexus_database_pool_waiting")).to.equal(0);
     expect(sample(text, "nexus_keyring_keys")).to.equal(1);
     expect(sample(text, "nexus_keyring_active_key_id")).to.be.at.least(1);
     expect(sample(text, "nexus_audit_batch_size_count")).to.be.at.least(1);
