@@ -113,31 +113,47 @@ SELECT * FROM r`;
 export const PUT_BATCH_SQL = `
 WITH t AS MATERIALIZED (
   SELECT * FROM json_to_recordset(:batch::text::json) AS t(
-    i int, secret_id uuid, new_version int, ciphertext_hex text, created_by text, expires_at timestamptz,
+    i int, secret_id uuid, new_version int, data_key_id int, ciphertext_hex text, created_by text, expires_at timestamptz,
+    new_current int, new_pending int, new_previous int, new_epoch bigint, new_labels_mac_hex text, expected_labels_mac_hex text,
     replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
-    outcome text, code text, detail jsonb, mac_hex text)
+    outcome text, code text, detail jsonb, mac_hex text, signature_hex text, signer_hex text,
+    idem_caller text, idem_key text, idem_rpc text, idem_request_mac_hex text, idem_response_hex text, idem_response_mac_hex text,
+    idem_created_at timestamptz)
 ), cur AS MATERIALIZED (
-  SELECT id, latest_version, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+  SELECT id, latest_version, data_key_id, current_version, pending_version, previous_version, label_epoch, labels_mac,
+         (expires_at IS NOT NULL AND expires_at <= now()) AS expired
   FROM secrets WHERE id IN (SELECT secret_id FROM t) ORDER BY id FOR UPDATE NOWAIT
 ), upd AS (
   UPDATE secrets s
-  SET latest_version = t.new_version, updated_at = now(), expires_at = coalesce(t.expires_at, s.expires_at)
+  SET latest_version = t.new_version, updated_at = now(), expires_at = coalesce(t.expires_at, s.expires_at),
+      current_version = t.new_current, pending_version = t.new_pending, previous_version = t.new_previous,
+      label_epoch = t.new_epoch, labels_mac = decode(t.new_labels_mac_hex, 'hex')
   FROM t JOIN cur ON cur.id = t.secret_id
-  WHERE s.id = t.secret_id AND s.latest_version = t.new_version - 1 AND (s.expires_at IS NULL OR s.expires_at > now())
+  WHERE s.id = t.secret_id AND s.latest_version = t.new_version - 1 AND s.data_key_id = t.data_key_id AND (s.expires_at IS NULL OR s.expires_at > now())
+    AND s.labels_mac IS NOT DISTINCT FROM decode(t.expected_labels_mac_hex, 'hex')
   RETURNING s.id, s.max_versions, t.i
 ), ins AS (
-  INSERT INTO secret_versions (secret_id, version, ciphertext, created_by)
-  SELECT upd.id, t.new_version, decode(t.ciphertext_hex, 'hex'), t.created_by FROM upd JOIN t ON t.i = upd.i
+  INSERT INTO secret_versions (secret_id, version, ciphertext, created_by, created_at)
+  SELECT upd.id, t.new_version, decode(t.ciphertext_hex, 'hex'), t.created_by, coalesce(t.idem_created_at, now()) FROM upd JOIN t ON t.i = upd.i
   RETURNING secret_id, created_at
 ), pruned AS (
   DELETE FROM secret_versions v USING upd JOIN t ON t.i = upd.i
   WHERE v.secret_id = upd.id AND v.version <= t.new_version - upd.max_versions
+    AND v.version IS DISTINCT FROM t.new_current AND v.version IS DISTINCT FROM t.new_pending
+    AND v.version IS DISTINCT FROM t.new_previous
 ), aud AS (
-  INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac)
-  SELECT t.replica_id, t.sequence, t.time, t.request_id, t.caller, t.rpc, t.path, t.version, t.outcome, t.code, t.detail, decode(t.mac_hex, 'hex')
+  INSERT INTO audit_events (replica_id, sequence, time, request_id, caller, rpc, path, version, outcome, code, detail, mac, signature, signer)
+  SELECT t.replica_id, t.sequence, t.time, t.request_id, t.caller, t.rpc, t.path, t.version, t.outcome, t.code, t.detail, decode(t.mac_hex, 'hex'),
+         decode(t.signature_hex, 'hex'), decode(t.signer_hex, 'hex')
   FROM t JOIN upd ON upd.i = t.i
+), idem AS (
+  INSERT INTO idempotency_keys (caller, key, rpc, request_mac, response, response_mac, created_at)
+  SELECT t.idem_caller, t.idem_key, t.idem_rpc, decode(t.idem_request_mac_hex, 'hex'), decode(t.idem_response_hex, 'hex'), decode(t.idem_response_mac_hex, 'hex'),
+         t.idem_created_at
+  FROM t JOIN upd ON upd.i = t.i WHERE t.idem_key IS NOT NULL
 )
-SELECT t.i, ins.created_at, cur.latest_version, cur.expired
+SELECT t.i, ins.created_at, cur.latest_version, cur.expired, cur.data_key_id, cur.current_version, cur.pending_version,
+       cur.previous_version, cur.label_epoch, cur.labels_mac
 FROM t LEFT JOIN cur ON cur.id = t.secret_id LEFT JOIN ins ON ins.secret_id = t.secret_id`;
 
 /** Marks the floor's own bookkeeping statements, which the server has no counterpart of. */
@@ -160,15 +176,21 @@ export async function prepareFloorData(sql: postgres.Sql, readSecrets: number, c
   // those secrets fail their label integrity check (and no key rotation unwraps the copies,
   // which the rotation phase therefore deletes).
   await sql`
-    INSERT INTO secrets (id, path, latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, created_at, updated_at)
+    INSERT INTO secrets (id, path, latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, created_at, updated_at,
+                         current_version, pending_version, previous_version, label_epoch, labels_mac)
     SELECT md5('pgbench-write/' || id::text)::uuid, 'floor/write/' || substr(path, length('bench/write/') + 1),
-           latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, created_at, updated_at
+           latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, created_at, updated_at,
+           current_version, pending_version, previous_version, label_epoch, labels_mac
     FROM secrets WHERE path >= 'bench/write/' AND path < 'bench/write0'
     ON CONFLICT DO NOTHING`;
+  // With their labels: GetSecret reads the version "current" names, so a copy
+  // without them reads nothing and its audit event is never written.
   await sql`
-    INSERT INTO secrets (id, path, latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, created_at, updated_at)
+    INSERT INTO secrets (id, path, latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, created_at, updated_at,
+                         current_version, pending_version, previous_version, label_epoch, labels_mac)
     SELECT md5('pgbench-read/' || id::text)::uuid, (row_number() OVER (ORDER BY path) - 1)::text,
-           latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, created_at, updated_at
+           latest_version, max_versions, data_key_id, wrapped_data_key, keyring_key_id, created_at, updated_at,
+           current_version, pending_version, previous_version, label_epoch, labels_mac
     FROM secrets WHERE path >= 'bench/read/' AND path < 'bench/read0'
     ON CONFLICT DO NOTHING`;
   await sql`
@@ -239,12 +261,20 @@ export async function pgbenchPut(run: FloorRun, putBatch: number): Promise<Pgben
     `  SELECT id, path FROM secrets WHERE path >= 'floor/write/s' || lpad(:idx::text, 6, '0') AND path < 'floor/write0' ORDER BY path LIMIT ${batch}) x \\gset`,
     "\\set init 1",
     "\\endif",
-    `SELECT json_agg(json_build_object('i', n - 1, 'secret_id', id, 'new_version', latest_version + 1, 'ciphertext_hex', :ct::text,`,
-    "    'created_by', :created_by::text, 'expires_at', NULL, 'replica_id', :replica::text, 'sequence', n, 'time', now(),",
+    // A put makes its new version current and the old current previous (the
+    // server's default labels), with a label MAC the next put expects: the
+    // floor's copies are outside bench/, so placeholder MACs break nothing.
+    `SELECT json_agg(json_build_object('i', n - 1, 'secret_id', id, 'new_version', latest_version + 1, 'data_key_id', data_key_id,`,
+    "    'ciphertext_hex', :ct::text, 'created_by', :created_by::text, 'expires_at', NULL,",
+    "    'new_current', latest_version + 1, 'new_pending', NULL, 'new_previous', current_version, 'new_epoch', coalesce(label_epoch, 0) + 1,",
+    "    'new_labels_mac_hex', :mac_hex::text, 'expected_labels_mac_hex', encode(labels_mac, 'hex'),",
+    "    'replica_id', :replica::text, 'sequence', n, 'time', now(),",
     "    'request_id', :request_id::text, 'caller', :created_by::text, 'rpc', :rpc_put::text, 'path', :write_path::text,",
-    "    'version', latest_version + 1, 'outcome', 'ok', 'code', 'OK', 'detail', '{}'::json, 'mac_hex', :mac_hex::text))::text AS batch,",
+    "    'version', latest_version + 1, 'outcome', 'ok', 'code', 'OK', 'detail', '{}'::json, 'mac_hex', :mac_hex::text,",
+    "    'signature_hex', NULL, 'signer_hex', NULL))::text AS batch,",
     `  1 AS ${FLOOR_BOOKKEEPING}`,
-    "FROM (SELECT id, latest_version, row_number() OVER (ORDER BY path) AS n FROM secrets WHERE id = ANY(:sids::uuid[])) x \\gset",
+    "FROM (SELECT id, latest_version, data_key_id, current_version, label_epoch, labels_mac, row_number() OVER (ORDER BY path) AS n",
+    "      FROM secrets WHERE id = ANY(:sids::uuid[])) x \\gset",
     PUT_BATCH_SQL.trim(),
     "",
   ].join("\n"));
@@ -333,5 +363,11 @@ function exec(file: string, args: string[]): Promise<{ code: number | null; stdo
 /** How many of the floor's puts took effect (their audit row exists only if the version was written). */
 export async function floorPutsWritten(sql: postgres.Sql): Promise<number> {
   const [row] = await sql`SELECT count(*)::int AS n FROM audit_events WHERE replica_id = ${REPLICA} AND rpc = '/spike.nexus.v1.SecretService/PutSecret'`;
+  return row.n as number;
+}
+
+/** How many of the floor's reads found their version (the statement writes a read's audit row only then). */
+export async function floorReadsFound(sql: postgres.Sql): Promise<number> {
+  const [row] = await sql`SELECT count(*)::int AS n FROM audit_events WHERE replica_id = ${REPLICA} AND rpc = '/spike.nexus.v1.SecretService/GetSecret'`;
   return row.n as number;
 }

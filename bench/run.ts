@@ -27,7 +27,7 @@ import { benchConfig, type BenchConfig } from "./bench-config.js";
 import { analyze, capturedStatements, resetStatements, seedListPaths, startBenchDatabase, type BenchDatabase, type CapturedStatement } from "./bench-database.js";
 import { createBenchPki, NEXUS_ID, type BenchPki } from "./bench-pki.js";
 import { profileMarkdown, summarizeProfile, type CpuProfile } from "./cpu-profile.js";
-import { FLOOR_BOOKKEEPING, findPgbench, floorPutsWritten, pgbenchGet, pgbenchPut, prepareFloorData, type FloorRun, type PgbenchResult } from "./database-floor.js";
+import { FLOOR_BOOKKEEPING, findPgbench, floorPutsWritten, floorReadsFound, pgbenchGet, pgbenchPut, prepareFloorData, type FloorRun, type PgbenchResult } from "./database-floor.js";
 import { BENCH_POLICIES, createPolicy, initializeAndLogin, seedReadAndWriteSecrets } from "./nexus-setup.js";
 import { processRssMb } from "./process-stats.js";
 import { explainHotStatements } from "./query-plans.js";
@@ -172,6 +172,7 @@ async function main(): Promise<void> {
     let putBatch: number | undefined;
     const floorMatch: Record<string, "queryid" | "text" | "different"> = {};
     const floorPutsBefore = floor ? await floorPutsWritten(db.sql) : 0;
+    const floorReadsBefore = floor ? await floorReadsFound(db.sql) : 0;
     const specs = scenarios(config, pki);
     // The database floor after the scenarios that have one: get and put under
     // load with the server's mean batch, and get at one call in flight with one
@@ -229,6 +230,10 @@ async function main(): Promise<void> {
     const floorPuts = floor
       ? { transactions: rounds.flatMap((r) => r.pgbench.filter((p) => p.name === "put")).reduce((a, p) => a + p.transactions, 0), written: (await floorPutsWritten(db.sql)) - floorPutsBefore }
       : undefined;
+    const floorReads = floor
+      ? { transactions: rounds.flatMap((r) => r.pgbench.filter((p) => p.name.startsWith("get"))).reduce((a, p) => a + p.transactions, 0), found: (await floorReadsFound(db.sql)) - floorReadsBefore }
+      : undefined;
+    if (floorReads && floorReads.found < floorReads.transactions) log(`WARNING: only ${floorReads.found} of ${floorReads.transactions} pgbench reads found their version: the floor is not doing a GetSecret's work`);
 
     const plans = await phase("EXPLAIN ANALYZE the hot statements", () => explainHotStatements(db.sql));
 
@@ -304,7 +309,7 @@ async function main(): Promise<void> {
       startup = await phase(`start-up ×${config.startupRepeats}`, () => startupTimes(base, pki, PASSWORD, passwordFile, config.startupRepeats));
     }
 
-    notes.push(...runNotes(config, db, floor, auditBatch, putBatch, floorPuts));
+    notes.push(...runNotes(config, db, floor, auditBatch, putBatch, floorPuts, floorReads));
     for (const [name, same] of Object.entries(floorMatch)) {
       const rpc = name === "get" ? "GetSecret" : "PutSecret";
       notes.push(
@@ -417,7 +422,15 @@ function isInteresting(s: CapturedStatement): boolean {
   return !/pg_stat_statements|pg_settings|^\s*(BEGIN|COMMIT|SET|SHOW|LISTEN)\b/i.test(s.query);
 }
 
-function runNotes(config: BenchConfig, db: BenchDatabase, floor: FloorRun | undefined, auditBatch: number | undefined, putBatch: number | undefined, floorPuts: { transactions: number; written: number } | undefined): string[] {
+function runNotes(
+  config: BenchConfig,
+  db: BenchDatabase,
+  floor: FloorRun | undefined,
+  auditBatch: number | undefined,
+  putBatch: number | undefined,
+  floorPuts: { transactions: number; written: number } | undefined,
+  floorReads: { transactions: number; found: number } | undefined,
+): string[] {
   const notes = [
     `One machine runs everything: the server (one Node process), PostgreSQL, ${config.workers} load-worker processes (grpc-js over mTLS, EC P-256 SVIDs) and pgbench; figures are comparable within this run, not across machines.`,
     `Durable commits: fsync=${db.settings.fsync}, synchronous_commit=${db.settings.synchronous_commit}, full_page_writes=${db.settings.full_page_writes}, wal_sync_method=${db.settings.wal_sync_method}.`,
@@ -431,7 +444,7 @@ function runNotes(config: BenchConfig, db: BenchDatabase, floor: FloorRun | unde
     notes.push(
       `Database floor: ${floor.bin.version} (${floor.bin.path}${floor.bin.installed ? `, installed by the harness: ${floor.bin.installed}` : ", found installed"}) against the embedded PostgreSQL ${db.settings.server_version} — the libpq protocol is compatible. -M prepared, -c ${floor.data.clients} (= NEXUS_DB_POOL_MAX), -j ${floor.threads}, ${floor.durationS} s per round.`,
       `pgbench put: SecretStore's put statement verbatim — appendMany, the group commit of puts to different secrets, with ${Math.max(1, Math.round(putBatch ?? 1))} puts per statement (the mean batch the server wrote during put@${config.inFlight}${putBatch === undefined ? ": not captured, 1 assumed" : `: ${putBatch.toFixed(1)}`}), each client appending to its own existing write secrets, plus one bookkeeping SELECT per statement for their next version numbers; expires_at is SQL NULL. pgbench-put throughput counts puts (statements × batch).${floorPuts ? ` ${floorPuts.written.toLocaleString("en-US")} of ${floorPuts.transactions.toLocaleString("en-US")} floor puts wrote a version.` : ""}`,
-      `pgbench get: AuditStore.insertBatch verbatim — the audit group commit that carries GetSecret's reads — with ${Math.max(1, Math.round(auditBatch ?? 8))} reads per statement (the mean batch the server wrote during get@${config.inFlight}${auditBatch === undefined ? ": not captured, 8 assumed" : `: ${auditBatch.toFixed(1)}`}), over a fixed random batch of copies of the read secrets at paths "0".."${config.readSecrets - 1}" (pgbench variables are fixed strings). pgbench-get throughput counts reads (statements × batch).`,
+      `pgbench get: AuditStore.insertBatch verbatim — the audit group commit that carries GetSecret's reads — with ${Math.max(1, Math.round(auditBatch ?? 8))} reads per statement (the mean batch the server wrote during get@${config.inFlight}${auditBatch === undefined ? ": not captured, 8 assumed" : `: ${auditBatch.toFixed(1)}`}), over a fixed random batch of copies of the read secrets at paths "0".."${config.readSecrets - 1}" (pgbench variables are fixed strings). pgbench-get throughput counts reads (statements × batch).${floorReads ? ` ${floorReads.found.toLocaleString("en-US")} of ${floorReads.transactions.toLocaleString("en-US")} floor reads (get and get@1) found their version and wrote their audit event.` : ""}`,
       `pgbench get@1: the same statement with one client and one read per statement, run after GetSecret @1 — the database's share of a read at one call in flight (parse, execute, one durable commit). Health p50 plus its p50 is the least GetSecret p50 @1 can be while every read's audit event is committed before the answer: the ratio row "(Health p50 + pgbench-get@1 p50) / Health p50 @1".`,
     );
   }
