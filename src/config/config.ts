@@ -131,11 +131,11 @@ export const SETTINGS = {
   keyRotationBatch: { env: "NEXUS_KEY_ROTATION_BATCH", help: "data keys re-wrapped per transaction during a rotation", parse: positiveInt, serveDefault: "500", devDefault: "500" },
   keyRotationPause: { env: "NEXUS_KEY_ROTATION_PAUSE", help: "pause between re-wrap batches (throttles a rotation)", parse: parseDuration, serveDefault: "0ms", devDefault: "0ms" },
   watchMaxLifetime: { env: "NEXUS_WATCH_MAX_LIFETIME", help: "longest a WatchSecrets stream stays open (the client resumes)", parse: parseDuration, serveDefault: "1h", devDefault: "1h" },
-  rateLimitRps: { env: "NEXUS_RATE_LIMIT_RPS", help: "calls per second each caller (SPIFFE ID) may make, per replica (0 = no limit)", parse: nonNegativeNumber, serveDefault: "1000", devDefault: "1000" },
+  rateLimitRps: { env: "NEXUS_RATE_LIMIT_RPS", help: "calls per second each caller (SPIFFE ID) may make, across replicas (0 = no limit)", parse: nonNegativeNumber, serveDefault: "1000", devDefault: "1000" },
   rateLimitBurst: { env: "NEXUS_RATE_LIMIT_BURST", help: "calls a caller may make at once above its rate", parse: positiveInt, serveDefault: "2000", devDefault: "2000" },
   authFailureRateLimitRps: {
     env: "NEXUS_AUTH_FAILURE_RATE_LIMIT_RPS",
-    help: "failed authentications per second one identity (SPIFFE ID, or a rejected certificate) may make, per replica (0 = no limit)",
+    help: "failed authentications per second one identity (SPIFFE ID, or a rejected certificate) may make, across replicas (0 = no limit)",
     parse: nonNegativeNumber,
     serveDefault: "10",
     devDefault: "10",
