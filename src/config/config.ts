@@ -66,6 +66,8 @@ export interface NexusConfig {
   readonly rateLimits: {
     readonly calls: { readonly perSecond: number; readonly burst: number };
     readonly authFailures: { readonly perSecond: number; readonly burst: number };
+    /** How often replicas exchange their callers' usage through the database; 0: never (per-replica limits). */
+    readonly syncIntervalMs: number;
   };
   /** The SPIFFE ID every replica of this Nexus serves with; only it may call ReplicaService. */
   readonly serverId: string;
@@ -129,16 +131,23 @@ export const SETTINGS = {
   keyRotationBatch: { env: "NEXUS_KEY_ROTATION_BATCH", help: "data keys re-wrapped per transaction during a rotation", parse: positiveInt, serveDefault: "500", devDefault: "500" },
   keyRotationPause: { env: "NEXUS_KEY_ROTATION_PAUSE", help: "pause between re-wrap batches (throttles a rotation)", parse: parseDuration, serveDefault: "0ms", devDefault: "0ms" },
   watchMaxLifetime: { env: "NEXUS_WATCH_MAX_LIFETIME", help: "longest a WatchSecrets stream stays open (the client resumes)", parse: parseDuration, serveDefault: "1h", devDefault: "1h" },
-  rateLimitRps: { env: "NEXUS_RATE_LIMIT_RPS", help: "calls per second each caller (SPIFFE ID) may make, per replica (0 = no limit)", parse: nonNegativeNumber, serveDefault: "1000", devDefault: "1000" },
+  rateLimitRps: { env: "NEXUS_RATE_LIMIT_RPS", help: "calls per second each caller (SPIFFE ID) may make, across replicas (0 = no limit)", parse: nonNegativeNumber, serveDefault: "1000", devDefault: "1000" },
   rateLimitBurst: { env: "NEXUS_RATE_LIMIT_BURST", help: "calls a caller may make at once above its rate", parse: positiveInt, serveDefault: "2000", devDefault: "2000" },
   authFailureRateLimitRps: {
     env: "NEXUS_AUTH_FAILURE_RATE_LIMIT_RPS",
-    help: "failed authentications per second one identity (SPIFFE ID, or a rejected certificate) may make, per replica (0 = no limit)",
+    help: "failed authentications per second one identity (SPIFFE ID, or a rejected certificate) may make, across replicas (0 = no limit)",
     parse: nonNegativeNumber,
     serveDefault: "10",
     devDefault: "10",
   },
   authFailureRateLimitBurst: { env: "NEXUS_AUTH_FAILURE_RATE_LIMIT_BURST", help: "failed authentications one identity may make at once", parse: positiveInt, serveDefault: "100", devDefault: "100" },
+  rateLimitSyncInterval: {
+    env: "NEXUS_RATE_LIMIT_SYNC_INTERVAL",
+    help: "how often replicas share their callers' rate-limit usage through the database (at least 100ms; off = each replica limits alone)",
+    parse: parseSyncInterval,
+    serveDefault: "1s",
+    devDefault: "1s",
+  },
   watchRetention: { env: "NEXUS_WATCH_RETENTION", help: "how long watch events are kept (oldest resumable cursor)", parse: parseDuration, serveDefault: "24h", devDefault: "24h" },
   serverId: { env: "NEXUS_SERVER_ID", help: "SPIFFE ID of the Nexus replicas, the only caller of ReplicaService (default spiffe://<trust domain>/spike/nexus)", parse: parseSpiffeIdSetting },
   advertiseAddress: { env: "NEXUS_ADVERTISE_ADDRESS", help: "host:port of this replica's gRPC listener as other replicas dial it (peer unseal); default: NEXUS_LISTEN unless its host is 0.0.0.0 or ::", parse: parseListen },
@@ -191,6 +200,7 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
     rateLimits: {
       calls: { perSecond: required("rateLimitRps"), burst: required("rateLimitBurst") },
       authFailures: { perSecond: required("authFailureRateLimitRps"), burst: required("authFailureRateLimitBurst") },
+      syncIntervalMs: required("rateLimitSyncInterval"),
     },
     serverId: get<string>("serverId") ?? `spiffe://${trustDomain}/spike/nexus`,
     advertiseAddress: get<ListenAddress>("advertiseAddress") ?? (WILDCARD_HOSTS.has(listen.host) || listen.port === 0 ? undefined : listen),
@@ -356,6 +366,13 @@ export function parseDuration(raw: string): number {
 
 function parseDurationOrOff(raw: string): number {
   return raw.trim() === "off" || raw.trim() === "0" ? 0 : parseDuration(raw);
+}
+
+/** A duration of at least 100 ms, or off (0): shorter would be a database write per replica many times a second. */
+function parseSyncInterval(raw: string): number {
+  const ms = parseDurationOrOff(raw);
+  if (ms !== 0 && ms < 100) throw new Error(`"${raw}" is shorter than 100ms (use off to turn sharing off)`);
+  return ms;
 }
 
 function nonNegativeNumber(raw: string): number {

@@ -58,8 +58,11 @@ import { WorkloadApiCertificateSource } from "../transport/workload-api-certific
 import { WorkloadApiSource } from "../workload-api/workload-api-source.js";
 import { IdempotentWrites } from "../services/idempotency.js";
 import { IdempotencyStore } from "../store/idempotency-store.js";
+import { RateLimitUsageStore } from "../store/rate-limit-usage-store.js";
+import { RateLimits } from "../transport/rate-limits.js";
 import { startListeners, type Listeners } from "./listeners.js";
 import { startMaintenance } from "./maintenance.js";
+import { RateLimitSync } from "./rate-limit-sync.js";
 
 /** How often a replica looks for due rotations: well inside the 30 s the scheduler promises. */
 const ROTATION_CHECK_INTERVAL_MS = 5_000;
@@ -248,6 +251,16 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
     }),
   );
 
+  // Per-caller limits, shared with the other replicas through the database every sync interval.
+  const { syncIntervalMs } = config.rateLimits;
+  const sharing = syncIntervalMs > 0 && (config.rateLimits.calls.perSecond > 0 || config.rateLimits.authFailures.perSecond > 0);
+  const rateLimits = new RateLimits({ ...config.rateLimits, shareUsage: sharing }, metrics?.rateLimits);
+  if (sharing) {
+    const sync = new RateLimitSync({ limits: rateLimits, store: new RateLimitUsageStore(sql), instanceId: auditLog.replicaId, intervalMs: syncIntervalMs, logger });
+    sync.start();
+    cleanup.push(() => sync.stop());
+  }
+
   const listeners = await startListeners({
     config,
     logger,
@@ -257,7 +270,7 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
     access: new AccessController(config.superuserId, engine, credentials, keys, () => policySync.loaded, config.serverId),
     auditLog,
     callObserver: metrics?.calls,
-    rateLimitObserver: metrics?.rateLimits,
+    rateLimits,
     idempotency,
     cleanup,
   });

@@ -24,7 +24,7 @@ import { createConnectServer } from "../transport/connect-server.js";
 import { addServicesToGrpcServer, auditUnknownMethods, grpcServerOptions, listenGrpcTls } from "../transport/grpc-server.js";
 import { HealthReporter } from "../transport/health.js";
 import { listen } from "../transport/listen.js";
-import { RateLimits, type RateLimitObserver } from "../transport/rate-limits.js";
+import type { RateLimits } from "../transport/rate-limits.js";
 import { createReflectionService } from "../transport/reflection.js";
 
 export interface ListenerDeps {
@@ -39,8 +39,8 @@ export interface ListenerDeps {
   readonly callObserver?: CallObserver;
   /** Idempotency keys on writes (services/idempotency.ts); none, a key is refused. */
   readonly idempotency?: IdempotentWrites;
-  /** Told of every call refused by a rate limit (metrics). */
-  readonly rateLimitObserver?: RateLimitObserver;
+  /** The per-caller rate limits every call is checked against; none, no limit. */
+  readonly rateLimits?: RateLimits;
   /** Where each listener registers how to take it down. */
   readonly cleanup: Array<() => Promise<void> | void>;
 }
@@ -56,7 +56,7 @@ export interface Listeners {
 
 export async function startListeners(deps: ListenerDeps): Promise<Listeners> {
   const { config, logger, services, certificates, cleanup } = deps;
-  const pipeline = new CallPipeline(deps.authenticator, deps.access, deps.auditLog, logger, deps.callObserver, deps.idempotency, new RateLimits(config.rateLimits, deps.rateLimitObserver));
+  const pipeline = new CallPipeline(deps.authenticator, deps.access, deps.auditLog, logger, deps.callObserver, deps.idempotency, deps.rateLimits);
   const health = new HealthReporter(services.map((s) => s.desc.typeName));
 
   const grpcServer = new grpc.Server(grpcServerOptions(config));

@@ -10,8 +10,13 @@
 //   of the certificate it presented (the TLS layer has already checked it
 //   chains to the trust bundle, so fingerprints are not free to mint). While a
 //   key's failure bucket is empty its calls are refused before authentication.
-// Each replica keeps its own buckets: with N replicas behind a load balancer a
-// caller gets at most N times the configured rate (docs/operations.md).
+// Buckets live in each replica's memory; they are shared across replicas by
+// exchanging usage, never by a database round trip per call: when sharing is
+// on, a bucket counts the tokens its caller took here, the composition root
+// (server/rate-limit-sync.ts) periodically takes those counts (takeUsage) to
+// publish them, and applies what the other replicas took (applyRemoteUsage).
+// Remote usage only ever takes tokens, down to a floor of -burst, so a caller
+// that overdrew elsewhere waits here too, and no usage row can raise a rate.
 // A refusal is RESOURCE_EXHAUSTED (reason RATE_LIMITED) with a RetryInfo.
 
 import { NexusError } from "../errors/nexus-error.js";
@@ -28,16 +33,34 @@ export interface RateLimitSettings {
   readonly authFailures: BucketSettings;
   /** Buckets kept per kind before idle (full) ones are dropped. */
   readonly maxKeys?: number;
+  /** Count each caller's tokens for takeUsage (replicas share their usage); off, nothing is counted. */
+  readonly shareUsage?: boolean;
 }
+
+export type RateLimitKind = "calls" | "auth_failures";
 
 /** Counts refusals (metrics); `kind` is "calls" or "auth_failures", never a caller. */
 export interface RateLimitObserver {
-  limited(kind: "calls" | "auth_failures"): void;
+  limited(kind: RateLimitKind): void;
 }
+
+/** Tokens one caller (key) took from one kind of bucket. */
+export interface RateLimitUsage {
+  readonly kind: RateLimitKind;
+  readonly key: string;
+  readonly tokens: number;
+}
+
+/** Usage reported per interval is only worth sharing from this share of rate × interval (and at least one token). */
+export const SIGNIFICANT_USAGE_SHARE = 0.05;
 
 interface Bucket {
   tokens: number;
   updatedMs: number;
+  /** Undefined for the overflow bucket: its tokens are no one caller's. */
+  readonly key: string | undefined;
+  /** Tokens taken here since the last takeUsage (only counted when sharing). */
+  taken: number;
 }
 
 const DEFAULT_MAX_KEYS = 100_000;
@@ -56,13 +79,17 @@ export class TokenBuckets {
   private readonly overflow: Bucket;
   /** No bucket can have refilled before this time: a full map is not swept again until then. */
   private nextSweepMs = 0;
+  /** Buckets with tokens taken since the last takeUsage; undefined when usage is not counted. */
+  private readonly used: Bucket[] | undefined;
 
   constructor(
     private readonly settings: BucketSettings,
     private readonly maxKeys = DEFAULT_MAX_KEYS,
     private readonly now: () => number = Date.now,
+    countUsage = false,
   ) {
-    this.overflow = { tokens: settings.burst, updatedMs: now() };
+    this.overflow = { tokens: settings.burst, updatedMs: now(), key: undefined, taken: 0 };
+    this.used = countUsage ? [] : undefined;
   }
 
   get enabled(): boolean {
@@ -79,9 +106,52 @@ export class TokenBuckets {
     const b = this.refilled(key);
     if (b.tokens >= 1) {
       b.tokens -= 1;
+      // A list of the buckets used, not a Map of counts: one push per caller per interval, no hashing per call.
+      if (this.used !== undefined && b.key !== undefined && b.taken++ === 0) this.used.push(b);
       return 0;
     }
     return this.waitMs(b);
+  }
+
+  /**
+   * The tokens each caller took here since the last call, for those that took
+   * at least `minTokens`; starts counting afresh. Callers below it are not
+   * reported (and their count is dropped): quiet callers cost nothing to share.
+   */
+  takeUsage(minTokens: number): Array<{ key: string; tokens: number }> {
+    if (this.used === undefined) return [];
+    // A key can have two buckets here: one swept (refilled) and its successor.
+    const byKey = new Map<string, number>();
+    for (const b of this.used) {
+      byKey.set(b.key!, (byKey.get(b.key!) ?? 0) + b.taken);
+      b.taken = 0;
+    }
+    this.used.length = 0;
+    return [...byKey].filter(([, tokens]) => tokens >= minTokens).map(([key, tokens]) => ({ key, tokens }));
+  }
+
+  /**
+   * Takes `tokens` another replica's caller `key` used from its bucket here,
+   * down to -burst at most (it then waits up to 2 × burst / rate). A count that
+   * is not a positive number changes nothing: usage never adds tokens. A
+   * caller not remembered gets a bucket, unless the map is full of buckets
+   * that have not refilled: the shared overflow bucket is never charged for
+   * one caller.
+   */
+  applyRemoteUsage(key: string, tokens: number): void {
+    if (!this.enabled || !(tokens > 0)) return;
+    const now = this.now();
+    let b = this.buckets.get(key);
+    if (b === undefined) {
+      if (this.buckets.size >= this.maxKeys) this.sweep(now);
+      if (this.buckets.size >= this.maxKeys) return;
+      b = { tokens: this.settings.burst, updatedMs: now, key, taken: 0 };
+      this.buckets.set(key, b);
+    } else {
+      b.tokens = this.tokensAt(b, now);
+      b.updatedMs = now;
+    }
+    b.tokens = Math.max(-this.settings.burst, b.tokens - tokens);
   }
 
   /** How many ms until `key` has a token (0: it has one now); takes nothing. */
@@ -109,7 +179,7 @@ export class TokenBuckets {
       if (this.buckets.size >= this.maxKeys) this.sweep(now);
       if (this.buckets.size >= this.maxKeys) b = this.overflow;
       else {
-        b = { tokens: this.settings.burst, updatedMs: now };
+        b = { tokens: this.settings.burst, updatedMs: now, key, taken: 0 };
         this.buckets.set(key, b);
         return b;
       }
@@ -142,9 +212,34 @@ export class RateLimits {
   private readonly calls: TokenBuckets;
   private readonly failures: TokenBuckets;
 
-  constructor(settings: RateLimitSettings, private readonly observer?: RateLimitObserver, now: () => number = Date.now) {
-    this.calls = new TokenBuckets(settings.calls, settings.maxKeys, now);
-    this.failures = new TokenBuckets(settings.authFailures, settings.maxKeys, now);
+  constructor(
+    private readonly settings: RateLimitSettings,
+    private readonly observer?: RateLimitObserver,
+    now: () => number = Date.now,
+  ) {
+    this.calls = new TokenBuckets(settings.calls, settings.maxKeys, now, settings.shareUsage);
+    this.failures = new TokenBuckets(settings.authFailures, settings.maxKeys, now, settings.shareUsage);
+  }
+
+  /**
+   * The tokens each caller took on this replica since the last call, for
+   * callers whose usage is significant over `intervalMs`: at least
+   * SIGNIFICANT_USAGE_SHARE of what the rate allows in it, and one token.
+   */
+  takeUsage(intervalMs: number): RateLimitUsage[] {
+    const significant = (s: BucketSettings) => Math.max(1, (SIGNIFICANT_USAGE_SHARE * s.perSecond * intervalMs) / 1000);
+    return [
+      ...this.calls.takeUsage(significant(this.settings.calls)).map((u) => ({ kind: "calls" as const, ...u })),
+      ...this.failures.takeUsage(significant(this.settings.authFailures)).map((u) => ({ kind: "auth_failures" as const, ...u })),
+    ];
+  }
+
+  /** Takes from the local buckets what callers used on other replicas; unknown kinds are ignored. */
+  applyRemoteUsage(usage: Iterable<{ readonly kind: string; readonly key: string; readonly tokens: number }>): void {
+    for (const u of usage) {
+      if (u.kind === "calls") this.calls.applyRemoteUsage(u.key, u.tokens);
+      else if (u.kind === "auth_failures") this.failures.applyRemoteUsage(u.key, u.tokens);
+    }
   }
 
   /** Before authentication: refuses a presented certificate (or caller) whose failed authentications used up its bucket. */
@@ -166,7 +261,7 @@ export class RateLimits {
     if (key !== undefined) this.failures.take(key);
   }
 
-  private refusal(kind: "calls" | "auth_failures", waitMs: number, why: string): NexusError {
+  private refusal(kind: RateLimitKind, waitMs: number, why: string): NexusError {
     this.observer?.limited(kind);
     return new NexusError("resource_exhausted", `${why}; retry in ${Math.ceil(waitMs)} ms`, { reason: "RATE_LIMITED", retryDelayMs: waitMs });
   }

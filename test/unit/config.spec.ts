@@ -157,6 +157,15 @@ describe("loadConfig", () => {
       expect(configError(() => load({ ...SERVE_ENV, NEXUS_PEER_UNSEAL: "maybe" })).message).to.match(/^NEXUS_PEER_UNSEAL \(--peer-unseal\): "maybe" is not on or off/);
       expect(configError(() => load({ ...SERVE_ENV, NEXUS_SERVER_ID: "nexus" })).message).to.match(/^NEXUS_SERVER_ID \(--server-id\)/);
     });
+
+    it("rate limits are shared every second by default; NEXUS_RATE_LIMIT_SYNC_INTERVAL sets it, off turns it off, under 100ms is refused", () => {
+      expect(load(SERVE_ENV).rateLimits.syncIntervalMs).to.equal(1000);
+      expect(load({}, [], "dev").rateLimits.syncIntervalMs).to.equal(1000);
+      expect(load({ ...SERVE_ENV, NEXUS_RATE_LIMIT_SYNC_INTERVAL: "250ms" }).rateLimits.syncIntervalMs).to.equal(250);
+      expect(load({ ...SERVE_ENV, NEXUS_RATE_LIMIT_SYNC_INTERVAL: "off" }).rateLimits.syncIntervalMs).to.equal(0);
+      expect(configError(() => load({ ...SERVE_ENV, NEXUS_RATE_LIMIT_SYNC_INTERVAL: "10ms" })).message).to.match(/^NEXUS_RATE_LIMIT_SYNC_INTERVAL \(--rate-limit-sync-interval\): "10ms" is shorter than 100ms/);
+      expect(configError(() => load({ ...SERVE_ENV, NEXUS_RATE_LIMIT_SYNC_INTERVAL: "often" })).message).to.match(/^NEXUS_RATE_LIMIT_SYNC_INTERVAL .*not a duration/);
+    });
   });
 
   describe("the SVID from the SPIFFE Workload API", () => {

@@ -126,3 +126,116 @@ describe("RateLimits", () => {
     limits.checkFailures(() => "cert-1");
   });
 });
+
+// Sharing across replicas (server/rate-limit-sync.ts): each replica reports
+// the tokens its callers took and takes what they took elsewhere.
+describe("RateLimits shared across replicas: usage out, remote usage in", () => {
+  let now = 0;
+  const clock = () => now;
+  beforeEach(() => (now = 1_000_000));
+  const shared = (calls = { perSecond: 100, burst: 10 }, authFailures = { perSecond: 10, burst: 10 }) =>
+    new RateLimits({ calls, authFailures, shareUsage: true }, undefined, clock);
+  const admitted = (limits: RateLimits, caller: string, n: number) => {
+    let ok = 0;
+    for (let i = 0; i < n; i++) {
+      try {
+        limits.admit(caller);
+        ok++;
+      } catch {
+        // refused
+      }
+    }
+    return ok;
+  };
+
+  it("reports the tokens each caller took since the last report, then starts afresh", () => {
+    const limits = shared();
+    admitted(limits, "a", 7);
+    limits.authenticationFailed("cert-1");
+    limits.authenticationFailed("cert-1");
+    expect(limits.takeUsage(1000)).to.have.deep.members([
+      { kind: "calls", key: "a", tokens: 7 },
+      { kind: "auth_failures", key: "cert-1", tokens: 2 },
+    ]);
+    expect(limits.takeUsage(1000), "nothing new").to.deep.equal([]);
+    now += 1000;
+    admitted(limits, "a", 6);
+    expect(limits.takeUsage(1000)).to.deep.equal([{ kind: "calls", key: "a", tokens: 6 }]);
+  });
+
+  it("counts only tokens taken, not refused calls", () => {
+    const limits = shared({ perSecond: 1, burst: 3 });
+    expect(admitted(limits, "a", 10)).to.equal(3);
+    expect(limits.takeUsage(1000)).to.deep.equal([{ kind: "calls", key: "a", tokens: 3 }]);
+  });
+
+  it("does not report quiet callers: below 5 % of rate × interval (and one token) a caller costs nothing to share", () => {
+    const limits = shared({ perSecond: 100, burst: 100 });
+    admitted(limits, "quiet", 4); // 5 % of 100/s × 1 s = 5
+    admitted(limits, "busy", 5);
+    expect(limits.takeUsage(1000)).to.deep.equal([{ kind: "calls", key: "busy", tokens: 5 }]);
+    // The quiet caller's count is dropped with the report, not carried over.
+    admitted(limits, "quiet", 1);
+    expect(limits.takeUsage(1000)).to.deep.equal([]);
+  });
+
+  it("reports nothing when sharing is off", () => {
+    const limits = new RateLimits({ calls: { perSecond: 100, burst: 10 }, authFailures: { perSecond: 10, burst: 10 } }, undefined, clock);
+    admitted(limits, "a", 10);
+    expect(limits.takeUsage(1000)).to.deep.equal([]);
+  });
+
+  it("a caller's usage on other replicas is taken from its bucket here: it waits as if it had called here", () => {
+    const limits = shared({ perSecond: 10, burst: 10 });
+    limits.applyRemoteUsage([{ kind: "calls", key: "a", tokens: 8 }]);
+    expect(admitted(limits, "a", 10)).to.equal(2);
+    expect(admitted(limits, "b", 10), "another caller is untouched").to.equal(10);
+    // Remote usage is not reported again as this replica's own.
+    expect(limits.takeUsage(1000)).to.have.deep.members([
+      { kind: "calls", key: "a", tokens: 2 },
+      { kind: "calls", key: "b", tokens: 10 },
+    ]);
+  });
+
+  it("a caller that overdrew elsewhere goes below zero here, down to -burst: it waits up to 2 × burst / rate", () => {
+    const limits = shared({ perSecond: 10, burst: 10 });
+    limits.applyRemoteUsage([{ kind: "calls", key: "a", tokens: 1_000_000 }]);
+    let err: NexusError | undefined;
+    try {
+      limits.admit("a");
+    } catch (e) {
+      err = e as NexusError;
+    }
+    // From -10 to 1 token at 10 per second: 1.1 s.
+    expect(err?.retryDelayMs).to.equal(1100);
+    now += 1100;
+    expect(admitted(limits, "a", 2)).to.equal(1);
+  });
+
+  it("remote usage never adds tokens: a negative, zero or non-number count changes nothing", () => {
+    const limits = shared({ perSecond: 10, burst: 3 });
+    expect(admitted(limits, "a", 3)).to.equal(3);
+    limits.applyRemoteUsage([
+      { kind: "calls", key: "a", tokens: -1000 },
+      { kind: "calls", key: "a", tokens: 0 },
+      { kind: "calls", key: "a", tokens: Number.NaN },
+      { kind: "other", key: "a", tokens: 5 },
+    ]);
+    expect(admitted(limits, "a", 1)).to.equal(0);
+  });
+
+  it("failed authentications elsewhere count here: an identity that failed on other replicas is refused before authentication", () => {
+    const limits = shared(undefined, { perSecond: 1, burst: 3 });
+    limits.checkFailures(() => "cert-1");
+    limits.applyRemoteUsage([{ kind: "auth_failures", key: "cert-1", tokens: 3 }]);
+    expect(() => limits.checkFailures(() => "cert-1")).to.throw(NexusError, /failed authentications/);
+    limits.checkFailures(() => "cert-2");
+  });
+
+  it("a full map charges no one's usage to the shared overflow bucket", () => {
+    const limits = new RateLimits({ calls: { perSecond: 1, burst: 2 }, authFailures: { perSecond: 1, burst: 1 }, maxKeys: 1, shareUsage: true }, undefined, clock);
+    admitted(limits, "a", 1); // the map is full; a has not refilled
+    limits.applyRemoteUsage([{ kind: "calls", key: "x", tokens: 100 }]);
+    expect(admitted(limits, "y", 2), "newcomers still share the overflow bucket's burst").to.equal(2);
+  });
+});

@@ -1,0 +1,67 @@
+// The rows behind rate limits shared across replicas (rate-limit-usage-store.ts):
+// one exchange writes a replica's batch and returns the other replicas' fresh
+// batches it has not applied — never its own, never one twice, never a stale
+// one — and deletes old rows; the table refuses a count that would add tokens.
+
+import { expect } from "chai";
+import { silentLogger } from "../../src/log/logger.js";
+import { connectDatabase, type Sql } from "../../src/store/database.js";
+import { loadMigrations, Migrator } from "../../src/store/migrations.js";
+import { RateLimitUsageStore, type UsageExchange } from "../../src/store/rate-limit-usage-store.js";
+import { createTestDatabase } from "../support/test-database.js";
+
+describe("rate-limit usage rows", function () {
+  this.timeout(30_000);
+  let sql: Sql;
+  let store: RateLimitUsageStore;
+
+  before(async () => {
+    sql = connectDatabase({ url: await createTestDatabase("rlusage"), poolMax: 2, logger: silentLogger });
+    await new Migrator(sql, await loadMigrations(), silentLogger).up();
+    store = new RateLimitUsageStore(sql);
+  });
+
+  after(async () => sql?.end());
+
+  const exchange = (instanceId: string, seq: number, usage: UsageExchange["usage"], applied: Array<[string, number]> = []) =>
+    store.exchange({ instanceId, seq, usage, applied: new Map(applied), freshMs: 3000, keepMs: 10_000 });
+
+  it("returns the other replicas' batches above what was applied, never this replica's own", async () => {
+    expect(await exchange("a", 1, [{ kind: "calls", key: "spiffe://t/w", tokens: 5 }])).to.deep.equal([]);
+    await exchange("b", 1, [
+      { kind: "calls", key: "spiffe://t/w", tokens: 3 },
+      { kind: "auth_failures", key: "ab".repeat(32), tokens: 2 },
+    ]);
+    const seen = await exchange("a", 2, []);
+    expect(seen).to.have.deep.members([
+      { instanceId: "b", seq: 1, kind: "calls", key: "spiffe://t/w", tokens: 3 },
+      { instanceId: "b", seq: 1, kind: "auth_failures", key: "ab".repeat(32), tokens: 2 },
+    ]);
+    expect(await exchange("a", 3, [], [["b", 1]]), "b's batch 1 was applied").to.deep.equal([]);
+    await exchange("b", 2, [{ kind: "calls", key: "spiffe://t/w", tokens: 4 }]);
+    expect(await exchange("a", 4, [], [["b", 1]])).to.deep.equal([{ instanceId: "b", seq: 2, kind: "calls", key: "spiffe://t/w", tokens: 4 }]);
+    expect((await exchange("b", 3, [], [["a", 0]])).map((r) => r.seq), "a's batch 1").to.deep.equal([1]);
+  });
+
+  it("skips batches older than the fresh window and deletes rows older than the keep window", async () => {
+    await sql`DELETE FROM rate_limit_usage`;
+    await exchange("c", 1, [{ kind: "calls", key: "k", tokens: 1 }]);
+    await exchange("d", 1, [{ kind: "calls", key: "k", tokens: 1 }]);
+    await sql`UPDATE rate_limit_usage SET published_at = now() - interval '5 seconds' WHERE instance_id = 'c'`;
+    await sql`UPDATE rate_limit_usage SET published_at = now() - interval '1 minute' WHERE instance_id = 'd'`;
+    expect(await exchange("e", 1, []), "stale batches are not applied").to.deep.equal([]);
+    const left = await sql`SELECT instance_id FROM rate_limit_usage ORDER BY instance_id`;
+    expect(left.map((r) => r.instance_id as string), "d's row was older than the keep window").to.deep.equal(["c"]);
+  });
+
+  it("refuses a count that is not positive: a row can only ever take tokens", async () => {
+    let err: unknown;
+    try {
+      await exchange("f", 1, [{ kind: "calls", key: "k", tokens: -100 }]);
+    } catch (e) {
+      err = e;
+    }
+    expect(err, "a negative count is refused").to.not.equal(undefined);
+    expect(await sql`SELECT 1 FROM rate_limit_usage WHERE instance_id = 'f'`).to.have.length(0);
+  });
+});
