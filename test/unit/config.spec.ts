@@ -157,6 +157,16 @@ describe("loadConfig", () => {
       expect(configError(() => load({ ...SERVE_ENV, NEXUS_PEER_UNSEAL: "maybe" })).message).to.match(/^NEXUS_PEER_UNSEAL \(--peer-unseal\): "maybe" is not on or off/);
       expect(configError(() => load({ ...SERVE_ENV, NEXUS_SERVER_ID: "nexus" })).message).to.match(/^NEXUS_SERVER_ID \(--server-id\)/);
     });
+
+    it("audit read durability: durable unless NEXUS_AUDIT_READ_DURABILITY=relaxed; any other value is refused, naming the variable", () => {
+      expect(load(SERVE_ENV).auditReadDurability).to.equal("durable");
+      expect(load(SERVE_ENV, [], "dev").auditReadDurability).to.equal("durable");
+      expect(load({ ...SERVE_ENV, NEXUS_AUDIT_READ_DURABILITY: "relaxed" }).auditReadDurability).to.equal("relaxed");
+      expect(load(SERVE_ENV, ["--audit-read-durability=relaxed"]).auditReadDurability).to.equal("relaxed");
+      expect(configError(() => load({ ...SERVE_ENV, NEXUS_AUDIT_READ_DURABILITY: "fast" })).message).to.match(
+        /^NEXUS_AUDIT_READ_DURABILITY \(--audit-read-durability\): "fast" is not durable or relaxed/,
+      );
+    });
   });
 
   describe("the SVID from the SPIFFE Workload API", () => {
