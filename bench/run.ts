@@ -160,7 +160,10 @@ async function main(): Promise<void> {
     }
     if (config.mode === "ab") {
       await server.stop();
-      const md = await abExperiment({ config, pki, base, target, work, passwordFile, specs: scenarios(config, pki), resultsDir: path.join(RESULTS, "experiments"), log }, abSettings());
+      // The open-loop pair at a fixed rate (BENCH_AB_OPEN_RATE, default 2000/s): an A/B compares both sides at the same load.
+      const openRate = Number(process.env.BENCH_AB_OPEN_RATE ?? 2000);
+      const abSpecs = [...scenarios(config, pki), ...openLoopScenarios(config, pki, openRate)];
+      const md = await abExperiment({ config, pki, base, target, work, passwordFile, specs: abSpecs, resultsDir: path.join(RESULTS, "experiments"), log }, abSettings());
       process.stdout.write("\n" + md + "\n");
       return;
     }

@@ -20,6 +20,8 @@
 //                     pool: every small Buffer pays for its own allocation)
 //   v8-flags          V8 flags that NODE_OPTIONS refuses (BENCH_V8_FLAGS, e.g.
 //                     "--heap-growing-percent=50"), set before the server loads
+//   tail-probe        observes only: event-loop delay, GC pauses and the group
+//                     commits' batches, one JSON line a second (tail-probe.ts)
 
 import { register } from "node:module";
 import { TLSSocket, type PeerCertificate, type DetailedPeerCertificate } from "node:tls";
@@ -66,6 +68,10 @@ if (patches.has("buffer-pool-off")) {
   Buffer.poolSize = 0;
 }
 
+if (patches.has("tail-probe")) {
+  await import("./tail-probe.js");
+}
+
 for (const p of patches) {
-  if (!["peer-certificate", "abort-reason", "buffer-pool-off", "postgres-queue", "postgres-fifo", "v8-flags"].includes(p)) throw new Error(`server-patches: unknown patch "${p}"`);
+  if (!["tail-probe", "peer-certificate", "abort-reason", "buffer-pool-off", "postgres-queue", "postgres-fifo", "v8-flags"].includes(p)) throw new Error(`server-patches: unknown patch "${p}"`);
 }
