@@ -122,6 +122,43 @@ describe("audit read durability (NEXUS_AUDIT_READ_DURABILITY)", function () {
       expect(report.problems.filter((p) => p.replicaId === "relaxed-replica")).to.deep.equal([]);
     });
 
+    // What a PostgreSQL crash can do to relaxed read events (docs/threat-model.md):
+    // lose the last ones committed, all above the replica's last checkpoint.
+    // Simulated by deleting those rows; the verifier is another replica's.
+    it("after read events above the last checkpoint are lost: DELETED if the replica kept running and checkpointed again, nothing if it stopped, CRASH_GAP below a later event", async () => {
+      const db = sql as unknown as ReturnType<typeof openDatabase>;
+      const verify = async (replicaId: string) => {
+        const other = logWith("verifying-replica", new Set(), new Recorder());
+        const verifier = new AuditVerifier(new AuditStore(sql), keys, other, () => ({ serverId: NEXUS_ID, bundle: TrustBundleSet.single(TRUST_DOMAIN, server.pki.ca.certPem) }), new GrantEpochs(keys));
+        return (await verifier.verify()).problems.filter((p) => p.replicaId === replicaId).map((p) => `${p.kind} ${p.sequence}`);
+      };
+      const reads = async (log: AuditLog, n: number) => {
+        for (let i = 0; i < n; i++) await call(log, GET_SECRET).finish("error", "NOT_FOUND");
+      };
+      const lose = (replicaId: string, sequences: number[]) => db`DELETE FROM audit_events WHERE replica_id = ${replicaId} AND sequence IN ${db(sequences)}`;
+      const relaxed = relaxedAuditMethods({ auditReadDurability: "relaxed" });
+
+      const running = logWith("kept-running", relaxed, new Recorder());
+      await reads(running, 2);
+      await running.checkpoint();
+      await reads(running, 2);
+      await lose("kept-running", [3, 4]);
+      await reads(running, 1);
+      await running.checkpoint();
+      expect(await verify("kept-running")).to.deep.equal(["deleted 3", "deleted 4"]);
+
+      const stopped = logWith("stopped", relaxed, new Recorder());
+      await reads(stopped, 4);
+      await lose("stopped", [3, 4]);
+      expect(await verify("stopped")).to.deep.equal([]);
+
+      // A later event that survived (one committed before the lost ones) shows the gap below it.
+      const later = logWith("later-event", relaxed, new Recorder());
+      await reads(later, 5);
+      await lose("later-event", [3, 4]);
+      expect(await verify("later-event")).to.deep.equal(["crash_gap 3", "crash_gap 4"]);
+    });
+
     it("durable (the default): a batch of reads' events commits durably", async () => {
       const recorder = new Recorder();
       const log = logWith("durable-replica", relaxedAuditMethods({ auditReadDurability: "durable" }), recorder);
