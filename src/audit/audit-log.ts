@@ -3,7 +3,10 @@
 // markWritten); everything else — reads, refusals, failures — goes through
 // group commit: events that arrive while a batch is being written wait for the
 // next one, so under load one INSERT carries many events, and each call waits
-// until its event has committed. A GetSecret's read rides in that statement,
+// until its event has committed — durably, unless NEXUS_AUDIT_READ_DURABILITY
+// is relaxed and every event of the batch is of a method that changes nothing
+// (then PostgreSQL has the rows but need not have flushed them; see
+// docs/threat-model.md). A GetSecret's read rides in that statement,
 // and its event is written only if the read found what it asked for (ADR 0005).
 // If an event cannot be written, the call fails (fail closed). Events recorded
 // while sealed carry no MAC (the integrity key is not in memory): they are

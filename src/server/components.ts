@@ -126,6 +126,9 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
   // Events recorded while sealed are signed with this server's own SVID key,
   // and verified against its SPIFFE ID and the trust bundle, as they are now.
   const auditLog = new AuditLog(auditStore, keys, new SvidSigner(() => certificates.material), logger, epochs, undefined, undefined, metrics?.audit, relaxedAuditMethods(config));
+  if (config.auditReadDurability === "relaxed") {
+    logger.warn("NEXUS_AUDIT_READ_DURABILITY=relaxed: audit events of reads commit without waiting for the WAL flush; a PostgreSQL crash can lose the last ones (docs/threat-model.md)");
+  }
   const signatureTrust = (): SignatureTrust => {
     const { cert, bundle } = certificates.material;
     return { serverId: inspectSvid(new X509Certificate(cert).raw).id.toString(), bundle };
