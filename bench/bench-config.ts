@@ -38,6 +38,8 @@ export interface BenchConfig {
   readonly watchers: number;
   readonly watchPutsPerSecond: number;
   readonly watchDurationMs: number;
+  /** The open-loop GetSecret also against a second server with NEXUS_AUDIT_READ_DURABILITY=relaxed (its own line). */
+  readonly relaxedRead: boolean;
 }
 
 const FULL: BenchConfig = {
@@ -64,6 +66,7 @@ const FULL: BenchConfig = {
   watchers: 1000,
   watchPutsPerSecond: 200,
   watchDurationMs: 10_000,
+  relaxedRead: true,
 };
 
 const QUICK: BenchConfig = {
@@ -145,5 +148,6 @@ export function benchConfig(env: NodeJS.ProcessEnv = process.env): BenchConfig {
     watchers: num("WATCHERS", base.watchers),
     watchPutsPerSecond: num("WATCH_PUTS_PER_SECOND", base.watchPutsPerSecond),
     watchDurationMs: num("WATCH_DURATION_MS", base.watchDurationMs),
+    relaxedRead: env.BENCH_RELAXED_READ === undefined ? base.relaxedRead : env.BENCH_RELAXED_READ === "1",
   };
 }

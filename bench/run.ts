@@ -66,13 +66,17 @@ function scenarios(config: BenchConfig, pki: BenchPki): ScenarioSpec[] {
  * calls may be outstanding (a stall shows as latency, not as calls not sent);
  * more count as errors.
  */
-function openLoopScenarios(config: BenchConfig, pki: BenchPki, rate: number): ScenarioSpec[] {
+function openLoopScenarios(config: BenchConfig, pki: BenchPki, rate: number, relaxed = false): ScenarioSpec[] {
   const shape = { inFlight: 4096, connections: config.connections, workers: config.workers, warmupMs: config.warmupMs, durationMs: config.durationMs, rate };
   return [
     { name: "health@open", kind: "health", identity: pki.callers.reader, ...shape },
     { name: "get@open", kind: "get", identity: pki.callers.reader, ...shape },
+    // The opt-in relaxed read audit (NEXUS_AUDIT_READ_DURABILITY=relaxed), on a server of its own: its own line, never a target.
+    ...(relaxed ? [{ name: RELAXED_OPEN, kind: "get" as const, identity: pki.callers.reader, ...shape }] : []),
   ];
 }
+
+const RELAXED_OPEN = "get@open-relaxed";
 
 async function main(): Promise<void> {
   const config = benchConfig();
@@ -160,11 +164,31 @@ async function main(): Promise<void> {
     }
     if (config.mode === "ab") {
       await server.stop();
-      const md = await abExperiment({ config, pki, base, target, work, passwordFile, specs: scenarios(config, pki), resultsDir: path.join(RESULTS, "experiments"), log }, abSettings());
+      // The open-loop pair at a fixed rate (BENCH_AB_OPEN_RATE, default 2000/s): an A/B compares both sides at the same load.
+      const openRate = Number(process.env.BENCH_AB_OPEN_RATE ?? 2000);
+      const abSpecs = [...scenarios(config, pki), ...openLoopScenarios(config, pki, openRate)];
+      const md = await abExperiment({ config, pki, base, target, work, passwordFile, specs: abSpecs, resultsDir: path.join(RESULTS, "experiments"), log }, abSettings());
       process.stdout.write("\n" + md + "\n");
       return;
     }
     const idleRssMb = processRssMb(server.pid);
+    // A second server on the same database with NEXUS_AUDIT_READ_DURABILITY=relaxed, for the
+    // open-loop GetSecret's relaxed line; its caches warmed by a closed-loop read pass first.
+    let relaxedServer: ServerProcess | undefined;
+    const relaxedTarget = config.relaxedRead
+      ? await phase("start server R (NEXUS_AUDIT_READ_DURABILITY=relaxed) and warm it", async (): Promise<Target> => {
+          const r = (relaxedServer = await retryOnPortClash(async () => {
+            const s = await spawnServer({ ...base, adminPasswordFile: passwordFile, extraEnv: { NEXUS_AUDIT_READ_DURABILITY: "relaxed" } });
+            undo.push(() => s.stop());
+            await waitForHealth(s, "SERVING");
+            return s;
+          }));
+          const t: Target = { ...target, address: r.address, serverPid: r.pid };
+          const warm = scenarios(config, pki).find((x) => x.kind === "get" && x.inFlight === config.inFlight)!;
+          await runScenario({ ...warm, warmupMs: 0, durationMs: Math.min(config.durationMs, 4000) }, t);
+          return t;
+        })
+      : undefined;
 
     const rounds: Round[] = [];
     const captures: StatementCapture[] = [];
@@ -190,12 +214,13 @@ async function main(): Promise<void> {
       // The open-loop pair runs after the closed-loop scenarios, at half of this round's GetSecret maximum.
       const openAfter = (): ScenarioSpec[] => {
         const getMax = results.find((r) => r.name === `get@${config.inFlight}`)?.rps ?? 0;
-        return getMax > 0 ? openLoopScenarios(config, pki, Math.max(1, Math.round(getMax / 2))) : [];
+        return getMax > 0 ? openLoopScenarios(config, pki, Math.max(1, Math.round(getMax / 2)), relaxedTarget !== undefined) : [];
       };
       for (const spec of thenLater(specs, openAfter)) {
         const capture = round === 0 && (spec.name === `get@${config.inFlight}` || spec.name === `put@${config.inFlight}`);
         if (capture) await resetStatements(db);
-        const r: ScenarioResult = { ...(await runScenario(spec, target)), serverMemory: readProbe(probeFile)?.now };
+        const r: ScenarioResult =
+          spec.name === RELAXED_OPEN && relaxedTarget !== undefined ? await runScenario(spec, relaxedTarget) : { ...(await runScenario(spec, target)), serverMemory: readProbe(probeFile)?.now };
         results.push(r);
         log(
           `round ${round + 1}/${config.rounds} ${spec.name.padEnd(10)} ${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50.toFixed(2)}  p99 ${r.p99.toFixed(2)} ms  ` +
@@ -226,6 +251,8 @@ async function main(): Promise<void> {
       }
       rounds.push({ scenarios: results, pgbench });
     }
+    // Server R is only for the relaxed line: it idles through nothing else.
+    await relaxedServer?.stop();
     const heap = await phase("live heap after a full GC under load", () => heapUnderLoad(specs, target, probeFile, config));
     const floorPuts = floor
       ? { transactions: rounds.flatMap((r) => r.pgbench.filter((p) => p.name === "put")).reduce((a, p) => a + p.transactions, 0), written: (await floorPutsWritten(db.sql)) - floorPutsBefore }

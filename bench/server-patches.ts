@@ -20,6 +20,12 @@
 //                     pool: every small Buffer pays for its own allocation)
 //   v8-flags          V8 flags that NODE_OPTIONS refuses (BENCH_V8_FLAGS, e.g.
 //                     "--heap-growing-percent=50"), set before the server loads
+//   audit-two-batches the audit group commit runs up to two batches at once
+//                     (an event that arrives while one is in flight starts
+//                     the next at once instead of waiting for it); the put
+//                     group commit (keyed) stays one at a time
+//   tail-probe        observes only: event-loop delay, GC pauses and the group
+//                     commits' batches, one JSON line a second (tail-probe.ts)
 
 import { register } from "node:module";
 import { TLSSocket, type PeerCertificate, type DetailedPeerCertificate } from "node:tls";
@@ -66,6 +72,37 @@ if (patches.has("buffer-pool-off")) {
   Buffer.poolSize = 0;
 }
 
+if (patches.has("audit-two-batches")) {
+  const { GroupCommit } = await import("../src/store/group-commit.js");
+  type Internals = { options: { key?: unknown }; running: boolean; queue: unknown[]; second?: boolean; take(): Array<{ item: unknown; resolve(r: unknown): void; reject(e: unknown): void }>; run(b: unknown[]): Promise<unknown[]> };
+  const proto = GroupCommit.prototype as unknown as { submit(item: unknown): Promise<unknown> };
+  const submit = proto.submit;
+  const second = async (g: Internals) => {
+    while (g.queue.length > 0) {
+      const batch = g.take();
+      try {
+        const results = await g.run(batch.map((w) => w.item));
+        batch.forEach((w, i) => w.resolve(results[i]));
+      } catch (err) {
+        for (const w of batch) w.reject(err);
+      }
+    }
+    g.second = false;
+  };
+  proto.submit = function (this: Internals, item: unknown) {
+    const p = submit.call(this, item);
+    if (this.options.key === undefined && this.running && !this.second) {
+      this.second = true;
+      setImmediate(() => void second(this));
+    }
+    return p;
+  };
+}
+
+if (patches.has("tail-probe")) {
+  await import("./tail-probe.js");
+}
+
 for (const p of patches) {
-  if (!["peer-certificate", "abort-reason", "buffer-pool-off", "postgres-queue", "postgres-fifo", "v8-flags"].includes(p)) throw new Error(`server-patches: unknown patch "${p}"`);
+  if (!["audit-two-batches", "tail-probe", "peer-certificate", "abort-reason", "buffer-pool-off", "postgres-queue", "postgres-fifo", "v8-flags"].includes(p)) throw new Error(`server-patches: unknown patch "${p}"`);
 }

@@ -3,7 +3,10 @@
 // markWritten); everything else — reads, refusals, failures — goes through
 // group commit: events that arrive while a batch is being written wait for the
 // next one, so under load one INSERT carries many events, and each call waits
-// until its event has committed. A GetSecret's read rides in that statement,
+// until its event has committed — durably, unless NEXUS_AUDIT_READ_DURABILITY
+// is relaxed and every event of the batch is of a method that changes nothing
+// (then PostgreSQL has the rows but need not have flushed them; see
+// docs/threat-model.md). A GetSecret's read rides in that statement,
 // and its event is written only if the read found what it asked for (ADR 0005).
 // If an event cannot be written, the call fails (fail closed). Events recorded
 // while sealed carry no MAC (the integrity key is not in memory): they are
@@ -18,7 +21,7 @@ import type { GrantEpochs, GrantSetRules } from "../keys/grant-epochs.js";
 import { mac, macMatches } from "../keys/integrity.js";
 import type { KeyManager } from "../keys/key-manager.js";
 import type { Logger } from "../log/logger.js";
-import type { AuditedRead, AuditStore, BatchEvent, Checkpoint, ReadableVersion } from "../store/audit-store.js";
+import type { AuditedRead, AuditStore, BatchDurability, BatchEvent, Checkpoint, ReadableVersion } from "../store/audit-store.js";
 import { isDatabaseUnavailable } from "../store/database.js";
 import { GroupCommit } from "../store/group-commit.js";
 import { auditSignatureInput, macAuditEvent, type AuditFields, type AuditOutcome, type AuditRow } from "./audit-event.js";
@@ -46,9 +49,9 @@ export interface AuditSigner {
   sign(data: Buffer): { signature: Buffer; certificateSha256: Buffer; certificateChainPem: string };
 }
 
-/** Watches group commits (metrics): events per batch and its write time, or a batch that failed. */
+/** Watches group commits (metrics): events per batch, its write time and how it committed, or a batch that failed. */
 export interface AuditObserver {
-  batchWritten(events: number, seconds: number): void;
+  batchWritten(events: number, seconds: number, durability: BatchDurability): void;
   batchFailed(events: number): void;
 }
 
@@ -72,6 +75,13 @@ export class AuditLog {
     replicaId = `${hostname().replace(/[^A-Za-z0-9.-]/g, "-").slice(0, 40)}-${randomBytes(4).toString("hex")}`,
     private readonly maxBatch = 512,
     private readonly observer?: AuditObserver,
+    /**
+     * Methods that change nothing (NEXUS_AUDIT_READ_DURABILITY=relaxed; empty:
+     * every batch is durable). A batch made only of their events commits
+     * without waiting for the WAL flush; one event of any other method makes
+     * the whole batch durable. Decided by the method, never by the caller.
+     */
+    private readonly relaxedRpcs: ReadonlySet<string> = new Set(),
   ) {
     this.replicaId = replicaId;
     this.batches = new GroupCommit((batch) => this.writeBatch(batch), { maxBatch });
@@ -191,9 +201,10 @@ export class AuditLog {
   private async writeEvents(batch: BatchEvent[]): Promise<Array<ReadableVersion | undefined>> {
     let found: Map<number, ReadableVersion>;
     const started = performance.now();
+    const durability = this.durabilityOf(batch);
     try {
-      found = await this.store.insertBatch(batch);
-      this.observer?.batchWritten(batch.length, (performance.now() - started) / 1000);
+      found = await this.store.insertBatch(batch, durability);
+      this.observer?.batchWritten(batch.length, (performance.now() - started) / 1000, durability);
     } catch (err) {
       this.observer?.batchFailed(batch.length);
       const cause = (err as { cause?: unknown }).cause ?? err;
@@ -206,6 +217,13 @@ export class AuditLog {
       if (e.read === undefined || version !== undefined) this.markCompleted(e.row.sequence);
       return version;
     });
+  }
+
+  /** Relaxed only if every event of the batch is of a method that changes nothing. */
+  private durabilityOf(batch: readonly BatchEvent[]): BatchDurability {
+    if (this.relaxedRpcs.size === 0) return "durable";
+    for (const e of batch) if (!this.relaxedRpcs.has(e.row.rpc)) return "durable";
+    return "relaxed";
   }
 
   /** Starts registering a signing certificate the first time it signs (again after a failed attempt). */

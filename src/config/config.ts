@@ -75,7 +75,15 @@ export interface NexusConfig {
   readonly advertiseAddress: ListenAddress | undefined;
   /** Whether sealed replicas take the keys from an unsealed peer, and unsealed ones hand them out (ADR 0012). */
   readonly peerUnseal: boolean;
+  /**
+   * durable: every audit event is committed durably before its call answers.
+   * relaxed: a batch of events only of methods that change nothing (reads)
+   * commits without waiting for the WAL flush (see docs/threat-model.md).
+   */
+  readonly auditReadDurability: AuditReadDurability;
 }
+
+export type AuditReadDurability = "durable" | "relaxed";
 
 export class ConfigError extends Error {
   override readonly name = "ConfigError";
@@ -152,6 +160,13 @@ export const SETTINGS = {
   serverId: { env: "NEXUS_SERVER_ID", help: "SPIFFE ID of the Nexus replicas, the only caller of ReplicaService (default spiffe://<trust domain>/spike/nexus)", parse: parseSpiffeIdSetting },
   advertiseAddress: { env: "NEXUS_ADVERTISE_ADDRESS", help: "host:port of this replica's gRPC listener as other replicas dial it (peer unseal); default: NEXUS_LISTEN unless its host is 0.0.0.0 or ::", parse: parseListen },
   peerUnseal: { env: "NEXUS_PEER_UNSEAL", help: "on: a sealed replica takes the keys from an unsealed peer (mTLS, server SPIFFE ID only); off: it waits for Unseal", parse: parseOnOff, serveDefault: "on", devDefault: "on" },
+  auditReadDurability: {
+    env: "NEXUS_AUDIT_READ_DURABILITY",
+    help: "durable: every audit event is flushed to disk before its call answers; relaxed: events of reads only (GetSecret, ListSecrets, …) commit without waiting for the flush, and a PostgreSQL crash can lose the last ones (docs/threat-model.md)",
+    parse: parseAuditReadDurability,
+    serveDefault: "durable",
+    devDefault: "durable",
+  },
 } satisfies Record<string, Setting<unknown>>;
 
 export type SettingName = keyof typeof SETTINGS;
@@ -205,6 +220,7 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
     serverId: get<string>("serverId") ?? `spiffe://${trustDomain}/spike/nexus`,
     advertiseAddress: get<ListenAddress>("advertiseAddress") ?? (WILDCARD_HOSTS.has(listen.host) || listen.port === 0 ? undefined : listen),
     peerUnseal: required("peerUnseal"),
+    auditReadDurability: required("auditReadDurability"),
   };
 }
 
@@ -385,6 +401,12 @@ function parseOnOff(raw: string): boolean {
   if (v === "on" || v === "true" || v === "1") return true;
   if (v === "off" || v === "false" || v === "0") return false;
   throw new Error(`"${raw}" is not on or off`);
+}
+
+function parseAuditReadDurability(raw: string): AuditReadDurability {
+  const v = raw.trim().toLowerCase();
+  if (v === "durable" || v === "relaxed") return v;
+  throw new Error(`"${raw}" is not durable or relaxed`);
 }
 
 function positiveInt(raw: string): number {

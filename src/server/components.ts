@@ -7,6 +7,7 @@
 
 import { randomUUID, X509Certificate } from "node:crypto";
 import { mkdir } from "node:fs/promises";
+import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
 import { PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
 import { SecretService } from "../../gen/spike/nexus/v1/secret_pb.js";
@@ -128,7 +129,10 @@ export async function startComponents(deps: ComponentDeps): Promise<Components> 
         );
   // Events recorded while sealed are signed with this server's own SVID key,
   // and verified against its SPIFFE ID and the trust bundle, as they are now.
-  const auditLog = new AuditLog(auditStore, keys, new SvidSigner(() => certificates.material), logger, epochs, undefined, undefined, metrics?.audit);
+  const auditLog = new AuditLog(auditStore, keys, new SvidSigner(() => certificates.material), logger, epochs, undefined, undefined, metrics?.audit, relaxedAuditMethods(config));
+  if (config.auditReadDurability === "relaxed") {
+    logger.warn("NEXUS_AUDIT_READ_DURABILITY=relaxed: audit events of reads commit without waiting for the WAL flush; a PostgreSQL crash can lose the last ones (docs/threat-model.md)");
+  }
   const signatureTrust = (): SignatureTrust => {
     const { cert, bundle } = certificates.material;
     return { serverId: inspectSvid(new X509Certificate(cert).raw).id.toString(), bundle };
@@ -377,4 +381,20 @@ class SvidExpiry {
     }, delay);
     this.timer.unref();
   }
+}
+
+/**
+ * NEXUS_AUDIT_READ_DURABILITY=relaxed: the methods whose audit events may
+ * commit without waiting for the WAL flush — those the API declares free of
+ * side effects (idempotency_level = NO_SIDE_EFFECTS in proto/: GetSecret,
+ * ListSecrets, GetSecretMetadata, GetPolicy, ListPolicies, GetStatus, …).
+ * A method added without that option stays durable. Durable: none.
+ */
+export function relaxedAuditMethods(config: Pick<NexusConfig, "auditReadDurability">): ReadonlySet<string> {
+  if (config.auditReadDurability !== "relaxed") return new Set();
+  return new Set(
+    [OperatorService, SecretService, PolicyService, ReplicaService].flatMap((s) =>
+      s.methods.filter((m) => m.idempotency === MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS).map((m) => `/${s.typeName}/${m.name}`),
+    ),
+  );
 }

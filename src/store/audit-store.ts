@@ -44,6 +44,14 @@ export interface AuditedRead {
   readonly label?: "current" | "pending" | "previous";
 }
 
+/**
+ * How a group commit commits. durable: the call answers after the WAL holding
+ * its event is flushed. relaxed (reads only, NEXUS_AUDIT_READ_DURABILITY):
+ * after PostgreSQL has the row, without waiting for the flush
+ * (synchronous_commit off for that transaction only).
+ */
+export type BatchDurability = "durable" | "relaxed";
+
 export interface BatchEvent {
   readonly row: AuditRow;
   readonly read?: AuditedRead;
@@ -118,16 +126,21 @@ export class AuditStore {
    * destroyed — so the read and its "ok" event commit together or not at all.
    * Returns the rows found, by the event's index in `events`.
    */
-  async insertBatch(events: readonly BatchEvent[]): Promise<Map<number, ReadableVersion>> {
+  async insertBatch(events: readonly BatchEvent[], durability: BatchDurability = "durable"): Promise<Map<number, ReadableVersion>> {
     // One JSON parameter for the whole batch: the driver sends it as it is,
     // where a column per field would be escaped element by element.
     const batch = JSON.stringify(events.map((e, i) => ({ ...auditJson(e.row), i, read_path: e.read?.path, read_version: e.read?.version, read_label: e.read?.label })));
+    // SET LOCAL inside the statement's own transaction: evaluated for every row
+    // of t, which the INSERT always reads in full, and in effect at its commit.
+    // Still one round trip; the durable statement is the one it always was.
+    const relaxed = durability === "relaxed" ? this.sql`WHERE set_config('synchronous_commit', 'off', true) = 'off'` : this.sql``;
     const rows = await this.run(
       () => this.sql`
         WITH t AS MATERIALIZED (
           SELECT * FROM json_to_recordset(${batch}::text::json) AS t(
             replica_id text, sequence bigint, time timestamptz, request_id text, caller text, rpc text, path text, version int,
             outcome text, code text, detail jsonb, mac_hex text, signature_hex text, signer_hex text, i int, read_path text, read_version int, read_label text)
+          ${relaxed}
         ), r AS MATERIALIZED (
           SELECT t.i, s.id, s.path, s.data_key_id, s.wrapped_data_key, s.keyring_key_id, v.version, v.ciphertext, v.created_at,
                  s.latest_version, s.current_version, s.pending_version, s.previous_version, s.label_epoch, s.labels_mac

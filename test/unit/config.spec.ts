@@ -166,6 +166,16 @@ describe("loadConfig", () => {
       expect(configError(() => load({ ...SERVE_ENV, NEXUS_RATE_LIMIT_SYNC_INTERVAL: "10ms" })).message).to.match(/^NEXUS_RATE_LIMIT_SYNC_INTERVAL \(--rate-limit-sync-interval\): "10ms" is shorter than 100ms/);
       expect(configError(() => load({ ...SERVE_ENV, NEXUS_RATE_LIMIT_SYNC_INTERVAL: "often" })).message).to.match(/^NEXUS_RATE_LIMIT_SYNC_INTERVAL .*not a duration/);
     });
+
+    it("audit read durability: durable unless NEXUS_AUDIT_READ_DURABILITY=relaxed; any other value is refused, naming the variable", () => {
+      expect(load(SERVE_ENV).auditReadDurability).to.equal("durable");
+      expect(load(SERVE_ENV, [], "dev").auditReadDurability).to.equal("durable");
+      expect(load({ ...SERVE_ENV, NEXUS_AUDIT_READ_DURABILITY: "relaxed" }).auditReadDurability).to.equal("relaxed");
+      expect(load(SERVE_ENV, ["--audit-read-durability=relaxed"]).auditReadDurability).to.equal("relaxed");
+      expect(configError(() => load({ ...SERVE_ENV, NEXUS_AUDIT_READ_DURABILITY: "fast" })).message).to.match(
+        /^NEXUS_AUDIT_READ_DURABILITY \(--audit-read-durability\): "fast" is not durable or relaxed/,
+      );
+    });
   });
 
   describe("the SVID from the SPIFFE Workload API", () => {
