@@ -8,7 +8,7 @@
 
 import { expect } from "chai";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { Permission, PolicyService } from "../../gen/spike/nexus/v1/policy_pb.js";
@@ -197,7 +197,9 @@ describe("spike agent", function () {
       await eventually(() => expect(run.logs().some((l) => l.msg === "watch connected")).to.equal(true));
       await timeUntil(`${folder}/db.value`, "r-v1");
 
-      await rm(folder, { recursive: true });
+      // Gone at once, by a rename: rm alone could meet a file the agent creates meanwhile (ENOTEMPTY).
+      await rename(folder, `${folder}-gone`);
+      await rm(`${folder}-gone`, { recursive: true, force: true, maxRetries: 5 });
       await put(p, { password: "r-v2" });
       await eventually(() => expect(run.logs().some((l) => l.msg === "output not rendered; keeping the last good content")).to.equal(true));
       await mkdir(folder);
