@@ -7,6 +7,10 @@
 //                       SIGWINCH runs a full garbage collection and records
 //                       the heap still in use after it (what the server really
 //                       holds, not garbage not yet collected) as afterGc
+//   BENCH_HEAP_SNAPSHOT_DIR  with BENCH_PROBE_FILE: after that collection (and
+//                       after afterGc is written), a V8 heap snapshot
+//                       heap-<n>.heapsnapshot, to see what the live heap holds
+//                       (bench/heap-summary.ts reads it)
 //   BENCH_PROFILE_DIR   SIGUSR2 starts V8's CPU profiler, the next SIGUSR2
 //                       stops it and writes window-<n>.cpuprofile: exactly one
 //                       scenario window of a warmed-up server, which --cpu-prof
@@ -15,7 +19,7 @@
 import { renameSync, writeFileSync } from "node:fs";
 import { Session } from "node:inspector";
 import path from "node:path";
-import { setFlagsFromString } from "node:v8";
+import { setFlagsFromString, writeHeapSnapshot } from "node:v8";
 import { runInNewContext } from "node:vm";
 
 export interface MemorySample {
@@ -44,6 +48,8 @@ if (probeFile !== undefined) {
   const mb = (n: number) => Math.round((n / 1024 / 1024) * 10) / 10;
   let max: MemorySample = { rss: 0, heapTotal: 0, heapUsed: 0, external: 0, arrayBuffers: 0 };
   let afterGc: ProbeFile["afterGc"];
+  const snapshotDir = process.env.BENCH_HEAP_SNAPSHOT_DIR;
+  let snapshots = 0;
   // gc() without starting the server with --expose-gc (a flag that changes nothing else).
   setFlagsFromString("--expose-gc");
   const gc = runInNewContext("gc") as (options?: { type: "major"; execution: "sync" }) => void;
@@ -52,6 +58,7 @@ if (probeFile !== undefined) {
     const m = process.memoryUsage();
     afterGc = { at: Date.now(), heapUsed: mb(m.heapUsed), rss: mb(m.rss) };
     writeAtomically(probeFile, JSON.stringify({ at: Date.now(), now: { rss: mb(m.rss), heapTotal: mb(m.heapTotal), heapUsed: mb(m.heapUsed), external: mb(m.external), arrayBuffers: mb(m.arrayBuffers) }, max, afterGc } satisfies ProbeFile));
+    if (snapshotDir !== undefined) writeHeapSnapshot(path.join(snapshotDir, `heap-${++snapshots}.heapsnapshot`));
   });
   setInterval(() => {
     const m = process.memoryUsage();
