@@ -10,7 +10,7 @@
 // An entry holds the five fields of its reference in memory of its own, never
 // the object it was given: a row read by the driver carries its ciphertext,
 // labels and dates as slices of shared buffers, and 10,000 entries that kept
-// rows held ~30 MB (heap snapshot under load, bench/results/experiments/memory.md).
+// rows held ~58 MB (heap snapshot under load, bench/results/experiments/memory.md).
 
 import { associatedData, newKey, open, ownedCopy, seal, sealedKeyId, undecryptable, FORMAT_V1 } from "./aead.js";
 import type { KeyManager } from "./key-manager.js";

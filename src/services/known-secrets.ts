@@ -3,7 +3,7 @@
 // trip. Bounded: past `limit` paths the oldest remembered goes. Every Buffer
 // kept is memory of its own: the driver hands bytea columns out as slices of
 // shared 8 KiB slabs, and one kept slice pins its slab. Under load 10,000
-// remembered label MACs pinned ~50 MB that way (heap snapshot,
+// remembered label MACs pinned ~60 MB that way (heap snapshot,
 // bench/results/experiments/memory.md).
 
 import { owned } from "../keys/aead.js";
