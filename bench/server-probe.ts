@@ -90,8 +90,9 @@ if (probeFile !== undefined) {
     // A second full collection straight after: the first one finishes the
     // marking cycle that was in progress under load, and what was marked or
     // allocated during that cycle survives it even if it died since (floating
-    // garbage). Measured: 109 MB after the first, 42 MB after the second, the
-    // same as a heap snapshot and the sampling profiler see (memory.md).
+    // garbage). Measured once: 109 MB after the first, 42 MB after the second,
+    // as a heap snapshot saw. Not always: another run kept 124 MB through both
+    // while the snapshot right after held 43 MB (experiments/memory.md).
     gc({ type: "major", execution: "sync" });
     const second = process.memoryUsage().heapUsed;
     const spaces = Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, mb(s.space_used_size)]));
