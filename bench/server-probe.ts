@@ -12,6 +12,8 @@
 //                       after afterGc is written), a V8 heap snapshot
 //                       heap-<n>.heapsnapshot, to see what the live heap holds
 //                       (bench/heap-summary.ts reads it)
+//   BENCH_GC_LOG        with BENCH_PROBE_FILE: each afterGc appended to this
+//                       file, with the heap after a third, "major-snapshot" GC
 //   BENCH_HEAP_SAMPLING_FILE  with BENCH_PROBE_FILE: V8's sampling heap
 //                       profiler runs from start; after that collection, the
 //                       allocation sites of the sampled objects still alive
@@ -25,7 +27,7 @@
 //                       scenario window of a warmed-up server, which --cpu-prof
 //                       (the whole process life) cannot give
 
-import { renameSync, writeFileSync } from "node:fs";
+import { appendFileSync, renameSync, writeFileSync } from "node:fs";
 import { Session } from "node:inspector";
 import path from "node:path";
 import { getHeapSpaceStatistics, setFlagsFromString, writeHeapSnapshot } from "node:v8";
@@ -98,6 +100,13 @@ if (probeFile !== undefined) {
     const spaces = Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, mb(s.space_used_size)]));
     afterGc = { at: Date.now(), heapUsed: mb(m.heapUsed), secondHeapUsed: mb(second), rss: mb(m.rss), external: mb(m.external), arrayBuffers: mb(m.arrayBuffers), spaces };
     writeAtomically(probeFile, JSON.stringify({ at: Date.now(), now: { rss: mb(m.rss), heapTotal: mb(m.heapTotal), heapUsed: mb(m.heapUsed), external: mb(m.external), arrayBuffers: mb(m.arrayBuffers) }, max, afterGc } satisfies ProbeFile));
+    // BENCH_GC_LOG: afterGc, then the heap after a third, "major-snapshot" GC
+    // (as a heap snapshot collects: no heap pointers assumed on the native stack).
+    const gcLog = process.env.BENCH_GC_LOG;
+    if (gcLog !== undefined) {
+      (gc as (options: { type: string; execution: string }) => void)({ type: "major-snapshot", execution: "sync" });
+      appendFileSync(gcLog, JSON.stringify({ ...afterGc, majorSnapshotHeapUsed: mb(process.memoryUsage().heapUsed) }) + "\n");
+    }
     if (snapshotDir !== undefined) writeHeapSnapshot(path.join(snapshotDir, `heap-${++snapshots}.heapsnapshot`));
   });
   setInterval(() => {
