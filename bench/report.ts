@@ -41,7 +41,8 @@ export interface BenchRun {
   /** Server RSS after seeding, before any scenario. */
   readonly idleRssMb: number;
   /** Heap used right after a forced full GC in the middle of a loaded window (issue 15). */
-  readonly heap?: { readonly heapUsedMb: number; readonly rssMb: number; readonly scenario: string };
+  /** secondHeapUsedMb: after a second full GC straight after the first (absent in runs before it was recorded). */
+  readonly heap?: { readonly heapUsedMb: number; readonly secondHeapUsedMb?: number; readonly rssMb: number; readonly scenario: string };
   readonly rounds: Round[];
   readonly propagation?: Timings;
   /** WatchSecrets fan-out (issue 12). */
@@ -352,7 +353,7 @@ export function markdown(report: Report): string {
   const heaviest = [...report.scenarios].filter((s) => s.serverMemory).sort((a, b) => b.maxRssMb - a.maxRssMb)[0];
   lines.push(
     `Server RSS idle after seeding: ${f(report.idleRssMb, 0)} MB.` +
-      (report.heap ? ` Heap used right after a forced full GC in the middle of ${report.heap.scenario} (its own window): ${f(report.heap.heapUsedMb, 1)} MB (RSS then ${f(report.heap.rssMb, 0)} MB).` : "") +
+      (report.heap ? ` Heap used right after a forced full GC in the middle of ${report.heap.scenario} (its own window): ${f(report.heap.heapUsedMb, 1)} MB (RSS then ${f(report.heap.rssMb, 0)} MB)${report.heap.secondHeapUsedMb === undefined ? "" : `; after a second full GC straight after it, ${f(report.heap.secondHeapUsedMb, 1)} MB (lower when the first kept the floating garbage of the marking cycle it finished; a heap snapshot may hold less than both, see experiments/memory.md)`}.` : "") +
       (heaviest?.serverMemory
         ? ` At the end of ${heaviest.name} (max RSS ${f(heaviest.maxRssMb, 0)} MB): rss ${heaviest.serverMemory.rss} MB = V8 heap ${heaviest.serverMemory.heapTotal} MB (${heaviest.serverMemory.heapUsed} MB used) + external ${heaviest.serverMemory.external} MB (array buffers ${heaviest.serverMemory.arrayBuffers} MB) + ${f(heaviest.serverMemory.rss - heaviest.serverMemory.heapTotal - heaviest.serverMemory.external, 0)} MB code, stacks and native allocations.`
         : ""),

@@ -60,6 +60,11 @@ export function ownedCopy(bytes: Uint8Array): Buffer {
   return copy;
 }
 
+/** `bytes` itself if it already is the whole of its memory, else an ownedCopy: for buffers that are kept. */
+export function owned(bytes: Buffer): Buffer {
+  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : ownedCopy(bytes);
+}
+
 /** The key id recorded in a sealed blob's header. */
 export function sealedKeyId(blob: Uint8Array): number {
   if (blob.length < HEADER_BYTES + TAG_BYTES || blob[0] !== FORMAT_V1) throw undecryptable();

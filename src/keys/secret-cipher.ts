@@ -7,6 +7,10 @@
 // Unwrapped data keys are cached (bounded, LRU) to keep reads to one round trip
 // and one AES operation; an entry is used only if the wrapped key in the row is
 // byte-identical to the one it came from. Plaintext values are never cached.
+// An entry holds the five fields of its reference in memory of its own, never
+// the object it was given: a row read by the driver carries its ciphertext,
+// labels and dates as slices of shared buffers, and 10,000 entries that kept
+// rows held ~58 MB (heap snapshot under load, bench/results/experiments/memory.md).
 
 import { associatedData, newKey, open, ownedCopy, seal, sealedKeyId, undecryptable, FORMAT_V1 } from "./aead.js";
 import type { KeyManager } from "./key-manager.js";
@@ -126,7 +130,8 @@ export class SecretCipher {
   private remember(ref: DataKeyRef, key: Buffer): void {
     const secretId = ref.secretId;
     this.forget(secretId);
-    this.cache.set(secretId, { ref: { ...ref, wrappedDataKey: ownedCopy(ref.wrappedDataKey) }, key });
+    const kept: DataKeyRef = { secretId, path: ref.path, dataKeyId: ref.dataKeyId, keyringKeyId: ref.keyringKeyId, wrappedDataKey: ownedCopy(ref.wrappedDataKey) };
+    this.cache.set(secretId, { ref: kept, key });
     if (this.cache.size > this.cacheSize) {
       const oldest = this.cache.keys().next().value as string;
       this.forget(oldest);

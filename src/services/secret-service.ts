@@ -12,9 +12,9 @@ import { timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { SecretService, type SecretMetadataSchema } from "../../gen/spike/nexus/v1/secret_pb.js";
 import { NexusError } from "../errors/nexus-error.js";
-import { ownedCopy } from "../keys/aead.js";
+import { owned } from "../keys/aead.js";
 import type { KeyManager } from "../keys/key-manager.js";
-import type { DataKeyRef, SecretCipher } from "../keys/secret-cipher.js";
+import type { SecretCipher } from "../keys/secret-cipher.js";
 import type { AuditRow } from "../audit/audit-event.js";
 import type { Logger } from "../log/logger.js";
 import type { AppendResult, AppendVersion, SecretMetadataRow, SecretStore, VersionChange } from "../store/secret-store.js";
@@ -34,6 +34,7 @@ import {
   MAX_VERSION,
 } from "./secret-rules.js";
 import { maskedFields } from "./update-mask.js";
+import { KnownSecrets, type KnownSecret } from "./known-secrets.js";
 import {
   checkLabels,
   labelName,
@@ -74,15 +75,6 @@ export interface SecretServiceDeps {
   readonly watch: SecretWatchDeps;
 }
 
-interface KnownSecret extends Omit<DataKeyRef, "wrappedDataKey"> {
-  wrappedDataKey: Buffer;
-  latestVersion: number;
-  /** The verified labels, as stored; a put writes only if they are still these. */
-  labels: LabelState;
-  /** The wrapping key active when its data key was made: older than the active one means a rotation since. */
-  dataKeyOriginKeyId: number;
-}
-
 const PROMOTE_ATTEMPTS = 10;
 
 /** An unconditional put retries while it keeps losing races; the database reports the fresh version each time. */
@@ -93,17 +85,8 @@ const UPDATABLE_FIELDS = ["max_versions", "custom_metadata", "expires_at", "rota
 
 export function secretService(deps: SecretServiceDeps): ServiceRegistration {
   const { keys, cipher, store, freshness, logger } = deps;
-  const known = new Map<string, KnownSecret>();
-  const knownLimit = deps.knownSecretsLimit ?? 10_000;
+  const known = new KnownSecrets(deps.knownSecretsLimit ?? 10_000);
   keys.onSealChange((sealed) => sealed && known.clear());
-
-  const remember = (s: KnownSecret) => {
-    known.delete(s.path);
-    // Rows' buffers are slices of the driver's receive buffer: keep our own copy.
-    if (s.wrappedDataKey.buffer.byteLength !== s.wrappedDataKey.byteLength) s.wrappedDataKey = ownedCopy(s.wrappedDataKey);
-    known.set(s.path, s);
-    if (known.size > knownLimit) known.delete(known.keys().next().value as string);
-  };
 
   /** Verifies labels read by a statement begun at `started` (MAC and epoch), or throws LABELS_ALTERED. */
   const verifyLabels = (secretId: string, path: string, labels: LabelState, started: number) => {
@@ -122,12 +105,10 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     }
     const labels = labelStateFromRow(row);
     verifyLabels(row.id, path, labels, started);
-    const s: KnownSecret = {
+    return known.remember({
       secretId: row.id, path, dataKeyId: row.dataKeyId, keyringKeyId: row.keyringKeyId, wrappedDataKey: row.wrappedDataKey, latestVersion: row.latestVersion, labels,
       dataKeyOriginKeyId: row.dataKeyOriginKeyId,
-    };
-    remember(s);
-    return s;
+    });
   };
 
   const appendWithFreshDataKey = async (secret: KnownSecret, a: Omit<AppendVersion, "ciphertext">, plaintext: Buffer, audit: AuditRow): Promise<AppendResult> => {
@@ -141,7 +122,8 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
     const key = { previousDataKeyId: secret.dataKeyId, dataKeyId: replaced.key.dataKeyId, wrappedDataKey: replaced.key.wrappedDataKey, keyringKeyId: replaced.key.keyringKeyId };
     const result = await store.appendWithNewDataKey({ ...a, ciphertext }, key, replaced.versions, audit);
     if (result.kind === "written") {
-      Object.assign(secret, { dataKeyId: key.dataKeyId, wrappedDataKey: key.wrappedDataKey, keyringKeyId: key.keyringKeyId, dataKeyOriginKeyId: key.keyringKeyId });
+      // In place: the caller records the version it wrote on this same entry.
+      Object.assign(secret, { dataKeyId: key.dataKeyId, wrappedDataKey: owned(key.wrappedDataKey), keyringKeyId: key.keyringKeyId, dataKeyOriginKeyId: key.keyringKeyId });
     } else {
       cipher.forget(secret.secretId);
     }
@@ -233,7 +215,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
             if (createdAt !== undefined) {
               ctx.audit.markWritten();
               freshness.accept(id, labels.epoch, started);
-              remember({ secretId: id, path, dataKeyId: dk.dataKeyId, keyringKeyId: dk.keyringKeyId, wrappedDataKey: dk.wrappedDataKey, latestVersion: 1, labels, dataKeyOriginKeyId: dk.keyringKeyId });
+              known.remember({ secretId: id, path, dataKeyId: dk.dataKeyId, keyringKeyId: dk.keyringKeyId, wrappedDataKey: dk.wrappedDataKey, latestVersion: 1, labels, dataKeyOriginKeyId: dk.keyringKeyId });
               return { version: 1, createdAt: timestampFromDate(createdAt) };
             }
             cipher.forget(id);
@@ -259,8 +241,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
           if (result.kind === "written") {
             ctx.audit.markWritten();
             freshness.accept(secret.secretId, labels.epoch, started);
-            secret.latestVersion = version;
-            secret.labels = labels;
+            known.wrote(secret, version, labels);
             return { version, createdAt: timestampFromDate(result.createdAt) };
           }
           known.delete(path);
@@ -281,9 +262,7 @@ export function secretService(deps: SecretServiceDeps): ServiceRegistration {
           if (cas !== undefined && result.latestVersion !== cas) throw casMismatch(path, cas, result.latestVersion);
           const fresh = labelStateFromRow(result.labels);
           verifyLabels(secret.secretId, path, fresh, started);
-          secret.latestVersion = result.latestVersion;
-          secret.labels = fresh;
-          remember(secret);
+          known.remember({ ...secret, latestVersion: result.latestVersion, labels: fresh });
           // Spread out writers that keep colliding on one hot path.
           if (attempt >= 2) await new Promise((r) => setTimeout(r, Math.random() * attempt));
         }
