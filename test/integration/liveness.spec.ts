@@ -9,6 +9,7 @@ import { LIVENESS_SERVICE } from "../../src/transport/health.js";
 import { healthClient, insecureCredentials, type HealthClient } from "../support/health-client.js";
 import { ADMIN_PASSWORD, ok, seal, startSecretServer, type SecretTestServer } from "../support/secret-server.js";
 import { OperatorService } from "../../gen/spike/nexus/v1/operator_pb.js";
+import { eventually } from "../support/wait.js";
 
 describe("liveness and readiness on the health port", function () {
   this.timeout(60_000);
@@ -28,7 +29,8 @@ describe("liveness and readiness on the health port", function () {
     expect(await health.check("")).to.deep.equal({ status: "NOT_SERVING" });
     expect(await health.check(LIVENESS_SERVICE)).to.deep.equal({ status: "SERVING" });
     ok(await server.client("grpc").call(OperatorService.method.initialize, { adminPassword: ADMIN_PASSWORD }));
-    expect(await health.check("")).to.deep.equal({ status: "SERVING" });
+    // SERVING once the unsealed replica has loaded its policies, a moment after Initialize answers.
+    await eventually(async () => expect(await health.check("")).to.deep.equal({ status: "SERVING" }), { timeoutMs: 5000 });
     expect(await health.check(LIVENESS_SERVICE)).to.deep.equal({ status: "SERVING" });
     await seal(server.client("grpc"));
     expect(await health.check("")).to.deep.equal({ status: "NOT_SERVING" });
