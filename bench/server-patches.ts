@@ -24,6 +24,9 @@
 //                     (an event that arrives while one is in flight starts
 //                     the next at once instead of waiting for it); the put
 //                     group commit (keyed) stays one at a time
+//   channelz-off      grpc-js's channelz bookkeeping off (grpc.enable_channelz
+//                     0: no per-call timestamps and counters; Nexus serves no
+//                     channelz service, so nothing reads them)
 //   tail-probe        observes only: event-loop delay, GC pauses and the group
 //                     commits' batches, one JSON line a second (tail-probe.ts)
 
@@ -99,10 +102,23 @@ if (patches.has("audit-two-batches")) {
   };
 }
 
+if (patches.has("channelz-off")) {
+  // grpc-js's index re-exports Server through a getter over this module's
+  // (writable) export; the server modules import grpc-js after this preload.
+  const { createRequire } = await import("node:module");
+  const serverModule = createRequire(import.meta.url)("@grpc/grpc-js/build/src/server.js") as { Server: typeof import("@grpc/grpc-js").Server };
+  const Original = serverModule.Server;
+  serverModule.Server = class extends Original {
+    constructor(options?: import("@grpc/grpc-js").ServerOptions) {
+      super({ ...options, "grpc.enable_channelz": 0 });
+    }
+  };
+}
+
 if (patches.has("tail-probe")) {
   await import("./tail-probe.js");
 }
 
 for (const p of patches) {
-  if (!["audit-two-batches", "tail-probe", "peer-certificate", "abort-reason", "buffer-pool-off", "postgres-queue", "postgres-fifo", "v8-flags"].includes(p)) throw new Error(`server-patches: unknown patch "${p}"`);
+  if (!["audit-two-batches", "channelz-off", "tail-probe", "peer-certificate", "abort-reason", "buffer-pool-off", "postgres-queue", "postgres-fifo", "v8-flags"].includes(p)) throw new Error(`server-patches: unknown patch "${p}"`);
 }
