@@ -151,7 +151,7 @@ export const SETTINGS = {
   authFailureRateLimitBurst: { env: "NEXUS_AUTH_FAILURE_RATE_LIMIT_BURST", help: "failed authentications one identity may make at once", parse: positiveInt, serveDefault: "100", devDefault: "100" },
   rateLimitSyncInterval: {
     env: "NEXUS_RATE_LIMIT_SYNC_INTERVAL",
-    help: "how often replicas share their callers' rate-limit usage through the database (at least 100ms; off = each replica limits alone)",
+    help: "how often replicas share their callers' rate-limit usage through the database (100ms to 1h; off = each replica limits alone)",
     parse: parseSyncInterval,
     serveDefault: "1s",
     devDefault: "1s",
@@ -384,10 +384,15 @@ function parseDurationOrOff(raw: string): number {
   return raw.trim() === "off" || raw.trim() === "0" ? 0 : parseDuration(raw);
 }
 
-/** A duration of at least 100 ms, or off (0): shorter would be a database write per replica many times a second. */
+/**
+ * A duration from 100 ms to 1 h, or off (0): shorter would be a database write
+ * per replica many times a second; longer shares nothing useful, and past
+ * 24.8 days a timer fires after 1 ms, which would exchange continuously.
+ */
 function parseSyncInterval(raw: string): number {
   const ms = parseDurationOrOff(raw);
   if (ms !== 0 && ms < 100) throw new Error(`"${raw}" is shorter than 100ms (use off to turn sharing off)`);
+  if (ms > 3_600_000) throw new Error(`"${raw}" is longer than 1h (use off to turn sharing off)`);
   return ms;
 }
 

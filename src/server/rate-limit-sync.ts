@@ -74,7 +74,10 @@ export class RateLimitSync {
     if (this.failing) logger.info("rate-limit usage is shared again");
     this.failing = false;
     const now = Date.now();
-    const fresh = rows.filter((r) => r.seq > (this.applied.get(r.instanceId)?.seq ?? 0));
+    // A seq no replica numbers up to (this.seq counts from 1) is a database
+    // writer's: kept in `applied`, 2^63 - 1 comes back as 2^63, which the next
+    // exchange's bigint[] parameter refuses, failing every exchange until a restart.
+    const fresh = rows.filter((r) => Number.isSafeInteger(r.seq) && r.seq > (this.applied.get(r.instanceId)?.seq ?? 0));
     for (const r of fresh) {
       const a = this.applied.get(r.instanceId);
       if (a === undefined || r.seq > a.seq) this.applied.set(r.instanceId, { seq: r.seq, seenMs: now });

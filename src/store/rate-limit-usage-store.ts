@@ -27,7 +27,7 @@ export interface UsageExchange {
   readonly applied: ReadonlyMap<string, number>;
   /** Only batches published within this long are returned. */
   readonly freshMs: number;
-  /** Rows older than this are deleted (at most a bounded number per call). */
+  /** Rows older than this, or dated this far ahead, are deleted (at most a bounded number per call). */
   readonly keepMs: number;
 }
 
@@ -52,16 +52,28 @@ export class RateLimitUsageStore {
           DELETE FROM rate_limit_usage WHERE (instance_id, seq, kind, key) IN (
             SELECT instance_id, seq, kind, key FROM rate_limit_usage
             WHERE published_at < now() - make_interval(secs => ${x.keepMs / 1000})
+               OR published_at > now() + make_interval(secs => ${x.keepMs / 1000})
             LIMIT ${PRUNE_LIMIT} FOR UPDATE SKIP LOCKED)
         ), written AS (
           INSERT INTO rate_limit_usage (instance_id, seq, kind, key, tokens)
           SELECT ${x.instanceId}, ${x.seq}, u.kind, u.key, u.tokens
           FROM unnest(${x.usage.map((u) => u.kind)}::text[], ${x.usage.map((u) => u.key)}::text[], ${x.usage.map((u) => u.tokens)}::int[]) AS u(kind, key, tokens)
+          -- A row already there under this instance's ID and seq is a database
+          -- writer's (a process numbers its batches once): failing on it would
+          -- roll back the whole exchange, and its pruning, for as many batches as were forged ahead.
+          ON CONFLICT DO NOTHING
         )
         SELECT r.instance_id, r.seq, r.kind, r.key, r.tokens FROM rate_limit_usage r
         LEFT JOIN unnest(${seenIds}::text[], ${seenSeqs}::bigint[]) AS s(instance_id, seq) ON s.instance_id = r.instance_id
         WHERE r.instance_id <> ${x.instanceId}
           AND r.published_at > now() - make_interval(secs => ${x.freshMs / 1000})
+          -- Rows are dated by the one database clock, so never later than now
+          -- (give or take a transaction that began after this one and
+          -- committed first: it is read next time). A later date is a
+          -- database writer's, which would otherwise stay fresh, and unpruned,
+          -- for as long as it chose: a row written once would drain a caller
+          -- again every time its replica is forgotten.
+          AND r.published_at <= now()
           AND (s.seq IS NULL OR r.seq > s.seq)`;
       return rows.map((r) => ({ instanceId: r.instance_id as string, seq: Number(r.seq), kind: r.kind as string, key: r.key as string, tokens: Number(r.tokens) }));
     });

@@ -5,9 +5,11 @@
 
 import { expect } from "chai";
 import { silentLogger } from "../../src/log/logger.js";
+import { RateLimitSync } from "../../src/server/rate-limit-sync.js";
 import { connectDatabase, type Sql } from "../../src/store/database.js";
 import { loadMigrations, Migrator } from "../../src/store/migrations.js";
 import { RateLimitUsageStore, type UsageExchange } from "../../src/store/rate-limit-usage-store.js";
+import { RateLimits } from "../../src/transport/rate-limits.js";
 import { createTestDatabase } from "../support/test-database.js";
 
 describe("rate-limit usage rows", function () {
@@ -52,6 +54,58 @@ describe("rate-limit usage rows", function () {
     expect(await exchange("e", 1, []), "stale batches are not applied").to.deep.equal([]);
     const left = await sql`SELECT instance_id FROM rate_limit_usage ORDER BY instance_id`;
     expect(left.map((r) => r.instance_id as string), "d's row was older than the keep window").to.deep.equal(["c"]);
+  });
+
+  /** A replica's limits and exchange on this database: 10 calls a second, burst 10. */
+  const replica = (instanceId: string) => {
+    const limits = new RateLimits({ calls: { perSecond: 10, burst: 10 }, authFailures: { perSecond: 1, burst: 1 }, shareUsage: true });
+    return { limits, sync: new RateLimitSync({ limits, store, instanceId, intervalMs: 1000, logger: silentLogger }) };
+  };
+  const limited = (limits: RateLimits, caller: string) => {
+    try {
+      limits.admit(caller);
+      return false;
+    } catch (err) {
+      return (err as { reason?: string }).reason === "RATE_LIMITED";
+    }
+  };
+
+  // Threat model: a database writer can deny service through these rows or
+  // make the limits per replica while it writes, never more. One row whose
+  // seq is 2^63 - 1 must not stop the exchange for good.
+  it("a batch numbered beyond what a replica numbers (a database writer's) does not stop the exchange: later usage is still published and applied", async () => {
+    await sql`DELETE FROM rate_limit_usage`;
+    const { limits, sync } = replica("seq-victim");
+    await sync.exchange(); // the first exchange only notes where the others are
+    await sql`INSERT INTO rate_limit_usage (instance_id, seq, kind, key, tokens) VALUES ('forged', 9223372036854775807, 'calls', 'spiffe://t/forged', 1)`;
+    await sync.exchange();
+    await exchange("b", 1, [{ kind: "calls", key: "spiffe://t/busy-elsewhere", tokens: 10 }]);
+    limits.admit("spiffe://t/here");
+    limits.admit("spiffe://t/here");
+    await sync.exchange();
+    const published = await sql`SELECT seq::int AS seq, tokens FROM rate_limit_usage WHERE instance_id = 'seq-victim'`;
+    expect(published.map((r) => [r.seq, r.tokens]), "this replica's third batch").to.deep.equal([[3, 2]]);
+    expect(limited(limits, "spiffe://t/busy-elsewhere"), "b's usage was taken from the caller's bucket here").to.equal(true);
+  });
+
+  it("rows written ahead under this replica's instance ID (a database writer's) do not stop it publishing and applying usage", async () => {
+    await sql`DELETE FROM rate_limit_usage`;
+    const { limits, sync } = replica("id-victim");
+    await sync.exchange();
+    await sql`INSERT INTO rate_limit_usage (instance_id, seq, kind, key, tokens) VALUES ('id-victim', 2, 'calls', 'spiffe://t/here', 1)`;
+    await exchange("b", 1, [{ kind: "calls", key: "spiffe://t/busy-elsewhere", tokens: 10 }]);
+    limits.admit("spiffe://t/here");
+    limits.admit("spiffe://t/here");
+    await sync.exchange();
+    expect(limited(limits, "spiffe://t/busy-elsewhere"), "b's usage was taken from the caller's bucket here").to.equal(true);
+  });
+
+  it("a batch dated in the future (a database writer's) is never returned, and deleted once beyond the keep window", async () => {
+    await sql`DELETE FROM rate_limit_usage`;
+    await sql`INSERT INTO rate_limit_usage (instance_id, seq, kind, key, tokens, published_at) VALUES ('soon', 1, 'calls', 'k', 1, now() + interval '2 seconds'), ('later', 1, 'calls', 'k', 1, now() + interval '1 day')`;
+    expect(await exchange("g", 1, [])).to.deep.equal([]);
+    const left = await sql`SELECT instance_id FROM rate_limit_usage ORDER BY instance_id`;
+    expect(left.map((r) => r.instance_id as string), "the one dated a day ahead is deleted").to.deep.equal(["soon"]);
   });
 
   it("refuses a count that is not positive: a row can only ever take tokens", async () => {

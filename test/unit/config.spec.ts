@@ -167,6 +167,12 @@ describe("loadConfig", () => {
       expect(configError(() => load({ ...SERVE_ENV, NEXUS_RATE_LIMIT_SYNC_INTERVAL: "often" })).message).to.match(/^NEXUS_RATE_LIMIT_SYNC_INTERVAL .*not a duration/);
     });
 
+    // setTimeout holds at most 2^31 - 1 ms (24.8 days): beyond, Node fires after 1 ms, so "30d" would exchange continuously.
+    it("a NEXUS_RATE_LIMIT_SYNC_INTERVAL over 1h is refused: a timer cannot hold 30d and would fire every millisecond", () => {
+      expect(load({ ...SERVE_ENV, NEXUS_RATE_LIMIT_SYNC_INTERVAL: "1h" }).rateLimits.syncIntervalMs).to.equal(3_600_000);
+      expect(configError(() => load({ ...SERVE_ENV, NEXUS_RATE_LIMIT_SYNC_INTERVAL: "30d" })).message).to.match(/^NEXUS_RATE_LIMIT_SYNC_INTERVAL .*"30d" is longer than 1h/);
+    });
+
     it("audit read durability: durable unless NEXUS_AUDIT_READ_DURABILITY=relaxed; any other value is refused, naming the variable", () => {
       expect(load(SERVE_ENV).auditReadDurability).to.equal("durable");
       expect(load(SERVE_ENV, [], "dev").auditReadDurability).to.equal("durable");
