@@ -187,13 +187,23 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
   const superuserId = get<string>("superuserId") ?? `spiffe://${trustDomain}/spike/pilot/role/superuser`;
   const svid = svidSettings(mode, env, cwd, { get, required, explicit });
   const listen = required<ListenAddress>("listen");
+  const auditExport = auditExportTarget(get<string>("auditExport"), cwd);
+  const auditReadDurability = required<AuditReadDurability>("auditReadDurability");
+  // A relaxed commit can lose the audit id sequence's advance in a PostgreSQL
+  // crash; the ids are then handed out again, and an export that already
+  // passed them would skip the new events (writes included). Fail closed.
+  if (auditReadDurability === "relaxed" && auditExport !== undefined) {
+    throw new ConfigError(
+      `${SETTINGS.auditReadDurability.env}=relaxed and ${SETTINGS.auditExport.env} are both set: the export follows event ids that a relaxed commit lost in a database crash can reuse; keep reads durable to export`,
+    );
+  }
   return {
     ...database,
     listen,
     connectListen: required("connectListen"),
     healthListen: required("healthListen"),
     metricsListen: get<ListenAddress>("metricsListen"),
-    auditExport: auditExportTarget(get<string>("auditExport"), cwd),
+    auditExport,
     trustDomain,
     ...svid,
     superuserId,
@@ -220,7 +230,7 @@ export function loadConfig(mode: Mode, flags: readonly string[], env: Source = p
     serverId: get<string>("serverId") ?? `spiffe://${trustDomain}/spike/nexus`,
     advertiseAddress: get<ListenAddress>("advertiseAddress") ?? (WILDCARD_HOSTS.has(listen.host) || listen.port === 0 ? undefined : listen),
     peerUnseal: required("peerUnseal"),
-    auditReadDurability: required("auditReadDurability"),
+    auditReadDurability,
   };
 }
 

@@ -178,6 +178,11 @@ describe("loadConfig", () => {
       expect(load(SERVE_ENV, [], "dev").auditReadDurability).to.equal("durable");
       expect(load({ ...SERVE_ENV, NEXUS_AUDIT_READ_DURABILITY: "relaxed" }).auditReadDurability).to.equal("relaxed");
       expect(load(SERVE_ENV, ["--audit-read-durability=relaxed"]).auditReadDurability).to.equal("relaxed");
+      // Relaxed reads and the audit export together are refused: ids a crash loses can be reused past the export's position.
+      expect(configError(() => load({ ...SERVE_ENV, NEXUS_AUDIT_READ_DURABILITY: "relaxed", NEXUS_AUDIT_EXPORT: "-" })).message).to.match(
+        /^NEXUS_AUDIT_READ_DURABILITY=relaxed and NEXUS_AUDIT_EXPORT are both set/,
+      );
+      expect(load({ ...SERVE_ENV, NEXUS_AUDIT_EXPORT: "-" }).auditReadDurability).to.equal("durable");
       expect(configError(() => load({ ...SERVE_ENV, NEXUS_AUDIT_READ_DURABILITY: "fast" })).message).to.match(
         /^NEXUS_AUDIT_READ_DURABILITY \(--audit-read-durability\): "fast" is not durable or relaxed/,
       );
