@@ -16,6 +16,8 @@ const MAX_PUBLISHED = 10_000;
 const FRESH_INTERVALS = 3;
 /** Rows older than this many intervals are deleted. */
 const KEEP_INTERVALS = 10;
+/** How long stop() waits for an exchange in flight: one stalled on a lock a database writer holds must not hold up shutdown. */
+const STOP_WAIT_MS = 2000;
 
 export interface RateLimitSyncOptions {
   readonly limits: RateLimits;
@@ -46,7 +48,11 @@ export class RateLimitSync {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
-    await this.running;
+    if (this.running === undefined) return;
+    // Its result no longer matters; closing the pool afterwards ends its query.
+    let waited: NodeJS.Timeout | undefined;
+    await Promise.race([this.running, new Promise<void>((resolve) => (waited = setTimeout(resolve, STOP_WAIT_MS)))]);
+    clearTimeout(waited);
   }
 
   /** One exchange: publish this replica's usage, apply the others'. Never throws. */

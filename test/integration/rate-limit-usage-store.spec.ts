@@ -16,9 +16,11 @@ describe("rate-limit usage rows", function () {
   this.timeout(30_000);
   let sql: Sql;
   let store: RateLimitUsageStore;
+  let url: string;
 
   before(async () => {
-    sql = connectDatabase({ url: await createTestDatabase("rlusage"), poolMax: 2, logger: silentLogger });
+    url = await createTestDatabase("rlusage");
+    sql = connectDatabase({ url, poolMax: 2, logger: silentLogger });
     await new Migrator(sql, await loadMigrations(), silentLogger).up();
     store = new RateLimitUsageStore(sql);
   });
@@ -117,5 +119,32 @@ describe("rate-limit usage rows", function () {
     }
     expect(err, "a negative count is refused").to.not.equal(undefined);
     expect(await sql`SELECT 1 FROM rate_limit_usage WHERE instance_id = 'f'`).to.have.length(0);
+  });
+
+  it("stop() returns while an exchange is stalled on a lock a database writer holds (shutdown is not held up)", async () => {
+    const limits = new RateLimits({ calls: { perSecond: 10, burst: 10 }, authFailures: { perSecond: 1, burst: 1 }, shareUsage: true });
+    const sync = new RateLimitSync({ limits, store, instanceId: "stalled", intervalMs: 100, logger: silentLogger });
+    const writer = connectDatabase({ url, poolMax: 1, logger: silentLogger });
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let locked!: () => void;
+    const lockTaken = new Promise<void>((r) => (locked = r));
+    const lock = writer.begin(async (tx) => {
+      await tx`LOCK TABLE rate_limit_usage IN ACCESS EXCLUSIVE MODE`;
+      locked();
+      await held;
+    });
+    try {
+      await lockTaken;
+      sync.start();
+      await new Promise((r) => setTimeout(r, 400)); // the first exchange is now waiting for the lock
+      const started = Date.now();
+      await sync.stop();
+      expect(Date.now() - started, "ms stop() took with the exchange stalled").to.be.below(5000);
+    } finally {
+      release();
+      await lock;
+      await writer.end();
+    }
   });
 });
